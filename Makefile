@@ -1,0 +1,43 @@
+# tfhalo: `make test` and `make demo` work from a bare clone: they create
+# .venv and install the package with its test extras first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tfhalo-installed
+DEMO   ?= runs/demo
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test test-tf test-jax demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole suite on TensorFlow, then the backend-agnostic layer tests on JAX.
+test: test-tf test-jax
+
+test-tf: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/layers
+
+# The quick deep-halo study, then the quick neural-bias study, on one suite.
+demo: $(STAMP)
+	$(BIN)/python experiments/deep_halos.py --preset quick --suite $(DEMO)/suite --out $(DEMO)/deep_halos
+	$(BIN)/python experiments/neural_bias.py --preset quick --suite $(DEMO)/suite --out $(DEMO)/neural_bias
+	@echo "Reports: $(DEMO)/deep_halos/report.md and $(DEMO)/neural_bias/report.md"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_layers.py
+	$(BIN)/python benchmarks/bench_sim.py
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_bias.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
