@@ -1,0 +1,53 @@
+"""The neural bias model of Charnock et al. (2020) and its Neyrinck et al. (2014) baseline.
+
+* :mod:`~tfhalo.bias.fields`: density grids and halo catalogues binned to voxels.
+* :class:`NeuralBiasModel`: multipole NPE + mixture density head (17 parameters).
+* :class:`NeuralBiasLikelihood`: Poisson likelihood of paper eq. 16 + Normal prior.
+* :class:`NeyrinckBias`: 4-parameter count model x a global mass distribution.
+* :func:`fit_map` (Adam + L-BFGS), :func:`sample_posterior` (TFP HMC/NUTS),
+  :func:`summarize_chains` (split R-hat, ESS): these import TensorFlow
+  Probability, so they load on first use.
+
+Example:
+    >>> from tfhalo.bias import bias_data_from_simulation, build_model, NeuralBiasLikelihood, fit_map
+    >>> data = bias_data_from_simulation(sim, n_grid=10, mass_threshold=1e12)
+    >>> like = NeuralBiasLikelihood(build_model(data.log_mass_threshold, 10, dtype="float64"), data)
+    >>> fit = fit_map(like)
+"""
+
+from tfhalo.bias.fields import BiasData, bias_data_from_simulation, density_field, make_bias_data
+from tfhalo.bias.likelihood import NeuralBiasLikelihood, ParameterLayout, log_prior
+from tfhalo.bias.model import NeuralBiasModel, build_model
+from tfhalo.bias.neyrinck import NeyrinckBias
+
+_LAZY = {
+    "fit_map": "tfhalo.bias.fit",
+    "MapResult": "tfhalo.bias.fit",
+    "sample_posterior": "tfhalo.bias.sampling",
+    "SamplingResult": "tfhalo.bias.sampling",
+    "summarize_chains": "tfhalo.bias.diagnostics",
+    "ConvergenceWarning": "tfhalo.bias.diagnostics",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfhalo.bias' has no attribute {name!r}")
+
+
+__all__ = [
+    "BiasData",
+    "NeuralBiasLikelihood",
+    "NeuralBiasModel",
+    "NeyrinckBias",
+    "ParameterLayout",
+    "bias_data_from_simulation",
+    "build_model",
+    "density_field",
+    "log_prior",
+    "make_bias_data",
+    *_LAZY,
+]

@@ -1,0 +1,247 @@
+"""Inputs of the neural bias model: a coarse z=0 density grid and binned halos.
+
+The model of Charnock et al. (2020) sees ``log(1 + delta)`` of the z = 0 matter
+density on a coarse grid and the catalogue of halos above a mass threshold,
+each halo attached to the voxel that contains its centre.  This module builds
+those inputs from a :class:`~tfhalo.sim.simulation.Simulation` (density from
+the N-body particles or from the 2LPT-evolved initial conditions) or from plain
+arrays, and rejects inputs the likelihood cannot score (halos outside the grid,
+non-finite densities, an empty catalogue) before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+#: Default floor on ``1 + delta``: an empty voxel of a CIC-painted grid would
+#: give ``log(0)``; 1e-2 is far below any occupied voxel of the coarse grids
+#: used here (tens of particles per voxel on average).
+DEFAULT_DENSITY_FLOOR = 1e-2
+
+DENSITY_SOURCES = ("nbody", "lpt")
+
+
+@dataclasses.dataclass
+class BiasData:
+    """One simulation's inputs to the bias likelihood.
+
+    Attributes:
+        one_plus_delta: ``(n, n, n)`` float64 ``1 + delta`` (floored).
+        log_density: ``(n, n, n)`` float32 ``log(1 + delta)``: the model input.
+        halo_voxel: ``(H,)`` int64 flat (C-order) index of each halo's voxel.
+        halo_mass: ``(H,)`` float64 halo masses (all above ``mass_threshold``), Msun/h.
+        box_size: side of the periodic box, Mpc/h.
+        mass_threshold: ``M_th`` in Msun/h.
+        name: a label.
+    """
+
+    one_plus_delta: np.ndarray
+    log_density: np.ndarray
+    halo_voxel: np.ndarray
+    halo_mass: np.ndarray
+    box_size: float
+    mass_threshold: float
+    name: str = "data"
+
+    @property
+    def n_grid(self) -> int:
+        return int(self.log_density.shape[0])
+
+    @property
+    def n_halos(self) -> int:
+        return int(self.halo_mass.shape[0])
+
+    @property
+    def voxel_volume(self) -> float:
+        """Volume of one voxel, (Mpc/h)^3."""
+        return float((self.box_size / self.n_grid) ** 3)
+
+    @property
+    def log_mass_threshold(self) -> float:
+        return float(np.log(self.mass_threshold))
+
+    @property
+    def halo_ln_mass(self) -> np.ndarray:
+        return np.log(self.halo_mass)
+
+    def halo_counts(self) -> np.ndarray:
+        """``(n, n, n)`` number of halos per voxel."""
+        counts = np.bincount(self.halo_voxel, minlength=self.n_grid**3)
+        return counts.reshape((self.n_grid,) * 3)
+
+    def halo_mass_field(self) -> np.ndarray:
+        """``(n, n, n)`` total halo mass per voxel, Msun/h."""
+        field = np.bincount(self.halo_voxel, weights=self.halo_mass, minlength=self.n_grid**3)
+        return field.reshape((self.n_grid,) * 3)
+
+
+def make_bias_data(
+    one_plus_delta: np.ndarray,
+    halo_centres: np.ndarray,
+    halo_masses: np.ndarray,
+    box_size: float,
+    mass_threshold: float,
+    density_floor: float = DEFAULT_DENSITY_FLOOR,
+    name: str = "data",
+) -> BiasData:
+    """Validate a density grid and a halo catalogue and bin the halos to voxels.
+
+    Args:
+        one_plus_delta: ``(n, n, n)`` density in units of the mean (``1 + delta``).
+        halo_centres: ``(H, 3)`` halo centres in Mpc/h, inside ``[0, box_size)``.
+        halo_masses: ``(H,)`` halo masses in Msun/h.
+        box_size: box side in Mpc/h.
+        mass_threshold: only halos with ``mass >= mass_threshold`` are kept.
+        density_floor: ``1 + delta`` is clipped from below at this value.
+        name: a label.
+
+    Returns:
+        A :class:`BiasData`.
+
+    Raises:
+        ValueError: on a non-cubic or non-finite density grid, halos outside the
+            box, non-positive masses or box, or no halo above the threshold.
+
+    Example:
+        >>> rho = np.ones((4, 4, 4))
+        >>> d = make_bias_data(rho, [[1.0, 1.0, 9.0]], [2e12], 10.0, 1e12)
+        >>> int(d.halo_voxel[0])
+        3
+    """
+    if not np.isfinite(box_size) or not box_size > 0:
+        raise ValueError(f"box_size must be positive. Received: box_size={box_size}")
+    if not np.isfinite(mass_threshold) or not mass_threshold > 0:
+        raise ValueError(f"mass_threshold must be positive. Received: mass_threshold={mass_threshold}")
+    if not density_floor > 0:
+        raise ValueError(f"density_floor must be positive. Received: density_floor={density_floor}")
+    rho = np.asarray(one_plus_delta, dtype=np.float64)
+    if rho.ndim != 3 or len(set(rho.shape)) != 1:
+        raise ValueError(
+            f"one_plus_delta must be a cubic (n, n, n) grid. Received: one_plus_delta.shape={rho.shape}"
+        )
+    bad = ~np.isfinite(rho)
+    if bad.any():
+        raise ValueError(
+            f"one_plus_delta must be finite everywhere. Received: {int(bad.sum())} non-finite "
+            f"(NaN or inf) voxels out of {rho.size}"
+        )
+    if (rho < 0).any():
+        raise ValueError(
+            f"one_plus_delta must be non-negative (it is a density over the mean). "
+            f"Received: min(one_plus_delta)={rho.min()}"
+        )
+    centres = np.asarray(halo_centres, dtype=np.float64).reshape(-1, 3)
+    masses = np.asarray(halo_masses, dtype=np.float64).reshape(-1)
+    if centres.shape[0] != masses.shape[0]:
+        raise ValueError(
+            f"halo_centres and halo_masses must describe the same halos. Received: "
+            f"halo_centres.shape={centres.shape}, halo_masses.shape={masses.shape}"
+        )
+    if not np.all(np.isfinite(masses)) or (masses <= 0).any():
+        raise ValueError("halo_masses must be finite and positive. Received: "
+                         f"min={masses.min() if masses.size else None}")
+    outside = ~np.all(np.isfinite(centres) & (centres >= 0) & (centres < box_size), axis=1)
+    if outside.any():
+        first = centres[np.argmax(outside)]
+        raise ValueError(
+            f"halo_centres must lie inside the grid [0, box_size={box_size}). Received: "
+            f"{int(outside.sum())} halos outside, e.g. centre={first.tolist()}"
+        )
+    keep = masses >= mass_threshold
+    if not keep.any():
+        raise ValueError(
+            f"no halo above the mass threshold: the likelihood needs at least one. Received: "
+            f"mass_threshold={mass_threshold:.4g}, {masses.size} halos, max mass="
+            f"{masses.max() if masses.size else None}"
+        )
+    n = rho.shape[0]
+    # Rounding can put a centre a hair below box_size into index n: wrap it.
+    idx = np.floor(centres[keep] / box_size * n).astype(np.int64) % n
+    voxel = np.ravel_multi_index(idx.T, (n, n, n)).astype(np.int64)
+    rho = np.maximum(rho, density_floor)
+    return BiasData(
+        one_plus_delta=rho,
+        log_density=np.log(rho).astype(np.float32),
+        halo_voxel=voxel,
+        halo_mass=masses[keep],
+        box_size=float(box_size),
+        mass_threshold=float(mass_threshold),
+        name=name,
+    )
+
+
+def density_field(simulation, n_grid: int, source: str = "nbody") -> np.ndarray:
+    """``1 + delta`` at z = 0 on an ``n_grid**3`` grid (CIC, periodic).
+
+    Args:
+        simulation: a :class:`~tfhalo.sim.simulation.Simulation`.
+        n_grid: voxels per side.
+        source: ``"nbody"`` (the simulation's z = 0 particles) or ``"lpt"``
+            (the 2LPT evolution of its initial density to a = 1, as the
+            forward model of the paper uses).
+
+    Returns:
+        ``(n_grid,)*3`` float64 array with mean 1.
+    """
+    if source not in DENSITY_SOURCES:
+        raise ValueError(f"source must be one of {DENSITY_SOURCES}. Received: source={source!r}")
+    if int(n_grid) < 1:
+        raise ValueError(f"n_grid must be a positive integer. Received: n_grid={n_grid}")
+    n_grid = int(n_grid)
+    if source == "nbody":
+        return simulation.final_density(n_grid) + 1.0
+    from tfhalo.sim.ics import lpt_positions
+    from tfhalo.sim.mesh import cic_paint
+
+    a_initial = 1.0 / (1.0 + simulation.z_initial)
+    positions = lpt_positions(
+        simulation.initial_density, simulation.box_size, simulation.cosmology, a_initial, 1.0
+    )
+    mesh = cic_paint(np.mod(positions, simulation.box_size), n_grid, simulation.box_size)
+    return mesh / mesh.mean()
+
+
+def bias_data_from_simulation(
+    simulation,
+    n_grid: int,
+    mass_threshold: float,
+    source: str = "nbody",
+    density_floor: float = DEFAULT_DENSITY_FLOOR,
+) -> BiasData:
+    """The bias-model inputs of one simulation.
+
+    Args:
+        simulation: a :class:`~tfhalo.sim.simulation.Simulation`.
+        n_grid: voxels per side of the coarse grid.
+        mass_threshold: halo mass threshold ``M_th`` in Msun/h.
+        source: ``"nbody"`` or ``"lpt"`` (see :func:`density_field`).
+        density_floor: floor on ``1 + delta``.
+
+    Returns:
+        A :class:`BiasData` named after the simulation.
+    """
+    if not mass_threshold > 0:
+        raise ValueError(f"mass_threshold must be positive. Received: mass_threshold={mass_threshold}")
+    rho = density_field(simulation, n_grid, source)
+    halos = simulation.halos
+    centres = np.mod(halos.centre, simulation.box_size)
+    return make_bias_data(
+        rho, centres, halos.mass, simulation.box_size, mass_threshold, density_floor,
+        name=f"{simulation.name}:{source}",
+    )
+
+
+def as_data_list(data) -> list:
+    """Accept one :class:`BiasData` or a sequence of them."""
+    if isinstance(data, BiasData):
+        return [data]
+    data = list(data)
+    if not data or not all(isinstance(d, BiasData) for d in data):
+        raise ValueError(f"data must be a BiasData or a non-empty sequence of them. Received: {data!r:.200}")
+    thresholds = {d.mass_threshold for d in data}
+    if len(thresholds) != 1:
+        raise ValueError(f"all data must share one mass_threshold. Received: {sorted(thresholds)}")
+    return data

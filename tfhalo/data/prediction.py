@@ -1,0 +1,214 @@
+"""Saving trained deep-halo models and predicting halo masses for new simulations.
+
+A model directory holds::
+
+    model.keras       the whole Keras model (custom tfhalo layers registered)
+    saved_model/      TensorFlow SavedModel export (serving without tfhalo)
+    scalers.json      input standardisation, label scaler and input config
+
+:func:`predict_to_file` gives every particle of a generated or pynbody-loaded
+simulation its predicted halo mass, in batches with a progress bar, and
+writes the result to HDF5 through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tfhalo.data.dataset import BoxInputs
+from tfhalo.data.scalers import SCALERS_FILENAME, InputStandardizer, LabelScaler, load_scalers, save_scalers
+
+MODEL_FILENAME = "model.keras"
+SAVED_MODEL_DIRNAME = "saved_model"
+
+
+def save_trained(model, model_dir, standardizer: InputStandardizer, label_scaler: LabelScaler,
+                 input_config: dict, export: bool = True, **extra) -> Path:
+    """Save ``model`` as ``.keras`` (+ SavedModel export) with its scalers.
+
+    Args:
+        model: trained Keras model.
+        model_dir: output directory (created).
+        standardizer, label_scaler: the fitted training transformations.
+        input_config: :meth:`BoxInputs.config` of the training inputs.
+        export: also write a TensorFlow SavedModel (TensorFlow backend only).
+        **extra: more JSON-able entries for ``scalers.json``.
+
+    Returns:
+        ``model_dir``.
+    """
+    import keras
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".tmp-{os.getpid()}-{MODEL_FILENAME}"
+    model.save(tmp)
+    os.replace(tmp, model_dir / MODEL_FILENAME)
+    if export:
+        if keras.backend.backend() != "tensorflow":
+            warnings.warn("SavedModel export needs the TensorFlow backend; skipped.", stacklevel=2)
+        else:
+            tmp_dir = Path(tempfile.mkdtemp(dir=model_dir, prefix=".tmp-saved_model-"))
+            shutil.rmtree(tmp_dir)
+            model.export(str(tmp_dir), verbose=False)
+            final = model_dir / SAVED_MODEL_DIRNAME
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp_dir, final)
+    save_scalers(model_dir / SCALERS_FILENAME, standardizer, label_scaler, input=input_config, **extra)
+    return model_dir
+
+
+@dataclasses.dataclass
+class TrainedHaloModel:
+    """A trained model with the transformations it was trained with."""
+
+    model: object
+    standardizer: InputStandardizer
+    label_scaler: LabelScaler
+    input_config: dict
+    model_dir: Path
+
+    def inputs_for(self, simulations) -> BoxInputs:
+        """:class:`BoxInputs` for new simulations, with the training standardisation."""
+        cfg = self.input_config
+        inputs = BoxInputs(simulations, kind=cfg["input_kind"], size=cfg["subbox_size"],
+                           standardizer=self.standardizer, z0_width=cfg.get("z0_width", 1.5),
+                           z0_transform=cfg.get("z0_transform", "delta"))
+        trained = cfg.get("lattice_spacing")
+        if trained and cfg["input_kind"] != "z0":
+            for sim in inputs.simulations:
+                if abs(sim.lattice_spacing / trained - 1) > 0.01:
+                    warnings.warn(
+                        f"simulation {sim.name!r} has lattice spacing {sim.lattice_spacing:.4g} Mpc/h but "
+                        f"the model was trained at {trained:.4g} Mpc/h: its boxes cover a different "
+                        f"physical scale.", stacklevel=2)
+        return inputs
+
+    def predict_scaled_batch(self, x) -> np.ndarray:
+        y = np.asarray(self.model.predict_on_batch(x))
+        return y.reshape(y.shape[0], -1)[:, 0]
+
+    def predict(self, simulation, particle_ids=None, batch_size: int = 256,
+                progress: bool = True) -> np.ndarray:
+        """Predicted log10 M (Msun/h) of ``particle_ids`` (default: all) of ``simulation``."""
+        ids = (np.arange(simulation.n_particles) if particle_ids is None
+               else np.asarray(particle_ids, dtype=np.int64).reshape(-1))
+        out = np.empty(ids.size)
+        for start, stop, pred in self._iter_predictions(simulation, ids, batch_size, progress):
+            out[start:stop] = pred
+        return out
+
+    def _iter_predictions(self, simulation, ids, batch_size, progress):
+        from tqdm.auto import tqdm
+
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size}")
+        inputs = self.inputs_for([simulation])
+        zeros = np.zeros(0, dtype=np.int64)
+        with tqdm(total=ids.size, unit="particle", disable=not progress, desc="predicting") as bar:
+            for start in range(0, ids.size, int(batch_size)):
+                chunk = ids[start:start + int(batch_size)]
+                x = inputs(np.zeros_like(chunk) if chunk.size else zeros, chunk)
+                pred = self.label_scaler.inverse_transform(self.predict_scaled_batch(x))
+                bar.update(chunk.size)
+                yield start, start + chunk.size, pred
+
+
+def _import_custom_objects():
+    # Registers tfhalo's layers, losses and models with Keras before loading.
+    import tfhalo.layers  # noqa: F401
+    try:
+        import tfhalo.losses  # noqa: F401
+        import tfhalo.models  # noqa: F401
+        import tfhalo.regularizers  # noqa: F401
+    except ImportError:  # an older checkout without them: plain models still load
+        pass
+
+
+def load_trained(model_dir) -> TrainedHaloModel:
+    """Load a model directory written by :func:`save_trained`.
+
+    Raises:
+        FileNotFoundError: the directory, its ``model.keras`` or its
+            ``scalers.json`` is missing (checked before loading anything).
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model_dir is not a directory. Received: model_dir={str(model_dir)!r}")
+    if not (model_dir / SCALERS_FILENAME).is_file():
+        raise FileNotFoundError(
+            f"model_dir {str(model_dir)!r} has no {SCALERS_FILENAME}: without the training input "
+            f"standardisation and label scaler its predictions cannot be turned into halo masses. "
+            f"Save models with tfhalo.data.save_trained."
+        )
+    if not (model_dir / MODEL_FILENAME).is_file():
+        raise FileNotFoundError(f"model_dir {str(model_dir)!r} has no {MODEL_FILENAME}.")
+    standardizer, label_scaler, extra = load_scalers(model_dir / SCALERS_FILENAME)
+    if "input" not in extra:
+        raise ValueError(f"{model_dir / SCALERS_FILENAME} lacks the 'input' configuration entry.")
+    import keras
+
+    _import_custom_objects()
+    model = keras.saving.load_model(model_dir / MODEL_FILENAME, compile=False)
+    return TrainedHaloModel(model, standardizer, label_scaler, extra["input"], model_dir)
+
+
+def predict_to_file(model_dir, simulation, out_path, batch_size: int = 256, particle_ids=None,
+                    progress: bool = True, **load_kwargs) -> Path:
+    """Every particle's predicted halo mass, written to an HDF5 file.
+
+    Args:
+        model_dir: a directory written by :func:`save_trained`.
+        simulation: a :class:`~tfhalo.sim.Simulation`, or a path given to
+            :func:`tfhalo.sim.load` (suite ``.h5`` file or a pynbody-readable snapshot).
+        out_path: output ``.h5`` file (written to a temporary name, then renamed).
+        batch_size: particles per model call.
+        particle_ids: optional subset of ids (default: every particle).
+        **load_kwargs: passed to :func:`tfhalo.sim.load`.
+
+    The file holds ``particle_id`` (P,), ``predicted_log10_mass`` (P,) in
+    log10 Msun/h, ``true_log10_mass`` (P,; NaN outside halos) and attributes
+    naming the model and simulation.
+
+    Example:
+        >>> predict_to_file("study/models/raw", "suite/sim_021.h5", "pred.h5")  # doctest: +SKIP
+    """
+    import h5py
+
+    trained = load_trained(model_dir)  # fails fast on a bad model dir
+    if isinstance(simulation, (str, os.PathLike)):
+        from tfhalo.sim import load
+
+        simulation = load(simulation, **load_kwargs)
+    ids = (np.arange(simulation.n_particles, dtype=np.int64) if particle_ids is None
+           else np.asarray(particle_ids, dtype=np.int64).reshape(-1))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("particle_id", data=ids)
+            pred = f.create_dataset("predicted_log10_mass", shape=(ids.size,), dtype="f8")
+            mass = simulation.halo_mass[ids]
+            with np.errstate(divide="ignore"):
+                f.create_dataset("true_log10_mass", data=np.where(mass > 0, np.log10(np.maximum(mass, 1e-300)), np.nan))
+            for start, stop, values in trained._iter_predictions(simulation, ids, batch_size, progress):
+                pred[start:stop] = values
+            f.attrs["model_dir"] = str(Path(model_dir).resolve())
+            f.attrs["simulation"] = str(simulation.name)
+            f.attrs["input_kind"] = trained.input_config["input_kind"]
+            f.attrs["units"] = "log10 Msun/h"
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out_path

@@ -1,0 +1,295 @@
+"""The deep-halo CNN of Lucie-Smith et al. (2020) and its training model class.
+
+:func:`halo_cnn` with no arguments builds the published network (REFERENCE A):
+input 75^3 x 1; six 3^3 convolutions (32, 32, 64, 128, 128, 128 filters,
+"same" padding, LeakyReLU(0.03)), MaxPooling3D(2, "same") after convolutions
+2-6 (75 -> 38 -> 19 -> 10 -> 5 -> 3), flatten (3456), Dense 256 and 128
+(LeakyReLU(0.03)), Dense 1 (linear), then a :class:`~tfhalo.layers.CauchyScale`
+holding the trainable gamma: 2,108,257 network weights + gamma =
+2,108,258 trainable parameters. Conv kernels carry ``L2(alpha)``, Dense 1 and 2
+``L1GroupLasso(alpha)``; the last Dense and all biases are unregularised.
+
+How the loss finds gamma: the network is a :class:`HaloModel`, a functional
+``keras.Model`` whose :meth:`HaloModel.compute_loss` binds every
+:class:`~tfhalo.losses.CauchySelectionLoss` it was compiled with to its
+CauchyScale layer before computing the loss. So ``model.compile(optimizer,
+loss=CauchySelectionLoss())`` works as with any Keras loss, on TensorFlow and
+JAX, and again after ``keras.saving.load_model`` (which recompiles with a fresh,
+unbound loss). ``HaloModel.fit`` also adds a :class:`GammaHistory` callback (if
+none is given), so ``history.history["gamma"]``, the progress bar and a
+``CSVLogger`` report gamma after each epoch.
+
+Example:
+    >>> model = halo_cnn(input_shape=(17, 17, 17, 1), conv_filters=(4, 8, 8),
+    ...                  pool_after=(False, True, True), dense_units=(16,))
+    >>> history = model.fit(x, y, batch_size=8, epochs=2)   # y scaled to [-1, 1]
+    >>> history.history["gamma"]                            # gamma after each epoch
+"""
+
+import math
+
+import keras
+from keras import ops, tree
+
+from tfhalo.layers import CauchyScale, MultipoleConv3D
+from tfhalo.layers.cauchy import _check_positive_finite
+from tfhalo.losses import CauchySelectionLoss
+from tfhalo.regularizers import L1GroupLasso
+
+PAPER_CONV_FILTERS = (32, 32, 64, 128, 128, 128)
+PAPER_POOL_AFTER = (False, True, True, True, True, True)
+PAPER_DENSE_UNITS = (256, 128)
+PAPER_ALPHA = 10**-2.5
+
+
+def find_cauchy_scale(model):
+    """Returns the single CauchyScale layer of ``model`` (searched recursively)."""
+    found = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, CauchyScale)]
+    if len(found) != 1:
+        raise ValueError(
+            f"model must contain exactly one tfhalo.layers.CauchyScale layer. Received: {len(found)} in model "
+            f"{model.name!r}"
+        )
+    return found[0]
+
+
+@keras.saving.register_keras_serializable(package="tfhalo")
+class GammaHistory(keras.callbacks.Callback):
+    """Records the Cauchy scale gamma after each epoch.
+
+    Adds ``logs["gamma"]`` in ``on_epoch_end`` (so ``History``, the progress bar
+    and a ``CSVLogger`` listed after it record it) and keeps ``self.gammas``.
+
+    Example:
+        >>> tracker = GammaHistory()
+        >>> model.fit(x, y, callbacks=[tracker, keras.callbacks.CSVLogger("log.csv")])
+        >>> tracker.gammas
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.gammas = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        gamma = float(ops.convert_to_numpy(find_cauchy_scale(self.model).gamma))
+        self.gammas.append(gamma)
+        if logs is not None:
+            logs["gamma"] = gamma
+
+    def get_config(self):
+        return {}
+
+
+@keras.saving.register_keras_serializable(package="tfhalo")
+class HaloModel(keras.Model):
+    """Functional Keras model that feeds its CauchyScale's gamma to the loss.
+
+    Build it like ``keras.Model(inputs, outputs)``; the graph must contain one
+    :class:`~tfhalo.layers.CauchyScale`. Everything else is standard Keras.
+    """
+
+    @property
+    def cauchy_scale(self):
+        """The model's CauchyScale layer."""
+        return find_cauchy_scale(self)
+
+    @property
+    def gamma(self):
+        """Current gamma as a Python float."""
+        return float(ops.convert_to_numpy(self.cauchy_scale.gamma))
+
+    def _bind_cauchy_losses(self):
+        scale_layer = None
+        for loss in tree.flatten(getattr(self, "loss", None)):
+            if isinstance(loss, CauchySelectionLoss) and loss.scale is None and loss._scale_layer is None:
+                scale_layer = scale_layer or self.cauchy_scale
+                loss.bind(scale_layer)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Runs inside Keras' (stateless, under JAX) loss scope, so the gamma the
+        # bound loss reads here is the traced, differentiated variable.
+        self._bind_cauchy_losses()
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``, plus a :class:`GammaHistory` if none is given."""
+        if len(args) > 5:
+            args = list(args)
+            args[5] = self._with_gamma_history(args[5])
+        else:
+            kwargs["callbacks"] = self._with_gamma_history(kwargs.get("callbacks"))
+        return super().fit(*args, **kwargs)
+
+    @staticmethod
+    def _with_gamma_history(callbacks):
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            return callbacks
+        callbacks = list(callbacks or [])
+        if not any(isinstance(cb, GammaHistory) for cb in callbacks):
+            callbacks.insert(0, GammaHistory())
+        return callbacks
+
+
+def _check_int_tuple(name, value, allow_empty=False, minimum=1):
+    try:
+        values = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of integers >= {minimum}. Received: {name}={value!r}") from None
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)
+    if not ok or (not values and not allow_empty):
+        raise ValueError(f"{name} must be a sequence of integers >= {minimum}. Received: {name}={value!r}")
+    return values
+
+
+def _check_alpha(alpha):
+    if alpha is None:
+        return 0.0
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"alpha must be None or a finite number >= 0. Received: alpha={alpha!r}")
+    return value
+
+
+def halo_cnn(
+    input_shape=(75, 75, 75, 1),
+    conv_filters=PAPER_CONV_FILTERS,
+    pool_after=PAPER_POOL_AFTER,
+    dense_units=PAPER_DENSE_UNITS,
+    leaky_alpha=0.03,
+    alpha=PAPER_ALPHA,
+    conv_type="conv",
+    ells=(0,),
+    initial_gamma=0.2,
+    compile=True,
+    learning_rate=5e-5,
+    name="halo_cnn",
+):
+    """Builds (and by default compiles) the deep-halo CNN.
+
+    Args:
+        input_shape: ``(nx, ny, nz, channels)``, channels last.
+        conv_filters: filters of each 3^3 convolution (one entry per layer).
+            For ``conv_type="multipole"`` a layer outputs
+            ``filters * sum_l (2l + 1)`` channels.
+        pool_after: one bool per convolution: MaxPooling3D(2, "same") after it.
+        dense_units: widths of the hidden Dense layers; the first two carry
+            ``L1GroupLasso(alpha)``, any further ones are unregularised.
+        leaky_alpha: negative slope of every LeakyReLU (>= 0).
+        alpha: regularisation strength (paper 10**-2.5 for raw density,
+            10**-4.3 for averaged density); ``None`` or 0 disables it.
+        conv_type: ``"conv"`` (keras Conv3D, the paper) or ``"multipole"``
+            (:class:`tfhalo.layers.MultipoleConv3D`; ``ells=(0,)`` gives a
+            rotation-invariant network of isotropic kernels).
+        ells: multipole orders l for ``conv_type="multipole"``.
+        initial_gamma: starting Cauchy scale (> 0).
+        compile: compile with :func:`compile_halo_cnn` (Adam, amsgrad).
+        learning_rate: Adam learning rate when ``compile`` is True.
+        name: model name.
+
+    Returns:
+        A :class:`HaloModel` mapping ``(batch, *input_shape)`` to ``(batch, 1)``.
+
+    Example:
+        >>> model = halo_cnn()
+        >>> sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        2108258
+    """
+    try:
+        input_shape = tuple(input_shape)
+    except TypeError:
+        input_shape = None
+    if (
+        input_shape is None
+        or len(input_shape) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in input_shape)
+    ):
+        raise ValueError(
+            f"input_shape must be 4 positive integers (nx, ny, nz, channels). Received: input_shape={input_shape!r}"
+        )
+    conv_filters = _check_int_tuple("conv_filters", conv_filters)
+    try:
+        pool_after = tuple(bool(p) for p in pool_after)
+    except TypeError:
+        raise ValueError(f"pool_after must be a sequence of bools. Received: pool_after={pool_after!r}") from None
+    if len(pool_after) != len(conv_filters):
+        raise ValueError(
+            f"pool_after must have one entry per convolution ({len(conv_filters)}). Received: pool_after={pool_after!r}"
+        )
+    dense_units = _check_int_tuple("dense_units", dense_units, allow_empty=True)
+    if not isinstance(leaky_alpha, (int, float)) or not math.isfinite(leaky_alpha) or leaky_alpha < 0:
+        raise ValueError(f"leaky_alpha must be a finite number >= 0. Received: leaky_alpha={leaky_alpha!r}")
+    alpha = _check_alpha(alpha)
+    if conv_type not in ("conv", "multipole"):
+        raise ValueError(f'conv_type must be "conv" or "multipole". Received: conv_type={conv_type!r}')
+    ells = _check_int_tuple("ells", ells, minimum=0)
+    initial_gamma = _check_positive_finite("initial_gamma", initial_gamma)
+    if compile:
+        learning_rate = _check_positive_finite("learning_rate", learning_rate)
+
+    def conv_regularizer():
+        return keras.regularizers.L2(alpha) if alpha > 0 else None
+
+    def dense_regularizer():
+        return L1GroupLasso(alpha) if alpha > 0 else None
+
+    inputs = keras.Input(shape=input_shape, name="density")
+    x = inputs
+    for i, (filters, pool) in enumerate(zip(conv_filters, pool_after), start=1):
+        if conv_type == "conv":
+            conv = keras.layers.Conv3D(
+                filters, 3, padding="same", kernel_regularizer=conv_regularizer(), name=f"conv{i}"
+            )
+        else:
+            conv = MultipoleConv3D(
+                filters,
+                ells=ells,
+                kernel_size=3,
+                padding="same",
+                kernel_regularizer=conv_regularizer(),
+                name=f"conv{i}",
+            )
+        x = conv(x)
+        x = keras.layers.LeakyReLU(negative_slope=leaky_alpha, name=f"conv{i}_act")(x)
+        if pool:
+            x = keras.layers.MaxPooling3D(2, padding="same", name=f"pool{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i, units in enumerate(dense_units, start=1):
+        regularizer = dense_regularizer() if i <= 2 else None
+        x = keras.layers.Dense(units, kernel_regularizer=regularizer, name=f"dense{i}")(x)
+        x = keras.layers.LeakyReLU(negative_slope=leaky_alpha, name=f"dense{i}_act")(x)
+    x = keras.layers.Dense(1, name="prediction")(x)
+    outputs = CauchyScale(initial_gamma, name="cauchy_scale")(x)
+    model = HaloModel(inputs, outputs, name=name)
+    if compile:
+        compile_halo_cnn(model, learning_rate=learning_rate)
+    return model
+
+
+def compile_halo_cnn(model, learning_rate=5e-5, amsgrad=True, penalty_strength=100.0, **compile_kwargs):
+    """Compiles ``model`` with Adam and :class:`~tfhalo.losses.CauchySelectionLoss`.
+
+    Args:
+        model: a :class:`HaloModel` (or any model with one CauchyScale layer;
+            the loss is bound to it here).
+        learning_rate: Adam learning rate (paper 5e-5).
+        amsgrad: use the AMSGrad variant (paper: True).
+        penalty_strength: curvature of the loss penalty outside [-1, 1].
+        **compile_kwargs: passed on to ``model.compile`` (e.g. ``metrics``).
+
+    Returns:
+        The model (compiled in place).
+    """
+    learning_rate = _check_positive_finite("learning_rate", learning_rate)
+    loss = CauchySelectionLoss(penalty_strength=penalty_strength).bind(find_cauchy_scale(model))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, amsgrad=bool(amsgrad)),
+        loss=loss,
+        **compile_kwargs,
+    )
+    return model
+
+
+__all__ = ["GammaHistory", "HaloModel", "compile_halo_cnn", "find_cauchy_scale", "halo_cnn"]

@@ -1,0 +1,173 @@
+"""One simulation end to end: ICs -> 2LPT -> particle mesh -> FoF -> Simulation.
+
+Example:
+    >>> from tfhalo.sim.pipeline import run_simulation
+    >>> sim = run_simulation(n_side=32, box_size=50.0, seed=1)
+    >>> sim.initial_density.shape, len(sim.halos)
+    ((32, 32, 32), ...)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+
+from tfhalo.sim.cosmology import WMAP5, Cosmology
+from tfhalo.sim.fof import friends_of_friends, halo_properties
+from tfhalo.sim.ics import gaussian_field, lpt_displacements, lpt_state
+from tfhalo.sim.pm import run_pm
+from tfhalo.sim.simulation import Simulation
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _positive_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a positive number. Received: {name}={value!r}")
+    if not np.isfinite(value) or not value > 0:
+        raise ValueError(f"{name} must be positive. Received: {name}={value!r}")
+    return float(value)
+
+
+def validate_arguments(
+    n_side, box_size, cosmology, seed, z_initial, a_start, n_steps, mesh_factor, linking_length, min_members
+):
+    """Check :func:`run_simulation` arguments; raise ``ValueError`` naming the culprit.
+
+    Returns:
+        The normalised ``(n_side, box_size, z_initial, a_start, n_steps,
+        mesh_factor, linking_length, min_members)``.
+    """
+    n_side = _positive_int("n_side", n_side, minimum=2)
+    box_size = _positive_float("box_size", box_size)
+    if not isinstance(cosmology, Cosmology):
+        raise ValueError(f"cosmology must be a tfhalo.sim.Cosmology. Received: cosmology={cosmology!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None. Received: seed={seed!r}")
+    z_initial = _positive_float("z_initial", z_initial)
+    a_initial = 1.0 / (1.0 + z_initial)
+    a_start = _positive_float("a_start", a_start)
+    if not a_initial <= a_start < 1.0:
+        raise ValueError(
+            f"a_start must lie in [1/(1+z_initial), 1) = [{a_initial:.4g}, 1): the N-body starts at or after "
+            f"the initial redshift and before z = 0. Received: a_start={a_start}, z_initial={z_initial}"
+        )
+    n_steps = _positive_int("n_steps", n_steps)
+    mesh_factor = _positive_int("mesh_factor", mesh_factor)
+    linking_length = _positive_float("linking_length", linking_length)
+    if linking_length >= 1.0:
+        raise ValueError(
+            "linking_length is in units of the mean inter-particle separation and must be < 1. "
+            f"Received: linking_length={linking_length}"
+        )
+    min_members = _positive_int("min_members", min_members)
+    return n_side, box_size, z_initial, a_start, n_steps, mesh_factor, linking_length, min_members
+
+
+def run_simulation(
+    n_side: int,
+    box_size: float,
+    cosmology: Cosmology = WMAP5,
+    seed: Optional[int] = 0,
+    z_initial: float = 99.0,
+    a_start: float = 0.1,
+    n_steps: int = 10,
+    mesh_factor: int = 2,
+    linking_length: float = 0.2,
+    min_members: int = 20,
+    progress: bool = False,
+    name: Optional[str] = None,
+) -> Simulation:
+    """Generate one simulation.
+
+    1. Linear density at z = 0 from ``seed`` (:func:`~tfhalo.sim.ics.gaussian_field`),
+       stored scaled to ``z_initial`` as ``initial_density`` (float32).
+    2. 2LPT positions at ``z_initial`` (``initial_positions``) and 2LPT positions
+       and momenta at ``a_start``.
+    3. Particle mesh (:func:`~tfhalo.sim.pm.run_pm`) from ``a_start`` to a = 1.
+    4. FoF with linking length ``linking_length * box_size / n_side``,
+       ``min_members`` particles or more, and halo properties.
+
+    Args:
+        n_side: particles per side (``n_side**3`` particles).
+        box_size: box side, Mpc/h.
+        cosmology: the cosmology.
+        seed: seed of the initial conditions (None: fresh entropy).
+        z_initial: redshift of the stored initial density and positions.
+        a_start: scale factor where the N-body starts from 2LPT.
+        n_steps: PM kick-drift-kick steps.
+        mesh_factor: force-mesh cells per particle per side.
+        linking_length: FoF ``b`` in units of the mean inter-particle separation.
+        min_members: smallest FoF halo.
+        progress: print stage timings and show a tqdm bar for the PM.
+        name: label of the simulation (default ``"sim_seed{seed}"``).
+
+    Returns:
+        A fully populated :class:`~tfhalo.sim.simulation.Simulation`.
+    """
+    (n_side, box_size, z_initial, a_start, n_steps, mesh_factor, linking_length, min_members) = validate_arguments(
+        n_side, box_size, cosmology, seed, z_initial, a_start, n_steps, mesh_factor, linking_length, min_members
+    )
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**63))
+    seed = int(seed)
+    a_initial = 1.0 / (1.0 + z_initial)
+    timer = _StageTimer(progress)
+
+    delta0 = gaussian_field(n_side, box_size, cosmology, seed, z=0.0)
+    initial_density = (delta0 * cosmology.growth_factor(a_initial)).astype(np.float32)
+    psi1, psi2 = lpt_displacements(delta0, box_size)
+    del delta0
+    initial_positions, _ = lpt_state(psi1, psi2, box_size, cosmology, a_initial, dtype=np.float32)
+    x_start, p_start = lpt_state(psi1, psi2, box_size, cosmology, a_start)
+    del psi1, psi2
+    timer.stage("initial conditions")
+
+    final_positions, _ = run_pm(
+        x_start, p_start, box_size, cosmology, a_start=a_start, a_end=1.0, n_steps=n_steps,
+        mesh_factor=mesh_factor, progress=progress,
+    )
+    del x_start, p_start
+    timer.stage("particle mesh")
+
+    particle_mass = cosmology.rho_mean * box_size**3 / n_side**3
+    labels = friends_of_friends(final_positions, box_size, linking_length * box_size / n_side, min_members)
+    halos, r_rel = halo_properties(final_positions, labels, box_size, particle_mass, cosmology.rho_mean)
+    halo_mass = np.where(labels >= 0, halos.mass[np.maximum(labels, 0)] if len(halos) else 0.0, 0.0)
+    timer.stage("friends of friends")
+
+    return Simulation(
+        box_size=box_size,
+        n_side=n_side,
+        cosmology=cosmology,
+        z_initial=z_initial,
+        particle_mass=particle_mass,
+        initial_density=initial_density,
+        ids=np.arange(n_side**3, dtype=np.int64),
+        initial_positions=initial_positions,
+        final_positions=final_positions,
+        halo_id=labels,
+        halo_mass=halo_mass,
+        r_over_r200=r_rel.astype(np.float32),
+        halos=halos,
+        seed=seed,
+        name=name if name is not None else f"sim_seed{seed}",
+    )
+
+
+class _StageTimer:
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+        self.t = time.perf_counter()
+
+    def stage(self, what: str):
+        now = time.perf_counter()
+        if self.verbose:
+            print(f"[tfhalo.sim] {what}: {now - self.t:.2f} s", flush=True)
+        self.t = now

@@ -1,0 +1,340 @@
+"""Suites of generated simulations: presets, resumable generation, manifest.
+
+Directory layout written by :func:`generate_suite`::
+
+    OUT/suite.json              manifest: preset parameters, master seed, per-simulation seeds
+    OUT/sim_000.h5              exact arrays (tfhalo.sim.hdf5 schema); written last = "finished"
+    OUT/sim_000/ics             Gadget-2 snapshot at z_initial     (tfhalo.sim.gadget)
+    OUT/sim_000/snapshot_000    Gadget-2 snapshot at z = 0
+    OUT/sim_000/snapshot_000.grp  halo numbers (0 = none, halo k -> k + 1)
+    OUT/sim_000/tfhalo.json     name, seed, cosmology
+    OUT/sim_001.h5, OUT/sim_001/, ...
+
+Resuming: simulation ``i`` is finished when ``sim_{i}.h5`` is complete (its
+``complete`` attribute is written last and the file is renamed into place)
+with the manifest's seed and its Gadget directory holds every file; a
+finished simulation is skipped; anything else (temporary ``*.tmp`` files or
+directories from an interrupted run) is removed and the simulation redone.
+The Gadget directory is written as ``sim_{i}.tmp/`` and renamed, then the
+``.h5`` file is written (temporary name, then rename).
+
+Seeds: ``numpy.random.SeedSequence(master_seed).spawn(n_sims)``; simulation
+``i``'s seed is 63 bits drawn from child ``i`` (independent streams, and the
+same for any ``n_sims > i``).
+
+Example:
+    >>> paths = generate_suite("suite", preset="quick", n_sims=2, seed=0)   # doctest: +SKIP
+    >>> sims = load_suite("suite")                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+
+from tfhalo.sim import gadget, hdf5
+from tfhalo.sim.cosmology import WMAP5, Cosmology
+from tfhalo.sim.simulation import Simulation
+
+MANIFEST_NAME = "suite.json"
+MANIFEST_FORMAT = "tfhalo-suite"
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationPreset:
+    """Parameters of every simulation in a suite (see :func:`tfhalo.sim.run_simulation`).
+
+    Args:
+        n_side: particles per side (``n_side**3`` particles).
+        box_size: box side, Mpc/h.
+        z_initial: redshift of the stored initial density and positions.
+        a_start: scale factor where the particle mesh starts (2LPT before).
+        n_steps: particle-mesh steps.
+        mesh_factor: force-mesh cells per particle per side.
+        linking_length: FoF ``b`` in mean inter-particle separations.
+        min_members: smallest FoF halo.
+        cosmology: the :class:`~tfhalo.sim.cosmology.Cosmology`.
+    """
+
+    n_side: int
+    box_size: float
+    z_initial: float = 99.0
+    a_start: float = 0.1
+    n_steps: int = 10
+    mesh_factor: int = 2
+    linking_length: float = 0.2
+    min_members: int = 20
+    cosmology: Cosmology = WMAP5
+
+    def __post_init__(self):
+        for field in ("n_side", "n_steps", "mesh_factor", "min_members"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{field} must be a positive integer. Received: {field}={value!r}")
+            object.__setattr__(self, field, int(value))
+        for field in ("box_size", "linking_length"):
+            value = getattr(self, field)
+            if not np.isfinite(value) or not value > 0:
+                raise ValueError(f"{field} must be positive. Received: {field}={value!r}")
+            object.__setattr__(self, field, float(value))
+        if not self.z_initial > 0:
+            raise ValueError(f"z_initial must be positive. Received: z_initial={self.z_initial!r}")
+        if not 1.0 / (1.0 + self.z_initial) <= self.a_start < 1.0:
+            raise ValueError(
+                f"a_start must be in [1/(1+z_initial), 1). Received: a_start={self.a_start!r}, "
+                f"z_initial={self.z_initial!r}"
+            )
+        if not isinstance(self.cosmology, Cosmology):
+            raise TypeError(f"cosmology must be a tfhalo.sim.Cosmology. Received: {type(self.cosmology).__name__}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["cosmology"] = self.cosmology.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d) -> "SimulationPreset":
+        d = dict(d)
+        d["cosmology"] = Cosmology.from_dict(d.get("cosmology", WMAP5.to_dict()))
+        return cls(**d)
+
+
+#: "quick": seconds per simulation on 2 cores; "paper": Lucie-Smith et al. (2018) resolution.
+PRESETS: Dict[str, SimulationPreset] = {
+    "quick": SimulationPreset(n_side=64, box_size=40.0, n_steps=10, mesh_factor=2),
+    "paper": SimulationPreset(n_side=256, box_size=50.0, z_initial=99.0, n_steps=10, mesh_factor=2),
+}
+
+
+def resolve_preset(preset: Union[str, SimulationPreset] = "quick", **overrides) -> SimulationPreset:
+    """A preset by name (or as given) with fields replaced by ``overrides``.
+
+    Raises:
+        ValueError: unknown preset name or override field, or an invalid value.
+    """
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset. Expected one of {sorted(PRESETS)}. Received: preset={preset!r}")
+        preset = PRESETS[preset]
+    elif not isinstance(preset, SimulationPreset):
+        raise TypeError(f"preset must be a name or a SimulationPreset. Received: {type(preset).__name__}")
+    fields = {f.name for f in dataclasses.fields(SimulationPreset)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"Unknown preset overrides {unknown}. Expected a subset of {sorted(fields)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(preset, **overrides) if overrides else preset
+
+
+def simulation_seeds(master_seed: int, n_sims: int) -> List[int]:
+    """Independent 63-bit seeds for ``n_sims`` simulations from one master seed."""
+    children = np.random.SeedSequence(int(master_seed)).spawn(int(n_sims))
+    seeds = []
+    for child in children:
+        lo, hi = child.generate_state(2, dtype=np.uint32)
+        seeds.append(int((int(hi) << 32 | int(lo)) & (2**63 - 1)))
+    return seeds
+
+
+def simulation_name(index: int) -> str:
+    return f"sim_{index:03d}"
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(out_dir: PathLike) -> dict:
+    """The ``suite.json`` of a suite directory.
+
+    Raises:
+        FileNotFoundError: no manifest.
+        ValueError: unreadable or not a tfhalo suite manifest.
+    """
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"Suite manifest not found: {path}")
+    try:
+        with open(path) as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Cannot read suite manifest {path}: {err}") from err
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path} is not a tfhalo suite manifest (format {manifest.get('format')!r})")
+    return manifest
+
+
+def _manifest(preset_name: str, preset: SimulationPreset, master_seed: int, n_sims: int) -> dict:
+    import tfhalo
+
+    seeds = simulation_seeds(master_seed, n_sims)
+    return {
+        "format": MANIFEST_FORMAT,
+        "tfhalo_version": tfhalo.__version__,
+        "preset": preset_name,
+        "parameters": preset.to_dict(),
+        "master_seed": int(master_seed),
+        "n_sims": int(n_sims),
+        "simulations": [
+            {"name": simulation_name(i), "seed": s, "file": simulation_name(i) + ".h5", "gadget": simulation_name(i)}
+            for i, s in enumerate(seeds)
+        ],
+    }
+
+
+def is_finished(out_dir: PathLike, name: str, seed: Optional[int] = None) -> bool:
+    """True when simulation ``name`` of the suite in ``out_dir`` was written completely."""
+    out_dir = Path(out_dir)
+    h5 = out_dir / (name + ".h5")
+    gdir = out_dir / name
+    if not hdf5.is_complete(h5):
+        return False
+    needed = (gadget.ICS_NAME, gadget.FINAL_NAME, gadget.FINAL_NAME + gadget.GRP_SUFFIX, gadget.METADATA_NAME)
+    if not all((gdir / f).is_file() for f in needed):
+        return False
+    return seed is None or hdf5.read_metadata(h5)["seed"] == seed
+
+
+def _clean(out_dir: Path, name: str) -> None:
+    """Remove whatever an interrupted run left of simulation ``name``."""
+    for path in (out_dir / (name + ".h5"), hdf5.temporary_path(out_dir / (name + ".h5"))):
+        path.unlink(missing_ok=True)
+    for path in (out_dir / name, out_dir / (name + ".tmp")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def write_simulation_files(sim: Simulation, out_dir: PathLike, name: str) -> Path:
+    """Write one finished simulation into a suite directory (Gadget dir, then ``.h5``)."""
+    out_dir = Path(out_dir)
+    _clean(out_dir, name)
+    tmp_dir = out_dir / (name + ".tmp")
+    gadget.write_gadget(sim, tmp_dir)
+    os.replace(tmp_dir, out_dir / name)
+    return hdf5.write_simulation(sim, out_dir / (name + ".h5"))
+
+
+def generate_suite(
+    out_dir: PathLike,
+    preset: Union[str, SimulationPreset] = "quick",
+    n_sims: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+    **overrides,
+) -> List[Path]:
+    """Generate (or finish) a suite of simulations; resumable and atomic.
+
+    Args:
+        out_dir: suite directory (created if missing).
+        preset: ``"quick"``, ``"paper"`` or a :class:`SimulationPreset`.
+        n_sims: number of simulations.
+        seed: master seed; per-simulation seeds are spawned from it.
+        progress: show a tqdm progress bar.
+        **overrides: preset fields to replace, e.g. ``n_side=16``.
+
+    Returns:
+        Paths of the ``.h5`` files of all ``n_sims`` simulations.
+
+    Raises:
+        ValueError: invalid arguments, or ``out_dir`` holds a suite made with
+            other parameters or another master seed.
+    """
+    from tqdm.auto import tqdm
+
+    from tfhalo.sim.pipeline import run_simulation
+
+    if isinstance(n_sims, bool) or int(n_sims) != n_sims or n_sims < 1:
+        raise ValueError(f"n_sims must be a positive integer. Received: n_sims={n_sims!r}")
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer. Received: seed={seed!r}")
+    n_sims, seed = int(n_sims), int(seed)
+    preset_name = preset if isinstance(preset, str) else "custom"
+    params = resolve_preset(preset, **overrides)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir must be a directory. Received: out_dir={str(out_dir)!r} (a file)")
+    manifest = _manifest(preset_name, params, seed, max(n_sims, 1))
+    if (out_dir / MANIFEST_NAME).is_file():
+        old = read_manifest(out_dir)
+        if old["parameters"] != manifest["parameters"] or old["master_seed"] != seed:
+            raise ValueError(
+                f"{out_dir / MANIFEST_NAME} describes another suite (preset parameters {old['parameters']}, "
+                f"master seed {old['master_seed']}); use another out_dir. Received: parameters "
+                f"{manifest['parameters']}, seed={seed}"
+            )
+        if old["n_sims"] > n_sims:  # keep the larger suite's entries
+            manifest = _manifest(old.get("preset", preset_name), params, seed, old["n_sims"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+
+    paths = []
+    bar = tqdm(manifest["simulations"][:n_sims], desc="simulations", unit="sim", disable=not progress)
+    for entry in bar:
+        name, sim_seed = entry["name"], entry["seed"]
+        path = out_dir / entry["file"]
+        if is_finished(out_dir, name, sim_seed):
+            bar.set_postfix_str(f"{name} done (skipped)")
+        else:
+            bar.set_postfix_str(f"{name} running")
+            sim = run_simulation(
+                n_side=params.n_side,
+                box_size=params.box_size,
+                cosmology=params.cosmology,
+                seed=sim_seed,
+                z_initial=params.z_initial,
+                a_start=params.a_start,
+                n_steps=params.n_steps,
+                mesh_factor=params.mesh_factor,
+                linking_length=params.linking_length,
+                min_members=params.min_members,
+                progress=False,
+                name=name,
+            )
+            write_simulation_files(sim, out_dir, name)
+            bar.set_postfix_str(f"{name} written, {len(sim.halos)} halos")
+        paths.append(path)
+    bar.close()
+    return paths
+
+
+def list_suite(out_dir: PathLike, finished_only: bool = True) -> List[Path]:
+    """The ``.h5`` files of a suite, in manifest order (only finished ones by default)."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    return [
+        out_dir / e["file"]
+        for e in manifest["simulations"]
+        if not finished_only or is_finished(out_dir, e["name"], e["seed"])
+    ]
+
+
+def load_suite(out_dir: PathLike, via: str = "hdf5") -> List[Simulation]:
+    """Load every finished simulation of a suite.
+
+    Args:
+        out_dir: suite directory.
+        via: ``"hdf5"`` (exact, fast) or ``"gadget"`` (through pynbody).
+    """
+    from tfhalo.sim.loader import load
+
+    if via not in ("hdf5", "gadget"):
+        raise ValueError(f"via must be 'hdf5' or 'gadget'. Received: via={via!r}")
+    files = list_suite(out_dir)
+    return [load(p if via == "hdf5" else p.with_suffix("")) for p in files]
