@@ -17,7 +17,7 @@ are interleaved so that load from other processes hits them alike. The default r
 Usage::
 
     python benchmarks/bench_layers.py [--size 24] [--channels 16] [--filters 32]
-        [--batch 4] [--reps 15] [--paper-batch 2] [--paper-steps 2] [--skip-paper]
+        [--batch 4] [--reps 15] [--paper-batch 4] [--paper-steps 3] [--skip-paper]
         [--json results.json]
 """
 
@@ -126,8 +126,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=_positive_int, default=4)
     parser.add_argument("--reps", type=_positive_int, default=15)
     parser.add_argument("--small-batch", type=_positive_int, default=32)
-    parser.add_argument("--paper-batch", type=_positive_int, default=2)
-    parser.add_argument("--paper-steps", type=_positive_int, default=2)
+    parser.add_argument("--paper-batch", type=_positive_int, default=4)
+    parser.add_argument("--paper-steps", type=_positive_int, default=3)
     parser.add_argument("--skip-paper", action="store_true", help="skip the 75^3 paper model")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)

@@ -61,9 +61,11 @@ class Preset:
 
 PRESETS = {
     "quick": Preset(n_grid=10, threshold_particles=50, n_sims=4, sim_preset="quick", map_steps=1500,
-                    map_starts=3, n_chains=4, n_burnin=600, n_samples=1000, num_leapfrog_steps=6),
+                    map_starts=3, n_chains=4, n_burnin=800, n_samples=1000, num_leapfrog_steps=6,
+                    mass_matrix="adaptive"),
     "paper": Preset(n_grid=64, threshold_particles=50, n_sims=4, sim_preset="paper", map_steps=5000,
-                    map_starts=4, n_chains=4, n_burnin=3000, n_samples=5000, num_leapfrog_steps=10),
+                    map_starts=4, n_chains=4, n_burnin=3000, n_samples=5000, num_leapfrog_steps=10,
+                    mass_matrix="adaptive"),
 }
 
 
@@ -139,13 +141,16 @@ def main(argv=None):
     like = NeuralBiasLikelihood(model, train)
     like_test = NeuralBiasLikelihood(model, test)
     names = [n.split("/", 1)[-1] for n in like.layout.names()]
+    map_key = json.dumps(dict(n_grid=preset.n_grid, threshold=preset.threshold_particles, steps=preset.map_steps,
+                              starts=preset.map_starts, field=args.field, seed=args.seed,
+                              sims=[str(p) for p in paths]), sort_keys=True)
     config_key = json.dumps(dict(dataclasses.asdict(preset), field=args.field, seed=args.seed,
                                  sims=[str(p) for p in paths]), sort_keys=True)
 
     # MAP (cached).
     t0 = time.perf_counter()
     map_path = out / "map.npz"
-    if map_path.exists() and str(np.load(map_path)["config"]) == config_key:
+    if map_path.exists() and str(np.load(map_path)["config"]) == map_key:
         cached = np.load(map_path)
         theta_map, hess = cached["theta"], cached["hessian"]
         map_evals = int(cached["n_evaluations"])
@@ -153,7 +158,7 @@ def main(argv=None):
     else:
         fit = fit_map(like, steps=preset.map_steps, n_starts=preset.map_starts, seed=args.seed, progress=progress)
         theta_map, hess, map_evals = fit.theta, fit.hessian, fit.n_evaluations
-        _save_npz(map_path, theta=theta_map, hessian=hess, n_evaluations=map_evals, config=config_key)
+        _save_npz(map_path, theta=theta_map, hessian=hess, n_evaluations=map_evals, config=map_key)
     like.layout.set(model, theta_map)
     timings["map_s"] = time.perf_counter() - t0
 
@@ -182,8 +187,11 @@ def main(argv=None):
         print("chains: reusing", chains_path, flush=True)
     else:
         rng = np.random.default_rng(args.seed + 1)
-        chol = preconditioner_from_hessian(hess, 1.0 / like.prior_scale**2)
-        init = theta_map + rng.normal(size=(preset.n_chains, theta_map.size)) @ chol.T
+        # Dispersed starts around the MAP, at most ~1 unit along the flattest
+        # Hessian directions (the floored ones would otherwise throw a chain
+        # 10 prior-widths away into a region with no halos).
+        chol = preconditioner_from_hessian(hess, 1.0)
+        init = theta_map + 0.5 * rng.normal(size=(preset.n_chains, theta_map.size)) @ chol.T
         result = sample_posterior(
             like.log_posterior, init, num_results=preset.n_samples, num_burnin=preset.n_burnin,
             kernel=preset.kernel, mass_matrix=preset.mass_matrix, hessian=hess, centre=theta_map,

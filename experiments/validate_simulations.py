@@ -227,6 +227,10 @@ def plot(summary, path: Path, k_nyq: float):
     ax[1, 1].set_ylim(0, 2)
     ax[1, 1].set_xlabel("M_FoF [Msun/h]")
     ax[1, 1].set_ylabel("N / Watson13")
+    from matplotlib.ticker import NullFormatter
+
+    for a in ax.ravel():
+        a.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)

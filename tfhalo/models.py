@@ -44,7 +44,12 @@ PAPER_ALPHA = 10**-2.5
 
 def find_cauchy_scale(model):
     """Returns the single CauchyScale layer of ``model`` (searched recursively)."""
-    found = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, CauchyScale)]
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, CauchyScale):
+            found.append(layer)
+        stack.extend(getattr(layer, "layers", []))
     if len(found) != 1:
         raise ValueError(
             f"model must contain exactly one tfhalo.layers.CauchyScale layer. Received: {len(found)} in model "
@@ -99,11 +104,13 @@ class HaloModel(keras.Model):
         return float(ops.convert_to_numpy(self.cauchy_scale.gamma))
 
     def _bind_cauchy_losses(self):
+        # Rebinding also covers a loss object first used with another model.
         scale_layer = None
         for loss in tree.flatten(getattr(self, "loss", None)):
-            if isinstance(loss, CauchySelectionLoss) and loss.scale is None and loss._scale_layer is None:
+            if isinstance(loss, CauchySelectionLoss) and loss.scale is None:
                 scale_layer = scale_layer or self.cauchy_scale
-                loss.bind(scale_layer)
+                if loss._scale_layer is not scale_layer:
+                    loss.bind(scale_layer)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # Runs inside Keras' (stateless, under JAX) loss scope, so the gamma the

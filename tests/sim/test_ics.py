@@ -5,7 +5,14 @@ import pytest
 import scipy.fft
 
 from tfhalo.sim.cosmology import WMAP5
-from tfhalo.sim.ics import gaussian_field, lattice_positions, lpt_displacements, lpt_positions, lpt_state
+from tfhalo.sim.ics import (
+    gaussian_field,
+    lattice_positions,
+    lpt_displacements,
+    lpt_positions,
+    lpt_state,
+    peculiar_velocity,
+)
 from tfhalo.sim.mesh import cic_paint, cic_readout, power_spectrum, rfft_wavenumbers
 
 
@@ -93,6 +100,9 @@ def test_lpt_positions_and_momenta_follow_growth():
     dxda = xp - xm
     dxda -= box * np.round(dxda / box)
     np.testing.assert_allclose(p, a**3 * WMAP5.hubble(a) * dxda / (2 * eps), rtol=1e-5, atol=1e-8)
+    # peculiar velocity a dx/dt_phys = a^2 H(a) dx/da, H = 100 E km/s/(Mpc/h)
+    v = peculiar_velocity(p, a)
+    np.testing.assert_allclose(v, a**2 * 100 * WMAP5.hubble(a) * dxda / (2 * eps), rtol=1e-5, atol=1e-6)
     # lpt_positions from the field given at another redshift is the same thing
     x2 = lpt_positions(delta0 * WMAP5.growth_factor(0.01), box, WMAP5, a_from=0.01, a_to=a)
     np.testing.assert_allclose(x2, x, atol=1e-9)

@@ -5,7 +5,7 @@ import pytest
 import scipy.fft
 
 from tfhalo.sim.cosmology import WMAP5
-from tfhalo.sim.ics import gaussian_field, lattice_positions, lpt_displacements, lpt_state
+from tfhalo.sim.ics import gaussian_field, lattice_positions, lpt_displacements, lpt_state, peculiar_velocity
 from tfhalo.sim.mesh import cic_paint
 from tfhalo.sim.pm import ForceSolver, drift_factor, kick_factor, run_pm
 
@@ -98,6 +98,11 @@ def test_large_scale_growth_matches_linear_theory():
         num += np.sum(np.real(m1 * np.conj(m0)))
         den += np.sum(np.abs(m0) ** 2)
         assert xf.dtype == np.float32 and np.all((xf >= 0) & (xf < box))
+        # velocities (km/s) follow the 2LPT prediction at a = 1 in this nearly linear box
+        psi1, psi2 = lpt_displacements(delta0, box)
+        v_lpt = peculiar_velocity(lpt_state(psi1, psi2, box, WMAP5, 1.0)[1], 1.0)
+        assert np.sum(vf * v_lpt) / np.sum(v_lpt**2) == pytest.approx(1.0, abs=0.03)
+        assert np.corrcoef(vf.ravel(), v_lpt.ravel())[0, 1] > 0.95
     growth = num / den
     expected = WMAP5.growth_factor(1.0) / WMAP5.growth_factor(a_start)
     assert growth / expected == pytest.approx(1.0, abs=0.03)

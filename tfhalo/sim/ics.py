@@ -205,6 +205,22 @@ def lpt_state(psi1, psi2, box_size: float, cosmology: Cosmology, a: float, dtype
     return pos.astype(dtype, copy=False), mom.astype(dtype, copy=False)
 
 
+def peculiar_velocity(momenta, a: float) -> np.ndarray:
+    """Peculiar velocity in km/s, ``v = 100 p / a``, of canonical momenta ``p``.
+
+    Args:
+        momenta: ``(..., 3)`` momenta ``p = a^3 E dx/da`` (H0 = 1, Mpc/h), as
+            from :func:`lpt_state`.
+        a: scale factor.
+
+    Returns:
+        Array of the same shape, km/s.
+    """
+    if not a > 0:
+        raise ValueError(f"a must be positive. Received: a={a}")
+    return np.asarray(momenta) * (100.0 / a)
+
+
 def lpt_positions(delta_initial, box_size: float, cosmology: Cosmology, a_from: float, a_to: float) -> np.ndarray:
     """2LPT positions at ``a_to`` from a linear field given at ``a_from``.
 

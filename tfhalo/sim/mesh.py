@@ -63,8 +63,12 @@ class CICStencil:
         for d in range(3):
             scaled = positions[:, d] * (n / box_size)
             floor = np.floor(scaled)
-            f = (scaled - floor).astype(dtype)
-            i0 = floor.astype(np.int64) % n
+            scaled -= floor
+            f = scaled.astype(dtype, copy=False)
+            i0 = floor.astype(np.int64)
+            del floor, scaled
+            if n_part and (i0.min() < 0 or i0.max() >= n):  # integer modulo is slow: only when needed
+                i0 %= n
             i1 = i0 + 1
             i1[i1 == n] = 0
             axes.append((i0 * strides[d], i1 * strides[d], 1 - f, f))
