@@ -60,7 +60,8 @@ def simulate_statistics(args, index: int, seed: int, out: Path) -> dict:
         kf, pkf, _ = power_spectrum(sim.final_density(args.n_side), args.box)
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_savez(path, k=k, pk=pk, n_modes=n_modes, k_final=kf, pk_final=pkf,
-                      halo_mass=sim.halos.mass, n_members=sim.halos.n_members, particle_mass=sim.particle_mass)
+                      halo_mass=sim.halos.mass, n_members=sim.halos.n_members, r200=sim.halos.r200,
+                      particle_mass=sim.particle_mass)
     with np.load(path) as f:
         return {key: f[key] for key in f.files}
 
@@ -152,6 +153,13 @@ def main(argv=None):
     exp_above = volume * np.trapezoid(
         mass_function.massFunction(m_grid, 0.0, mdef="fof", model="watson13", q_out="dndlnM"), np.log(m_grid))
 
+    # r200 of FoF halos: M200 / M_FoF (1 where r200 fell back to the FoF mass)
+    r200 = np.concatenate([s["r200"] for s in stats])
+    m200 = 4.0 / 3.0 * np.pi * 200.0 * WMAP5.rho_mean * r200**3
+    big = masses >= TARGET_PARTICLES * particle_mass
+    m200_ratio = m200 / masses
+    fallback = np.isclose(m200_ratio, 1.0, rtol=1e-9)
+
     summary = {
         "config": {"n_sims": args.n_sims, "n_side": args.n_side, "box_size": args.box, "n_steps": args.n_steps,
                    "mesh_factor": args.mesh_factor, "master_seed": args.seed, "seeds": seeds,
@@ -160,6 +168,12 @@ def main(argv=None):
             "z": z_init, "k": k.tolist(), "pk_measured_mean": pk_mean.tolist(), "pk_colossus": theory.tolist(),
             "ratio": ratio_pk.tolist(), "ratio_error": pk_err.tolist(),
             "mode_weighted_mean_ratio_below_half_nyquist": mean_ratio_half,
+        },
+        "r200": {
+            "median_m200_over_mfof_all": float(np.median(m200_ratio)),
+            "median_m200_over_mfof_above_200_particles": float(np.median(m200_ratio[big])) if big.any() else None,
+            "fraction_fof_mass_fallback_all": float(fallback.mean()),
+            "fraction_fof_mass_fallback_above_200_particles": float(fallback[big].mean()) if big.any() else None,
         },
         "final_power": {"k": stats[0]["k_final"].tolist(),
                         "pk_measured_mean": np.mean([s["pk_final"] for s in stats], axis=0).tolist()},
@@ -181,6 +195,9 @@ def main(argv=None):
           f"(ratio {n_above / exp_above:.3f} +- {np.sqrt(n_above) / exp_above:.3f})")
     for lo_p, r, e, c in zip(hmf["min_particles_lower_edge"], hmf["ratio"], hmf["ratio_poisson_error"], hmf["counts"]):
         print(f"  M >= {lo_p:8.0f} particles: N = {c:5d}, N/Watson13 = {r:.3f} +- {e:.3f}")
+    print(f"median M200/M_FoF: {summary['r200']['median_m200_over_mfof_all']:.3f} (all), "
+          f"{np.median(m200_ratio[big]) if big.any() else np.nan:.3f} (>= {TARGET_PARTICLES} particles); "
+          f"r200 from the FoF mass (unresolved profile): {100 * fallback.mean():.1f}% of halos")
     print(f"wrote {args.out / 'validate_simulations.png'} and {args.out / 'validate_simulations.json'}")
     return 0
 

@@ -145,7 +145,7 @@ class Cosmology:
         """
         k = np.asarray(k, dtype=np.float64)
         if np.any(~(k > 0)):
-            raise ValueError("k must be positive. Received: k with min {:.3g}".format(float(np.min(k)) if k.size else 0))
+            raise ValueError(f"k must be positive. Received: k with min {float(np.min(k)):.3g}")
         if not z > -1:
             raise ValueError(f"z must be > -1. Received: z={z}")
         pk0 = self.to_colossus(set_current=False).matterPowerSpectrum(k.ravel(), 0.0, model="eisenstein98")

@@ -81,14 +81,18 @@ def friends_of_friends(positions, box_size: float, linking_length: float, min_me
     n = positions.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    tree = cKDTree(_wrap(positions, box_size), boxsize=float(box_size))
+    # sliding-midpoint tree without node compaction: builds ~2x faster and
+    # queries as fast for clustered particles
+    tree = cKDTree(_wrap(positions, box_size), boxsize=float(box_size), balanced_tree=False, compact_nodes=False)
     pairs = tree.query_pairs(float(linking_length), output_type="ndarray")
     del tree
-    graph = scipy.sparse.coo_matrix(
+    graph = scipy.sparse.csr_matrix(
         (np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n)
-    ).tocsr()
+    )
     del pairs
-    _, comp = connected_components(graph, directed=False)
+    # weak components of the i<j pair graph = components of the undirected
+    # graph, without symmetrising it (half the time)
+    _, comp = connected_components(graph, directed=True, connection="weak")
     del graph
     sizes = np.bincount(comp)
     first = np.full(sizes.shape[0], n, dtype=np.int64)
@@ -120,29 +124,28 @@ def _shrinking_sphere(d, lab, centre, counts, factor=0.85, stop_fraction=0.05, s
     centre = centre.copy()
     n_halos = centre.shape[0]
     stop = np.minimum(np.maximum(stop_min, np.ceil(stop_fraction * counts)), counts)
-    r = np.linalg.norm(d - centre[lab], axis=1)
-    radius = np.zeros(n_halos)
-    np.maximum.at(radius, lab, r)
-    # working set: members inside their group's current sphere
-    idx = np.arange(lab.shape[0])
+    # working set: offsets and groups of the members inside their group's sphere
+    dw, lw = d, lab
+    diff = dw - centre[lw]
+    r2 = np.einsum("ij,ij->i", diff, diff)
+    radius2 = np.zeros(n_halos)
+    np.maximum.at(radius2, lw, r2)
+    f2 = factor**2
     for _ in range(max_iter):
-        radius_new = radius * factor
-        inside = r <= radius_new[lab[idx]]
-        n_in = np.bincount(lab[idx[inside]], minlength=n_halos)
+        radius2_new = radius2 * f2
+        inside = r2 <= radius2_new[lw]
+        n_in = np.bincount(lw[inside], minlength=n_halos)
         ok = n_in >= stop
         if not np.any(ok):
             break
-        keep = inside & ok[lab[idx]]
-        idx = idx[keep]
-        sel_lab = lab[idx]
-        sums = np.stack([np.bincount(sel_lab, weights=d[idx, j], minlength=n_halos) for j in range(3)], axis=1)
+        keep = inside & ok[lw]
+        dw, lw = dw[keep], lw[keep]
+        sums = np.stack([np.bincount(lw, weights=dw[:, j], minlength=n_halos) for j in range(3)], axis=1)
         centre[ok] = sums[ok] / n_in[ok, None]
-        radius[ok] = radius_new[ok]
-        r = np.linalg.norm(d[idx] - centre[sel_lab], axis=1)
-        if idx.size == 0:
-            break
-        # groups that stopped drop out of the working set
-        radius[~ok] = 0.0
+        # groups that stopped have left the working set for good
+        radius2 = np.where(ok, radius2_new, 0.0)
+        diff = dw - centre[lw]
+        r2 = np.einsum("ij,ij->i", diff, diff)
     return centre
 
 

@@ -37,8 +37,7 @@ class CICStencil:
     """The 8 cloud-in-cell cells and weights of a set of particles.
 
     Computed once per particle configuration and reused for painting and
-    for reading several meshes (the PM force needs one paint and three
-    readouts per step).
+    for reading meshes (the PM force paints and reads once per step).
 
     Attributes:
         index: ``(8, N)`` int64 flat cell index of each corner.
