@@ -43,6 +43,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from tfhalo.atomic import atomic_path  # noqa: E402
+
 CONFIGS = ("raw", "averaged", "z0", "multipole")
 #: Regularisation strength per configuration (REFERENCE A: raw 10^-2.5, averaged 10^-4.3).
 ALPHA = {"raw": 10**-2.5, "averaged": 10**-4.3, "z0": 10**-2.5, "multipole": 10**-2.5}
@@ -168,9 +170,8 @@ def particle_sets(sims, cfg, out: Path):
               for name in ("train", "validation", "test")
               for field in ("sim_index", "particle_id", "log_mass", "r_over_r200")}
     meta = {"split": {k: list(v) for k, v in vars(split).items()}, "log_mass_range": list(lmr)}
-    tmp = out / ".particle_sets.tmp.npz"
-    np.savez(tmp, meta=json.dumps(meta), **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz to any other name
+        np.savez(tmp, meta=json.dumps(meta), **arrays)
     return sets, tuple(lmr)
 
 
@@ -215,7 +216,7 @@ def build_model(config: str, cfg: dict, input_shape):
         input_shape=tuple(input_shape), conv_filters=tuple(cfg["conv_filters"]),
         pool_after=tuple(cfg["pool_after"]), dense_units=tuple(cfg["dense_units"]),
         alpha=ALPHA[config], conv_type="multipole" if config == "multipole" else "conv", ells=(0,),
-        learning_rate=cfg["learning_rate"], name=f"halo_cnn_{config}",
+        learning_rate=cfg["learning_rate"], seed=cfg["seed"], name=f"halo_cnn_{config}",
     )
 
 
@@ -262,9 +263,8 @@ def train_config(config, sims, sets, label_scaler, cfg, out: Path):
     pred = predict_log_mass(model, inputs, sets["test"], label_scaler, batch_size=cfg["predict_batch_size"],
                             verbose=0)
     pred_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pred_path.with_suffix(".tmp.npz")
-    np.savez(tmp, predicted_log_mass=pred)
-    os.replace(tmp, pred_path)
+    with atomic_path(pred_path, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, predicted_log_mass=pred)
     print(f"[deep_halos] {config}: done in {time.time() - t0:.0f} s", flush=True)
     return hist
 
@@ -319,8 +319,9 @@ def evaluate(sims, sets, lmr, histories, cfg, out: Path):
         f"batch {cfg['batch_size']}, at most {cfg['epochs']} epochs (early stopping patience {cfg['patience']}).",
         "The quick preset is a scaled-down study (small simulations, boxes and networks, few epochs); "
         "its numbers show the pipeline and the sanity ordering, not the paper's precision.",
-        "Network weight initialisation is not seeded (Keras' global initialiser seeds are left alone); "
-        "particle sets, splits, shuffling, the GBT and the random model are seeded.",
+        "Everything is seeded from --seed: simulations, splits, particle sets, shuffling, the networks' "
+        "initial weights (halo_cnn(seed=...)), the GBT and the random model; no global RNG is reseeded. "
+        "Float reductions on multi-threaded CPUs can still differ in the last bits between runs.",
     ]
     results = {
         "config": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},

@@ -23,13 +23,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from tfhalo.atomic import atomic_path, write_json_atomic
 from tfhalo.sim.cosmology import WMAP5
 from tfhalo.sim.mesh import power_spectrum
 from tfhalo.sim.pipeline import run_simulation
@@ -39,15 +38,8 @@ TARGET_PARTICLES = 200
 
 
 def _atomic_savez(path: Path, **arrays):
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz to any other name
+        np.savez(tmp, **arrays)
 
 
 def simulate_statistics(args, index: int, seed: int, out: Path) -> dict:
@@ -188,7 +180,7 @@ def main(argv=None):
             "target": "within 20%",
         },
     }
-    _atomic_write_text(args.out / "validate_simulations.json", json.dumps(summary, indent=2))
+    write_json_atomic(args.out / "validate_simulations.json", summary)
     plot(summary, args.out / "validate_simulations.png", k_nyq)
     print(f"initial P(k)/colossus below k_Nyq/2: {mean_ratio_half:.4f}")
     print(f"FoF halos >= {TARGET_PARTICLES} particles: {n_above} vs Watson13 {exp_above:.1f} "
@@ -249,10 +241,11 @@ def plot(summary, path: Path, k_nyq: float):
     for a in ax.ravel():
         a.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".tmp.png") as tmp:  # matplotlib picks the format from the extension
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 if __name__ == "__main__":

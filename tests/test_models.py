@@ -191,3 +191,23 @@ def test_importing_models_under_jax_does_not_import_tensorflow():
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_halo_cnn_seed_gives_reproducible_initial_weights():
+    kwargs = dict(input_shape=(9, 9, 9, 1), conv_filters=(2, 4), pool_after=(False, True), dense_units=(8,), compile=False)
+    a = halo_cnn(seed=7, **kwargs)
+    b = halo_cnn(seed=7, **kwargs)
+    c = halo_cnn(seed=8, **kwargs)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    kernels_a = [w for w in a.get_weights() if w.ndim > 1]
+    kernels_c = [w for w in c.get_weights() if w.ndim > 1]
+    assert all(not np.array_equal(x, y) for x, y in zip(kernels_a, kernels_c))
+    # Layers must not share one stream: equal-shaped kernels of different layers differ.
+    assert not np.array_equal(kernels_a[0].ravel()[:2], kernels_a[1].ravel()[:2])
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "3"])
+def test_halo_cnn_rejects_bad_seed(seed):
+    with pytest.raises(ValueError, match="seed"):
+        halo_cnn(input_shape=(9, 9, 9, 1), conv_filters=(2,), pool_after=(False,), dense_units=(), seed=seed, compile=False)

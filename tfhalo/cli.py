@@ -20,34 +20,25 @@ import sys
 from typing import List, Optional
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
-    return value
+def _checked(convert, accept, description: str, name: str):
+    """An argparse ``type``: ``convert(text)``, kept when ``accept(value)``, else ``expected <description>``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {description}, received {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {description}, received {text!r}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, received {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, received {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer", "positive_int")
+_non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer", "non_negative_int")
+_positive_float = _checked(float, lambda v: v > 0, "a positive number", "positive_float")  # nan > 0 is False
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,9 @@ Example:
     >>> history.history["gamma"]                            # gamma after each epoch
 """
 
+import itertools
 import math
+import numbers
 
 import keras
 from keras import ops, tree
@@ -172,6 +174,7 @@ def halo_cnn(
     initial_gamma=0.2,
     compile=True,
     learning_rate=5e-5,
+    seed=None,
     name="halo_cnn",
 ):
     """Builds (and by default compiles) the deep-halo CNN.
@@ -194,6 +197,9 @@ def halo_cnn(
         initial_gamma: starting Cauchy scale (> 0).
         compile: compile with :func:`compile_halo_cnn` (Adam, amsgrad).
         learning_rate: Adam learning rate when ``compile`` is True.
+        seed: integer seed of the Glorot-uniform kernel initialisers (each
+            layer gets ``seed + its index``), so the same seed gives the same
+            initial network; None draws fresh weights. No global RNG is touched.
         name: model name.
 
     Returns:
@@ -235,6 +241,14 @@ def halo_cnn(
     initial_gamma = _check_positive_finite("initial_gamma", initial_gamma)
     if compile:
         learning_rate = _check_positive_finite("learning_rate", learning_rate)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ValueError(f"seed must be None or a non-negative integer. Received: seed={seed!r}")
+    layer_index = itertools.count()
+
+    def kernel_initializer():
+        if seed is None:
+            return "glorot_uniform"
+        return keras.initializers.GlorotUniform(seed=int(seed) + next(layer_index))
 
     def conv_regularizer():
         return keras.regularizers.L2(alpha) if alpha > 0 else None
@@ -247,7 +261,12 @@ def halo_cnn(
     for i, (filters, pool) in enumerate(zip(conv_filters, pool_after), start=1):
         if conv_type == "conv":
             conv = keras.layers.Conv3D(
-                filters, 3, padding="same", kernel_regularizer=conv_regularizer(), name=f"conv{i}"
+                filters,
+                3,
+                padding="same",
+                kernel_initializer=kernel_initializer(),
+                kernel_regularizer=conv_regularizer(),
+                name=f"conv{i}",
             )
         else:
             conv = MultipoleConv3D(
@@ -255,6 +274,7 @@ def halo_cnn(
                 ells=ells,
                 kernel_size=3,
                 padding="same",
+                kernel_initializer=kernel_initializer(),
                 kernel_regularizer=conv_regularizer(),
                 name=f"conv{i}",
             )
@@ -265,9 +285,11 @@ def halo_cnn(
     x = keras.layers.Flatten(name="flatten")(x)
     for i, units in enumerate(dense_units, start=1):
         regularizer = dense_regularizer() if i <= 2 else None
-        x = keras.layers.Dense(units, kernel_regularizer=regularizer, name=f"dense{i}")(x)
+        x = keras.layers.Dense(
+            units, kernel_initializer=kernel_initializer(), kernel_regularizer=regularizer, name=f"dense{i}"
+        )(x)
         x = keras.layers.LeakyReLU(negative_slope=leaky_alpha, name=f"dense{i}_act")(x)
-    x = keras.layers.Dense(1, name="prediction")(x)
+    x = keras.layers.Dense(1, kernel_initializer=kernel_initializer(), name="prediction")(x)
     outputs = CauchyScale(initial_gamma, name="cauchy_scale")(x)
     model = HaloModel(inputs, outputs, name=name)
     if compile:

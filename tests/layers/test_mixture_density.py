@@ -35,14 +35,15 @@ def _softplus(x):
     return np.logaddexp(0.0, x)
 
 
-def _reference_params(psi, kernel, bias, k, ln_mth, amp_shift, width_shift):
+def _reference_params(psi, kernel, bias, k, ln_mth, amp_shift, width_shift, increment="relu"):
     pre = psi @ kernel + bias
     pa, pm, ps = pre[..., :k], pre[..., k : 2 * k], pre[..., 2 * k :]
     alpha = _softplus(pa + amp_shift)
     mu = np.empty_like(pm)
     mu[..., 0] = pm[..., 0] + ln_mth
     for j in range(1, k):
-        mu[..., j] = mu[..., j - 1] + np.maximum(pm[..., j], 0.0)
+        step = np.maximum(pm[..., j], 0.0) if increment == "relu" else _softplus(pm[..., j])
+        mu[..., j] = mu[..., j - 1] + step
     return alpha, mu, _softplus(ps + width_shift)
 
 
@@ -70,10 +71,12 @@ def test_paper_head_has_12_parameters():
     assert wide.count_params() == 4 * 9 + 9
 
 
+@pytest.mark.parametrize("increment", ["relu", "softplus"])
 @pytest.mark.parametrize("n_components, n_features", [(2, 1), (3, 4), (1, 2)])
-def test_forward_matches_reference_and_means_are_ordered(n_components, n_features):
+def test_forward_matches_reference_and_means_are_ordered(n_components, n_features, increment):
     rng = np.random.default_rng(n_components)
-    head = MixtureDensityHead(n_components, amplitude_shift=-1.0, width_shift=0.3, dtype=PRECISE)
+    head = MixtureDensityHead(n_components, amplitude_shift=-1.0, width_shift=0.3, mean_increment=increment,
+                              dtype=PRECISE)
     psi = rng.normal(size=(50, n_features)).astype(PRECISE)
     head.build(psi.shape)
     head.kernel.assign(rng.normal(size=head.kernel.shape).astype(PRECISE))
@@ -82,11 +85,13 @@ def test_forward_matches_reference_and_means_are_ordered(n_components, n_feature
     assert tuple(params.shape) == (50, 3 * n_components) == head.compute_output_shape(psi.shape)
     alpha, mu, sigma = (_to_numpy(p) for p in head.split(params))
     ref = _reference_params(psi.astype(np.float64), _to_numpy(head.kernel), _to_numpy(head.bias),
-                            n_components, LN_MTH, -1.0, 0.3)
+                            n_components, LN_MTH, -1.0, 0.3, increment)
     for got, expected in zip((alpha, mu, sigma), ref):
         np.testing.assert_allclose(got, expected, rtol=RTOL, atol=RTOL)
     assert np.all(alpha > 0) and np.all(sigma > 0)
     assert np.all(np.diff(mu, axis=-1) >= 0)
+    if increment == "softplus":
+        assert np.all(np.diff(mu, axis=-1) > 0)
     # relu steps must sometimes be active for the ordering check to mean something
     if n_components > 1:
         assert np.any(np.diff(mu, axis=-1) > 0)
@@ -206,9 +211,34 @@ def test_float32_gradients_are_finite(alpha, mu, sigma):
         assert np.all(np.isfinite(_gradient(fn, params)))
 
 
+def test_softplus_increment_has_no_flat_region():
+    # d mu_2 / d d_2 is sigmoid(c psi + d) > 0 for softplus, exactly 0 for relu below the kink.
+    import tensorflow as tf
+
+    if BACKEND != "tensorflow":
+        pytest.skip("gradient check uses tf.GradientTape")
+    psi = np.ones((1, 1), "float64")
+    for increment, expected in (("relu", 0.0), ("softplus", 1.0 / (1.0 + math.exp(3.0)))):
+        head = MixtureDensityHead(2, mean_increment=increment, dtype="float64")
+        head.build((None, 1))
+        head.kernel.assign(np.zeros((1, 6)))
+        head.bias.assign(np.array([0, 0, 0, -3.0, 0, 0]))
+        with tf.GradientTape() as tape:
+            mu2 = head(psi)[0, 3]
+        grad = _to_numpy(tape.gradient(mu2, head.bias))
+        np.testing.assert_allclose(grad[3], expected, rtol=1e-12, atol=1e-15)
+
+
+def test_config_is_backward_compatible():
+    config = MixtureDensityHead(2).get_config()
+    assert config["mean_increment"] == "relu"
+    del config["mean_increment"]  # a config saved before the option existed
+    assert MixtureDensityHead.from_config(config).mean_increment == "relu"
+
+
 def test_config_and_keras_round_trip(tmp_path):
     head = MixtureDensityHead(3, log_mass_threshold=30.0, amplitude_shift=-2.0, width_shift=0.1,
-                              kernel_regularizer="l2", name="mdn")
+                              mean_increment="softplus", kernel_regularizer="l2", name="mdn")
     config = head.get_config()
     assert MixtureDensityHead.from_config(config).get_config() == config
     inputs = keras.Input((2,))
@@ -243,6 +273,7 @@ def test_saved_model_export(tmp_path):
         ({"log_mass_threshold": float("nan")}, "log_mass_threshold=nan"),
         ({"width_shift": float("inf")}, "width_shift=inf"),
         ({"amplitude_shift": "big"}, "amplitude_shift='big'"),
+        ({"mean_increment": "tanh"}, "mean_increment='tanh'"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):

@@ -41,10 +41,14 @@ class MapResult:
     n_evaluations: int
 
 
-def value_and_gradient_fn(likelihood: NeuralBiasLikelihood):
-    """A compiled ``theta (P,) -> (ln posterior, gradient)`` in the model's dtype."""
+def value_and_gradient_fn(likelihood: NeuralBiasLikelihood, jit_compile: bool = False):
+    """A compiled ``theta (P,) -> (ln posterior, gradient)`` in the model's dtype.
 
-    @tf.function(reduce_retracing=True)
+    ``jit_compile=True`` compiles with XLA: ~4x faster on CPU for the small
+    default model (the many tiny ops of the mixture head fuse).
+    """
+
+    @tf.function(reduce_retracing=True, jit_compile=jit_compile)
     def value_and_grad(theta):
         with tf.GradientTape() as tape:
             tape.watch(theta)
@@ -105,6 +109,7 @@ def fit_map(
     seed: int = 0,
     polish: bool = True,
     progress: bool = True,
+    jit_compile: bool = False,
 ) -> MapResult:
     """Maximum a posteriori parameters by Adam (+ L-BFGS polish), best of ``n_starts``.
 
@@ -116,6 +121,7 @@ def fit_map(
         seed: seed of the starting points.
         polish: finish the best start with L-BFGS on the exact objective.
         progress: show a tqdm bar.
+        jit_compile: evaluate the log posterior with XLA.
 
     Returns:
         A :class:`MapResult`.
@@ -133,7 +139,7 @@ def fit_map(
     import keras
 
     dtype = likelihood.layout.dtype
-    value_and_grad = value_and_gradient_fn(likelihood)
+    value_and_grad = value_and_gradient_fn(likelihood, jit_compile=jit_compile)
     rng = np.random.default_rng(seed)
     best = None
     n_eval = 0

@@ -29,6 +29,12 @@ class NeuralBiasModel(keras.Model):
         n_components: Gaussians in the mixture.
         activation: NPE activation (the paper: softplus).
         padding: convolution padding; ``"periodic"`` for periodic boxes.
+        mean_increment: map from ``c_j+1 psi + d_j+1`` to ``mu_j+1 - mu_j``.
+            Default ``"softplus"``, not the paper's ``"relu"``: relu has a
+            zero-gradient region (once a chain enters it the likelihood is flat
+            in ``c_2, d_2`` and HMC cannot come back) and a kink (leapfrog
+            energy errors, divergences), which kept the paper's 4 chains from
+            mixing.  softplus keeps the means ordered and the posterior smooth.
         **kwargs: passed to :class:`keras.Model`.
 
     Call:
@@ -51,6 +57,7 @@ class NeuralBiasModel(keras.Model):
         n_components: int = 2,
         activation: str = "softplus",
         padding: str = "periodic",
+        mean_increment: str = "softplus",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -74,13 +81,14 @@ class NeuralBiasModel(keras.Model):
         self.n_components = int(n_components)
         self.activation = activation
         self.padding = padding
+        self.mean_increment = mean_increment
         self.npe = _layers.MultipoleConv3D(
             self.n_kernels, ells=self.ells, kernel_size=self.kernel_size, padding=padding,
             activation=activation, dtype=kwargs.get("dtype"), name="npe",
         )
         self.head = _layers.MixtureDensityHead(
             n_components=self.n_components, log_mass_threshold=self.log_mass_threshold,
-            dtype=kwargs.get("dtype"), name="mdn",
+            mean_increment=mean_increment, dtype=kwargs.get("dtype"), name="mdn",
         )
 
     def build(self, input_shape):
@@ -115,6 +123,7 @@ class NeuralBiasModel(keras.Model):
             n_components=self.n_components,
             activation=self.activation,
             padding=self.padding,
+            mean_increment=self.mean_increment,
         )
         return config
 

@@ -107,7 +107,7 @@ class _Runner:
     """One HMC/NUTS chain batch on z, theta = centre + L z, in seeded blocks."""
 
     def __init__(self, log_prob_fn, n_chains, centre, chol, kernel, step_size, num_leapfrog_steps,
-                 num_adaptation_steps, target_accept, max_tree_depth, dtype):
+                 num_adaptation_steps, target_accept, max_tree_depth, dtype, jit_compile=False):
         self.dtype = dtype
         centre_t = tf.constant(centre, dtype)
         chol_t = tf.constant(chol, dtype)
@@ -142,7 +142,7 @@ class _Runner:
                     inner_r.accepted_results.target_log_prob if kernel == 'hmc' else inner_r.target_log_prob,
                     new_step)
 
-        @tf.function
+        @tf.function(jit_compile=jit_compile)
         def run(z, pkr, seed, n):
             return tfp.mcmc.sample_chain(
                 num_results=n, current_state=z, previous_kernel_results=pkr, kernel=self.kernel,
@@ -194,6 +194,7 @@ def sample_posterior(
     block: int = 100,
     progress: bool = True,
     dtype=tf.float64,
+    jit_compile: bool = False,
 ) -> SamplingResult:
     """Sample ``exp(log_prob_fn)`` with HMC or NUTS from ``C`` chains.
 
@@ -219,6 +220,8 @@ def sample_posterior(
         block: steps per compiled call (progress granularity).
         progress: show a tqdm bar.
         dtype: float dtype of the chains.
+        jit_compile: compile each block of steps with XLA (much faster on CPU
+            for small models; the log-density must be XLA-compatible).
 
     Returns:
         A :class:`SamplingResult`.
@@ -271,7 +274,7 @@ def sample_posterior(
 
     make = lambda c, ch, n_adapt, eps: _Runner(  # noqa: E731
         log_prob_fn, n_chains, c, ch, kernel, eps, num_leapfrog_steps, n_adapt, target_accept,
-        max_tree_depth, dtype)
+        max_tree_depth, dtype, jit_compile)
     total = num_burnin + int(num_results)
     bar = tqdm(total=total, desc=f"{kernel.upper()} ({mass_matrix})", disable=not progress, mininterval=1.0)
     t0 = time.perf_counter()

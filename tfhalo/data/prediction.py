@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from tfhalo.atomic import atomic_path
 from tfhalo.data.dataset import BoxInputs
 from tfhalo.data.scalers import SCALERS_FILENAME, InputStandardizer, LabelScaler, load_scalers, save_scalers
 
@@ -48,20 +47,15 @@ def save_trained(model, model_dir, standardizer: InputStandardizer, label_scaler
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".tmp-{os.getpid()}-{MODEL_FILENAME}"
-    model.save(tmp)
-    os.replace(tmp, model_dir / MODEL_FILENAME)
+    with atomic_path(model_dir / MODEL_FILENAME, suffix=".keras") as tmp:  # Keras requires the extension
+        model.save(tmp)
     if export:
         if keras.backend.backend() != "tensorflow":
             warnings.warn("SavedModel export needs the TensorFlow backend; skipped.", stacklevel=2)
         else:
-            tmp_dir = Path(tempfile.mkdtemp(dir=model_dir, prefix=".tmp-saved_model-"))
-            shutil.rmtree(tmp_dir)
-            model.export(str(tmp_dir), verbose=False)
-            final = model_dir / SAVED_MODEL_DIRNAME
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp_dir, final)
+            # A directory: atomic_path replaces an existing export with the new one.
+            with atomic_path(model_dir / SAVED_MODEL_DIRNAME) as tmp_dir:
+                model.export(str(tmp_dir), verbose=False)
     save_scalers(model_dir / SCALERS_FILENAME, standardizer, label_scaler, input=input_config, **extra)
     return model_dir
 
@@ -192,23 +186,16 @@ def predict_to_file(model_dir, simulation, out_path, batch_size: int = 256, part
            else np.asarray(particle_ids, dtype=np.int64).reshape(-1))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("particle_id", data=ids)
-            pred = f.create_dataset("predicted_log10_mass", shape=(ids.size,), dtype="f8")
-            mass = simulation.halo_mass[ids]
-            with np.errstate(divide="ignore"):
-                f.create_dataset("true_log10_mass", data=np.where(mass > 0, np.log10(np.maximum(mass, 1e-300)), np.nan))
-            for start, stop, values in trained._iter_predictions(simulation, ids, batch_size, progress):
-                pred[start:stop] = values
-            f.attrs["model_dir"] = str(Path(model_dir).resolve())
-            f.attrs["simulation"] = str(simulation.name)
-            f.attrs["input_kind"] = trained.input_config["input_kind"]
-            f.attrs["units"] = "log10 Msun/h"
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("particle_id", data=ids)
+        pred = f.create_dataset("predicted_log10_mass", shape=(ids.size,), dtype="f8")
+        mass = simulation.halo_mass[ids]
+        with np.errstate(divide="ignore"):
+            f.create_dataset("true_log10_mass", data=np.where(mass > 0, np.log10(np.maximum(mass, 1e-300)), np.nan))
+        for start, stop, values in trained._iter_predictions(simulation, ids, batch_size, progress):
+            pred[start:stop] = values
+        f.attrs["model_dir"] = str(Path(model_dir).resolve())
+        f.attrs["simulation"] = str(simulation.name)
+        f.attrs["input_kind"] = trained.input_config["input_kind"]
+        f.attrs["units"] = "log10 Msun/h"
     return out_path

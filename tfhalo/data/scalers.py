@@ -7,11 +7,11 @@ simulation use exactly the training transformation and come back in log10 M.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from tfhalo.atomic import write_json_atomic, write_text_atomic
 
 SCALERS_FILENAME = "scalers.json"
 
@@ -125,20 +125,9 @@ class LabelScaler:
         return {"minimum": self.minimum, "maximum": self.maximum}
 
 
-def atomic_write_text(path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+# Kept under its old name for callers (tfhalo.evaluation.report, benchmarks); new code
+# should import tfhalo.atomic.write_text_atomic.
+atomic_write_text = write_text_atomic
 
 
 def save_scalers(path, standardizer: InputStandardizer, label_scaler: LabelScaler,
@@ -154,7 +143,7 @@ def save_scalers(path, standardizer: InputStandardizer, label_scaler: LabelScale
     payload = {"input_standardizer": standardizer.get_config(),
                "label_scaler": label_scaler.get_config(),
                "label": "log10 halo mass [Msun/h], min-max scaled to [-1, 1]", **extra}
-    return atomic_write_text(path, json.dumps(payload, indent=2))
+    return write_json_atomic(path, payload)
 
 
 def load_scalers(path) -> tuple[InputStandardizer, LabelScaler, dict]:

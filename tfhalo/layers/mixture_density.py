@@ -5,7 +5,8 @@ for K components,
 
     alpha_j = softplus(a_j . psi + b_j + amplitude_shift)
     mu_1    = c_1 . psi + d_1 + log_mass_threshold
-    mu_j+1  = mu_j + relu(c_j+1 . psi + d_j+1)
+    mu_j+1  = mu_j + relu(c_j+1 . psi + d_j+1)      (mean_increment="relu", the paper)
+            or mu_j + softplus(c_j+1 . psi + d_j+1)  (mean_increment="softplus")
     sigma_j = softplus(e_j . psi + f_j + width_shift)
 
 and the number density per unit mass
@@ -39,6 +40,7 @@ _ERFC_SWITCH = 0.5
 # Widths are floored here in the log-density and integral so that a softplus that
 # underflowed to 0 cannot divide by zero.
 SIGMA_FLOOR = 1e-6
+MEAN_INCREMENTS = ("relu", "softplus")
 
 
 def _log_erfc_tail(z):
@@ -91,12 +93,20 @@ class MixtureDensityHead(keras.layers.Layer):
     ``~exp(sigma^2/2)`` overflow; it is kept as the default because it is the
     paper's value, but a fit usually wants ``width_shift`` around 0.
 
+    ``mean_increment="softplus"`` replaces the paper's ``relu`` between
+    successive means.  The means stay ordered, but the map is smooth and has no
+    zero-gradient region: with ``relu`` a posterior sampler (HMC) that steps
+    into ``c psi + d < 0`` everywhere sees a flat likelihood it cannot climb
+    out of, and the kink at 0 makes leapfrog energy errors diverge.
+
     Args:
         n_components: number of Gaussians K >= 1.
         log_mass_threshold: ln of the threshold mass M_th [ln(Msun/h)]; shifts
             mu_1 and is the default lower limit of the integral.
         amplitude_shift: bias shift inside the amplitude softplus.
         width_shift: bias shift inside the width softplus.
+        mean_increment: ``"relu"`` (the paper) or ``"softplus"`` (smooth):
+            the non-negative map from ``c_j+1 . psi + d_j+1`` to ``mu_j+1 - mu_j``.
         kernel_initializer, bias_initializer: Keras initializers.
         kernel_regularizer, bias_regularizer: Keras regularizers.
         **kwargs: base ``Layer`` arguments.
@@ -115,6 +125,7 @@ class MixtureDensityHead(keras.layers.Layer):
         log_mass_threshold=math.log(2e12),
         amplitude_shift=math.log(1e-3),
         width_shift=math.log(1e3),
+        mean_increment="relu",
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -137,7 +148,12 @@ class MixtureDensityHead(keras.layers.Layer):
         ):
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number. Received: {name}={value!r}")
+        if mean_increment not in MEAN_INCREMENTS:
+            raise ValueError(
+                f"mean_increment must be one of {MEAN_INCREMENTS}. Received: mean_increment={mean_increment!r}"
+            )
         self.n_components = n_components
+        self.mean_increment = mean_increment
         self.log_mass_threshold = float(log_mass_threshold)
         self.amplitude_shift = float(amplitude_shift)
         self.width_shift = float(width_shift)
@@ -172,7 +188,8 @@ class MixtureDensityHead(keras.layers.Layer):
         alpha = ops.softplus(pre_alpha + self.amplitude_shift)
         first = pre_mu[..., :1] + self.log_mass_threshold
         if self.n_components > 1:
-            steps = ops.relu(pre_mu[..., 1:])
+            increment = ops.relu if self.mean_increment == "relu" else ops.softplus
+            steps = increment(pre_mu[..., 1:])
             mu = ops.concatenate([first, first + ops.cumsum(steps, axis=-1)], axis=-1)
         else:
             mu = first
@@ -262,6 +279,7 @@ class MixtureDensityHead(keras.layers.Layer):
                 "log_mass_threshold": self.log_mass_threshold,
                 "amplitude_shift": self.amplitude_shift,
                 "width_shift": self.width_shift,
+                "mean_increment": self.mean_increment,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),

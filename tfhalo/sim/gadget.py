@@ -66,6 +66,7 @@ from typing import Optional, Union
 import numpy as np
 import scipy.fft
 
+from tfhalo.atomic import atomic_path
 from tfhalo.sim.cosmology import WMAP5, Cosmology
 from tfhalo.sim.simulation import Simulation
 
@@ -137,30 +138,19 @@ def _snapshot(sim: Simulation, positions, a: float, velocities=None):
 def _write_atomic_snapshot(snap, path: Path) -> None:
     import pynbody
 
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path, unique=False) as tmp:
         snap.write(fmt=pynbody.snapshot.gadget.GadgetSnap, filename=str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_grp(path: PathLike, numbers) -> Path:
     """Write a halo-number array as an ASCII ``.grp`` file (count line, then one per line), atomically."""
     path = Path(path)
     numbers = np.asarray(numbers, dtype=np.int64).ravel()
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(f"{numbers.size}\n")
-            if numbers.size:
-                fh.write("\n".join(map(str, numbers.tolist())))
-                fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path, unique=False) as tmp, open(tmp, "w") as fh:
+        fh.write(f"{numbers.size}\n")
+        if numbers.size:
+            fh.write("\n".join(map(str, numbers.tolist())))
+            fh.write("\n")
     return path
 
 
@@ -233,14 +223,8 @@ def _write_metadata(sim: Simulation, path: Path) -> Path:
         "particle_mass": sim.particle_mass,
         "files": {"initial": ICS_NAME, "final": FINAL_NAME, "grp": FINAL_NAME + GRP_SUFFIX},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(meta, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path, unique=False) as tmp, open(tmp, "w") as fh:
+        json.dump(meta, fh, indent=2)
     return path
 
 

@@ -35,7 +35,7 @@ Schema (format version 1; also in ``docs/simulation_format.md``)::
         n_members         (H,)   int64
 
 Files are written to ``<name>.tmp`` in the same directory and renamed with
-:func:`os.replace`, so a reader never sees a partial file.
+:func:`os.replace` (:func:`tfhalo.atomic.atomic_path`), so a reader never sees a partial file.
 
 Example:
     >>> write_simulation(sim, "suite/sim_000.h5")          # doctest: +SKIP
@@ -51,6 +51,7 @@ from typing import Union
 import h5py
 import numpy as np
 
+from tfhalo.atomic import atomic_path, fixed_temporary_path
 from tfhalo.sim.cosmology import Cosmology
 from tfhalo.sim.simulation import HaloCatalogue, Simulation
 
@@ -74,8 +75,7 @@ def _version() -> str:
 
 def temporary_path(path: PathLike) -> Path:
     """The temporary name a file is written under before being renamed to ``path``."""
-    path = Path(path)
-    return path.with_name(path.name + ".tmp")
+    return fixed_temporary_path(path)
 
 
 def write_simulation(sim: Simulation, path: PathLike) -> Path:
@@ -97,36 +97,31 @@ def write_simulation(sim: Simulation, path: PathLike) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise OSError(f"Cannot write {path}: directory {path.parent} does not exist")
-    tmp = temporary_path(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["tfhalo_version"] = _version()
-            f.attrs["name"] = str(sim.name)
-            f.attrs["box_size"] = np.float64(sim.box_size)
-            f.attrs["n_side"] = np.int64(sim.n_side)
-            f.attrs["z_initial"] = np.float64(sim.z_initial)
-            f.attrs["particle_mass"] = np.float64(sim.particle_mass)
-            if sim.seed is not None:
-                f.attrs["seed"] = np.int64(sim.seed)
-            cosmo = f.create_group("cosmology")
-            for key, value in sim.cosmology.to_dict().items():
-                cosmo.attrs[key] = np.float64(value)
-            f.create_dataset("initial_density", data=sim.initial_density)
-            particles = f.create_group("particles")
-            for field in _PARTICLE_FIELDS:
-                kwargs = {"compression": "gzip", "compression_opts": 1, "shuffle": True} if field in _COMPRESSED else {}
-                particles.create_dataset(field, data=getattr(sim, field), **kwargs)
-            halos = f.create_group("halos")
-            for field in _HALO_FIELDS:
-                halos.create_dataset(field, data=getattr(sim.halos, field))
-            # Written last: its presence certifies the file is whole.
-            f.attrs["complete"] = True
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # Fixed name <name>.tmp: tfhalo.sim.suite removes it when resuming an interrupted run.
+    with atomic_path(path, unique=False) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["tfhalo_version"] = _version()
+        f.attrs["name"] = str(sim.name)
+        f.attrs["box_size"] = np.float64(sim.box_size)
+        f.attrs["n_side"] = np.int64(sim.n_side)
+        f.attrs["z_initial"] = np.float64(sim.z_initial)
+        f.attrs["particle_mass"] = np.float64(sim.particle_mass)
+        if sim.seed is not None:
+            f.attrs["seed"] = np.int64(sim.seed)
+        cosmo = f.create_group("cosmology")
+        for key, value in sim.cosmology.to_dict().items():
+            cosmo.attrs[key] = np.float64(value)
+        f.create_dataset("initial_density", data=sim.initial_density)
+        particles = f.create_group("particles")
+        for field in _PARTICLE_FIELDS:
+            kwargs = {"compression": "gzip", "compression_opts": 1, "shuffle": True} if field in _COMPRESSED else {}
+            particles.create_dataset(field, data=getattr(sim, field), **kwargs)
+        halos = f.create_group("halos")
+        for field in _HALO_FIELDS:
+            halos.create_dataset(field, data=getattr(sim.halos, field))
+        # Written last: its presence certifies the file is whole.
+        f.attrs["complete"] = True
     return path
 
 

@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
+from tfhalo.atomic import atomic_path, write_json_atomic
 from tfhalo.sim import gadget, hdf5
 from tfhalo.sim.cosmology import WMAP5, Cosmology
 from tfhalo.sim.simulation import Simulation
@@ -148,17 +149,6 @@ def simulation_name(index: int) -> str:
     return f"sim_{index:03d}"
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(payload, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def read_manifest(out_dir: PathLike) -> dict:
     """The ``suite.json`` of a suite directory.
 
@@ -225,9 +215,9 @@ def write_simulation_files(sim: Simulation, out_dir: PathLike, name: str) -> Pat
     """Write one finished simulation into a suite directory (Gadget dir, then ``.h5``)."""
     out_dir = Path(out_dir)
     _clean(out_dir, name)
-    tmp_dir = out_dir / (name + ".tmp")
-    gadget.write_gadget(sim, tmp_dir)
-    os.replace(tmp_dir, out_dir / name)
+    # Fixed name sim_{i}.tmp/: _clean() of a resumed run removes what an interrupted one left.
+    with atomic_path(out_dir / name, unique=False) as tmp_dir:
+        gadget.write_gadget(sim, tmp_dir)
     return hdf5.write_simulation(sim, out_dir / (name + ".h5"))
 
 
@@ -282,7 +272,7 @@ def generate_suite(
         if old["n_sims"] > n_sims:  # keep the larger suite's entries
             manifest = _manifest(old.get("preset", preset_name), params, seed, old["n_sims"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
 
     paths = []
     bar = tqdm(manifest["simulations"][:n_sims], desc="simulations", unit="sim", disable=not progress)
