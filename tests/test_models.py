@@ -107,7 +107,7 @@ def test_bad_arguments_raise_with_received_value(kwargs, received):
 
 def test_training_reduces_loss_and_trains_gamma(tmp_path):
     x, y = synthetic_task()
-    model = halo_cnn(**TINY, alpha=None, learning_rate=3e-3)
+    model = halo_cnn(**TINY, alpha=None, learning_rate=3e-3, seed=1)
     before = model.evaluate(x, y, verbose=0)
     log = tmp_path / "log.csv"
     history = model.fit(x, y, batch_size=16, epochs=6, verbose=0, callbacks=[keras.callbacks.CSVLogger(str(log))])
@@ -211,3 +211,42 @@ def test_halo_cnn_seed_gives_reproducible_initial_weights():
 def test_halo_cnn_rejects_bad_seed(seed):
     with pytest.raises(ValueError, match="seed"):
         halo_cnn(input_shape=(9, 9, 9, 1), conv_filters=(2,), pool_after=(False,), dense_units=(), seed=seed, compile=False)
+
+
+def test_rotation_invariant_variant_is_invariant_under_the_cube_group():
+    from tests.helpers.equivariance import assert_equivariant
+
+    # Odd and even grids on the way (15 -> 7 -> 3 -> 1), so both pooling windows are exercised.
+    model = halo_cnn(
+        input_shape=(15, 15, 15, 1), conv_filters=(3, 4, 4, 4), pool_after=(False, True, True, True),
+        dense_units=(8,), conv_type="multipole", ells=(0,), rotation_invariant=True, seed=3, compile=False,
+    )
+    x = np.random.default_rng(0).normal(size=(2, 15, 15, 15, 1)).astype("float32")
+
+    def scalar_field(inputs):
+        # The (batch, 1) prediction as a 1^3 field: invariant outputs = l = 0 block.
+        out = keras.ops.convert_to_numpy(model(inputs))
+        return out.reshape(-1, 1, 1, 1, 1)
+
+    assert_equivariant(scalar_field, x, blocks=[(0, 1)], rtol=1e-4)
+    # The paper's head (Flatten + "same" pooling) is not invariant: the check has teeth.
+    paper_head = halo_cnn(
+        input_shape=(15, 15, 15, 1), conv_filters=(3, 4, 4, 4), pool_after=(False, True, True, True),
+        dense_units=(8,), conv_type="multipole", ells=(0,), seed=3, compile=False,
+    )
+    with pytest.raises(AssertionError, match="not equivariant"):
+        assert_equivariant(
+            lambda inputs: keras.ops.convert_to_numpy(paper_head(inputs)).reshape(-1, 1, 1, 1, 1),
+            x, blocks=[(0, 1)], rtol=1e-4,
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(conv_type="conv"), dict(conv_type="multipole", ells=(0, 1)), dict(conv_type="multipole", input_shape=(9, 9, 11, 1))],
+)
+def test_rotation_invariant_needs_l0_multipole_on_a_cube(kwargs):
+    base = dict(input_shape=(9, 9, 9, 1), conv_filters=(2,), pool_after=(True,), dense_units=(), compile=False)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match="rotation_invariant"):
+        halo_cnn(rotation_invariant=True, **base)

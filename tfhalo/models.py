@@ -26,11 +26,11 @@ Example:
     >>> history.history["gamma"]                            # gamma after each epoch
 """
 
-import itertools
 import math
 import numbers
 
 import keras
+import numpy as np
 from keras import ops, tree
 
 from tfhalo.layers import CauchyScale, MultipoleConv3D
@@ -175,6 +175,7 @@ def halo_cnn(
     compile=True,
     learning_rate=5e-5,
     seed=None,
+    rotation_invariant=False,
     name="halo_cnn",
 ):
     """Builds (and by default compiles) the deep-halo CNN.
@@ -197,9 +198,19 @@ def halo_cnn(
         initial_gamma: starting Cauchy scale (> 0).
         compile: compile with :func:`compile_halo_cnn` (Adam, amsgrad).
         learning_rate: Adam learning rate when ``compile`` is True.
-        seed: integer seed of the Glorot-uniform kernel initialisers (each
-            layer gets ``seed + its index``), so the same seed gives the same
-            initial network; None draws fresh weights. No global RNG is touched.
+        seed: integer seed of the Glorot-uniform kernel initialisers (one
+            independent seed per layer from ``numpy.random.SeedSequence(seed)``),
+            so the same seed gives the same initial network; None draws fresh
+            weights. No global RNG is touched.
+        rotation_invariant: build a network whose output is exactly invariant
+            under the 48 rotations and reflections of the cube (requires
+            ``conv_type="multipole"``, ``ells=(0,)`` and a cubic input). The
+            paper's Flatten -> Dense head and its "same" max-pooling (whose
+            windows start at index 0, so a reflection maps them onto other
+            windows) are not symmetric; here each pooling uses windows placed
+            symmetrically about the box centre (size 2 on even, size 3 on odd
+            grids, stride 2, "valid") and a global average pooling replaces
+            Flatten.
         name: model name.
 
     Returns:
@@ -243,12 +254,26 @@ def halo_cnn(
         learning_rate = _check_positive_finite("learning_rate", learning_rate)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ValueError(f"seed must be None or a non-negative integer. Received: seed={seed!r}")
-    layer_index = itertools.count()
+    if rotation_invariant:
+        if conv_type != "multipole" or tuple(ells) != (0,):
+            raise ValueError(
+                'rotation_invariant=True needs conv_type="multipole" and ells=(0,). '
+                f"Received: conv_type={conv_type!r}, ells={ells!r}"
+            )
+        if len(set(input_shape[:3])) != 1:
+            raise ValueError(
+                f"rotation_invariant=True needs a cubic input. Received: input_shape={input_shape!r}"
+            )
+    n_kernels = len(conv_filters) + len(dense_units) + 1
+    layer_seeds = iter(
+        [None] * n_kernels if seed is None else np.random.SeedSequence(int(seed)).generate_state(n_kernels)
+    )
 
     def kernel_initializer():
-        if seed is None:
+        layer_seed = next(layer_seeds)
+        if layer_seed is None:
             return "glorot_uniform"
-        return keras.initializers.GlorotUniform(seed=int(seed) + next(layer_index))
+        return keras.initializers.GlorotUniform(seed=int(layer_seed))
 
     def conv_regularizer():
         return keras.regularizers.L2(alpha) if alpha > 0 else None
@@ -280,9 +305,15 @@ def halo_cnn(
             )
         x = conv(x)
         x = keras.layers.LeakyReLU(negative_slope=leaky_alpha, name=f"conv{i}_act")(x)
-        if pool:
+        if pool and not rotation_invariant:
             x = keras.layers.MaxPooling3D(2, padding="same", name=f"pool{i}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
+        elif pool and x.shape[1] > 1:
+            window = 2 if x.shape[1] % 2 == 0 else 3
+            x = keras.layers.MaxPooling3D(window, strides=2, padding="valid", name=f"pool{i}")(x)
+    if rotation_invariant:
+        x = keras.layers.GlobalAveragePooling3D(name="global_average")(x)
+    else:
+        x = keras.layers.Flatten(name="flatten")(x)
     for i, units in enumerate(dense_units, start=1):
         regularizer = dense_regularizer() if i <= 2 else None
         x = keras.layers.Dense(

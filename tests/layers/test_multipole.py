@@ -235,6 +235,18 @@ def test_initial_kernel_has_conv3d_glorot_variance():
     assert np.mean(kernel[..., filters:] ** 2) / target == pytest.approx(26 / 27, rel=0.15)
 
 
+def test_seeded_initializer_gives_each_l_block_its_own_weights():
+    # A seeded Keras initializer returns the same sample on every call; the l
+    # blocks must still not start from copies of one another.
+    layer = MultipoleConv3D(
+        4, ells=(0, 1), kernel_initializer=keras.initializers.GlorotUniform(seed=1)
+    )
+    layer.build((None, 6, 6, 6, 3))
+    w0, w1 = (_to_numpy(w) for w in layer.radial_weights)
+    n = min(w0.shape[0], w1.shape[0])
+    assert not np.allclose(w0[:n], w1[:n, :, : w0.shape[2]])
+
+
 # ------------------------------------------------------------- convolution
 
 

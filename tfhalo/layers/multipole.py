@@ -349,16 +349,18 @@ class MultipoleConv3D(keras.layers.Layer):
         k = self.kernel_size
         dense_shape = (k, k, k, in_channels, self.output_channels)
         self.radial_weights = []
+        channel_offset = 0
         for l, f, basis in zip(self.ells, self._filters_per_l, self._bases):
             n_weights = basis.shape[0]
             self.radial_weights.append(
                 self.add_weight(
                     name=f"radial_l{l}",
                     shape=(n_weights, in_channels, f),
-                    initializer=self._radial_initializer(dense_shape, n_weights, f),
+                    initializer=self._radial_initializer(dense_shape, n_weights, f, channel_offset),
                     regularizer=self.kernel_regularizer,
                 )
             )
+            channel_offset += (2 * l + 1) * f
         if self.use_bias:
             n_bias = self.output_channels
             if self.equivariant:
@@ -377,16 +379,19 @@ class MultipoleConv3D(keras.layers.Layer):
             self.bias = None
         self.input_spec = keras.layers.InputSpec(ndim=5, axes={-1: in_channels})
 
-    def _radial_initializer(self, dense_shape, n_weights, n_filters):
+    def _radial_initializer(self, dense_shape, n_weights, n_filters, channel_offset):
         initializer = self.kernel_initializer
         k = self.kernel_size
 
         def init(shape, dtype=None):
             # Draw with the dense kernel's shape so fan-based initialisers see the
-            # fans of the equivalent Conv3D, then keep n_weights x C_in x f entries.
+            # fans of the equivalent Conv3D, then keep n_weights x C_in x f entries
+            # from this l block's own output channels: a seeded initialiser returns
+            # the same sample on every call, and disjoint slices keep the l blocks
+            # from starting with identical weights.
             sample = initializer(dense_shape, dtype=dtype)
             sample = ops.reshape(sample, (k**3,) + tuple(dense_shape[3:]))
-            return sample[:n_weights, :, :n_filters]
+            return sample[:n_weights, :, channel_offset : channel_offset + n_filters]
 
         return init
 
