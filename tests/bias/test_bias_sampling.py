@@ -105,3 +105,12 @@ def test_split_rhat_matches_numpy_and_flags_stuck_chains():
         warnings.simplefilter("error")
         summary = summarize_chains(rng.normal(size=(400, 4, 3)))
     assert summary["converged"] and summary["min_ess"] > 800
+
+
+def test_xla_compiled_adaptive_sampler_recovers_gaussian():
+    # jit_compile=True reuses one XLA graph across the warm-up windows (variables, not constants).
+    mean, cov, log_prob = _gaussian(p=3, seed=6)
+    init = mean + np.random.default_rng(3).normal(size=(4, mean.size))
+    result = sample_posterior(log_prob, init, num_results=400, num_burnin=480, mass_matrix="adaptive",
+                              seed=7, progress=False, num_leapfrog_steps=6, jit_compile=True)
+    _check_recovery(result, mean, cov)

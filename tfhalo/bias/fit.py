@@ -60,12 +60,17 @@ def value_and_gradient_fn(likelihood: NeuralBiasLikelihood, jit_compile: bool = 
 
 def hessian(likelihood: NeuralBiasLikelihood, theta) -> np.ndarray:
     """``(P, P)`` float64 Hessian of ``-ln posterior`` at ``theta`` (autodiff, symmetrised)."""
-    theta = tf.constant(np.asarray(theta), dtype=likelihood.layout.dtype)
+    return hessian_of(likelihood.log_posterior, theta, likelihood.layout.dtype)
+
+
+def hessian_of(log_prob_fn, x, dtype="float64") -> np.ndarray:
+    """``(P, P)`` float64 Hessian of ``-log_prob_fn`` at ``x (P,)`` (autodiff, symmetrised)."""
+    theta = tf.constant(np.asarray(x), dtype=dtype)
     with tf.GradientTape() as outer:
         outer.watch(theta)
         with tf.GradientTape() as inner:
             inner.watch(theta)
-            value = -likelihood.log_posterior(theta)
+            value = -log_prob_fn(theta)
         grad = inner.gradient(value, theta)
     h = np.asarray(outer.jacobian(grad, theta), np.float64)
     return 0.5 * (h + h.T)

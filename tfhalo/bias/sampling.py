@@ -18,6 +18,12 @@ Mass matrix (``mass_matrix=``):
   own draws; the next window (and the final sampling) uses it as the fixed
   preconditioner above.  Sampling happens only after adaptation ends.
 
+``jit_compile=True`` compiles each block of steps with XLA (~4x faster on CPU
+for the default model); the preconditioner is held in variables so all warm-up
+windows share one compiled graph.  An optional fixed bijection
+(``reparametrization=``, e.g. :mod:`tfhalo.bias.reparam`) lets the chains run
+on other coordinates with the Jacobian-corrected target.
+
 The log-density is any ``theta (P,) -> scalar`` TensorFlow-traceable function,
 e.g. :meth:`NeuralBiasLikelihood.log_posterior` (the Keras model through
 ``stateless_call``).
@@ -104,43 +110,49 @@ def preconditioner_from_samples(draws, prior_floor: float = 1e-6) -> np.ndarray:
 
 
 class _Runner:
-    """One HMC/NUTS chain batch on z, theta = centre + L z, in seeded blocks."""
+    """One HMC/NUTS chain batch on z, theta = centre + L z, in seeded blocks.
 
-    def __init__(self, log_prob_fn, n_chains, centre, chol, kernel, step_size, num_leapfrog_steps,
-                 num_adaptation_steps, target_accept, max_tree_depth, dtype, jit_compile=False):
+    ``centre``, ``L`` and the initial step size are variables, so every warm-up
+    window reuses one compiled (XLA) graph instead of recompiling per window.
+    With ``adapt`` the step size is dual-averaged over the whole call and the
+    averaged value is returned; without it the step size is frozen, which keeps
+    the chain exactly invariant.
+    """
+
+    def __init__(self, log_prob_fn, n_chains, p, kernel, num_leapfrog_steps, adapt, target_accept,
+                 max_tree_depth, dtype, jit_compile=False):
         self.dtype = dtype
-        centre_t = tf.constant(centre, dtype)
-        chol_t = tf.constant(chol, dtype)
-        self.centre, self.chol = centre, chol
+        self.centre_v = tf.Variable(tf.zeros([p], dtype), trainable=False)
+        self.chol_v = tf.Variable(tf.eye(p, dtype=dtype), trainable=False)
+        self.step_v = tf.Variable(tf.constant(0.1, dtype), trainable=False)
+        self.centre, self.chol = np.zeros(p), np.eye(p)
         target = batched(log_prob_fn, n_chains)
 
         def target_z(z):
-            return target(centre_t + tf.linalg.matvec(chol_t, z))
+            return target(self.centre_v + tf.linalg.matvec(self.chol_v, z))
 
         if kernel == "hmc":
-            inner = tfp.mcmc.HamiltonianMonteCarlo(target_z, step_size=step_size,
-                                                   num_leapfrog_steps=num_leapfrog_steps)
+            # The step size lives in the kernel results (read at bootstrap, after set()).
+            inner = tfp.mcmc.HamiltonianMonteCarlo(target_z, step_size=self.step_v,
+                                                   num_leapfrog_steps=num_leapfrog_steps,
+                                                   store_parameters_in_results=True)
         else:
-            inner = tfp.mcmc.NoUTurnSampler(target_z, step_size=step_size, max_tree_depth=max_tree_depth)
-        self.kernel_name = kernel
-        adapt = int(num_adaptation_steps) > 0
-        # The sampling phase runs the bare kernel: a fixed step size keeps the
-        # chain exactly invariant (no adaptation after warm-up).
+            inner = tfp.mcmc.NoUTurnSampler(target_z, step_size=self.step_v, max_tree_depth=max_tree_depth)
+        self.adapt = bool(adapt)
+        # Adaptation never switches off inside a warm-up call; the averaged step
+        # size at its end is what the next phase starts from.
         self.kernel = tfp.mcmc.DualAveragingStepSizeAdaptation(
-            inner, num_adaptation_steps=int(num_adaptation_steps), target_accept_prob=target_accept
-        ) if adapt else inner
-        self.num_leapfrog_steps = num_leapfrog_steps
+            inner, num_adaptation_steps=10**9, target_accept_prob=target_accept
+        ) if self.adapt else inner
 
         def trace_fn(_, pkr):
             inner_r = pkr.inner_results if adapt else pkr
-            new_step = pkr.new_step_size if adapt else tf.constant(step_size, dtype)
             extra = inner_r.leapfrogs_taken if kernel == "nuts" else tf.fill(
                 tf.shape(inner_r.is_accepted), tf.constant(num_leapfrog_steps, tf.int32))
             div = inner_r.has_divergence if kernel == "nuts" else tf.logical_not(
                 inner_r.log_accept_ratio > -1000.0)
             return (inner_r.is_accepted, inner_r.log_accept_ratio, div, extra,
-                    inner_r.accepted_results.target_log_prob if kernel == 'hmc' else inner_r.target_log_prob,
-                    new_step)
+                    inner_r.accepted_results.target_log_prob if kernel == 'hmc' else inner_r.target_log_prob)
 
         @tf.function(jit_compile=jit_compile)
         def run(z, pkr, seed, n):
@@ -150,6 +162,12 @@ class _Runner:
 
         self._run = run
 
+    def set(self, centre, chol, step_size):
+        self.centre, self.chol = np.asarray(centre, np.float64), np.asarray(chol, np.float64)
+        self.centre_v.assign(self.centre)
+        self.chol_v.assign(self.chol)
+        self.step_v.assign(float(step_size))
+
     def to_z(self, theta):
         return np.linalg.solve(self.chol, (np.asarray(theta, np.float64) - self.centre).T).T
 
@@ -157,6 +175,7 @@ class _Runner:
         return self.centre + np.asarray(z, np.float64) @ self.chol.T
 
     def run(self, theta0, n_steps, rng, block, bar):
+        """Returns ``(theta draws (n, C, P), traces, step size at the end)``."""
         z = tf.constant(self.to_z(theta0), self.dtype)
         pkr = self.kernel.bootstrap_results(z)
         out = []
@@ -171,8 +190,12 @@ class _Runner:
             done += n
             bar.update(n)
         zs = np.concatenate([o[0] for o in out])
-        traces = [np.concatenate([o[1][i] for o in out]) for i in range(6)]
-        return self.to_theta(zs), traces
+        traces = [np.concatenate([o[1][i] for o in out]) for i in range(5)]
+        if self.adapt:
+            step = float(np.mean(np.exp(np.asarray(pkr.log_averaging_step))))
+        else:
+            step = float(self.step_v.numpy())
+        return self.to_theta(zs), traces, step
 
 
 def sample_posterior(
@@ -195,6 +218,7 @@ def sample_posterior(
     progress: bool = True,
     dtype=tf.float64,
     jit_compile: bool = False,
+    reparametrization=None,
 ) -> SamplingResult:
     """Sample ``exp(log_prob_fn)`` with HMC or NUTS from ``C`` chains.
 
@@ -202,8 +226,8 @@ def sample_posterior(
         log_prob_fn: ``theta (P,) -> scalar`` TensorFlow-traceable ln posterior.
         initial_state: ``(C, P)`` starting points (C chains).
         num_results: draws per chain kept.
-        num_burnin: warm-up steps per chain (step-size adaptation over 80% of
-            the final warm-up phase; for ``"adaptive"`` the warm-up is split
+        num_burnin: warm-up steps per chain (dual-averaging step-size adaptation over all of
+            each warm-up phase, its averaged step size kept; for ``"adaptive"`` the warm-up is split
             into ``n_windows`` doubling covariance windows plus a final phase).
         kernel: ``"hmc"`` or ``"nuts"``.
         mass_matrix: ``"identity"``, ``"hessian"`` or ``"adaptive"``.
@@ -220,6 +244,13 @@ def sample_posterior(
         block: steps per compiled call (progress granularity).
         progress: show a tqdm bar.
         dtype: float dtype of the chains.
+        reparametrization: optional fixed bijection ``theta = r.forward(v)``
+            with ``r.inverse``, ``r.log_det_jacobian`` and ``r.wrap`` (e.g.
+            :class:`~tfhalo.bias.reparam.PsiScaleReparametrization`): the chains
+            run on ``v`` with the Jacobian-corrected target, so they sample the
+            same posterior; ``initial_state`` and ``centre`` are given and the
+            samples returned in ``theta``, but ``hessian`` must be that of
+            ``-ln p(v)`` at ``r.inverse(centre)``.
         jit_compile: compile each block of steps with XLA (much faster on CPU
             for small models; the log-density must be XLA-compatible).
 
@@ -245,6 +276,10 @@ def sample_posterior(
         raise ValueError(f"step_size must be positive. Received: step_size={step_size}")
     n_chains, p = init.shape
     centre = np.mean(init, axis=0) if centre is None else np.asarray(centre, np.float64).reshape(p)
+    if reparametrization is not None:
+        log_prob_fn = reparametrization.wrap(log_prob_fn)
+        init = reparametrization.inverse(init)
+        centre = reparametrization.inverse(centre)
     if target_accept is None:
         target_accept = 0.75 if kernel == "hmc" else 0.8
     rng = np.random.default_rng(seed)
@@ -272,9 +307,15 @@ def sample_posterior(
                           "using the initial mass matrix", stacklevel=2)
         phases = [(num_burnin, False)]
 
-    make = lambda c, ch, n_adapt, eps: _Runner(  # noqa: E731
-        log_prob_fn, n_chains, c, ch, kernel, eps, num_leapfrog_steps, n_adapt, target_accept,
-        max_tree_depth, dtype, jit_compile)
+    runners = {}
+
+    def runner_for(adapt):
+        # One compiled graph for all warm-up windows and one for sampling.
+        if adapt not in runners:
+            runners[adapt] = _Runner(log_prob_fn, n_chains, p, kernel, num_leapfrog_steps, adapt, target_accept,
+                                     max_tree_depth, dtype, jit_compile)
+        return runners[adapt]
+
     total = num_burnin + int(num_results)
     bar = tqdm(total=total, desc=f"{kernel.upper()} ({mass_matrix})", disable=not progress, mininterval=1.0)
     t0 = time.perf_counter()
@@ -284,11 +325,11 @@ def sample_posterior(
     for length, estimate in phases:
         if length == 0:
             continue
-        runner = make(centre, chol, int(0.9 * length), eps)
-        draws, traces = runner.run(theta, length, rng, block, bar)
+        runner = runner_for(True)
+        runner.set(centre, chol, eps)
+        draws, traces, eps = runner.run(theta, length, rng, block, bar)
         n_grad += int(traces[3].sum() / n_chains)
         theta = draws[-1]
-        eps = float(np.atleast_1d(traces[5][-1]).mean())
         if estimate:
             half = draws[len(draws) // 2:].reshape(-1, p)
             chol = preconditioner_from_samples(half)
@@ -296,10 +337,13 @@ def sample_posterior(
             # Rescale the step size to the new space: start near 1 (unit-covariance target).
             eps = 0.5
     # Sampling: the adapted step size, frozen.
-    runner = make(centre, chol, 0, eps)
-    draws, traces = runner.run(theta, int(num_results), rng, block, bar)
+    runner = runner_for(False)
+    runner.set(centre, chol, eps)
+    draws, traces, eps = runner.run(theta, int(num_results), rng, block, bar)
     bar.close()
     n_grad += int(traces[3].sum() / n_chains)
+    if reparametrization is not None:
+        draws = reparametrization.forward_np(draws)
     seconds = time.perf_counter() - t0
     return SamplingResult(
         samples=draws, log_prob=traces[4], is_accepted=traces[0], log_accept_ratio=traces[1],
