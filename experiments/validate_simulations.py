@@ -1,7 +1,10 @@
 """Validate the simulation engine: initial P(k) and FoF mass function vs colossus.
 
-Runs a small suite with :func:`tfhalo.sim.pipeline.run_simulation` (default 4
-simulations of 128^3 particles in 50 Mpc/h, WMAP5) and compares
+Generates a suite exactly as ``tfhalo simulate`` does
+(:func:`tfhalo.sim.suite.generate_suite`, per-simulation seeds
+``simulation_seeds(--seed, --n-sims)``; default 4 simulations of 128^3
+particles in 50 Mpc/h, WMAP5) into ``--out/suite`` and loads it back, so what
+is validated is what the command writes. It compares
 
 * the measured power spectrum of each initial density field (z = 99) with
   colossus' linear Eisenstein-Hu P(k) scaled by the growth factor;
@@ -11,9 +14,10 @@ simulations of 128^3 particles in 50 Mpc/h, WMAP5) and compares
   integrated over each mass bin, with Poisson errors. Target: within 20%
   for halos above 200 particles.
 
-Each simulation's statistics are cached in ``--out/sims/`` (written to a
-temporary name, then renamed), so an interrupted run resumes. Writes
-``validate_simulations.png`` and ``validate_simulations.json`` into ``--out``.
+Resumable: the suite is (generate_suite is resumable and atomic), and each
+simulation's statistics are cached in ``--out/stats/`` (temporary name, then
+rename). Writes ``validate_simulations.png`` and ``validate_simulations.json``
+into ``--out``.
 
 Usage:
     python experiments/validate_simulations.py [--n-sims 4 --n-side 128 --box 50 --seed 0] [--out DIR]
@@ -30,8 +34,9 @@ import numpy as np
 
 from tfhalo.atomic import atomic_path, write_json_atomic
 from tfhalo.sim.cosmology import WMAP5
+from tfhalo.sim.loader import load
 from tfhalo.sim.mesh import power_spectrum
-from tfhalo.sim.pipeline import run_simulation
+from tfhalo.sim.suite import SimulationPreset, generate_suite, read_manifest, simulation_seeds
 
 MIN_PARTICLES = 20
 TARGET_PARTICLES = 200
@@ -42,18 +47,22 @@ def _atomic_savez(path: Path, **arrays):
         np.savez(tmp, **arrays)
 
 
-def simulate_statistics(args, index: int, seed: int, out: Path) -> dict:
-    """Run (or load the cached statistics of) one simulation."""
-    path = out / "sims" / f"sim{index:03d}_seed{seed}_n{args.n_side}_L{args.box:g}.npz"
+def simulation_statistics(h5_path: Path, seed: int, out: Path, verbose: bool = False) -> dict:
+    """Statistics of one suite simulation (cached per file name and seed)."""
+    path = out / "stats" / f"{h5_path.stem}_seed{seed}.npz"
     if not path.exists():
-        sim = run_simulation(args.n_side, args.box, WMAP5, seed=seed, n_steps=args.n_steps,
-                             mesh_factor=args.mesh_factor, progress=args.verbose, name=path.stem)
-        k, pk, n_modes = power_spectrum(sim.initial_density.astype(np.float64), args.box)
-        kf, pkf, _ = power_spectrum(sim.final_density(args.n_side), args.box)
+        sim = load(h5_path)  # one at a time: a 128^3 simulation is ~150 MB in memory
+        if sim.seed != seed:
+            raise ValueError(f"{h5_path} has seed {sim.seed}, expected {seed} from simulation_seeds")
+        box, n_side = sim.box_size, sim.n_side
+        k, pk, n_modes = power_spectrum(sim.initial_density.astype(np.float64), box)
+        kf, pkf, _ = power_spectrum(sim.final_density(n_side), box)
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_savez(path, k=k, pk=pk, n_modes=n_modes, k_final=kf, pk_final=pkf,
                       halo_mass=sim.halos.mass, n_members=sim.halos.n_members, r200=sim.halos.r200,
                       particle_mass=sim.particle_mass)
+        if verbose:
+            print(f"{h5_path.name}: seed {seed}, {len(sim.halos)} halos", flush=True)
     with np.load(path) as f:
         return {key: f[key] for key in f.files}
 
@@ -100,7 +109,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="master seed (one independent seed per simulation)")
     p.add_argument("--out", type=Path, default=Path("runs/validate_simulations"))
     p.add_argument("--quick", action="store_true", help="tiny run: 2 simulations of 32^3 in 50 Mpc/h")
-    p.add_argument("--verbose", action="store_true", help="stage timings and PM progress bars")
+    p.add_argument("--verbose", action="store_true", help="print each simulation's halo count")
     args = p.parse_args(argv)
     if args.quick:
         args.n_sims, args.n_side = 2, 32
@@ -113,10 +122,16 @@ def main(argv=None):
         p.error(f"--seed must be non-negative. Received: {args.seed}")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from tqdm.auto import tqdm
-
-    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(args.seed).spawn(args.n_sims)]
-    stats = [simulate_statistics(args, i, s, args.out) for i, s in enumerate(tqdm(seeds, desc="simulations"))]
+    # Exactly what `tfhalo simulate --seed S` writes (same per-simulation seeds), resumable.
+    preset = SimulationPreset(n_side=args.n_side, box_size=args.box, n_steps=args.n_steps,
+                              mesh_factor=args.mesh_factor, cosmology=WMAP5)
+    suite_dir = args.out / "suite"
+    paths = generate_suite(suite_dir, preset, n_sims=args.n_sims, seed=args.seed, progress=True)
+    seeds = simulation_seeds(args.seed, args.n_sims)
+    manifest_seeds = [e["seed"] for e in read_manifest(suite_dir)["simulations"][: args.n_sims]]
+    if manifest_seeds != seeds:
+        raise RuntimeError(f"{suite_dir} manifest seeds {manifest_seeds} differ from simulation_seeds {seeds}")
+    stats = [simulation_statistics(p, s, args.out, args.verbose) for p, s in zip(paths, seeds)]
 
     # --- initial power spectrum vs colossus, z = 99
     z_init = 99.0
@@ -153,7 +168,7 @@ def main(argv=None):
     fallback = np.isclose(m200_ratio, 1.0, rtol=1e-9)
 
     summary = {
-        "config": {"n_sims": args.n_sims, "n_side": args.n_side, "box_size": args.box, "n_steps": args.n_steps,
+        "config": {"suite": str(suite_dir), "n_sims": args.n_sims, "n_side": args.n_side, "box_size": args.box, "n_steps": args.n_steps,
                    "mesh_factor": args.mesh_factor, "master_seed": args.seed, "seeds": seeds,
                    "cosmology": WMAP5.to_dict(), "particle_mass": particle_mass},
         "initial_power": {

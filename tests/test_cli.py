@@ -39,12 +39,30 @@ def test_simulate_writes_a_loadable_resumable_suite(tmp_path, capsys):
         (["predict", "--model", "m", "--simulation", "s"], "--out"),
     ],
 )
-def test_bad_arguments_exit_with_a_message(tmp_path, capsys, argv, message):
+def test_bad_arguments_exit_with_a_message(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)  # the relative "x" would land here
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--n-side", "1"], "n_side must be an integer >= 2. Received: n_side=1"),
+        (["--box-size", "1e-30"], "box_size and n_side give wave numbers"),
+    ],
+)
+def test_invalid_simulation_writes_nothing_and_the_fix_runs(tmp_path, capsys, override, message):
+    out = tmp_path / "x"
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--n-sims", "1", "--out", str(out), *TINY, *override])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "suite.json").exists() and not out.exists()
+    assert main(["simulate", "--n-sims", "1", "--out", str(out), *TINY]) == 0  # not blocked by leftovers
 
 
 def test_simulate_reports_suite_conflicts(tmp_path, capsys):

@@ -83,3 +83,10 @@ def test_linear_power_scales_with_growth_squared():
     np.testing.assert_allclose(ratio, WMAP5.growth_factor(0.01) ** 2, rtol=1e-12)
     with pytest.raises(ValueError, match="k must be positive"):
         WMAP5.linear_power(np.array([0.0, 1.0]))
+
+
+def test_linear_power_outside_colossus_range_is_a_value_error():
+    from tfhalo.sim.cosmology import WMAP5
+
+    with pytest.raises(ValueError, match=r"colossus cannot compute.*k in \[1, 1e\+31\]"):
+        WMAP5.linear_power(np.array([1.0, 1e31]))

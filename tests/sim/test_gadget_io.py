@@ -158,3 +158,72 @@ def test_grp_file_errors(tmp_path):
         gadget.read_grp(path)
     with pytest.raises(FileNotFoundError, match="b.grp"):
         gadget.read_grp(tmp_path / "b.grp")
+
+
+def test_velocities_written_and_read_back_through_pynbody(tmp_path):
+    sim = fake_simulation(n_side=6, n_halos=2, seed=3)
+    rng = np.random.default_rng(4)
+    sim.initial_velocities = rng.normal(0, 20, (216, 3)).astype(np.float32)
+    sim.final_velocities = rng.normal(0, 400, (216, 3)).astype(np.float32)
+    paths = gadget.write_gadget(sim, tmp_path / "sim")
+    # The files hold exactly these peculiar velocities (Gadget km/s sqrt(a), converted by pynbody).
+    for key, field in (("initial", "initial_velocities"), ("final", "final_velocities")):
+        f = pynbody.load(str(paths[key]))
+        order = np.argsort(np.asarray(f["iord"]))
+        np.testing.assert_allclose(f["vel"].in_units("km s^-1")[order], getattr(sim, field), rtol=1e-5, atol=1e-3)
+    ics = pynbody.load(str(paths["initial"]))
+    a = float(ics.properties["a"])
+    raw = np.asarray(ics["vel"])[np.argsort(np.asarray(ics["iord"]))]  # file units: km/s sqrt(a)
+    np.testing.assert_allclose(raw, sim.initial_velocities / np.sqrt(a), rtol=1e-5, atol=1e-3)
+    back = gadget.read_snapshots(paths["final"], paths["initial"], cosmology=sim.cosmology)
+    np.testing.assert_allclose(back.final_velocities, sim.final_velocities, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(back.initial_velocities, sim.initial_velocities, rtol=1e-5, atol=1e-3)
+
+
+def test_simulation_without_final_velocities_reads_back_none(written):
+    sim, paths = written
+    back = gadget.read_snapshots(paths["final"], paths["initial"], cosmology=sim.cosmology)
+    assert back.final_velocities is None  # the all-zero placeholder block
+    assert back.initial_velocities is not None  # the Zel'dovich fallback
+
+
+class _NoIds:
+    """A snapshot stand-in whose ``iord`` cannot be loaded."""
+
+    def __init__(self, ancestor=None, n=8):
+        self.ancestor = ancestor if ancestor is not None else self
+        self.n = n
+
+    def __getitem__(self, key):
+        raise KeyError(key)
+
+    def __len__(self):
+        return self.n
+
+
+def test_missing_ids_are_an_error_except_for_grafic():
+    with pytest.raises(ValueError, match="particle ids \\(iord\\) of run/snap_5"):
+        gadget._ids(_NoIds(), "run/snap_5")
+    from pynbody.snapshot.grafic import GrafICSnap
+
+    grafic = object.__new__(type("FakeGrafIC", (GrafICSnap,), {"__init__": lambda self: None}))
+    with pytest.warns(UserWarning, match="ics_dir: GrafIC.*file order"):
+        ids = gadget._ids(_NoIds(ancestor=grafic, n=8), "ics_dir")
+    np.testing.assert_array_equal(ids, np.arange(8))
+
+
+def test_write_grp_memory_is_bounded(tmp_path):
+    import tracemalloc
+
+    numbers = np.random.default_rng(0).integers(10**6, 10**7, 400_000)
+    tracemalloc.start()
+    try:
+        gadget.write_grp(tmp_path / "big.grp", numbers)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One string of all numbers (the old writer) peaks at ~30 MB of Python objects here.
+    assert peak < 12e6, peak
+    np.testing.assert_array_equal(gadget.read_grp(tmp_path / "big.grp", numbers.size), numbers)
+    lines = (tmp_path / "big.grp").read_text().split("\n")
+    assert lines[0] == "400000" and lines[1] == str(numbers[0]) and lines[-1] == ""

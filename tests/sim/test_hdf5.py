@@ -20,6 +20,12 @@ def assert_same_simulation(a, b):
         np.testing.assert_array_equal(x, y, err_msg=field)
     for field in ("mass", "centre", "r200", "n_members"):
         np.testing.assert_array_equal(getattr(a.halos, field), getattr(b.halos, field), err_msg=field)
+    for field in ("initial_velocities", "final_velocities"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert (x is None) == (y is None), field
+        if x is not None:
+            assert x.dtype == y.dtype == np.float32, field
+            np.testing.assert_array_equal(x, y, err_msg=field)
 
 
 def test_round_trip_is_bit_exact(tmp_path):
@@ -94,3 +100,18 @@ def test_bad_arguments(tmp_path):
         hdf5.write_simulation({"box_size": 1}, tmp_path / "x.h5")
     with pytest.raises(OSError, match="does not exist"):
         hdf5.write_simulation(fake_simulation(n_side=4), tmp_path / "no" / "x.h5")
+
+
+def test_velocities_round_trip_and_are_optional(tmp_path):
+    sim = fake_simulation(n_side=5, n_halos=1, seed=4)
+    rng = np.random.default_rng(9)
+    sim.initial_velocities = rng.normal(0, 30, (125, 3)).astype(np.float32)
+    sim.final_velocities = rng.normal(0, 300, (125, 3)).astype(np.float32)
+    back = hdf5.read_simulation(hdf5.write_simulation(sim, tmp_path / "v.h5"))
+    assert_same_simulation(sim, back)
+    # A file without the optional datasets (as written before they existed) still loads.
+    with h5py.File(tmp_path / "v.h5", "r+") as f:
+        del f["particles/initial_velocities"], f["particles/final_velocities"]
+    old = hdf5.read_simulation(tmp_path / "v.h5")
+    assert old.initial_velocities is None and old.final_velocities is None
+    np.testing.assert_array_equal(old.final_positions, sim.final_positions)

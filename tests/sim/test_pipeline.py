@@ -5,7 +5,8 @@ import pytest
 
 from tfhalo.sim.cosmology import WMAP5, Cosmology
 from tfhalo.sim.fof import friends_of_friends
-from tfhalo.sim.ics import gaussian_field, lattice_positions
+from tfhalo.sim.ics import gaussian_field, lattice_positions, lpt_displacements, lpt_state, peculiar_velocity
+from tfhalo.sim.pm import run_pm
 from tfhalo.sim.pipeline import run_simulation
 from tfhalo.sim.simulation import Simulation
 
@@ -79,10 +80,35 @@ def test_cosmology_is_used():
         ({"min_members": 0}, "min_members"),
         ({"seed": -3}, "seed"),
         ({"cosmology": "WMAP5"}, "cosmology"),
+        ({"box_size": 1e-30}, "box_size and n_side give wave numbers k in .*Received: box_size=1e-30, n_side=8"),
     ],
 )
 def test_bad_arguments_raise_before_work(kwargs, pattern):
     args = dict(n_side=8, box_size=40.0)
     args.update(kwargs)
-    with pytest.raises(ValueError, match=pattern.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=pattern.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         run_simulation(**args)
+
+
+def test_velocities_are_the_exact_2lpt_and_pm_ones(sim):
+    n, box, a_init = 24, 40.0, 0.01
+    psi1, psi2 = lpt_displacements(gaussian_field(n, box, WMAP5, seed=3), box)
+    _, p_init = lpt_state(psi1, psi2, box, WMAP5, a_init)
+    expected = peculiar_velocity(p_init, a_init)
+    assert sim.initial_velocities.dtype == np.float32
+    np.testing.assert_allclose(sim.initial_velocities, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+    # Not the Zel'dovich velocity f1 a H applied to the whole 2LPT displacement.
+    e = float(WMAP5.hubble(a_init))
+    zeldovich = (100.0 * a_init * e * float(WMAP5.growth_rate(a_init))) * (
+        float(WMAP5.growth_factor(a_init)) * psi1 + float(WMAP5.growth_factor_2(a_init)) * psi2).reshape(-1, 3)
+    assert np.abs(zeldovich - expected).max() > 100 * 1e-6 * np.abs(expected).max()
+    # z = 0 velocities: run_pm's, from the same 2LPT start.
+    x0, p0 = lpt_state(psi1, psi2, box, WMAP5, 0.1)
+    x1, v1 = run_pm(x0, p0, box, WMAP5, a_start=0.1, n_steps=6)
+    np.testing.assert_array_equal(sim.final_positions, x1)
+    np.testing.assert_array_equal(sim.final_velocities, v1)
+    # Velocities grow at least as in linear theory, v ~ a E(a) f(a) D(a).
+    def linear(a):
+        return a * float(WMAP5.hubble(a)) * float(WMAP5.growth_rate(a)) * float(WMAP5.growth_factor(a))
+
+    assert sim.final_velocities.std() / sim.initial_velocities.std() > 0.9 * linear(1.0) / linear(a_init)

@@ -32,6 +32,10 @@ def test_presets():
         (dict(n_side=2.5), "n_side must be a positive integer"),
         (dict(foo=1), "Unknown preset overrides \\['foo'\\]"),
         (dict(a_start=0.001), "a_start must be in"),
+        # Checks run_simulation would only make after suite.json was written:
+        (dict(n_side=1), "n_side must be an integer >= 2. Received: n_side=1"),
+        (dict(linking_length=1.0), "linking_length .* must be < 1. Received: linking_length=1.0"),
+        (dict(box_size=1e-30), "box_size and n_side give wave numbers.*Received: box_size=1e-30"),
     ],
 )
 def test_bad_parameters_fail_before_any_work(tmp_path, kwargs, message):
@@ -89,6 +93,37 @@ def test_suite_simulations_match_run_simulation(suite):
     seed = simulation_seeds(11, 2)[1]
     direct = run_simulation(16, 20.0, seed=seed, n_steps=4, name="sim_001")
     assert_same_simulation(load(paths[1]), direct)
+
+
+def test_invalid_preset_fails_at_construction():
+    with pytest.raises(ValueError, match="n_side must be an integer >= 2"):
+        SimulationPreset(n_side=1, box_size=10.0)
+
+
+def test_a_corrected_command_runs_after_a_rejected_one(tmp_path):
+    out = tmp_path / "suite"
+    with pytest.raises(ValueError, match="n_side"):
+        generate_suite(out, "quick", n_sims=1, seed=0, progress=False, n_side=1, box_size=20.0, n_steps=1)
+    assert not (out / "suite.json").exists()
+    assert len(generate_suite(out, "quick", n_sims=1, seed=0, progress=False, n_side=8, box_size=20.0,
+                              n_steps=1)) == 1
+
+
+def test_progress_shows_a_nested_pm_bar(tmp_path, capsys):
+    generate_suite(tmp_path / "s", "quick", n_sims=1, seed=0, progress=True, n_side=8, box_size=20.0, n_steps=2)
+    err = capsys.readouterr().err
+    assert "simulations" in err and "PM steps" in err
+    generate_suite(tmp_path / "q", "quick", n_sims=1, seed=0, progress=False, n_side=8, box_size=20.0, n_steps=2)
+    assert "PM steps" not in capsys.readouterr().err
+
+
+def test_suite_velocities_through_both_routes(suite):
+    out, paths = suite
+    exact, via_pynbody = load(paths[0]), load(out / "sim_000")
+    for field in ("initial_velocities", "final_velocities"):
+        ref = getattr(exact, field)
+        assert ref is not None and np.any(ref), field
+        np.testing.assert_allclose(getattr(via_pynbody, field), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 def test_gadget_route_equals_hdf5_route(suite):

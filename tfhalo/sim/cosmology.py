@@ -142,13 +142,23 @@ class Cosmology:
 
         Returns:
             ``P(k)`` in (Mpc/h)^3, same shape as ``k``.
+
+        Raises:
+            ValueError: ``k`` not positive, ``z <= -1``, or ``k`` outside the
+                range colossus tabulates (about 1e-20 to 1e20 h/Mpc).
         """
         k = np.asarray(k, dtype=np.float64)
         if np.any(~(k > 0)):
             raise ValueError(f"k must be positive. Received: k with min {float(np.min(k)):.3g}")
         if not z > -1:
             raise ValueError(f"z must be > -1. Received: z={z}")
-        pk0 = self.to_colossus(set_current=False).matterPowerSpectrum(k.ravel(), 0.0, model="eisenstein98")
+        try:
+            pk0 = self.to_colossus(set_current=False).matterPowerSpectrum(k.ravel(), 0.0, model="eisenstein98")
+        except Exception as err:  # colossus raises a bare Exception for k outside its table
+            raise ValueError(
+                f"colossus cannot compute the linear power spectrum for k in [{float(np.min(k)):.3g}, "
+                f"{float(np.max(k)):.3g}] h/Mpc: {err}. Received: k with that range"
+            ) from err
         d = self.growth_factor(1.0 / (1.0 + z))
         return np.asarray(pk0, dtype=np.float64).reshape(k.shape) * d**2
 

@@ -7,13 +7,15 @@ every time a suite is loaded.
 Writing (:func:`write_gadget`), into one directory:
 
 * ``ics``: Gadget-2 binary snapshot at ``z_initial`` (POS, VEL, ID, MASS):
-  positions ``sim.initial_positions``; velocities are the linear-theory
-  (Zel'dovich) velocities of the displacement from the lattice,
-  ``v = a H(a) f(a) psi``, so the file is a usable Gadget initial condition
-  (to first order; the 2LPT correction to the velocity is not kept);
+  positions ``sim.initial_positions``; velocities ``sim.initial_velocities``
+  (the exact 2LPT velocities for generated simulations), so the file is a
+  usable Gadget initial condition. A simulation without them gets the
+  linear-theory (Zel'dovich) velocities of the displacement from the lattice,
+  ``v = a H(a) f(a) psi`` (first order only);
 * ``snapshot_000``: Gadget-2 binary snapshot at z = 0 (POS, VEL, ID, MASS);
-  a :class:`~tfhalo.sim.simulation.Simulation` keeps no z = 0 velocities, so
-  VEL is all zeros (present because Gadget readers expect the block);
+  VEL is ``sim.final_velocities``, or all zeros when the simulation has none
+  (the block is present because Gadget readers expect it; the reader takes an
+  all-zero block as "no velocities");
 * ``tfhalo.json``: name, seed and the full cosmology (Gadget headers lack
   Ob0, sigma8, ns);
 * ``snapshot_000.grp``: the halo number of each particle of ``snapshot_000``
@@ -41,6 +43,13 @@ with them (median distance to the assigned lattice site below half a lattice
 spacing, after removing a global lattice offset such as GrafIC's
 cell-centred grid); otherwise each particle's site is the lattice point nearest
 its initial position, which must then be one-to-one.
+
+Velocities: VEL blocks are read as peculiar velocities in km/s
+(``initial_velocities``, ``final_velocities``); a missing or all-zero block
+gives None.
+
+Ids: ``iord`` is required, except for GrafIC initial conditions without
+GenetIC's id file, whose file order is taken as the id (with a warning).
 
 Initial density: given explicitly, else GenetIC's ``deltab`` array when the
 initial conditions provide it, else the linear density reconstructed from the
@@ -142,14 +151,23 @@ def _write_atomic_snapshot(snap, path: Path) -> None:
         snap.write(fmt=pynbody.snapshot.gadget.GadgetSnap, filename=str(tmp))
 
 
+#: Numbers formatted per write in write_grp: bounds its memory to a few MB whatever N.
+GRP_CHUNK = 1 << 16
+
+
 def write_grp(path: PathLike, numbers) -> Path:
-    """Write a halo-number array as an ASCII ``.grp`` file (count line, then one per line), atomically."""
+    """Write a halo-number array as an ASCII ``.grp`` file (count line, then one per line), atomically.
+
+    Written ``GRP_CHUNK`` numbers at a time, so memory stays bounded (one string
+    of all 256^3 numbers would take ~1.8 GB of Python objects).
+    """
     path = Path(path)
     numbers = np.asarray(numbers, dtype=np.int64).ravel()
     with atomic_path(path, unique=False) as tmp, open(tmp, "w") as fh:
         fh.write(f"{numbers.size}\n")
-        if numbers.size:
-            fh.write("\n".join(map(str, numbers.tolist())))
+        for start in range(0, numbers.size, GRP_CHUNK):
+            chunk = numbers[start : start + GRP_CHUNK].tolist()
+            fh.write("\n".join(map(str, chunk)))
             fh.write("\n")
     return path
 
@@ -196,12 +214,18 @@ def write_gadget(sim: Simulation, directory: PathLike) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     cosmo = sim.cosmology
     a_init = 1.0 / (1.0 + sim.z_initial)
-    psi = _min_image(sim.initial_positions.astype(np.float64) - _lattice_q(sim.n_side, sim.box_size), sim.box_size)
-    # Peculiar velocity of linear growth, v = a H f psi; H0 = 100 km/s per Mpc/h.
-    vel = psi * (a_init * 100.0 * float(cosmo.hubble(a_init)) * float(cosmo.growth_rate(a_init)))
+    if sim.initial_velocities is not None:
+        vel = sim.initial_velocities
+    else:
+        psi = _min_image(
+            sim.initial_positions.astype(np.float64) - _lattice_q(sim.n_side, sim.box_size), sim.box_size
+        )
+        # Peculiar velocity of linear growth, v = a H f psi; H0 = 100 km/s per Mpc/h.
+        vel = psi * (a_init * 100.0 * float(cosmo.hubble(a_init)) * float(cosmo.growth_rate(a_init)))
     paths = {"initial": directory / ICS_NAME, "final": directory / FINAL_NAME}
     _write_atomic_snapshot(_snapshot(sim, sim.initial_positions, a_init, vel), paths["initial"])
-    _write_atomic_snapshot(_snapshot(sim, sim.final_positions, 1.0), paths["final"])
+    # At a = 1 Gadget's km/s sqrt(a) equals km/s; _snapshot converts for any a anyway.
+    _write_atomic_snapshot(_snapshot(sim, sim.final_positions, 1.0, sim.final_velocities), paths["final"])
     paths["grp"] = write_grp(directory / (FINAL_NAME + GRP_SUFFIX), np.where(sim.halo_id >= 0, sim.halo_id + 1, 0))
     paths["metadata"] = _write_metadata(sim, directory / METADATA_NAME)
     return paths
@@ -260,12 +284,41 @@ def _dm(snap):
     return snap.dm
 
 
+def _is_grafic(snap) -> bool:
+    from pynbody.snapshot.grafic import GrafICSnap
+
+    return isinstance(getattr(snap, "ancestor", snap), GrafICSnap)
+
+
 def _ids(snap, path) -> np.ndarray:
+    """Particle ids (``iord``); file order only for GrafIC ICs without an id file.
+
+    Raises:
+        ValueError: a non-GrafIC snapshot whose ids cannot be read.
+    """
     try:
         return np.asarray(snap["iord"], dtype=np.int64)
-    except (OSError, KeyError):
-        # GrafIC without GenetIC's id file: the file order is the id.
+    except (OSError, KeyError) as err:
+        if not _is_grafic(snap):
+            raise ValueError(
+                f"Cannot read the particle ids (iord) of {path}: {err!r}; particles cannot be matched "
+                "between snapshots without them"
+            ) from err
+        warnings.warn(
+            f"{path}: GrafIC initial conditions without particle ids (no GenetIC id file); "
+            "using the file order as the id",
+            stacklevel=3,
+        )
         return np.arange(len(snap), dtype=np.int64)
+
+
+def _velocities(snap, order) -> Optional[np.ndarray]:
+    """``(N, 3)`` float32 peculiar velocities in km/s in ``order``, or None when absent or all zero."""
+    if "vel" not in snap.loadable_keys() and "vel" not in snap.keys():
+        return None
+    vel = np.asarray(snap["vel"].in_units("km s^-1"), dtype=np.float32)[order]
+    # An all-zero block is a placeholder (write_gadget of a simulation without velocities).
+    return vel if np.any(vel) else None
 
 
 def _redshift(snap) -> float:
@@ -510,6 +563,8 @@ def read_snapshots(
     fpos = np.asarray(fdm["pos"].in_units(_POS), dtype=np.float64)[f_sort]
     order = lattice_order(ids, ipos, n_side, box, name=str(initial_path))
     ids, ipos, fpos = ids[order], ipos[order], fpos[order]
+    ivel = _velocities(idm, i_sort[order])
+    fvel = _velocities(fdm, f_sort[order])
     fpos = np.mod(fpos, box)
     ipos = np.mod(ipos, box)
 
@@ -552,4 +607,6 @@ def read_snapshots(
         halos=catalogue,
         seed=seed,
         name=name,
+        initial_velocities=ivel,
+        final_velocities=fvel,
     )

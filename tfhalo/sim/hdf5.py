@@ -21,13 +21,18 @@ Schema (format version 1; also in ``docs/simulation_format.md``)::
     /cosmology                          attributes h, Om0, Ob0, sigma8, ns
     /initial_density    (n, n, n) float32  linear density contrast at z_initial
                                            on the lattice, index (i, j, k)
-    /particles/                         all (N, ...) in lattice (particle id) order
-        ids               (N,)   int64
+    /particles/                         all (N, ...) in lattice order (row r = lattice site
+                                        unravel_index(r, (n, n, n)))
+        ids               (N,)   int64     the snapshot's own particle ids (arange(N) when generated)
         initial_positions (N, 3) float32   Mpc/h, at z_initial
         final_positions   (N, 3) float32   Mpc/h, at z = 0
         halo_id           (N,)   int64     row of /halos, -1 = no halo
         halo_mass         (N,)   float64   Msun/h, 0 = no halo
         r_over_r200       (N,)   float32   distance to halo centre / r200, nan = no halo
+        initial_velocities (N, 3) float32  OPTIONAL peculiar velocity at z_initial, km/s
+        final_velocities  (N, 3) float32   OPTIONAL peculiar velocity at z = 0, km/s
+                                           (absent: Simulation field is None; files
+                                           written before they existed still load)
     /halos/                             the z = 0 halo table, H rows
         mass              (H,)   float64   Msun/h
         centre            (H, 3) float64   Mpc/h, in [0, box_size)
@@ -59,6 +64,8 @@ FORMAT = "tfhalo-simulation"
 FORMAT_VERSION = 1
 
 _PARTICLE_FIELDS = ("ids", "initial_positions", "final_positions", "halo_id", "halo_mass", "r_over_r200")
+# Optional (N, 3) datasets: written when the Simulation has them, None when absent.
+_OPTIONAL_PARTICLE_FIELDS = ("initial_velocities", "final_velocities")
 _HALO_FIELDS = ("mass", "centre", "r200", "n_members")
 # Halo membership arrays are mostly -1/0/nan: cheap gzip level 1 shrinks them ~10x;
 # positions are incompressible and left raw so writing stays fast.
@@ -117,6 +124,9 @@ def write_simulation(sim: Simulation, path: PathLike) -> Path:
         for field in _PARTICLE_FIELDS:
             kwargs = {"compression": "gzip", "compression_opts": 1, "shuffle": True} if field in _COMPRESSED else {}
             particles.create_dataset(field, data=getattr(sim, field), **kwargs)
+        for field in _OPTIONAL_PARTICLE_FIELDS:
+            if getattr(sim, field) is not None:
+                particles.create_dataset(field, data=getattr(sim, field))
         halos = f.create_group("halos")
         for field in _HALO_FIELDS:
             halos.create_dataset(field, data=getattr(sim.halos, field))
@@ -201,6 +211,8 @@ def read_simulation(path: PathLike) -> Simulation:
         try:
             density = f["initial_density"][...]
             particles = {field: f["particles"][field][...] for field in _PARTICLE_FIELDS}
+            for field in _OPTIONAL_PARTICLE_FIELDS:
+                particles[field] = f["particles"][field][...] if field in f["particles"] else None
             halos = HaloCatalogue(**{field: f["halos"][field][...] for field in _HALO_FIELDS})
         except KeyError as err:
             raise ValueError(f"{path} lacks a dataset required by format {FORMAT_VERSION}: {err}") from err

@@ -18,7 +18,7 @@ import numpy as np
 
 from tfhalo.sim.cosmology import WMAP5, Cosmology
 from tfhalo.sim.fof import friends_of_friends, halo_properties
-from tfhalo.sim.ics import gaussian_field, lpt_displacements, lpt_state
+from tfhalo.sim.ics import gaussian_field, lpt_displacements, lpt_state, peculiar_velocity
 from tfhalo.sim.pm import run_pm
 from tfhalo.sim.simulation import Simulation
 
@@ -41,6 +41,9 @@ def validate_arguments(
     n_side, box_size, cosmology, seed, z_initial, a_start, n_steps, mesh_factor, linking_length, min_members
 ):
     """Check :func:`run_simulation` arguments; raise ``ValueError`` naming the culprit.
+
+    Also checks that colossus gives P(k) over the grid's wave numbers
+    (``2 pi / box_size`` to ``sqrt(3) pi n_side / box_size``).
 
     Returns:
         The normalised ``(n_side, box_size, z_initial, a_start, n_steps,
@@ -69,7 +72,26 @@ def validate_arguments(
             f"Received: linking_length={linking_length}"
         )
     min_members = _positive_int("min_members", min_members)
+    _check_k_range(n_side, box_size, cosmology)
     return n_side, box_size, z_initial, a_start, n_steps, mesh_factor, linking_length, min_members
+
+
+def _check_k_range(n_side: int, box_size: float, cosmology: Cosmology) -> None:
+    """Fail now, not after files are written, if colossus cannot give P(k) on this grid.
+
+    The field needs P(k) from the fundamental ``2 pi / L`` to the corner of the
+    FFT grid ``sqrt(3) pi n / L`` (sqrt(3) times the Nyquist frequency).
+    """
+    k_min = 2.0 * np.pi / box_size
+    k_max = np.sqrt(3.0) * np.pi * n_side / box_size
+    try:
+        cosmology.linear_power(np.array([k_min, k_max]))
+    except ValueError as err:
+        raise ValueError(
+            f"box_size and n_side give wave numbers k in [{k_min:.3g}, {k_max:.3g}] h/Mpc (2 pi / box_size to "
+            f"sqrt(3) pi n_side / box_size) where the linear power spectrum is unavailable ({err}). "
+            f"Received: box_size={box_size}, n_side={n_side}"
+        ) from err
 
 
 def run_simulation(
@@ -85,14 +107,16 @@ def run_simulation(
     min_members: int = 20,
     progress: bool = False,
     name: Optional[str] = None,
+    pm_progress: Optional[bool] = None,
 ) -> Simulation:
     """Generate one simulation.
 
     1. Linear density at z = 0 from ``seed`` (:func:`~tfhalo.sim.ics.gaussian_field`),
        stored scaled to ``z_initial`` as ``initial_density`` (float32).
-    2. 2LPT positions at ``z_initial`` (``initial_positions``) and 2LPT positions
-       and momenta at ``a_start``.
-    3. Particle mesh (:func:`~tfhalo.sim.pm.run_pm`) from ``a_start`` to a = 1.
+    2. 2LPT positions and velocities at ``z_initial`` (``initial_positions``,
+       ``initial_velocities``) and 2LPT positions and momenta at ``a_start``.
+    3. Particle mesh (:func:`~tfhalo.sim.pm.run_pm`) from ``a_start`` to a = 1
+       (``final_positions``, ``final_velocities``).
     4. FoF with linking length ``linking_length * box_size / n_side``,
        ``min_members`` particles or more, and halo properties.
 
@@ -109,6 +133,8 @@ def run_simulation(
         min_members: smallest FoF halo.
         progress: print stage timings and show a tqdm bar for the PM.
         name: label of the simulation (default ``"sim_seed{seed}"``).
+        pm_progress: show the PM's tqdm bar (transient, ``leave=False``, so it
+            can nest under a suite's bar); default ``progress``.
 
     Returns:
         A fully populated :class:`~tfhalo.sim.simulation.Simulation`.
@@ -126,14 +152,18 @@ def run_simulation(
     initial_density = (delta0 * cosmology.growth_factor(a_initial)).astype(np.float32)
     psi1, psi2 = lpt_displacements(delta0, box_size)
     del delta0
-    initial_positions, _ = lpt_state(psi1, psi2, box_size, cosmology, a_initial, dtype=np.float32)
+    initial_positions, initial_momenta = lpt_state(psi1, psi2, box_size, cosmology, a_initial)
+    initial_positions = initial_positions.astype(np.float32)
+    # Exact 2LPT velocities (f1 D1 psi1 + f2 D2 psi2), kept for the Gadget ICs.
+    initial_velocities = peculiar_velocity(initial_momenta, a_initial).astype(np.float32)
+    del initial_momenta
     x_start, p_start = lpt_state(psi1, psi2, box_size, cosmology, a_start)
     del psi1, psi2
     timer.stage("initial conditions")
 
-    final_positions, _ = run_pm(
+    final_positions, final_velocities = run_pm(
         x_start, p_start, box_size, cosmology, a_start=a_start, a_end=1.0, n_steps=n_steps,
-        mesh_factor=mesh_factor, progress=progress,
+        mesh_factor=mesh_factor, progress=progress if pm_progress is None else bool(pm_progress),
     )
     del x_start, p_start
     timer.stage("particle mesh")
@@ -160,6 +190,8 @@ def run_simulation(
         halos=halos,
         seed=seed,
         name=name if name is not None else f"sim_seed{seed}",
+        initial_velocities=initial_velocities,
+        final_velocities=final_velocities,
     )
 
 

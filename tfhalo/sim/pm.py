@@ -183,7 +183,7 @@ def run_pm(
             ``n_mesh`` is None (needs ``N`` a perfect cube).
         n_mesh: explicit force-mesh size.
         deconvolve: CIC deconvolution of the force (sharper, noisier).
-        progress: show a tqdm bar.
+        progress: show a transient tqdm bar (``leave=False``).
         dtype: dtype of meshes and forces.
         workers: ``scipy.fft`` workers.
 
@@ -223,7 +223,8 @@ def run_pm(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(n_steps), desc="PM steps", unit="step")
+        # Transient (leave=False): nests under a suite's bar without piling up lines.
+        bar = tqdm(total=int(n_steps), desc="PM steps", unit="step", leave=False)
     # ids[i] is the input index of the particle now stored at row i
     ids = np.arange(n_part)
     force = solver.accelerations(x)

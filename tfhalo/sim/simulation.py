@@ -8,9 +8,16 @@ Conventions (see ``docs/architecture.md``):
 
 * lengths in comoving Mpc/h, masses in Msun/h;
 * a simulation with ``n_side`` particles per side has ``n_side**3`` particles;
-  particle ``p`` sits on lattice site ``np.unravel_index(p, (n, n, n))`` with
-  unperturbed position ``q = site * box_size / n_side``;
-* every per-particle array is ordered by particle id (lattice order);
+  every per-particle array is in *lattice order*: **row** ``r`` of each
+  ``(N, ...)`` array is the particle of lattice site
+  ``np.unravel_index(r, (n, n, n))`` (C order), unperturbed position
+  ``q = site * box_size / n_side`` (:meth:`Simulation.lattice_sites`);
+* ``Simulation.ids[r]`` is that particle's id *in its snapshot* (kept to match
+  against other snapshots/catalogues of the same run). It equals ``r`` for
+  generated simulations but not in general: Gadget ids are often 1-based
+  (``ids == r + 1``) and GrafIC/other ICs may number particles in another
+  order. Never use ``ids`` as a lattice index; use the row;
+* velocities, when kept, are peculiar velocities in km/s;
 * particles in no halo have ``halo_id == -1``, ``halo_mass == 0`` and
   ``r_over_r200 == nan``.
 """
@@ -68,8 +75,13 @@ class Simulation:
         particle_mass: mass of one particle, Msun/h.
         initial_density: ``(n, n, n)`` float32 linear density contrast at
             ``z_initial`` on the lattice (the deep-halo CNN's input).
-        ids: ``(N,)`` int64 particle ids, ``N = n**3`` (equal to ``arange(N)``
-            once sorted into lattice order).
+        ids: ``(N,)`` int64: ``ids[r]`` is the snapshot's own id of the
+            particle in row ``r``, ``N = n**3``. Rows are in lattice order
+            (row ``r`` is lattice site ``lattice_sites(r)``); ids are only
+            labels: ``arange(N)`` for generated simulations, often
+            ``arange(N) + 1`` for Gadget runs, anything unique for others.
+            Map ids to rows with :meth:`rows_of_ids`, rows to sites with
+            :meth:`lattice_sites`.
         initial_positions: ``(N, 3)`` float32 positions at ``z_initial``.
         final_positions: ``(N, 3)`` float32 positions at z = 0.
         halo_id: ``(N,)`` int64 index into ``halos`` or -1.
@@ -78,6 +90,17 @@ class Simulation:
         halos: the :class:`HaloCatalogue` at z = 0.
         seed: seed of the initial conditions when generated, else None.
         name: a label (file stem for loaded simulations).
+        initial_velocities: optional ``(N, 3)`` float32 peculiar velocities at
+            ``z_initial``, km/s (exact 2LPT velocities for generated
+            simulations); None when unknown.
+        final_velocities: optional ``(N, 3)`` float32 peculiar velocities at
+            z = 0, km/s; None when unknown.
+
+    Example:
+        >>> sim = run_simulation(n_side=16, box_size=20.0, seed=0)   # doctest: +SKIP
+        >>> rows = np.flatnonzero(sim.halo_id == 0)                  # doctest: +SKIP
+        >>> sites = sim.lattice_sites(rows)  # (P, 3) sites of halo 0  # doctest: +SKIP
+        >>> deltas = sim.initial_density[tuple(sites.T)]             # doctest: +SKIP
     """
 
     box_size: float
@@ -95,6 +118,8 @@ class Simulation:
     halos: HaloCatalogue
     seed: Optional[int] = None
     name: str = "simulation"
+    initial_velocities: Optional[np.ndarray] = None
+    final_velocities: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if not self.box_size > 0:
@@ -125,6 +150,17 @@ class Simulation:
                     f"Received: {field}.shape={value.shape}"
                 )
             setattr(self, field, value)
+        for field in ("initial_velocities", "final_velocities"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            value = np.asarray(value, dtype=np.float32)
+            if value.shape != (npart, 3):
+                raise ValueError(
+                    f"{field} must be None or have shape {(npart, 3)} for n_side={n}. "
+                    f"Received: {field}.shape={value.shape}"
+                )
+            setattr(self, field, value)
 
     @property
     def n_particles(self) -> int:
@@ -135,9 +171,52 @@ class Simulation:
         """Initial inter-particle separation (one lattice voxel), Mpc/h."""
         return self.box_size / self.n_side
 
-    def lattice_sites(self, particle_ids: np.ndarray) -> np.ndarray:
-        """``(P, 3)`` lattice indices ``(i, j, k)`` of the given particle ids."""
-        return np.stack(np.unravel_index(np.asarray(particle_ids), (self.n_side,) * 3), axis=-1)
+    def lattice_sites(self, rows) -> np.ndarray:
+        """Lattice sites ``(i, j, k)`` of the given rows (lattice indices).
+
+        Args:
+            rows: ``(P,)`` integer row numbers of the per-particle arrays, i.e.
+                lattice indices in ``[0, N)`` -- *not* ``ids`` (see the class
+                docstring; use :meth:`rows_of_ids` to convert ids first).
+
+        Returns:
+            ``(P, 3)`` int64 ``np.unravel_index(rows, (n, n, n))``.
+
+        Raises:
+            ValueError: a row is not an integer in ``[0, N)``.
+        """
+        rows = np.asarray(rows)
+        bad_dtype = not np.issubdtype(rows.dtype, np.integer)
+        if rows.size and (bad_dtype or rows.min() < 0 or rows.max() >= self.n_particles):
+            raise ValueError(
+                f"rows must be integer lattice indices in [0, {self.n_particles}). Received: rows with dtype "
+                f"{rows.dtype}, range [{rows.min()}, {rows.max()}]"
+            )
+        return np.stack(np.unravel_index(rows.astype(np.int64), (self.n_side,) * 3), axis=-1)
+
+    def rows_of_ids(self, particle_ids) -> np.ndarray:
+        """Rows (lattice indices) of the particles with the given snapshot ids.
+
+        Args:
+            particle_ids: ``(P,)`` ids as found in ``ids``.
+
+        Returns:
+            ``(P,)`` int64 rows ``r`` with ``ids[r] == particle_ids``.
+
+        Raises:
+            ValueError: an id is not in ``ids``.
+        """
+        wanted = np.asarray(particle_ids, dtype=np.int64)
+        order = np.argsort(self.ids, kind="stable")
+        pos = np.clip(np.searchsorted(self.ids, wanted, sorter=order), 0, max(self.n_particles - 1, 0))
+        rows = order[pos]
+        missing = self.ids[rows] != wanted
+        if np.any(missing):
+            raise ValueError(
+                f"particle_ids not in this simulation's ids: {wanted[missing][:5].tolist()}"
+                f"{' ...' if missing.sum() > 5 else ''}"
+            )
+        return rows
 
     def final_density(self, n_mesh: int) -> np.ndarray:
         """Density contrast at z = 0 on an ``n_mesh**3`` grid (CIC, periodic).

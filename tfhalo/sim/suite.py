@@ -95,6 +95,14 @@ class SimulationPreset:
             )
         if not isinstance(self.cosmology, Cosmology):
             raise TypeError(f"cosmology must be a tfhalo.sim.Cosmology. Received: {type(self.cosmology).__name__}")
+        from tfhalo.sim.pipeline import validate_arguments
+
+        # run_simulation's own checks (n_side >= 2, linking_length < 1, the k range colossus
+        # covers, ...) here, so generate_suite fails before it creates out_dir or suite.json.
+        validate_arguments(
+            self.n_side, self.box_size, self.cosmology, None, self.z_initial, self.a_start, self.n_steps,
+            self.mesh_factor, self.linking_length, self.min_members,
+        )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -236,15 +244,17 @@ def generate_suite(
         preset: ``"quick"``, ``"paper"`` or a :class:`SimulationPreset`.
         n_sims: number of simulations.
         seed: master seed; per-simulation seeds are spawned from it.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar over simulations, with each
+            simulation's particle-mesh steps as a nested transient bar.
         **overrides: preset fields to replace, e.g. ``n_side=16``.
 
     Returns:
         Paths of the ``.h5`` files of all ``n_sims`` simulations.
 
     Raises:
-        ValueError: invalid arguments, or ``out_dir`` holds a suite made with
-            other parameters or another master seed.
+        ValueError: invalid arguments (checked before anything is written),
+            or ``out_dir`` holds a suite made with other parameters or
+            another master seed.
     """
     from tqdm.auto import tqdm
 
@@ -294,7 +304,8 @@ def generate_suite(
                 mesh_factor=params.mesh_factor,
                 linking_length=params.linking_length,
                 min_members=params.min_members,
-                progress=False,
+                progress=False,  # no stage-timing prints inside the bar
+                pm_progress=progress,  # a transient PM bar nested under the suite's
                 name=name,
             )
             write_simulation_files(sim, out_dir, name)
