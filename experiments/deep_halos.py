@@ -24,6 +24,13 @@ Resumable: particle sets are stored in ``OUT/particle_sets.npz``; each model's
 ``fit`` uses ``BackupAndRestore`` (``OUT/models/CONFIG/backup``) and a finished
 configuration (``OUT/models/CONFIG/DONE``) is not trained again; test
 predictions are cached in ``OUT/predictions``. Rerun the same command to resume.
+Across a resume the best weights (``best.weights.h5``, restored at the end),
+early stopping's patience, the dataset's shuffling epoch and the history
+(rebuilt from ``training_log.csv``) all continue where they stopped.
+
+Every cache records the settings it was made with; rerunning into the same
+``--out`` with different data or model settings raises an error naming the
+differing keys (use a fresh ``--out``, or ``--overwrite`` to discard them).
 
 Example:
     python experiments/deep_halos.py --preset quick --out runs/quick
@@ -96,6 +103,8 @@ def parse_args(argv=None):
     p.add_argument("--use-multiprocessing", action="store_true")
     p.add_argument("--no-gbt", action="store_true", help="skip the GBT baseline")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard cached particle sets / models made with different settings")
     return p.parse_args(argv)
 
 
@@ -111,14 +120,65 @@ def resolve_config(args) -> dict:
         cfg["log_mass_range"] = tuple(args.log_mass_range)
     if args.configs:
         cfg["configs"] = tuple(args.configs)
-    for key in ("epochs", "batch_size", "n_sims", "n_train", "n_validation", "n_test", "subbox_size"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer. Received: {key}={cfg[key]}")
-    if not cfg["learning_rate"] > 0:
-        raise ValueError(f"learning_rate must be positive. Received: learning_rate={cfg['learning_rate']}")
+    # Everything is checked here, before the (long) suite generation.
+    from tfhalo.data._checks import check_choice, check_float, check_int
+    from tfhalo.data.particles import _check_mass_range
+    from tfhalo.data.z0 import Z0_TRANSFORMS
+
+    for key in ("epochs", "batch_size", "n_train", "n_validation", "n_test", "subbox_size", "workers",
+                "standardizer_particles", "predict_batch_size"):
+        cfg[key] = check_int(key, cfg[key], minimum=1)
+    cfg["n_sims"] = check_int("n_sims", cfg["n_sims"], minimum=3)  # train, validation, test
+    cfg["patience"] = check_int("patience", cfg["patience"], minimum=0)
+    cfg["learning_rate"] = check_float("learning_rate", cfg["learning_rate"], positive=True)
+    cfg["z0_width"] = check_float("z0_width", cfg["z0_width"], positive=True)
+    check_choice("z0_transform", cfg["z0_transform"], Z0_TRANSFORMS)
+    if cfg["log_mass_range"] is not None:
+        try:
+            cfg["log_mass_range"] = _check_mass_range(cfg["log_mass_range"])
+        except ValueError as err:
+            raise ValueError(f"--log-mass-range: {err}") from None
+        if not all(np.isfinite(cfg["log_mass_range"])):
+            raise ValueError(f"log_mass_range must be finite. Received: log_mass_range={cfg['log_mass_range']}")
     cfg["preset"], cfg["seed"] = args.preset, int(args.seed)
     cfg["use_multiprocessing"] = bool(args.use_multiprocessing)
+    cfg["overwrite"] = bool(getattr(args, "overwrite", False))
     return cfg
+
+
+# ------------------------------------------------------------------- cache keys
+
+#: Settings that decide the particle sets.
+DATA_KEYS = ("suite", "suite_preset", "n_sims", "seed", "n_train", "n_validation", "n_test",
+             "log_mass_range", "balanced")
+#: Further settings that decide a trained model (on top of DATA_KEYS).
+MODEL_KEYS = DATA_KEYS + ("subbox_size", "conv_filters", "pool_after", "dense_units", "epochs",
+                          "batch_size", "learning_rate", "patience", "z0_width", "z0_transform",
+                          "standardizer_particles")
+
+
+def cache_key(cfg: dict, keys, **extra) -> dict:
+    """The JSON-normalised settings ``keys`` of ``cfg`` (tuples become lists)."""
+    return json.loads(json.dumps({**{k: cfg.get(k) for k in keys}, **extra}))
+
+
+class StaleCacheError(ValueError):
+    """A cache in --out was made with different settings."""
+
+
+def check_cache_key(what: str, stored, current: dict, where: Path) -> None:
+    """Raise :class:`StaleCacheError` naming the keys where ``stored`` differs from ``current``."""
+    if stored == current:
+        return
+    if not isinstance(stored, dict):
+        diff = ["<settings not recorded>"]
+    else:
+        diff = [f"{k}: cached {stored.get(k)!r}, now {current.get(k)!r}"
+                for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
+    raise StaleCacheError(
+        f"{what} in {where} was made with different settings ({'; '.join(diff)}). "
+        f"Use a fresh --out directory, or pass --overwrite to discard it."
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -150,13 +210,66 @@ def default_log_mass_range(sims, split, min_members: int = 30):
     return (float(np.log10(min_members * m_p)), float(np.log10(heaviest)))
 
 
+def _stored_settings(path: Path):
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return json.loads(str(z["meta"])).get("settings")
+        return json.loads(path.read_text()).get("settings")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None  # an unreadable or pre-fingerprint cache: treated as different
+
+
+def check_caches(cfg: dict, out: Path) -> None:
+    """Before any work: every cache in ``out`` must match the current settings.
+
+    With ``cfg["overwrite"]`` stale caches are deleted instead (particle sets
+    take every model and prediction with them); otherwise
+    :class:`StaleCacheError` names the differing keys.
+    """
+    import shutil
+
+    sets_path = out / "particle_sets.npz"
+    if sets_path.is_file():
+        try:
+            check_cache_key("particle_sets.npz", _stored_settings(sets_path), cache_key(cfg, DATA_KEYS), out)
+        except StaleCacheError:
+            if not cfg.get("overwrite"):
+                raise
+            print(f"[deep_halos] --overwrite: discarding particle sets, models and predictions in {out}",
+                  flush=True)
+            sets_path.unlink()
+            for sub in ("models", "predictions"):  # all made from the old sets
+                shutil.rmtree(out / sub, ignore_errors=True)
+    for config in cfg["configs"]:
+        run_dir = out / "models" / config
+        marker = run_dir / "SETTINGS.json"  # written when training starts, so resumes are checked too
+        if not marker.is_file() and not run_dir.is_dir():
+            continue
+        try:
+            check_cache_key(f"model {config!r}", _stored_settings(marker), model_key(cfg, config), run_dir)
+        except StaleCacheError:
+            if not cfg.get("overwrite"):
+                raise
+            print(f"[deep_halos] --overwrite: discarding {run_dir}", flush=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            (out / "predictions" / f"{config}.npz").unlink(missing_ok=True)
+
+
+def model_key(cfg: dict, config: str) -> dict:
+    return cache_key(cfg, MODEL_KEYS, config=config, alpha=ALPHA[config],
+                     rotation_invariant=config == "multipole")
+
+
 def particle_sets(sims, cfg, out: Path):
     from tfhalo.data import ParticleSet, SimulationSplit, build_particle_sets, split_simulations
 
     path = out / "particle_sets.npz"
+    key = cache_key(cfg, DATA_KEYS)
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         meta = json.loads(str(z["meta"]))
+        check_cache_key("particle_sets.npz", meta.get("settings"), key, out)
         sets = {name: ParticleSet(z[f"{name}_sim_index"], z[f"{name}_particle_id"], z[f"{name}_log_mass"],
                                   z[f"{name}_r_over_r200"]) for name in ("train", "validation", "test")}
         sets["split"] = SimulationSplit(**{k: tuple(v) for k, v in meta["split"].items()})
@@ -169,7 +282,8 @@ def particle_sets(sims, cfg, out: Path):
     arrays = {f"{name}_{field}": getattr(sets[name], field)
               for name in ("train", "validation", "test")
               for field in ("sim_index", "particle_id", "log_mass", "r_over_r200")}
-    meta = {"split": {k: list(v) for k, v in vars(split).items()}, "log_mass_range": list(lmr)}
+    meta = {"split": {k: list(v) for k, v in vars(split).items()}, "log_mass_range": list(lmr),
+            "settings": key}
     with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz to any other name
         np.savez(tmp, meta=json.dumps(meta), **arrays)
     return sets, tuple(lmr)
@@ -178,16 +292,90 @@ def particle_sets(sims, cfg, out: Path):
 # ----------------------------------------------------------------------- training
 
 
-def training_callbacks(run_dir: Path, patience: int):
-    """BackupAndRestore (resume), EarlyStopping (restore best), CSV and TensorBoard logs."""
+def read_training_log(path: Path) -> dict:
+    """History ``{metric: [value per epoch]}`` from a CSV log, complete across resumes.
+
+    Rows are keyed by epoch and a later row replaces an earlier one for the
+    same epoch (an epoch redone after an interruption), so every epoch
+    appears once, in order. The ``"epoch"`` list is included.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    by_epoch = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                by_epoch[int(row["epoch"])] = {k: float(v) for k, v in row.items()
+                                               if k != "epoch" and v not in (None, "")}
+            except (KeyError, ValueError):
+                continue  # a header repeated by an appended log, or a torn last line
+    epochs = sorted(by_epoch)
+    keys = sorted({k for row in by_epoch.values() for k in row})
+    hist = {k: [by_epoch[e].get(k, float("nan")) for e in epochs] for k in keys}
+    if epochs:
+        hist["epoch"] = epochs
+    return hist
+
+
+def _completed_epochs(run_dir: Path) -> int:
+    """Epochs finished before an interruption (BackupAndRestore's own record), 0 for a fresh run."""
+    meta = run_dir / "backup" / "training_metadata.json"
+    try:
+        return int(json.loads(meta.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _resumable_early_stopping(patience: int, prior_best, prior_wait: int):
+    """EarlyStopping whose best value and patience counter continue from before a resume.
+
+    Best weights are not kept here (they would only cover this call): the
+    ``best.weights.h5`` checkpoint holds them across resumes.
+    """
+    import keras
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if prior_best is not None:
+                self.best, self.wait = float(prior_best), int(prior_wait)
+
+    return ResumableEarlyStopping(monitor="val_loss", patience=int(patience), restore_best_weights=False)
+
+
+BEST_WEIGHTS = "best.weights.h5"
+
+
+def training_callbacks(run_dir: Path, patience: int, initial_epoch: int = 0):
+    """Resume (BackupAndRestore), best-weights checkpoint, early stopping, CSV and TensorBoard logs.
+
+    ``initial_epoch`` is the number of epochs already completed; the
+    checkpoint's threshold and early stopping's best value and patience
+    counter are restored from the CSV log of those epochs.
+    """
     import importlib.util
 
     import keras
 
+    past = read_training_log(run_dir / "training_log.csv")
+    prior = [(e, v) for e, v in zip(past.get("epoch", []), past.get("val_loss", [])) if e < initial_epoch]
+    prior_best = prior_wait = None
+    if prior and (run_dir / BEST_WEIGHTS).is_file():
+        best_epoch, prior_best = min(prior, key=lambda ev: ev[1])
+        prior_wait = initial_epoch - 1 - best_epoch
+    else:
+        (run_dir / BEST_WEIGHTS).unlink(missing_ok=True)  # from an older, unrelated fit
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(patience), restore_best_weights=True),
+        # BackupAndRestore runs last at each epoch end: a crash after the log row
+        # but before the backup redoes the epoch, and read_training_log keeps the newer row.
         keras.callbacks.CSVLogger(str(run_dir / "training_log.csv"), append=True),
+        keras.callbacks.ModelCheckpoint(str(run_dir / BEST_WEIGHTS), monitor="val_loss", save_best_only=True,
+                                        save_weights_only=True, initial_value_threshold=prior_best),
+        _resumable_early_stopping(patience, prior_best, prior_wait or 0),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
     ]
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch",
@@ -198,15 +386,27 @@ def training_callbacks(run_dir: Path, patience: int):
 
 
 def fit_resumable(model, train_ds, val_ds, run_dir: Path, epochs: int, patience: int,
-                  extra_callbacks=(), verbose=2):
+                  extra_callbacks=(), verbose=2) -> dict:
     """``model.fit`` that resumes from ``run_dir/backup`` after an interruption.
 
-    Returns the Keras ``History`` of this (possibly resumed) call.
+    Before ``fit`` the training dataset's epoch counter is set to the number
+    of completed epochs, so a resumed run shuffles as an uninterrupted one.
+    After it the weights of the best validation loss over *all* epochs
+    (``best.weights.h5``) are loaded.
+
+    Returns:
+        The history of every epoch, this call's and earlier ones' (from the CSV log).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = training_callbacks(run_dir, patience) + list(extra_callbacks)
-    return model.fit(train_ds, validation_data=val_ds, epochs=int(epochs), callbacks=callbacks,
-                     verbose=verbose)
+    done = _completed_epochs(run_dir)
+    if hasattr(train_ds, "set_epoch"):
+        train_ds.set_epoch(done)
+    callbacks = training_callbacks(run_dir, patience, initial_epoch=done) + list(extra_callbacks)
+    model.fit(train_ds, validation_data=val_ds, epochs=int(epochs), callbacks=callbacks, verbose=verbose)
+    hist = read_training_log(run_dir / "training_log.csv")
+    if (run_dir / BEST_WEIGHTS).is_file():
+        model.load_weights(run_dir / BEST_WEIGHTS)
+    return hist
 
 
 def build_model(config: str, cfg: dict, input_shape):
@@ -216,6 +416,8 @@ def build_model(config: str, cfg: dict, input_shape):
         input_shape=tuple(input_shape), conv_filters=tuple(cfg["conv_filters"]),
         pool_after=tuple(cfg["pool_after"]), dense_units=tuple(cfg["dense_units"]),
         alpha=ALPHA[config], conv_type="multipole" if config == "multipole" else "conv", ells=(0,),
+        # multipole: the l=0 network made exactly invariant under the cube's 48 rotations/reflections
+        rotation_invariant=config == "multipole",
         learning_rate=cfg["learning_rate"], seed=cfg["seed"], name=f"halo_cnn_{config}",
     )
 
@@ -235,6 +437,10 @@ def train_config(config, sims, sets, label_scaler, cfg, out: Path):
     run_dir = out / "models" / config
     pred_path = out / "predictions" / f"{config}.npz"
     history_path = run_dir / "history.json"
+    key = model_key(cfg, config)
+    for marker in ("SETTINGS.json", "DONE"):  # check_caches ran first; this guards direct callers
+        if (run_dir / marker).is_file():
+            check_cache_key(f"model {config!r}", _stored_settings(run_dir / marker), key, run_dir)
     if (run_dir / "DONE").is_file() and pred_path.is_file():
         print(f"[deep_halos] {config}: already trained (delete {run_dir / 'DONE'} to retrain)", flush=True)
         return json.loads(history_path.read_text()) if history_path.is_file() else {}
@@ -246,17 +452,19 @@ def train_config(config, sims, sets, label_scaler, cfg, out: Path):
                            seed=cfg["seed"], **common)
     val_ds = HaloDataset(inputs, sets["validation"], label_scaler, batch_size=cfg["predict_batch_size"], **common)
     if not (run_dir / "DONE").is_file():
+        from tfhalo.atomic import write_json_atomic
+
+        write_json_atomic(run_dir / "SETTINGS.json", {"settings": key})
         model = build_model(config, cfg, inputs.input_shape)
         print(f"[deep_halos] {config}: training {model.count_params():,} parameters on "
               f"{len(sets['train'])} particles, {inputs.input_shape[:3]} boxes", flush=True)
-        hist = fit_resumable(model, train_ds, val_ds, run_dir, cfg["epochs"], cfg["patience"]).history
-        hist = {k: [float(v) for v in vals] for k, vals in hist.items()}
+        hist = fit_resumable(model, train_ds, val_ds, run_dir, cfg["epochs"], cfg["patience"])
         save_trained(model, run_dir, inputs.standardizer, label_scaler, inputs.config(),
                      export=not cfg.get("no_export", False), config=config, alpha=ALPHA[config])
         from tfhalo.evaluation.report import write_results_json
 
         write_results_json(history_path, hist)
-        (run_dir / "DONE").write_text(f"trained in {time.time() - t0:.0f} s\n")
+        write_json_atomic(run_dir / "DONE", {"settings": key, "seconds": round(time.time() - t0)})
     else:
         model = load_trained(run_dir).model
         hist = json.loads(history_path.read_text()) if history_path.is_file() else {}
@@ -342,7 +550,8 @@ def main(argv=None):
     out = args.out or Path("runs") / f"deep_halos_{cfg['preset']}"
     out.mkdir(parents=True, exist_ok=True)
     suite = args.suite or out / "suite"
-    cfg["suite"], cfg["no_gbt"], cfg["no_export"] = str(suite), args.no_gbt, args.no_export
+    cfg["suite"], cfg["no_gbt"], cfg["no_export"] = str(Path(suite).resolve()), args.no_gbt, args.no_export
+    check_caches(cfg, out)  # before the suite: a stale --out fails in seconds
     t0 = time.time()
     sims = load_or_generate_suite(suite, cfg)
     print(f"[deep_halos] {len(sims)} simulations ready ({time.time() - t0:.0f} s)", flush=True)

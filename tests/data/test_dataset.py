@@ -66,3 +66,26 @@ def test_bad_input(setup):
         BoxInputs(sims, kind="final")
     with pytest.raises(RuntimeError, match="no fitted standardizer"):
         BoxInputs(sims, kind="raw", size=5)([0], [0])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kind="z0", z0_width=-1.0), r"z0_width must be positive. Received: z0_width=-1.0"),
+    (dict(kind="z0", z0_transform="bad"), r"z0_transform must be one of .*Received: z0_transform='bad'"),
+    (dict(kind="raw", size="a"), r"size must be an integer. Received: size='a'"),
+    (dict(kind="raw", size=4.5), r"size must be an integer. Received: size=4.5"),
+])
+def test_box_inputs_reject_bad_arguments_at_construction(setup, kwargs, match):
+    sims, _ = setup
+    with pytest.raises(ValueError, match=match):
+        BoxInputs(sims, **kwargs)
+
+
+def test_dataset_rejects_fractional_batch_size_and_bad_workers(setup):
+    sims, sets = setup
+    inputs = BoxInputs(sims, kind="raw", size=5)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer. Received: batch_size=2.7"):
+        HaloDataset(inputs, sets["train"], batch_size=2.7)
+    with pytest.raises(ValueError, match=r"workers must be at least 1. Received: workers=0"):
+        HaloDataset(inputs, sets["train"], workers=0)
+    with pytest.raises(ValueError, match=r"size must be an integer. Received: size='a'"):
+        extract_subboxes(sims[0].initial_density, np.zeros((1, 3), dtype=int), "a")

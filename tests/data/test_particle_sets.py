@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.tiny_sims import make_tiny_simulation, make_tiny_suite
-from tfhalo.data.particles import build_particle_sets, eligible_particles, split_simulations
+from tfhalo.data.particles import SimulationSplit, build_particle_sets, eligible_particles, split_simulations
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,45 @@ def test_bad_input(suite):
         eligible_particles(empty, 0)
     with pytest.raises(ValueError, match="n_simulations must be at least .* = 3"):
         split_simulations(2)
+
+
+@pytest.mark.parametrize("split", [
+    SimulationSplit(train=(0,), validation=(2,), test=(-1,)),   # -1 aliases simulation 2
+    SimulationSplit(train=(), validation=(1,), test=(2,)),      # empty
+    SimulationSplit(train=(0,), validation=(1,), test=(3,)),    # out of range
+    SimulationSplit(train=(0, 1), validation=(1,), test=(2,)),  # overlap
+    SimulationSplit(train=(0.5,), validation=(1,), test=(2,)),  # not an integer
+])
+def test_bad_user_split_is_rejected_naming_split(split):
+    sims = make_tiny_suite(3, seed=5, n_side=8)
+    with pytest.raises(ValueError, match=r"split.*Received: split=SimulationSplit"):
+        build_particle_sets(sims, 10, 5, 5, log_mass_range=(10, 14), split=split)
+
+
+def test_sample_size_errors_name_the_argument():
+    sims = make_tiny_suite(3, seed=5, n_side=8)
+    with pytest.raises(ValueError, match=r"n_train must be at least 1. Received: n_train=0"):
+        build_particle_sets(sims, 0, 5, 5, log_mass_range=(10, 14))
+    with pytest.raises(ValueError, match=r"n_test must be an integer. Received: n_test='a'"):
+        build_particle_sets(sims, 10, 5, "a", log_mass_range=(10, 14))
+
+
+def test_particle_sets_use_lattice_rows_not_snapshot_ids(suite):
+    """A loaded Gadget run often has 1-based ids: inputs must still centre on the right site."""
+    import dataclasses
+
+    from tfhalo.data import BoxInputs
+
+    sim = suite[0]
+    shifted = dataclasses.replace(sim, ids=sim.ids + 1)  # what a 1-based snapshot gives
+    p = eligible_particles(shifted, 0, (10, 15))
+    q = eligible_particles(sim, 0, (10, 15))
+    np.testing.assert_array_equal(p.particle_id, q.particle_id)
+    np.testing.assert_array_equal(shifted.ids[p.particle_id], p.particle_id + 1)
+    # The box of each particle is centred on its own lattice site's density value.
+    inputs = BoxInputs([shifted], kind="raw", size=5)
+    boxes = inputs.unstandardized(np.zeros(8, dtype=np.int64), p.particle_id[:8])
+    sites = shifted.lattice_sites(p.particle_id[:8])
+    centre = boxes[:, 2, 2, 2]
+    expected = shifted.initial_density[tuple(sites.T)]
+    np.testing.assert_allclose(centre, expected, rtol=1e-6)

@@ -62,3 +62,59 @@ def test_model_dir_missing_its_scaler_fails_clearly(trained_dir, tmp_path):
     assert not (tmp_path / "x.h5").exists()
     with pytest.raises(FileNotFoundError, match="not a directory"):
         load_trained(tmp_path / "nope")
+
+
+def _parts(trained_dir):
+    import json
+
+    from tfhalo.data.scalers import load_scalers
+
+    out = trained_dir[0]
+    std, lab, extra = load_scalers(out)
+    return out, std, lab, extra["input"]
+
+
+def test_interrupted_save_leaves_the_old_model_dir_intact(trained_dir, tmp_path, monkeypatch):
+    import tfhalo.data.prediction as prediction
+
+    out, std, lab, cfg = _parts(trained_dir)
+    model = load_trained(out).model
+    run = tmp_path / "run"
+    save_trained(model, run, std, lab, cfg, export=False)
+    (run / "training_log.csv").write_text("epoch,loss\n0,1.0\n")  # a training run's own files stay
+    before = (run / "scalers.json").read_text()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("interrupted while saving")
+
+    monkeypatch.setattr(prediction, "save_scalers", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_trained(model, run, std, lab, cfg, export=False, note="new")
+    with pytest.raises(KeyboardInterrupt):
+        save_trained(model, tmp_path / "fresh", std, lab, cfg, export=False)
+    assert not (tmp_path / "fresh").exists()  # a new directory appears whole or not at all
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary build left
+    assert (run / "scalers.json").read_text() == before
+    assert (run / "training_log.csv").is_file()
+    load_trained(run)  # still complete
+
+
+def test_model_dir_without_manifest_is_refused(trained_dir, tmp_path):
+    import shutil
+
+    out = trained_dir[0]
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "MANIFEST.json").unlink()  # as left by a save interrupted mid-way
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        load_trained(partial)
+
+
+def test_predict_to_file_rejects_bad_ids_and_batch_size(trained_dir, tmp_path):
+    out, sims, _, _ = trained_dir
+    n = sims[0].n_particles
+    with pytest.raises(ValueError, match=rf"particle_ids must lie in \[0, {n}\).*particle_ids\[1\]={n}"):
+        predict_to_file(out, sims[0], tmp_path / "x.h5", particle_ids=[0, n], progress=False)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer. Received: batch_size=2.7"):
+        predict_to_file(out, sims[0], tmp_path / "x.h5", batch_size=2.7, progress=False)
+    assert not (tmp_path / "x.h5").exists()

@@ -47,3 +47,16 @@ def test_errors():
         LabelScaler().fit(np.full(4, 12.0))
     with pytest.raises(RuntimeError, match="not fitted"):
         LabelScaler().transform([12.0])
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: InputStandardizer(mean=np.nan, std=1.0), r"mean must be a finite number. Received: mean=nan"),
+    (lambda: InputStandardizer(mean=0.0, std=np.inf), r"std must be a finite number. Received: std=inf"),
+    (lambda: InputStandardizer(mean=0.0, std=np.nan), r"std must be a finite number"),
+    (lambda: InputStandardizer(mean=0.0, std=-1.0), r"std must be positive. Received: std=-1.0"),
+    (lambda: LabelScaler(minimum=np.nan, maximum=13.0), r"minimum must be a finite number"),
+    (lambda: LabelScaler(minimum=11.0, maximum=np.inf), r"maximum must be a finite number"),
+])
+def test_scalers_require_finite_parameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

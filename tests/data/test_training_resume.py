@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers.tiny_sims import make_tiny_suite
 from tfhalo.data import BoxInputs, HaloDataset, LabelScaler, build_particle_sets
+from tfhalo.models import halo_cnn
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,6 +74,91 @@ def test_interrupted_fit_resumes_from_last_epoch(tmp_path):
     assert second.epochs == [3, 4]  # continues after the last finished epoch
     for a, b in zip(first.end_weights[2], second.start_weights[3]):
         np.testing.assert_array_equal(a, b)  # from the weights it had reached
-    assert len(history.history["loss"]) == 2
+    assert history["epoch"] == [0, 1, 2, 3, 4]  # the whole run, not only the resumed call
+    assert len(history["loss"]) == 5
     log = (run_dir / "training_log.csv").read_text().strip().splitlines()
     assert [row.split(",")[0] for row in log[1:]][-2:] == ["3", "4"]
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Records which shuffling epoch the training dataset serves at each epoch."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset, self.served = dataset, {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.served[epoch] = self.dataset.epoch
+
+
+class Scramble(keras.callbacks.Callback):
+    """After each batch, push the weights far away: every later epoch validates worse."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        rng = np.random.default_rng(batch)
+        self.model.set_weights([w + 5.0 * rng.standard_normal(w.shape).astype(w.dtype)
+                                for w in self.model.get_weights()])
+
+
+def test_resumed_halo_model_restores_best_weights_across_interruption(tmp_path):
+    """The best val_loss epoch lies before the interruption: its weights must come back."""
+    study = load_study()
+    sims = make_tiny_suite(3, seed=31, n_side=10)
+    sets = build_particle_sets(sims, 48, 16, 16, log_mass_range=(10, 14), seed=0)
+    inputs = BoxInputs(sims, kind="raw", size=5)
+    inputs.fit_standardizer(sets["train"])
+    scaler = LabelScaler().fit(sets["train"].log_mass)
+    val = HaloDataset(inputs, sets["validation"], scaler, batch_size=16)
+    run_dir = tmp_path / "run"
+
+    def model():
+        return halo_cnn(input_shape=(5, 5, 5, 1), conv_filters=(2,), pool_after=(True,), dense_units=(4,),
+                        learning_rate=1e-3, seed=0)
+
+    def train_ds():  # a fresh object, as in a new process after the interruption
+        return HaloDataset(inputs, sets["train"], scaler, batch_size=16, shuffle=True, seed=3)
+
+    first, ds1 = Recorder(), train_ds()
+    order1 = EpochOrder(ds1)
+    with pytest.raises(KeyboardInterrupt):
+        study.fit_resumable(model(), ds1, val, run_dir, epochs=5, patience=10,
+                            extra_callbacks=[first, order1, Interrupt(at_epoch=1)], verbose=0)
+    ds2 = train_ds()
+    second, order = Recorder(), EpochOrder(ds2)
+    final_model = model()
+    history = study.fit_resumable(final_model, ds2, val, run_dir, epochs=5, patience=10,
+                                  extra_callbacks=[second, order, Scramble()], verbose=0)
+    assert second.epochs == [2, 3, 4]
+    # Keras advances a PyDataset once at fit start and once per epoch: the
+    # shuffling epoch must keep the same offset from the training epoch as before.
+    offsets = {e - served for e, served in {**order1.served, **order.served}.items()}
+    assert len(offsets) == 1, (order1.served, order.served)  # shuffles as an uninterrupted run
+    assert history["epoch"] == [0, 1, 2, 3, 4]
+    best = int(np.argmin(history["val_loss"]))
+    assert best < 2, history["val_loss"]  # the scrambled epochs are worse: the test is meaningful
+    ends = {**first.end_weights, **second.end_weights}
+    for got, want in zip(final_model.get_weights(), ends[best]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_resumed_early_stopping_keeps_its_patience(tmp_path):
+    """Patience counts epochs without improvement before the interruption too."""
+    study = load_study()
+    sims = make_tiny_suite(3, seed=32, n_side=10)
+    sets = build_particle_sets(sims, 32, 16, 16, log_mass_range=(10, 14), seed=0)
+    inputs = BoxInputs(sims, kind="raw", size=5)
+    inputs.fit_standardizer(sets["train"])
+    scaler = LabelScaler().fit(sets["train"].log_mass)
+    train = HaloDataset(inputs, sets["train"], scaler, batch_size=16, shuffle=True, seed=1)
+    val = HaloDataset(inputs, sets["validation"], scaler, batch_size=16)
+    run_dir = tmp_path / "run"
+    # Epoch 0 is the best; scrambling makes 1, 2, ... worse. patience=2 stops after epoch 2.
+    first = Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        study.fit_resumable(tiny_model(), train, val, run_dir, epochs=8, patience=2,
+                            extra_callbacks=[Scramble(), first, Interrupt(at_epoch=1)], verbose=0)
+    second = Recorder()
+    history = study.fit_resumable(tiny_model(), train, val, run_dir, epochs=8, patience=2,
+                                  extra_callbacks=[Scramble(), second], verbose=0)
+    assert int(np.argmin(history["val_loss"])) == 0, history["val_loss"]
+    assert second.epochs == [2]  # one more epoch without improvement, then stop (not 2 more)

@@ -41,6 +41,15 @@ def test_gbt_learns_and_report_numbers_match(data, tmp_path):
     pred = gbt.predict(sims, test)
     assert pred.shape == (len(test),)
     rnd = random_predictions(len(test), (10, 14), seed=1)
+    # Halo mass grows with peak height in the tiny sims, so the sphere densities
+    # of held-out simulations must predict it far better than chance.
+    r_gbt, r_rnd = pearson_r(pred, test.log_mass), pearson_r(rnd, test.log_mass)
+    print(f"r(GBT)={r_gbt:.3f} r(random)={r_rnd:.3f}")
+    assert r_gbt > 0.4 and r_gbt > r_rnd + 0.3, (r_gbt, r_rnd)
+    rms = lambda p: float(np.sqrt(np.mean((p - test.log_mass) ** 2)))  # noqa: E731
+    base = rms(np.full(len(test), sets["train"].log_mass.mean()))
+    print(f"rms {rms(pred):.3f} vs mean predictor {base:.3f}")
+    assert rms(pred) < 0.9 * base, "no better than predicting the mean"
     ev = evaluate_predictions(test.log_mass, test.r_over_r200, {"raw": pred, "random": rnd},
                               [("raw", "random")], (10, 14))
     assert ev["models"]["raw"]["all"]["pearson_r"] == pytest.approx(pearson_r(pred, test.log_mass))

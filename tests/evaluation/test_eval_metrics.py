@@ -42,3 +42,26 @@ def test_radial_and_mass_masks_follow_definitions():
     masks = mass_bin_masks(lm, [11.0, 12.0, 13.0])
     np.testing.assert_array_equal(masks[0], [True, True, False, False])
     np.testing.assert_array_equal(masks[1], [False, False, True, True])  # last bin closed
+
+
+def test_non_finite_residuals_are_reported_as_such():
+    x = np.random.default_rng(1).normal(0, 0.3, 100)
+    x[[3, 7]] = np.nan
+    x[9] = np.inf
+    with pytest.raises(ValueError, match=r"residuals must be finite. Received: 2 NaN and 1 infinite"):
+        residual_kde(x)
+    with pytest.raises(ValueError, match=r"2 NaN"):
+        kl_divergence(x, np.random.default_rng(2).normal(0, 0.3, 100))
+
+
+def test_argument_errors_name_argument_and_value():
+    from tfhalo.evaluation import GBTBaseline, random_predictions
+
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(0, 0.3, 200), rng.normal(0.5, 0.3, 200)
+    with pytest.raises(ValueError, match=r"n_grid must be at least 3. Received: n_grid=1"):
+        kl_divergence(p, q, n_grid=1)
+    with pytest.raises(ValueError, match=r"n must be at least 0. Received: n=-3"):
+        random_predictions(-3, (11, 13))
+    with pytest.raises(ValueError, match=r"radii must be .*Received: radii=\[-1.0\]"):
+        GBTBaseline([-1.0])

@@ -30,10 +30,10 @@ def shell_radii(size: int, n_shells: int = 20) -> np.ndarray:
         >>> shell_radii(75)[[0, -1]]
         array([ 2. , 37.5])
     """
-    if int(size) < 1:
-        raise ValueError(f"size must be a positive integer. Received: size={size}")
-    if int(n_shells) < 1:
-        raise ValueError(f"n_shells must be a positive integer. Received: n_shells={n_shells}")
+    from tfhalo.data._checks import check_int
+
+    size = check_int("size", size, minimum=1)
+    n_shells = check_int("n_shells", n_shells, minimum=1)
     scale = int(size) / PAPER_BOX_SIZE
     return np.linspace(2.0 * scale, 37.5 * scale, int(n_shells))
 

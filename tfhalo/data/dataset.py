@@ -14,6 +14,7 @@ import threading
 import keras
 import numpy as np
 
+from tfhalo.data._checks import check_choice, check_float, check_int
 from tfhalo.data.averaging import shell_average
 from tfhalo.data.scalers import InputStandardizer, LabelScaler
 from tfhalo.data.subboxes import SubboxExtractor
@@ -49,10 +50,16 @@ class BoxInputs:
     def __init__(self, simulations, kind: str = "raw", size: int = 75,
                  standardizer: InputStandardizer | None = None, z0_width: float = 1.5,
                  z0_transform: str = "delta"):
-        if kind not in INPUT_KINDS:
-            raise ValueError(f"kind must be one of {INPUT_KINDS}. Received: kind={kind!r}")
-        if isinstance(size, bool) or int(size) != size or int(size) < 1:
-            raise ValueError(f"size must be a positive integer. Received: size={size!r}")
+        from tfhalo.data.z0 import Z0_TRANSFORMS
+
+        check_choice("kind", kind, INPUT_KINDS)
+        size = check_int("size", size, minimum=1)
+        # Checked here for every kind: a saved config is reused for z0 models later.
+        z0_width = check_float("z0_width", z0_width, positive=True)
+        check_choice("z0_transform", z0_transform, Z0_TRANSFORMS)
+        if standardizer is not None and not isinstance(standardizer, InputStandardizer):
+            raise ValueError(f"standardizer must be an InputStandardizer or None. "
+                             f"Received: standardizer={standardizer!r}")
         self.simulations = list(simulations)
         if not self.simulations:
             raise ValueError("simulations must not be empty. Received: []")
@@ -111,6 +118,8 @@ class BoxInputs:
     def fit_standardizer(self, particles, max_particles: int = 2000, batch_size: int = 128,
                          seed=0) -> InputStandardizer:
         """Fit mean and std on (up to ``max_particles`` of) the training particles."""
+        max_particles = check_int("max_particles", max_particles, minimum=1)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         rng = np.random.default_rng(seed)
         n = len(particles)
         pick = rng.choice(n, size=min(n, int(max_particles)), replace=False)
@@ -167,10 +176,11 @@ class HaloDataset(keras.utils.PyDataset):
     def __init__(self, inputs: BoxInputs, particles, label_scaler: LabelScaler | None = None,
                  batch_size: int = 64, shuffle: bool = False, seed: int = 0, workers: int = 1,
                  use_multiprocessing: bool = False, max_queue_size: int = 10):
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        workers = check_int("workers", workers, minimum=1)
+        max_queue_size = check_int("max_queue_size", max_queue_size, minimum=1)
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size}")
         if len(particles) == 0:
             raise ValueError("particles must not be empty. Received: an empty ParticleSet")
         self.inputs, self.particles, self.label_scaler = inputs, particles, label_scaler
@@ -198,7 +208,11 @@ class HaloDataset(keras.utils.PyDataset):
         return x, y[:, None]
 
     def on_epoch_end(self):
-        self.epoch += 1
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch``'s order next (a resumed ``fit`` starts at its completed epochs)."""
+        self.epoch = check_int("epoch", epoch, minimum=0)
         self._order = self._make_order()
 
 

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tfhalo.data._checks import check_int
+
 PAPER_LOG_MASS_RANGE = (11.0, 13.4)
 
 
@@ -23,7 +25,9 @@ class ParticleSet:
 
     Attributes:
         sim_index: ``(P,)`` int64 index into the list of simulations.
-        particle_id: ``(P,)`` int64 particle id (lattice index) in that simulation.
+        particle_id: ``(P,)`` int64 lattice index (the row of the simulation's
+            per-particle arrays), not the snapshot's own id: Gadget ids are
+            often 1-based; ``sim.ids[particle_id]`` gives the snapshot id.
         log_mass: ``(P,)`` float64 log10 of the particle's z=0 halo mass (Msun/h).
         r_over_r200: ``(P,)`` float64 distance to the halo centre over r200.
     """
@@ -82,6 +86,45 @@ def _check_mass_range(log_mass_range):
     return lo, hi
 
 
+def check_split(split, n_simulations: int) -> SimulationSplit:
+    """Validate a user-supplied split of ``n_simulations`` simulations.
+
+    Each of ``train``, ``validation`` and ``test`` must be a non-empty tuple of
+    integers ``0 <= i < n_simulations``, and no simulation may appear twice
+    (negative indices are refused: ``-1`` would silently alias the last one).
+
+    Returns:
+        The split with plain ``int`` tuples.
+
+    Raises:
+        ValueError: naming ``split`` and the value received.
+    """
+    if not isinstance(split, SimulationSplit):
+        raise ValueError(f"split must be a SimulationSplit. Received: split={split!r}")
+    parts = {}
+    for field in ("train", "validation", "test"):
+        value = getattr(split, field)
+        try:
+            items = tuple(value)
+        except TypeError:
+            items = None
+        if not items:
+            raise ValueError(f"split.{field} must be a non-empty tuple of simulation indices. "
+                             f"Received: split={split!r}")
+        for i in items:
+            if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)) \
+                    or not 0 <= int(i) < n_simulations:
+                raise ValueError(
+                    f"split.{field} must hold integers 0 <= i < {n_simulations} (the number of "
+                    f"simulations). Received: split={split!r}")
+        parts[field] = tuple(int(i) for i in items)
+    used = parts["train"] + parts["validation"] + parts["test"]
+    if len(set(used)) != len(used):
+        raise ValueError(f"split must use each simulation at most once (train, validation and test "
+                         f"disjoint). Received: split={split!r}")
+    return SimulationSplit(**parts)
+
+
 def split_simulations(n_simulations: int, n_validation: int = 1, n_test: int = 1,
                       seed=0) -> SimulationSplit:
     """Assign whole simulations to training, validation and test, at random.
@@ -100,11 +143,9 @@ def split_simulations(n_simulations: int, n_validation: int = 1, n_test: int = 1
         >>> len(s.train), len(s.validation), len(s.test)
         (3, 1, 1)
     """
-    if int(n_validation) < 1 or int(n_test) < 1:
-        raise ValueError(
-            f"n_validation and n_test must be at least 1. "
-            f"Received: n_validation={n_validation}, n_test={n_test}"
-        )
+    n_simulations = check_int("n_simulations", n_simulations, minimum=1)
+    n_validation = check_int("n_validation", n_validation, minimum=1)
+    n_test = check_int("n_test", n_test, minimum=1)
     if int(n_simulations) < n_validation + n_test + 1:
         raise ValueError(
             f"n_simulations must be at least n_validation + n_test + 1 = "
@@ -134,8 +175,10 @@ def eligible_particles(sim, sim_index: int = 0,
     in_halo = sim.halo_id >= 0
     log_mass = np.full(sim.halo_mass.shape, -np.inf)
     log_mass[in_halo] = np.log10(sim.halo_mass[in_halo])
+    # Rows, not sim.ids: the row is the lattice index for generated and loaded
+    # simulations alike, while snapshot ids may start at 1 or be arbitrary.
     ids = np.flatnonzero(in_halo & (log_mass >= lo) & (log_mass <= hi))
-    return ParticleSet(np.full(ids.size, sim_index), sim.ids[ids], log_mass[ids],
+    return ParticleSet(np.full(ids.size, sim_index), ids, log_mass[ids],
                        sim.r_over_r200[ids])
 
 
@@ -155,10 +198,10 @@ def sample_particles(pool: ParticleSet, n, rng, balanced: bool = False,
         balanced: weight particles by the inverse population of their
             log-mass bin so that every mass is about equally represented.
         n_bins: number of equal-width log-mass bins for ``balanced``.
-        name: used in messages.
+        name: set name; errors about ``n`` call it ``n_<name>`` (e.g. ``n_train``).
     """
-    if n is not None and int(n) < 1:
-        raise ValueError(f"the {name} size must be a positive integer. Received: {n}")
+    if n is not None:
+        n = check_int(f"n_{name}", n, minimum=1)
     n_pool = len(pool)
     if n is None or int(n) >= n_pool:
         if n is not None and int(n) > n_pool:
@@ -197,16 +240,14 @@ def build_particle_sets(simulations, n_train, n_validation, n_test,
         >>> sets = build_particle_sets(sims, 2000, 500, 1000, seed=1)  # doctest: +SKIP
     """
     lo_hi = _check_mass_range(log_mass_range)
+    for arg, value in (("n_train", n_train), ("n_validation", n_validation), ("n_test", n_test)):
+        if value is not None:
+            check_int(arg, value, minimum=1)  # before the (slow) halo selection
     rng_split, rng_train, rng_val, rng_test = np.random.default_rng(seed).spawn(4)
     if split is None:
         split = split_simulations(len(simulations), seed=rng_split)
-    used = split.train + split.validation + split.test
-    if len(set(used)) != len(used):
-        raise ValueError(f"split must use each simulation once. Received: split={split}")
-    if used and max(used) >= len(simulations):
-        raise ValueError(
-            f"split refers to simulation {max(used)} but only {len(simulations)} were given."
-        )
+    else:
+        split = check_split(split, len(simulations))
     out = {"split": split}
     for name, indices, n, rng, bal in (
         ("train", split.train, n_train, rng_train, balanced),

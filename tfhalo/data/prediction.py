@@ -5,6 +5,13 @@ A model directory holds::
     model.keras       the whole Keras model (custom tfhalo layers registered)
     saved_model/      TensorFlow SavedModel export (serving without tfhalo)
     scalers.json      input standardisation, label scaler and input config
+    MANIFEST.json     written last: the directory is complete (checked by load_trained)
+
+The three parts are built together in a temporary sibling directory. A new
+``model_dir`` is then created by one rename; into an existing directory (a
+training run's, with its logs) the old manifest is removed first, the parts
+are renamed in, and the manifest comes last, so an interrupted save never
+leaves a directory that :func:`load_trained` accepts with mismatched parts.
 
 :func:`predict_to_file` gives every particle of a generated or pynbody-loaded
 simulation its predicted halo mass, in batches with a progress bar, and
@@ -14,18 +21,22 @@ writes the result to HDF5 through a temporary file and a rename.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from tfhalo.atomic import atomic_path
+from tfhalo.data._checks import check_index_array, check_int
 from tfhalo.data.dataset import BoxInputs
 from tfhalo.data.scalers import SCALERS_FILENAME, InputStandardizer, LabelScaler, load_scalers, save_scalers
 
 MODEL_FILENAME = "model.keras"
 SAVED_MODEL_DIRNAME = "saved_model"
+MANIFEST_FILENAME = "MANIFEST.json"
 
 
 def save_trained(model, model_dir, standardizer: InputStandardizer, label_scaler: LabelScaler,
@@ -46,18 +57,44 @@ def save_trained(model, model_dir, standardizer: InputStandardizer, label_scaler
     import keras
 
     model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(model_dir / MODEL_FILENAME, suffix=".keras") as tmp:  # Keras requires the extension
-        model.save(tmp)
-    if export:
-        if keras.backend.backend() != "tensorflow":
-            warnings.warn("SavedModel export needs the TensorFlow backend; skipped.", stacklevel=2)
-        else:
-            # A directory: atomic_path replaces an existing export with the new one.
-            with atomic_path(model_dir / SAVED_MODEL_DIRNAME) as tmp_dir:
-                model.export(str(tmp_dir), verbose=False)
-    save_scalers(model_dir / SCALERS_FILENAME, standardizer, label_scaler, input=input_config, **extra)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Into an existing directory the parts move one by one (manifest last);
+    # a new one appears by a single rename of the finished build.
+    into_existing = model_dir.is_dir()
+    target = model_dir.with_name(model_dir.name + ".incoming") if into_existing else model_dir
+    with atomic_path(target, suffix=".partial") as build:
+        build.mkdir()
+        model.save(build / MODEL_FILENAME)
+        parts = [MODEL_FILENAME]
+        if export:
+            if keras.backend.backend() != "tensorflow":
+                warnings.warn("SavedModel export needs the TensorFlow backend; skipped.", stacklevel=2)
+            else:
+                model.export(str(build / SAVED_MODEL_DIRNAME), verbose=False)
+                parts.append(SAVED_MODEL_DIRNAME)
+        save_scalers(build / SCALERS_FILENAME, standardizer, label_scaler, input=input_config, **extra)
+        parts.append(SCALERS_FILENAME)
+        (build / MANIFEST_FILENAME).write_text(json.dumps({"parts": parts}, indent=2))
+        if into_existing:
+            _move_parts_into(build, model_dir, parts)
+    if into_existing:
+        shutil.rmtree(target, ignore_errors=True)  # the emptied build directory
     return model_dir
+
+
+def _move_parts_into(build: Path, model_dir: Path, parts) -> None:
+    # Invalidate first: from here until the new manifest lands, load_trained refuses the directory.
+    (model_dir / MANIFEST_FILENAME).unlink(missing_ok=True)
+    for name in list(parts) + ([SAVED_MODEL_DIRNAME] if SAVED_MODEL_DIRNAME not in parts else []):
+        target = model_dir / name
+        if name not in parts:  # an old export that no longer matches the model
+            if target.is_dir():
+                shutil.rmtree(target)
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(build / name, target)
+    os.replace(build / MANIFEST_FILENAME, model_dir / MANIFEST_FILENAME)
 
 
 @dataclasses.dataclass
@@ -93,8 +130,9 @@ class TrainedHaloModel:
     def predict(self, simulation, particle_ids=None, batch_size: int = 256,
                 progress: bool = True) -> np.ndarray:
         """Predicted log10 M (Msun/h) of ``particle_ids`` (default: all) of ``simulation``."""
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         ids = (np.arange(simulation.n_particles) if particle_ids is None
-               else np.asarray(particle_ids, dtype=np.int64).reshape(-1))
+               else check_index_array("particle_ids", particle_ids, simulation.n_particles))
         out = np.empty(ids.size)
         for start, stop, pred in self._iter_predictions(simulation, ids, batch_size, progress):
             out[start:stop] = pred
@@ -103,8 +141,7 @@ class TrainedHaloModel:
     def _iter_predictions(self, simulation, ids, batch_size, progress):
         from tqdm.auto import tqdm
 
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size}")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         inputs = self.inputs_for([simulation])
         zeros = np.zeros(0, dtype=np.int64)
         with tqdm(total=ids.size, unit="particle", disable=not progress, desc="predicting") as bar:
@@ -145,6 +182,14 @@ def load_trained(model_dir) -> TrainedHaloModel:
         )
     if not (model_dir / MODEL_FILENAME).is_file():
         raise FileNotFoundError(f"model_dir {str(model_dir)!r} has no {MODEL_FILENAME}.")
+    manifest = model_dir / MANIFEST_FILENAME
+    missing = ([] if not manifest.is_file() else
+               [p for p in json.loads(manifest.read_text()).get("parts", []) if not (model_dir / p).exists()])
+    if not manifest.is_file() or missing:
+        raise FileNotFoundError(
+            f"model_dir {str(model_dir)!r} is incomplete (no {MANIFEST_FILENAME}, or missing {missing}): "
+            f"its save was interrupted or it was not written by tfhalo.data.save_trained. Save it again."
+        )
     standardizer, label_scaler, extra = load_scalers(model_dir / SCALERS_FILENAME)
     if "input" not in extra:
         raise ValueError(f"{model_dir / SCALERS_FILENAME} lacks the 'input' configuration entry.")
@@ -177,13 +222,14 @@ def predict_to_file(model_dir, simulation, out_path, batch_size: int = 256, part
     """
     import h5py
 
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     trained = load_trained(model_dir)  # fails fast on a bad model dir
     if isinstance(simulation, (str, os.PathLike)):
         from tfhalo.sim import load
 
         simulation = load(simulation, **load_kwargs)
     ids = (np.arange(simulation.n_particles, dtype=np.int64) if particle_ids is None
-           else np.asarray(particle_ids, dtype=np.int64).reshape(-1))
+           else check_index_array("particle_ids", particle_ids, simulation.n_particles))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tfhalo.atomic import write_json_atomic, write_text_atomic
+from tfhalo.data._checks import check_float
 
 SCALERS_FILENAME = "scalers.json"
 
@@ -31,10 +32,9 @@ class InputStandardizer:
     def __init__(self, mean: float | None = None, std: float | None = None):
         if (mean is None) != (std is None):
             raise ValueError(f"give both mean and std or neither. Received: mean={mean}, std={std}")
-        if std is not None and not float(std) > 0:
-            raise ValueError(f"std must be positive. Received: std={std}")
-        self.mean = None if mean is None else float(mean)
-        self.std = None if std is None else float(std)
+        # NaN passes a "> 0" test on neither side, so check finiteness explicitly.
+        self.mean = None if mean is None else check_float("mean", mean)
+        self.std = None if std is None else check_float("std", std, positive=True)
         self._n = 0
         self._sum = 0.0
         self._sum_sq = 0.0
@@ -86,6 +86,8 @@ class LabelScaler:
             raise ValueError(
                 f"give both minimum and maximum or neither. Received: minimum={minimum}, maximum={maximum}"
             )
+        if minimum is not None:
+            minimum, maximum = check_float("minimum", minimum), check_float("maximum", maximum)
         if minimum is not None and not float(maximum) > float(minimum):
             raise ValueError(
                 f"maximum must exceed minimum. Received: minimum={minimum}, maximum={maximum}"

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfhalo.data._checks import check_int
+
 
 def _check_size(size, n_side) -> int:
-    if isinstance(size, bool) or int(size) != size or int(size) < 1:
-        raise ValueError(f"size must be a positive integer. Received: size={size!r}")
-    size = int(size)
+    size = check_int("size", size, minimum=1)
     if size > n_side:
         raise ValueError(
             f"size must not exceed the lattice side n_side={n_side} (a sub-box larger than "

@@ -38,10 +38,10 @@ class Z0BoxBuilder:
     """
 
     def __init__(self, sim, size: int = 75, width: float = 1.5, transform: str = "delta"):
-        if int(size) < 1 or int(size) != size:
-            raise ValueError(f"size must be a positive integer. Received: size={size}")
-        if not float(width) > 0:
-            raise ValueError(f"width must be positive (Mpc/h). Received: width={width}")
+        from tfhalo.data._checks import check_float, check_int
+
+        size = check_int("size", size, minimum=1)
+        width = check_float("width", width, positive=True)  # Mpc/h
         if float(width) >= sim.box_size / 2:
             raise ValueError(
                 f"width must be smaller than half the simulation box ({sim.box_size / 2} Mpc/h). "

@@ -13,6 +13,16 @@ import numpy as np
 import scipy.fft
 from sklearn.ensemble import HistGradientBoostingRegressor
 
+from tfhalo.data._checks import check_int
+
+
+def _check_radii(radii) -> np.ndarray:
+    arr = np.asarray(radii, dtype=np.float64).reshape(-1)
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"radii must be a non-empty array of finite positive numbers (Mpc/h). "
+                         f"Received: radii={radii!r}")
+    return arr
+
 
 def sphere_kernel(n_side: int, radius_voxels: float) -> np.ndarray:
     """``(n, n, n)`` periodic indicator of voxels within ``radius_voxels`` of the origin, normalised to sum 1."""
@@ -44,9 +54,7 @@ def sphere_density_features(simulations, particles, radii) -> np.ndarray:
     Returns:
         ``(P, R)`` float64 features.
     """
-    radii = np.asarray(radii, dtype=np.float64).reshape(-1)
-    if radii.size == 0 or np.any(radii <= 0):
-        raise ValueError(f"radii must be a non-empty array of positive numbers. Received: radii={radii}")
+    radii = _check_radii(radii)
     out = np.empty((len(particles), radii.size))
     for i in np.unique(particles.sim_index):
         sim = simulations[int(i)]
@@ -69,7 +77,7 @@ class GBTBaseline:
     """
 
     def __init__(self, radii, seed: int = 0, **hgb_kwargs):
-        self.radii = np.asarray(radii, dtype=np.float64)
+        self.radii = _check_radii(radii)  # at construction, not after the feature work of fit
         params = {"max_iter": 300, "learning_rate": 0.1, "early_stopping": True,
                   "validation_fraction": 0.15, "random_state": int(seed)}
         params.update(hgb_kwargs)
@@ -87,7 +95,8 @@ class GBTBaseline:
 
 def random_predictions(n: int, log_mass_range, seed=0) -> np.ndarray:
     """The paper's hypothetical random model: log10 M uniform over the label range."""
+    n = check_int("n", n, minimum=0)
     lo, hi = (float(v) for v in log_mass_range)
     if not hi > lo:
-        raise ValueError(f"log_mass_range must have low < high. Received: {log_mass_range}")
-    return np.random.default_rng(seed).uniform(lo, hi, int(n))
+        raise ValueError(f"log_mass_range must have low < high. Received: log_mass_range={log_mass_range}")
+    return np.random.default_rng(seed).uniform(lo, hi, n)

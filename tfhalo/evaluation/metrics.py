@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import gaussian_kde, pearsonr
 
+from tfhalo.data._checks import check_int
+
 KL_BANDWIDTH = 0.1
 KL_SUPPORT = (-3.0, 3.0)
 
@@ -51,6 +53,12 @@ def residual_kde(sample, bandwidth: float = KL_BANDWIDTH) -> gaussian_kde:
         raise ValueError(f"a KDE needs at least 2 residuals. Received: {sample.size}")
     if not float(bandwidth) > 0:
         raise ValueError(f"bandwidth must be positive. Received: bandwidth={bandwidth}")
+    finite = np.isfinite(sample)
+    if not finite.all():
+        # Checked before the spread: std of a sample with NaN is NaN, which read as "zero spread".
+        n_nan, n_inf = int(np.isnan(sample).sum()), int(np.isinf(sample).sum())
+        raise ValueError(f"residuals must be finite. Received: {n_nan} NaN and {n_inf} infinite values "
+                         f"among {sample.size} residuals")
     std = sample.std(ddof=1)
     if not std > 0:
         raise ValueError("residuals must not all be equal (zero spread). Received a constant sample")
@@ -70,10 +78,11 @@ def kl_divergence(p_sample, q_sample, bandwidth: float = KL_BANDWIDTH,
         >>> kl_divergence(rng.normal(0, 0.3, 5000), rng.normal(0, 0.3, 5000)) < 0.01
         True
     """
+    n_grid = check_int("n_grid", n_grid, minimum=3)  # fewer points cannot resolve a density
     lo, hi = (float(v) for v in support)
     if not hi > lo:
         raise ValueError(f"support must be (low, high) with low < high. Received: support={support}")
-    grid = np.linspace(lo, hi, int(n_grid))
+    grid = np.linspace(lo, hi, n_grid)
     log_p = residual_kde(p_sample, bandwidth).logpdf(grid)
     log_q = residual_kde(q_sample, bandwidth).logpdf(grid)
     integrand = np.exp(log_p) * (log_p - log_q)

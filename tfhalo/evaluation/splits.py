@@ -24,12 +24,13 @@ def radial_masks(r_over_r200) -> dict:
 
 def mass_bin_edges(log_mass_range, n_bins: int) -> np.ndarray:
     """``n_bins + 1`` evenly spaced edges in log10 M."""
+    from tfhalo.data._checks import check_int
+
+    n_bins = check_int("n_bins", n_bins, minimum=1)
     lo, hi = (float(v) for v in log_mass_range)
-    if not hi > lo or int(n_bins) < 1:
-        raise ValueError(
-            f"need low < high and n_bins >= 1. Received: log_mass_range={log_mass_range}, n_bins={n_bins}"
-        )
-    return np.linspace(lo, hi, int(n_bins) + 1)
+    if not hi > lo:
+        raise ValueError(f"log_mass_range must have low < high. Received: log_mass_range={log_mass_range}")
+    return np.linspace(lo, hi, n_bins + 1)
 
 
 def mass_bin_masks(true_log_mass, edges) -> list:
