@@ -9,26 +9,11 @@ from scipy import integrate, special, stats
 
 from tfhalo.layers import MixtureDensityHead
 
-BACKEND = keras.backend.backend()
+from tests.helpers.backend import BACKEND, PRECISE
+from tests.helpers.backend import to_numpy as _to_numpy
 
-
-def _float64_supported():
-    if BACKEND != "jax":
-        return True
-    import jax
-
-    return bool(jax.config.jax_enable_x64)
-
-
-PRECISE = "float64" if _float64_supported() else "float32"
 RTOL = {"float64": 1e-9, "float32": 2e-5}[PRECISE]
 LN_MTH = math.log(2e12)
-
-
-def _to_numpy(x):
-    if isinstance(x, keras.Variable):
-        x = x.value
-    return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64)
 
 
 def _softplus(x):

@@ -17,26 +17,10 @@ from tests.helpers.equivariance import (
 )
 from tfhalo.layers import MultipoleConv3D, multipole_basis, real_spherical_harmonic
 
-BACKEND = keras.backend.backend()
+from tests.helpers.backend import BACKEND, PRECISE
+from tests.helpers.backend import to_numpy as _to_numpy
 
-
-def _float64_supported():
-    if BACKEND != "jax":
-        return True
-    import jax
-
-    return bool(jax.config.jax_enable_x64)
-
-
-# The most precise dtype the backend computes in (JAX runs float32 unless x64 is on).
-PRECISE = "float64" if _float64_supported() else "float32"
 RTOL = {"float64": 1e-11, "float32": 2e-5}[PRECISE]
-
-
-def _to_numpy(x):
-    if isinstance(x, keras.Variable):
-        x = x.value
-    return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64)
 
 
 def _scipy_real_harmonic(l, m, x, y, z):
