@@ -64,9 +64,13 @@ class Preset:
     reparametrize: bool = False
 
 
+# Trajectories of 30 leapfrog steps: the step size is capped (~0.03-0.1) by a
+# curved ridge in the mixture intercepts, and longer trajectories gave ~4x the
+# ESS per gradient of 10 steps on the quick posterior (measured: L=10,
+# 1000+1000 -> R-hat 1.29, min ESS 13; L=30, 300+300 -> 1.075, 47).
 PRESETS = {
     "quick": Preset(n_grid=10, threshold_particles=50, n_sims=6, sim_preset="quick", map_steps=1500,
-                    map_starts=3, n_chains=4, n_burnin=1000, n_samples=1000, num_leapfrog_steps=10,
+                    map_starts=3, n_chains=4, n_burnin=500, n_samples=600, num_leapfrog_steps=30,
                     mass_matrix="adaptive"),
     "paper": Preset(n_grid=64, threshold_particles=50, n_sims=4, sim_preset="paper", map_steps=5000,
                     map_starts=4, n_chains=4, n_burnin=3000, n_samples=5000, num_leapfrog_steps=10,
