@@ -44,6 +44,18 @@ class Recorder(keras.callbacks.Callback):
         self.end_weights[epoch] = [w.copy() for w in self.model.get_weights()]
 
 
+def tiny_datasets(seed, n_side, n_train):
+    """Shuffled training and validation datasets of 5^3 raw boxes from a tiny suite."""
+    sims = make_tiny_suite(3, seed=seed, n_side=n_side)
+    sets = build_particle_sets(sims, n_train, 16, 16, log_mass_range=(10, 14), seed=0)
+    inputs = BoxInputs(sims, kind="raw", size=5)
+    inputs.fit_standardizer(sets["train"])
+    scaler = LabelScaler().fit(sets["train"].log_mass)
+    train = HaloDataset(inputs, sets["train"], scaler, batch_size=16, shuffle=True, seed=1)
+    val = HaloDataset(inputs, sets["validation"], scaler, batch_size=16)
+    return train, val
+
+
 def tiny_model():
     model = keras.Sequential([keras.Input((5, 5, 5, 1)), keras.layers.Flatten(), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3, amsgrad=True), loss="mse")
@@ -52,13 +64,7 @@ def tiny_model():
 
 def test_interrupted_fit_resumes_from_last_epoch(tmp_path):
     study = load_study()
-    sims = make_tiny_suite(3, seed=30, n_side=12)
-    sets = build_particle_sets(sims, 40, 16, 16, log_mass_range=(10, 14), seed=0)
-    inputs = BoxInputs(sims, kind="raw", size=5)
-    inputs.fit_standardizer(sets["train"])
-    scaler = LabelScaler().fit(sets["train"].log_mass)
-    train = HaloDataset(inputs, sets["train"], scaler, batch_size=16, shuffle=True, seed=1)
-    val = HaloDataset(inputs, sets["validation"], scaler, batch_size=16)
+    train, val = tiny_datasets(seed=30, n_side=12, n_train=40)
     run_dir = tmp_path / "run"
 
     first = Recorder()
@@ -144,13 +150,7 @@ def test_resumed_halo_model_restores_best_weights_across_interruption(tmp_path):
 def test_resumed_early_stopping_keeps_its_patience(tmp_path):
     """Patience counts epochs without improvement before the interruption too."""
     study = load_study()
-    sims = make_tiny_suite(3, seed=32, n_side=10)
-    sets = build_particle_sets(sims, 32, 16, 16, log_mass_range=(10, 14), seed=0)
-    inputs = BoxInputs(sims, kind="raw", size=5)
-    inputs.fit_standardizer(sets["train"])
-    scaler = LabelScaler().fit(sets["train"].log_mass)
-    train = HaloDataset(inputs, sets["train"], scaler, batch_size=16, shuffle=True, seed=1)
-    val = HaloDataset(inputs, sets["validation"], scaler, batch_size=16)
+    train, val = tiny_datasets(seed=32, n_side=10, n_train=32)
     run_dir = tmp_path / "run"
     # Epoch 0 is the best; scrambling makes 1, 2, ... worse. patience=2 stops after epoch 2.
     first = Recorder()
