@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -105,9 +104,9 @@ def main(argv=None):
     verdict = "OK" if min(raw, avg) / train >= 5 else "BELOW TARGET"
     print(f"  target: pipeline >= 5 x training -> {verdict}")
     if args.json:
-        from tfhalo.data.scalers import atomic_write_text
+        from tfhalo.atomic import write_json_atomic
 
-        atomic_write_text(args.json, json.dumps(figures, indent=2))
+        write_json_atomic(args.json, figures)
     return figures
 
 

@@ -22,7 +22,6 @@ Usage::
 """
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -32,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tfhalo.atomic import write_json_atomic  # noqa: E402
 from tfhalo.layers import MultipoleConv3D  # noqa: E402
 from tfhalo.models import halo_cnn  # noqa: E402
 
@@ -153,10 +153,7 @@ def main(argv=None):
         print(f"  halo_cnn() 75^3 (paper), batch {args.paper_batch}: {model_rows['paper_75']:9.2f} samples/s")
 
     if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"backend": keras.backend.backend(), "layers": layer_rows, "models": model_rows}, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, {"backend": keras.backend.backend(), "layers": layer_rows, "models": model_rows})
 
 
 if __name__ == "__main__":

@@ -169,10 +169,9 @@ def main(argv=None):
     summary = {"load_average_start": load_start, "n_side": n, "n_mesh": nm, "n_steps": args.n_steps,
                "fft_floor_s": floor, "stages": results}
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, args.json)
+        from tfhalo.atomic import write_json_atomic
+
+        write_json_atomic(args.json, summary)
     return 0
 
 

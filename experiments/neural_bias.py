@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tfhalo.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from tfhalo.bias import NeuralBiasLikelihood, bias_data_from_simulation, build_model  # noqa: E402
 from tfhalo.bias.diagnostics import summarize_chains  # noqa: E402
 from tfhalo.bias.fit import fit_map  # noqa: E402
@@ -78,16 +79,12 @@ PRESETS = {
 }
 
 
-def _atomic_write(path: Path, writer):
-    tmp = path.with_name(path.name + ".tmp")
-    writer(tmp)
-    os.replace(tmp, path)
-
-
 def _save_npz(path: Path, **arrays):
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from tfhalo.atomic import atomic_path
+
+    # np.savez appends ".npz" to any other name, so the temporary must end in it.
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def _suite_paths(suite: Path, preset: Preset, seed: int):
@@ -273,8 +270,8 @@ def main(argv=None):
             "neural_beats_neyrinck_heldout": diff > 0,
         },
     }
-    _atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(results, indent=2)))
-    _atomic_write(out / "report.md", lambda p: p.write_text(_report(results)))
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "report.md", _report(results))
     print(f"wrote {out / 'results.json'} and {out / 'report.md'} in {timings['total_s']:.0f} s", flush=True)
     return results
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfhalo.atomic import write_json_atomic, write_text_atomic
+from tfhalo.atomic import write_json_atomic
 from tfhalo.data._checks import check_float
 
 SCALERS_FILENAME = "scalers.json"
@@ -125,11 +125,6 @@ class LabelScaler:
     def get_config(self) -> dict:
         self._check_fitted()
         return {"minimum": self.minimum, "maximum": self.maximum}
-
-
-# Kept under its old name for callers (tfhalo.evaluation.report, benchmarks); new code
-# should import tfhalo.atomic.write_text_atomic.
-atomic_write_text = write_text_atomic
 
 
 def save_scalers(path, standardizer: InputStandardizer, label_scaler: LabelScaler,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfhalo.data.scalers import atomic_write_text
+from tfhalo.atomic import write_text_atomic
 from tfhalo.evaluation.analysis import PAPER_VALUES
 
 
@@ -30,7 +30,7 @@ def _jsonable(obj):
 
 def write_results_json(path, results: dict) -> Path:
     """Write ``results`` (NaN -> null) atomically as indented JSON."""
-    return atomic_write_text(path, json.dumps(_jsonable(results), indent=2))
+    return write_text_atomic(path, json.dumps(_jsonable(results), indent=2))
 
 
 def headline_numbers(results: dict) -> dict:
@@ -109,4 +109,4 @@ def write_report(out_dir, results: dict, figures: dict, notes=()) -> Path:
     lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in ev["definitions"].items()]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    return atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
+    return write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
