@@ -114,7 +114,7 @@ def parse_args(argv=None):
     parser.add_argument("--mass-matrix", choices=("identity", "hessian", "adaptive"), default=None)
     parser.add_argument("--leapfrog-steps", type=int, default=None)
     parser.add_argument("--reparametrize", action="store_true", default=None,
-                        help="sample c' = c softplus(b + shift) (tfhalo.bias.reparam) instead of the head kernel c")
+                        help="sample in the local-linear coordinates of tfhalo.bias.reparam (same posterior)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -206,9 +206,9 @@ def main(argv=None):
         rep, hess_s = None, hess
         if preset.reparametrize:
             from tfhalo.bias.fit import hessian_of
-            from tfhalo.bias.reparam import PsiScaleReparametrization
+            from tfhalo.bias.reparam import LocalLinearReparametrization
 
-            rep = PsiScaleReparametrization(like, theta_map)
+            rep = LocalLinearReparametrization(like, theta_map)
             hess_s = hessian_of(rep.wrap(like.log_posterior), rep.inverse(theta_map))
         chol = preconditioner_from_hessian(hess_s, 1.0)
         centre_s = theta_map if rep is None else rep.inverse(theta_map)

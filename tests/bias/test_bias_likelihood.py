@@ -151,3 +151,19 @@ def test_bias_data_from_simulation_bins_every_halo_above_threshold(source):
     assert data.one_plus_delta.mean() == pytest.approx(1.0, abs=0.05)
     idx = np.floor(sim.halos.centre[sim.halos.mass >= threshold] / 20.0 * 8).astype(int) % 8
     np.testing.assert_array_equal(np.sort(np.ravel_multi_index(idx.T, (8, 8, 8))), np.sort(data.halo_voxel))
+
+
+def test_several_catalogues_add_and_per_voxel_picks_each_grid():
+    # Same-shaped grids are evaluated as one batch; the result must equal the sum of
+    # the single-catalogue likelihoods, and per_voxel(i) must return grid i's fields.
+    grids = [_data(seed=s) for s in (0, 1, 2)] + [_data(seed=3, n=5, box=25.0)]
+    model, like, theta = _model_and_theta(grids[0])
+    singles = [NeuralBiasLikelihood(model, d) for d in grids]
+    both = NeuralBiasLikelihood(model, grids)
+    total = sum(float(s.log_likelihood(theta)) for s in singles)
+    assert float(both.log_likelihood(theta)) == pytest.approx(total, rel=1e-12)
+    for i, single in enumerate(singles):
+        np.testing.assert_allclose(both.per_voxel(theta, i)["expected"], single.per_voxel(theta)["expected"],
+                                   rtol=1e-12)
+    with pytest.raises(ValueError, match="index"):
+        both.per_voxel(theta, 4)

@@ -1,57 +1,117 @@
-"""The psi-scale reparametrisation is an exact bijection with the right Jacobian."""
+"""The local-linear sampling coordinates: an exact bijection with the right Jacobian,
+whose coordinates mean what they say."""
 
 import math
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfhalo.bias import NeuralBiasLikelihood, build_model, make_bias_data
-from tfhalo.bias.reparam import PsiScaleReparametrization
+from tfhalo.bias.reparam import LocalLinearReparametrization, _shell_sums
 
 M_TH = 1e12
 
 
-def _likelihood(n_kernels=1):
+def _likelihood(n_kernels=1, n_grids=2, ells=(0,)):
     rng = np.random.default_rng(0)
     n, box = 4, 20.0
-    rho = np.exp(rng.normal(scale=0.5, size=(n, n, n)))
-    data = make_bias_data(rho / rho.mean(), rng.uniform(0, box, size=(10, 3)),
-                          M_TH * np.exp(rng.exponential(1.0, size=10)), box, M_TH)
-    model = build_model(data.log_mass_threshold, n_grid=n, dtype="float64", n_kernels=n_kernels)
+    data = []
+    for _ in range(n_grids):
+        rho = np.exp(rng.normal(scale=0.5, size=(n, n, n)))
+        data.append(make_bias_data(rho / rho.mean(), rng.uniform(0, box, size=(10, 3)),
+                                   M_TH * np.exp(rng.exponential(1.0, size=10)), box, M_TH))
+    model = build_model(data[0].log_mass_threshold, n_grid=n, dtype="float64", n_kernels=n_kernels, ells=ells)
     like = NeuralBiasLikelihood(model, data)
     theta = rng.normal(scale=0.5, size=like.layout.size)
     return like, theta
 
 
-def test_round_trip_and_log_det_jacobian_match_autodiff():
-    for n_kernels in (1, 2):
-        like, theta = _likelihood(n_kernels)
-        rep = PsiScaleReparametrization(like, theta)
-        v = rep.inverse(theta)
-        np.testing.assert_allclose(rep.forward_np(v), theta, rtol=1e-12, atol=1e-12)
-        # Only the head kernel changes; the NPE bias (and everything else) is shared.
-        changed = np.flatnonzero(~np.isclose(v, theta, rtol=0, atol=0))
-        assert set(changed) <= set(rep.kernel_index.ravel())
-        v_t = tf.constant(v)
-        with tf.GradientTape() as tape:
-            tape.watch(v_t)
-            out = rep.forward(v_t)
-        jac = tape.jacobian(out, v_t).numpy()
-        sign, logdet = np.linalg.slogdet(jac)
-        assert sign > 0
-        np.testing.assert_allclose(float(rep.log_det_jacobian(v_t)), logdet, rtol=1e-10, atol=1e-10)
+def _jacobian(rep, v):
+    v_t = tf.constant(v)
+    with tf.GradientTape() as tape:
+        tape.watch(v_t)
+        out = rep.forward(v_t)
+    return tape.jacobian(out, v_t).numpy()
+
+
+@pytest.mark.parametrize("n_kernels", [1, 2])
+def test_round_trip_and_log_det_jacobian_match_autodiff(n_kernels):
+    like, theta = _likelihood(n_kernels)
+    rep = LocalLinearReparametrization(like, theta)
+    v = rep.inverse(theta)
+    np.testing.assert_allclose(rep.forward_np(v), theta, rtol=1e-12, atol=1e-12)
+    rng = np.random.default_rng(1)
+    points = v + 0.3 * rng.normal(size=(3, v.size))
+    np.testing.assert_allclose(rep.inverse(rep.forward_np(points)), points, rtol=1e-10, atol=1e-10)
+    # The formula drops a constant: compare differences between points.
+    logdets = [np.linalg.slogdet(_jacobian(rep, p)) for p in points]
+    assert all(sign != 0 for sign, _ in logdets)
+    formula = [float(rep.log_det_jacobian(tf.constant(p))) for p in points]
+    np.testing.assert_allclose(np.diff([ld for _, ld in logdets]), np.diff(formula), rtol=1e-9, atol=1e-9)
+
+
+def test_coordinates_are_the_mean_spread_value_and_slope_of_the_npe_summary():
+    like, theta = _likelihood()
+    rep = LocalLinearReparametrization(like, theta)
+    v = rep.inverse(theta)
+    # u = w . S + b over the training voxels, from a float64 NumPy shell sum.
+    shells = _shell_sums(like)
+    w, b = theta[rep.w_index][:, 0], theta[rep.b_index][0]
+    u = shells @ w + b
+    m = v[rep.b_index][0]
+    assert m == pytest.approx(u.mean(), rel=1e-10)
+    lam = v[rep.w_index[0]][0] + np.logaddexp(0, m)
+    s = math.exp(lam) * math.sqrt(1 + np.sum(v[rep.w_index[1:]] ** 2))
+    assert s == pytest.approx(u.std(ddof=1), rel=1e-10)
+    # A_j is the head pre-activation at psi = softplus(m); B_j its slope per std of u.
+    c, d = theta[rep.c_index][0], theta[rep.d_index]
+    np.testing.assert_allclose(v[rep.d_index], c * np.logaddexp(0, m) + d, rtol=1e-10)
+    np.testing.assert_allclose(v[rep.c_index][0], c * s / (1 + np.exp(-m)), rtol=1e-10)
+    # Scaling psi's spread (k w, c / k) in the linear regime leaves A and B nearly fixed.
+
+
+def test_the_psi_scale_symmetry_is_one_coordinate():
+    # In softplus's linear regime (large m), (w, b, c, d) -> (k w, k b, c / k, d) leaves
+    # the model unchanged; in the new coordinates only xi, m and lambda move.
+    like, theta = _likelihood()
+    rep = LocalLinearReparametrization(like, theta)
+    theta = theta.copy()
+    theta[rep.b_index] = 30.0
+    scaled = theta.copy()
+    k = 1.7
+    scaled[rep.w_index] *= k
+    scaled[rep.b_index] *= k
+    scaled[rep.c_index] /= k
+    v, v_scaled = rep.inverse(theta), rep.inverse(scaled)
+    fixed = np.concatenate([rep.w_index[1:].ravel(), rep.c_index.ravel(), rep.d_index])
+    np.testing.assert_allclose(v_scaled[fixed], v[fixed], rtol=1e-9, atol=1e-9)
+    assert float(like.log_likelihood(scaled)) == pytest.approx(float(like.log_likelihood(theta)), rel=1e-9)
 
 
 def test_wrapped_target_is_posterior_plus_jacobian_and_batches():
     like, theta = _likelihood()
-    rep = PsiScaleReparametrization(like, theta)
+    rep = LocalLinearReparametrization(like, theta)
     v = rep.inverse(theta)
     wrapped = float(rep.wrap(like.log_posterior)(tf.constant(v)))
     expected = float(like.log_posterior(tf.constant(theta))) + float(rep.log_det_jacobian(tf.constant(v)))
     assert math.isclose(wrapped, expected, rel_tol=1e-12)
     batch = np.stack([v, v + 0.1])
     np.testing.assert_allclose(rep.forward_np(batch)[0], theta, rtol=1e-12)
-    np.testing.assert_allclose(rep.inverse(rep.forward_np(batch)), batch, rtol=1e-12)
+
+
+def test_outside_the_domain_and_unsupported_models_raise():
+    like, theta = _likelihood()
+    rep = LocalLinearReparametrization(like, theta)
+    flipped = theta.copy()
+    flipped[rep.w_index] *= -1
+    with pytest.raises(ValueError, match="domain"):
+        rep.inverse(flipped)
+    with pytest.raises(ValueError, match="theta_ref"):
+        LocalLinearReparametrization(like, theta[:-1])
+    dipole, theta_d = _likelihood(ells=(0, 1))
+    with pytest.raises(ValueError, match="ells"):
+        LocalLinearReparametrization(dipole, theta_d)
 
 
 def test_default_model_uses_smooth_mean_increment():

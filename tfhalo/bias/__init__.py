@@ -27,7 +27,7 @@ _LAZY = {
     "SamplingResult": "tfhalo.bias.sampling",
     "summarize_chains": "tfhalo.bias.diagnostics",
     "ConvergenceWarning": "tfhalo.bias.diagnostics",
-    "PsiScaleReparametrization": "tfhalo.bias.reparam",
+    "LocalLinearReparametrization": "tfhalo.bias.reparam",
 }
 
 

@@ -135,15 +135,28 @@ class NeuralBiasLikelihood:
         self.layout = ParameterLayout(model)
         self.prior_scale = float(prior_scale)
         dtype = self.layout.dtype
-        self._grids = [
-            (
-                ops.convert_to_tensor(d.log_density[None, ..., None], dtype=dtype),
-                ops.convert_to_tensor(d.halo_voxel, dtype="int32"),
-                ops.convert_to_tensor(d.halo_ln_mass, dtype=dtype),
-                d.voxel_volume,
-            )
-            for d in self.data
-        ]
+        # Grids of one shape and voxel volume go through the model as one batch:
+        # one convolution per evaluation instead of one per simulation.
+        groups = {}
+        for i, d in enumerate(self.data):
+            groups.setdefault((d.log_density.shape, d.voxel_volume), []).append(i)
+        self._groups = []
+        for (shape, volume), members in groups.items():
+            n_vox = int(np.prod(shape))
+            x = np.stack([self.data[i].log_density for i in members])[..., None]
+            voxel = np.concatenate([self.data[i].halo_voxel + j * n_vox for j, i in enumerate(members)])
+            ln_mass = np.concatenate([self.data[i].halo_ln_mass for i in members])
+            self._groups.append((
+                ops.convert_to_tensor(x, dtype=dtype),
+                ops.convert_to_tensor(voxel, dtype="int32"),
+                ops.convert_to_tensor(ln_mass, dtype=dtype),
+                volume,
+            ))
+        # Per simulation (for per_voxel): index of its group and its position in the batch.
+        self._where = {}
+        for g, ((shape, volume), members) in enumerate(groups.items()):
+            for j, i in enumerate(members):
+                self._where[i] = (g, j)
 
     @property
     def n_halos(self) -> int:
@@ -158,7 +171,7 @@ class NeuralBiasLikelihood:
     def terms(self, theta):
         """``(halo_term, expected_count)``: ``ln L = halo_term - expected_count``."""
         halo_total, expected_total = 0.0, 0.0
-        for x, voxel, ln_mass, volume in self._grids:
+        for x, voxel, ln_mass, volume in self._groups:
             halo, expected = _grid_terms(self.model.head, self._params(theta, x), voxel, ln_mass, volume)
             halo_total = halo_total + halo
             expected_total = expected_total + expected
@@ -178,14 +191,17 @@ class NeuralBiasLikelihood:
 
     def per_voxel(self, theta, index: int = 0) -> dict:
         """NumPy fields of grid ``index``: ``psi`` (n,n,n,F), mixture ``params`` and expected counts."""
-        x = self._grids[index][0]
+        if not 0 <= index < len(self.data):
+            raise ValueError(f"index must be in [0, {len(self.data)}). Received: index={index}")
+        g, j = self._where[index]
+        x = self._groups[g][0][j:j + 1]
         trainable = self.layout.unflatten(theta)
         non_trainable = [v.value for v in self.model.non_trainable_variables]
         # psi comes from the NPE sublayer; evaluate it with the same weights.
         n_npe = len(self.model.npe.trainable_variables)
         psi = self.model.npe.stateless_call(trainable[:n_npe], [v.value for v in self.model.npe.non_trainable_variables], x)[0]
         params, _ = self.model.stateless_call(trainable, non_trainable, x)
-        expected = self.model.head.integral_above_threshold(params) * self._grids[index][3]
+        expected = self.model.head.integral_above_threshold(params) * self._groups[g][3]
         return {
             "psi": ops.convert_to_numpy(psi)[0],
             "params": ops.convert_to_numpy(params)[0],

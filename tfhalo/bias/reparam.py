@@ -1,18 +1,39 @@
-"""A fixed smooth reparametrisation that straightens the neural bias posterior.
+"""Sampling coordinates in which the neural bias posterior is nearly Gaussian.
 
-The NPE summary is ``psi = softplus(u)``, ``u = w . x + b``, and the mixture
-head only sees ``c psi + d``.  Where ``u`` is negative ``psi ~ e^b e^{w.x}``,
-so ``(b + t, c e^{-t})`` leaves the likelihood unchanged: the posterior is a
-long curved ridge in ``(b, c)``, bounded only by the Normal(0, 10^2) prior on
-``c``, along which HMC with any constant mass matrix random-walks.
+Why.  The NPE gives ``u = w . S(x) + b`` (``S``: the ``R`` shell sums of
+``log(1 + delta)`` around a voxel, one radial weight each) and
+``psi = softplus(u)``; the mixture head only sees ``z_j = c_j psi + d_j``.
+Over the range of ``u`` the data span, ``z_j`` is nearly linear in ``u``, so
+``(w, b, c, d)`` carry two near-symmetries: ``(k w, c / k)`` (the scale of
+``psi``) and, where ``u < 0`` and ``psi ~ e^b e^{w.S}``, ``(b + t, c e^{-t})``.
+The posterior of the model's own 17 parameters is therefore a long curved
+ridge bounded only by the Normal(0, 10^2) prior, along which HMC with any
+constant mass matrix random-walks (measured: split R-hat 1.3-1.9, ESS < 15).
 
-:class:`PsiScaleReparametrization` samples ``c' = c s(b)`` instead of ``c``,
-with ``s(b) = softplus(b + shift)`` the typical scale of ``psi``; ``shift`` is
-fixed at the MAP (median ``u`` minus ``b``).  The map is an exact, smooth
-bijection (``s > 0``) with ``ln |d theta / d v| = -n_out sum_f ln s(b_f)``, so the
-chain on ``v`` targets exactly the same posterior of ``theta``; the ridge
-becomes nearly straight (``c'`` is what the data fix).  Diagnostics are
-computed on ``theta``, the model's own parameters.
+What.  :class:`LocalLinearReparametrization` samples, per NPE feature ``f``,
+
+* ``m_f``: the mean of ``u_f`` over the training voxels (instead of ``b_f``);
+* ``s_f = sqrt(w_f^T Sigma w_f)``, its standard deviation (``Sigma``: the
+  covariance of ``S`` over the training voxels), written as
+  ``w_f = e^{lambda_f} (w_hat_f + Q_f eta_f)`` with ``w_hat_f`` the MAP direction
+  (``Sigma``-normalised), ``Q_f`` a ``Sigma``-orthonormal basis of its
+  complement and ``eta_f`` the ``R - 1`` direction coordinates;
+* ``xi_f = lambda_f - softplus(m_f)``: ``ln`` of the curvature scale
+  ``s_f (1 - sigmoid(m_f))`` of ``psi`` in the standardised environment, the
+  combination of ``(lambda_f, m_f)`` the data fix;
+
+and per head output ``j``: the value ``A_j = sum_f c_fj softplus(m_f) + d_j`` of
+``z_j`` at the mean environment and its slopes ``B_fj = c_fj sigmoid(m_f) s_f``
+per standard deviation of ``u_f``.  These are what the catalogue constrains;
+the one direction it barely sees (``m_f`` along the ridge) is bounded smoothly
+by the prior.
+
+The map is a smooth bijection on ``{w_hat_f^T Sigma w_f > 0}`` (the half-space
+of radial weights within 90 degrees of the MAP's direction, in ``Sigma``'s
+metric); ``ln |d theta / d v| = sum_f [R lambda_f - n_out (ln sigmoid(m_f) +
+ln s_f)] + const``, so a chain on ``v`` with the Jacobian-corrected target
+samples exactly the posterior of ``theta``.  Diagnostics are computed on
+``theta``, the model's own parameters.
 """
 
 from __future__ import annotations
@@ -25,83 +46,152 @@ def _softplus_np(x):
     return np.logaddexp(0.0, x)
 
 
-class PsiScaleReparametrization:
-    """``theta = forward(v)``: divide the mixture-head kernel rows by ``softplus(b_f + shift_f)``.
+def _log_sigmoid_np(x):
+    return -np.logaddexp(0.0, -x)
+
+
+class LocalLinearReparametrization:
+    """``theta = forward(v)`` for a NeuralBiasModel with an ``l = 0`` NPE.
 
     Args:
-        likelihood: a :class:`~tfhalo.bias.likelihood.NeuralBiasLikelihood`
-            (its model's parameter layout is used).
-        theta_ref: ``(P,)`` reference parameters (the MAP) fixing ``shift``.
+        likelihood: a :class:`~tfhalo.bias.likelihood.NeuralBiasLikelihood`;
+            its training grids give the shell-sum mean and covariance.
+        theta_ref: ``(P,)`` reference parameters (the MAP): fixes the
+            direction ``w_hat_f`` of each feature's radial weights.
 
     Attributes:
-        shift: ``(F,)`` per NPE feature.
-        bias_index: ``(F,)`` flat indices of the NPE biases ``b_f``.
-        kernel_index: ``(F, 3K)`` flat indices of the head kernel rows.
+        size: ``P``.
+        shell_mean: ``(R,)`` mean shell sums over the training voxels.
+        shell_cov: ``(R, R)`` their covariance.
+
+    Raises:
+        ValueError: the NPE is not a single-input ``l = 0`` layer with a bias,
+            or ``theta_ref`` has the wrong size or zero radial weights.
 
     Example:
-        >>> rep = PsiScaleReparametrization(like, fit.theta)
+        >>> rep = LocalLinearReparametrization(like, fit.theta)
         >>> v = rep.inverse(fit.theta)
-        >>> np.allclose(rep.forward(v).numpy(), fit.theta)
+        >>> np.allclose(rep.forward_np(v), fit.theta)
         True
     """
 
     def __init__(self, likelihood, theta_ref):
         model = likelihood.model
         layout = likelihood.layout
+        npe, head = model.npe, model.head
         theta_ref = np.asarray(theta_ref, np.float64).reshape(-1)
         if theta_ref.shape[0] != layout.size:
             raise ValueError(f"theta_ref must have {layout.size} entries. Received: shape={theta_ref.shape}")
-        if not model.npe.use_bias:
-            raise ValueError("PsiScaleReparametrization needs an NPE with a bias. Received: use_bias=False")
+        if tuple(npe.ells) != (0,) or not npe.use_bias:
+            raise ValueError("LocalLinearReparametrization needs an l=0 NPE with a bias. Received: "
+                             f"ells={tuple(npe.ells)}, use_bias={npe.use_bias}")
+        weights = [v for v in npe.trainable_variables if "radial" in v.path]
+        if len(weights) != 1 or int(weights[0].shape[1]) != 1:
+            raise ValueError("LocalLinearReparametrization needs one input channel. Received: "
+                             f"{[tuple(v.shape) for v in weights]}")
         starts = dict(zip([id(v) for v in model.trainable_variables], layout.offsets[:-1]))
-        b0 = int(starts[id(model.npe.bias)])
-        k0 = int(starts[id(model.head.kernel)])
-        n_feat, n_out = (int(s) for s in model.head.kernel.shape)
-        if int(np.prod(model.npe.bias.shape)) != n_feat:
-            raise ValueError("PsiScaleReparametrization needs one NPE bias per head input feature. Received: "
-                             f"bias shape {tuple(model.npe.bias.shape)}, head kernel shape {(n_feat, n_out)}")
-        self.size = layout.size
-        self.bias_index = np.arange(b0, b0 + n_feat)
-        self.kernel_index = (k0 + np.arange(n_feat * n_out)).reshape(n_feat, n_out)
-        psi = likelihood.per_voxel(theta_ref)["psi"].reshape(-1, n_feat)
-        u = np.log(np.expm1(np.maximum(psi, 1e-300)))  # softplus^-1
-        self.shift = np.median(u, axis=0) - theta_ref[self.bias_index]
-        # theta_k = sum_i M_ki v_i for the kernel entries, scaled below.
-        self._feature_of = np.full(self.size, -1)
+        n_radial, _, n_feat = (int(s) for s in weights[0].shape)
+        n_out = int(head.kernel.shape[1])
+        w0, b0 = int(starts[id(weights[0])]), int(starts[id(npe.bias)])
+        k0, d0 = int(starts[id(head.kernel)]), int(starts[id(head.bias)])
+        # Flat indices (row-major variable layout): radial[r, 0, f], bias[f], kernel[f, j], bias[j].
+        self.w_index = w0 + np.arange(n_radial)[:, None] * n_feat + np.arange(n_feat)[None, :]  # (R, F)
+        self.b_index = b0 + np.arange(n_feat)
+        self.c_index = k0 + np.arange(n_feat * n_out).reshape(n_feat, n_out)
+        self.d_index = d0 + np.arange(n_out)
+        self.size, self.n_radial, self.n_feat, self.n_out = layout.size, n_radial, n_feat, n_out
+
+        shells = _shell_sums(likelihood)  # (N_voxels, R)
+        self.shell_mean = shells.mean(axis=0)
+        self.shell_cov = np.cov(shells, rowvar=False).reshape(n_radial, n_radial)
+        w_ref = theta_ref[self.w_index]  # (R, F)
+        s_ref = np.sqrt(np.einsum("rf,rq,qf->f", w_ref, self.shell_cov, w_ref))
+        if not np.all(s_ref > 0):
+            raise ValueError(f"theta_ref has zero radial weights for some NPE feature. Received: w={w_ref.T}")
+        self.w_hat = w_ref / s_ref  # (R, F), w_hat^T Sigma w_hat = 1
+        # Sigma-orthonormal complement of each w_hat: Q^T Sigma Q = I, Q^T Sigma w_hat = 0.
+        chol = np.linalg.cholesky(self.shell_cov)
+        self.q = np.empty((n_feat, n_radial, n_radial - 1))
         for f in range(n_feat):
-            self._feature_of[self.kernel_index[f]] = f
-        self.n_out = n_out
+            y = chol.T @ self.w_hat[:, f]  # unit vector in the whitened space
+            basis = np.linalg.svd(np.eye(n_radial) - np.outer(y, y))[0][:, : n_radial - 1]
+            self.q[f] = np.linalg.solve(chol.T, basis)
+        # v layout reuses theta's slots: radial -> (xi, eta), NPE bias -> m, head kernel -> B, head bias -> A.
 
-    def _scale_np(self, b):
-        return _softplus_np(b + self.shift)
-
+    # -- NumPy inverse --------------------------------------------------------
     def inverse(self, theta) -> np.ndarray:
-        """``(..., P)`` theta -> v (NumPy, float64)."""
-        theta = np.array(theta, np.float64)
-        scale = self._scale_np(theta[..., self.bias_index])  # (..., F)
-        for f in range(len(self.bias_index)):
-            theta[..., self.kernel_index[f]] *= scale[..., f:f + 1]
-        return theta
+        """``(..., P)`` theta -> v (NumPy float64).
+
+        Raises:
+            ValueError: some radial weights point more than 90 degrees from the
+                MAP direction (outside the map's domain).
+        """
+        theta = np.asarray(theta, np.float64)
+        v = theta.copy()
+        w = theta[..., self.w_index]  # (..., R, F)
+        b = theta[..., self.b_index]  # (..., F)
+        sigma_w = np.einsum("rq,...qf->...rf", self.shell_cov, w)
+        scale = np.einsum("rf,...rf->...f", self.w_hat, sigma_w)  # e^lambda
+        if not np.all(scale > 0):
+            raise ValueError("theta is outside the reparametrisation's domain (radial weights more than 90 "
+                             f"degrees from the reference direction). Received: min w_hat.Sigma.w={scale.min()}")
+        lam = np.log(scale)
+        eta = np.einsum("frk,...rf->...kf", self.q, sigma_w) / scale[..., None, :]  # (..., R-1, F)
+        s = np.sqrt(np.einsum("...rf,...rf->...f", w, sigma_w))
+        m = np.einsum("r,...rf->...f", self.shell_mean, w) + b
+        xi = lam - _softplus_np(m)
+        c = theta[..., self.c_index]  # (..., F, J)
+        d = theta[..., self.d_index]  # (..., J)
+        big_b = c * (np.exp(_log_sigmoid_np(m)) * s)[..., None]
+        big_a = d + np.einsum("...fj,...f->...j", c, _softplus_np(m))
+        v[..., self.w_index[0]] = xi
+        v[..., self.w_index[1:]] = eta
+        v[..., self.b_index] = m
+        v[..., self.c_index] = big_b
+        v[..., self.d_index] = big_a
+        return v
+
+    # -- TensorFlow forward ---------------------------------------------------
+    def _parts(self, v):
+        v = tf.convert_to_tensor(v)
+        dt = v.dtype
+        xi = tf.gather(v, self.w_index[0], axis=-1)  # (..., F)
+        eta = tf.gather(v, self.w_index[1:], axis=-1)  # (..., R-1, F)
+        m = tf.gather(v, self.b_index, axis=-1)  # (..., F)
+        lam = xi + tf.math.softplus(m)
+        eta_sq = tf.reduce_sum(tf.square(eta), axis=-2)
+        log_s = lam + 0.5 * tf.math.log1p(eta_sq)
+        return v, dt, eta, m, lam, log_s
 
     def forward(self, v):
         """``(..., P)`` v -> theta (TensorFlow, differentiable)."""
-        v = tf.convert_to_tensor(v)
-        scale = tf.math.softplus(tf.gather(v, self.bias_index, axis=-1) + tf.constant(self.shift, v.dtype))
-        factor = tf.ones_like(v)
-        idx = self._feature_of
-        # Per-entry divisor: the scale of its feature for kernel entries, 1 elsewhere.
-        cols = [tf.ones_like(v[..., 0]) if idx[i] < 0 else scale[..., int(idx[i])] for i in range(self.size)]
-        factor = tf.stack(cols, axis=-1)
-        return v / factor
+        v, dt, eta, m, lam, log_s = self._parts(v)
+        direction = tf.constant(self.w_hat, dt) + tf.einsum("frk,...kf->...rf", tf.constant(self.q, dt), eta)
+        w = tf.exp(lam)[..., None, :] * direction  # (..., R, F)
+        b = m - tf.einsum("r,...rf->...f", tf.constant(self.shell_mean, dt), w)
+        big_b = tf.gather(v, self.c_index, axis=-1)  # (..., F, J)
+        big_a = tf.gather(v, self.d_index, axis=-1)  # (..., J)
+        c = big_b * tf.exp(-tf.math.log_sigmoid(m) - log_s)[..., None]
+        d = big_a - tf.einsum("...fj,...f->...j", c, tf.math.softplus(m))
+        # Scatter the blocks back into theta's layout (a fixed permutation).
+        pieces = [(self.w_index, w), (self.b_index, b), (self.c_index, c), (self.d_index, d)]
+        index = np.concatenate([i.reshape(-1) for i, _ in pieces])
+        batch = tf.shape(v)[:-1]
+        values = tf.concat([tf.reshape(t, tf.concat([batch, [-1]], 0)) for _, t in pieces], axis=-1)
+        rest = np.setdiff1d(np.arange(self.size), index)
+        if rest.size:
+            index = np.concatenate([index, rest])
+            values = tf.concat([values, tf.gather(v, rest, axis=-1)], axis=-1)
+        return tf.gather(values, np.argsort(index), axis=-1)
 
     def forward_np(self, v) -> np.ndarray:
         return np.asarray(self.forward(tf.constant(np.asarray(v, np.float64))), np.float64)
 
     def log_det_jacobian(self, v):
-        """``ln |d theta / d v|`` per leading index: ``-n_out sum_f ln s(b_f)``."""
-        v = tf.convert_to_tensor(v)
-        scale = tf.math.softplus(tf.gather(v, self.bias_index, axis=-1) + tf.constant(self.shift, v.dtype))
-        return -float(self.n_out) * tf.reduce_sum(tf.math.log(scale), axis=-1)
+        """``ln |d theta / d v|`` (up to a constant) per leading index."""
+        _, _, _, m, lam, log_s = self._parts(v)
+        per_feature = self.n_radial * lam - self.n_out * (tf.math.log_sigmoid(m) + log_s)
+        return tf.reduce_sum(per_feature, axis=-1)
 
     def wrap(self, log_prob_fn):
         """``v -> ln p(theta(v)) + ln |d theta / d v|``: the target on v."""
@@ -110,3 +200,27 @@ class PsiScaleReparametrization:
             return log_prob_fn(self.forward(v)) + self.log_det_jacobian(v)
 
         return target
+
+
+def _shell_sums(likelihood) -> np.ndarray:
+    """``(N_voxels, R)``: the NPE pre-activation with each radial weight set to 1 alone, bias 0."""
+    npe = likelihood.model.npe
+    config = dict(npe.get_config(), activation=None, filters=1, name="shell_sums")
+    linear = type(npe).from_config(config)
+    outputs = []
+    for x, *_ in likelihood._groups:
+        linear.build(tuple(x.shape))
+        radial = [v for v in linear.trainable_variables if "radial" in v.path][0]
+        n_radial = int(radial.shape[0])
+        per_r = []
+        for r in range(n_radial):
+            values = []
+            for var in linear.trainable_variables:
+                value = np.zeros(tuple(var.shape))
+                if var is radial:
+                    value[r] = 1.0
+                values.append(value.astype(np.float64))
+            out = linear.stateless_call(values, [v.value for v in linear.non_trainable_variables], x)[0]
+            per_r.append(np.asarray(out, np.float64).reshape(-1))
+        outputs.append(np.stack(per_r, axis=-1))
+    return np.concatenate(outputs)

@@ -246,7 +246,7 @@ def sample_posterior(
         dtype: float dtype of the chains.
         reparametrization: optional fixed bijection ``theta = r.forward(v)``
             with ``r.inverse``, ``r.log_det_jacobian`` and ``r.wrap`` (e.g.
-            :class:`~tfhalo.bias.reparam.PsiScaleReparametrization`): the chains
+            :class:`~tfhalo.bias.reparam.LocalLinearReparametrization`): the chains
             run on ``v`` with the Jacobian-corrected target, so they sample the
             same posterior; ``initial_state`` and ``centre`` are given and the
             samples returned in ``theta``, but ``hessian`` must be that of
