@@ -63,6 +63,8 @@ class Preset:
     mass_matrix: str = "hessian"
     jit_compile: bool = True
     reparametrize: bool = False
+    n_temperatures: int = 1
+    max_temperature: float = 4.0
 
 
 # Trajectories of 30 leapfrog steps: the step size is capped (~0.03-0.1) by a
@@ -87,13 +89,36 @@ def _save_npz(path: Path, **arrays):
         np.savez(tmp, **arrays)
 
 
-def _suite_paths(suite: Path, preset: Preset, seed: int):
-    from tfhalo.sim import generate_suite, list_suite
+def _suite_paths(suite: Path, preset: Preset, seed: int, progress: bool = True):
+    """The study's simulations: a generated suite is created or EXTENDED to ``preset.n_sims``.
 
-    paths = list_suite(suite) if suite.exists() else []
-    if len(paths) < 2:
+    Extending is exact: simulation ``i``'s seed depends only on the master seed and
+    ``i``, so the deep-halo demo's first simulations are reused unchanged and the
+    bias study adds the rest.  A directory of a user's own ``.h5`` files (no
+    manifest), or a suite of another preset or seed, is used as it is.
+    """
+    from tfhalo.sim import generate_suite, list_suite
+    from tfhalo.sim.suite import MANIFEST_NAME, read_manifest
+
+    if (suite / MANIFEST_NAME).is_file():
+        manifest = read_manifest(suite)
+        if manifest.get("preset") == preset.sim_preset and manifest.get("master_seed") == seed:
+            if manifest["n_sims"] < preset.n_sims:
+                print(f"extending simulation suite {suite} to {preset.n_sims} simulations", flush=True)
+            return sorted(generate_suite(suite, preset=preset.sim_preset, n_sims=max(preset.n_sims, 2), seed=seed,
+                                         progress=progress))
+        paths = list_suite(suite)
+        print(f"using the {len(paths)} simulations of {suite} as they are (preset "
+              f"{manifest.get('preset')!r}, seed {manifest.get('master_seed')})", flush=True)
+    elif suite.is_dir() and any(suite.glob("*.h5")):
+        paths = sorted(suite.glob("*.h5"))
+    else:
         print(f"generating simulation suite in {suite}", flush=True)
-        paths = generate_suite(suite, preset=preset.sim_preset, n_sims=preset.n_sims, seed=seed)
+        paths = generate_suite(suite, preset=preset.sim_preset, n_sims=max(preset.n_sims, 2), seed=seed,
+                                         progress=progress)
+    if len(paths) < 2:
+        raise ValueError(f"the study needs at least 2 simulations (training, held out). "
+                         f"Received: {len(paths)} in {suite}")
     return sorted(paths)
 
 
@@ -115,6 +140,9 @@ def parse_args(argv=None):
     parser.add_argument("--leapfrog-steps", type=int, default=None)
     parser.add_argument("--reparametrize", action="store_true", default=None,
                         help="sample in the local-linear coordinates of tfhalo.bias.reparam (same posterior)")
+    parser.add_argument("--temperatures", type=int, default=None,
+                        help="replicas per chain for replica exchange while sampling (1: none)")
+    parser.add_argument("--max-temperature", type=float, default=None)
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -127,7 +155,8 @@ def main(argv=None):
                                   n_grid=args.n_grid, threshold_particles=args.threshold_particles,
                                   kernel=args.kernel, mass_matrix=args.mass_matrix,
                                   num_leapfrog_steps=args.leapfrog_steps,
-                                  reparametrize=args.reparametrize).items() if v is not None})
+                                  reparametrize=args.reparametrize, n_temperatures=args.temperatures,
+                                  max_temperature=args.max_temperature).items() if v is not None})
     for name in ("n_chains", "n_samples", "n_grid"):
         if getattr(preset, name) < 1:
             raise ValueError(f"{name} must be positive. Received: {name}={getattr(preset, name)}")
@@ -139,7 +168,7 @@ def main(argv=None):
 
     from tfhalo.sim import load
 
-    paths = _suite_paths(args.suite, preset, args.seed)
+    paths = _suite_paths(args.suite, preset, args.seed, progress)
     sims = [load(p) for p in paths]
     threshold = preset.threshold_particles * sims[0].particle_mass
     train = [bias_data_from_simulation(s, preset.n_grid, threshold, source=args.field) for s in sims[:-1]]
@@ -197,6 +226,7 @@ def main(argv=None):
         c = np.load(chains_path)
         samples, accepted, divergent = c["samples"], c["is_accepted"], c["divergent"]
         n_grad, sample_seconds, step = int(c["n_grad"]), float(c["seconds"]), float(c["step_size"])
+        swaps = c["swap_acceptance"].tolist() if "swap_acceptance" in c else None
         print("chains: reusing", chains_path, flush=True)
     else:
         rng = np.random.default_rng(args.seed + 1)
@@ -219,11 +249,15 @@ def main(argv=None):
             like.log_posterior, init, num_results=preset.n_samples, num_burnin=preset.n_burnin,
             kernel=preset.kernel, mass_matrix=preset.mass_matrix, hessian=hess_s, centre=theta_map,
             hessian_floor=1.0 / like.prior_scale**2, num_leapfrog_steps=preset.num_leapfrog_steps,
-            seed=args.seed, progress=progress, jit_compile=preset.jit_compile, reparametrization=rep)
+            seed=args.seed, progress=progress, jit_compile=preset.jit_compile, reparametrization=rep,
+            n_temperatures=preset.n_temperatures, max_temperature=preset.max_temperature,
+            log_likelihood_fn=like.log_likelihood, log_prior_fn=like.log_prior)
         samples, accepted, divergent = result.samples, result.is_accepted, result.divergent
         n_grad, sample_seconds, step = result.n_gradient_evaluations, result.seconds, result.step_size
+        swaps = result.swap_acceptance
         _save_npz(chains_path, samples=samples, is_accepted=accepted, divergent=divergent, n_grad=n_grad,
-                  seconds=sample_seconds, step_size=step, config=config_key)
+                  seconds=sample_seconds, step_size=step, config=config_key,
+                  **({"swap_acceptance": np.asarray(swaps)} if swaps is not None else {}))
     timings["sampling_s"] = time.perf_counter() - t0
     summary = summarize_chains(samples, accepted, divergent, names=names)
     print(f"chains: max R-hat {summary['max_rhat']:.4f}, min ESS {summary['min_ess']:.0f}, "
@@ -259,6 +293,8 @@ def main(argv=None):
         "sampler": {
             "kernel": preset.kernel, "mass_matrix": preset.mass_matrix, "chains": preset.n_chains,
             "burnin": preset.n_burnin, "samples": preset.n_samples, "step_size": step,
+            "replicas": preset.n_temperatures, "max_temperature": preset.max_temperature,
+            "swap_acceptance_adjacent": swaps,
             "gradient_evaluations_per_chain": n_grad, "seconds": sample_seconds,
             "ess_per_second_min": summary["min_ess"] / sample_seconds,
             "map_evaluations": map_evals,

@@ -13,7 +13,7 @@ from tfhalo.bias.reparam import LocalLinearReparametrization, _shell_sums
 M_TH = 1e12
 
 
-def _likelihood(n_kernels=1, n_grids=2, ells=(0,)):
+def _likelihood(n_kernels=1, n_grids=2, ells=(0,), **model_kwargs):
     rng = np.random.default_rng(0)
     n, box = 4, 20.0
     data = []
@@ -21,7 +21,8 @@ def _likelihood(n_kernels=1, n_grids=2, ells=(0,)):
         rho = np.exp(rng.normal(scale=0.5, size=(n, n, n)))
         data.append(make_bias_data(rho / rho.mean(), rng.uniform(0, box, size=(10, 3)),
                                    M_TH * np.exp(rng.exponential(1.0, size=10)), box, M_TH))
-    model = build_model(data[0].log_mass_threshold, n_grid=n, dtype="float64", n_kernels=n_kernels, ells=ells)
+    model = build_model(data[0].log_mass_threshold, n_grid=n, dtype="float64", n_kernels=n_kernels, ells=ells,
+                        **model_kwargs)
     like = NeuralBiasLikelihood(model, data)
     theta = rng.normal(scale=0.5, size=like.layout.size)
     return like, theta
@@ -35,9 +36,10 @@ def _jacobian(rep, v):
     return tape.jacobian(out, v_t).numpy()
 
 
-@pytest.mark.parametrize("n_kernels", [1, 2])
-def test_round_trip_and_log_det_jacobian_match_autodiff(n_kernels):
-    like, theta = _likelihood(n_kernels)
+@pytest.mark.parametrize("n_kernels,increment,components", [(1, "softplus", 2), (2, "softplus", 2),
+                                                            (1, "relu", 3), (1, "softplus", 1)])
+def test_round_trip_and_log_det_jacobian_match_autodiff(n_kernels, increment, components):
+    like, theta = _likelihood(n_kernels, mean_increment=increment, n_components=components)
     rep = LocalLinearReparametrization(like, theta)
     v = rep.inverse(theta)
     np.testing.assert_allclose(rep.forward_np(v), theta, rtol=1e-12, atol=1e-12)
@@ -64,11 +66,21 @@ def test_coordinates_are_the_mean_spread_value_and_slope_of_the_npe_summary():
     lam = v[rep.w_index[0]][0] + np.logaddexp(0, m)
     s = math.exp(lam) * math.sqrt(1 + np.sum(v[rep.w_index[1:]] ** 2))
     assert s == pytest.approx(u.std(ddof=1), rel=1e-10)
-    # A_j is the head pre-activation at psi = softplus(m); B_j its slope per std of u.
+    # A_j is the head pre-activation at psi = softplus(m); B_j its slope per std of u;
+    # except the first mean's slots, which hold the last mean's value and slope.
     c, d = theta[rep.c_index][0], theta[rep.d_index]
-    np.testing.assert_allclose(v[rep.d_index], c * np.logaddexp(0, m) + d, rtol=1e-10)
-    np.testing.assert_allclose(v[rep.c_index][0], c * s / (1 + np.exp(-m)), rtol=1e-10)
-    # Scaling psi's spread (k w, c / k) in the linear regime leaves A and B nearly fixed.
+    others = [0, 1, 3, 4, 5]
+    np.testing.assert_allclose(v[rep.d_index][others], (c * np.logaddexp(0, m) + d)[others], rtol=1e-10)
+    np.testing.assert_allclose(v[rep.c_index][0][others], (c * s / (1 + np.exp(-m)))[others], rtol=1e-10)
+    head = like.model.head
+
+    def last_mean(t):
+        psi = np.array([[np.logaddexp(0, m + s * t)]])
+        return float(np.asarray(head.stateless_call([theta[rep.c_index], theta[rep.d_index]], [], psi)[0])[0, 3])
+
+    assert last_mean(0.0) - math.log(M_TH) == pytest.approx(v[rep.d_index][2], rel=1e-10)
+    slope = (last_mean(1e-5) - last_mean(-1e-5)) / 2e-5
+    assert slope == pytest.approx(v[rep.c_index][0][2], rel=1e-6)
 
 
 def test_the_psi_scale_symmetry_is_one_coordinate():
@@ -85,6 +97,7 @@ def test_the_psi_scale_symmetry_is_one_coordinate():
     scaled[rep.c_index] /= k
     v, v_scaled = rep.inverse(theta), rep.inverse(scaled)
     fixed = np.concatenate([rep.w_index[1:].ravel(), rep.c_index.ravel(), rep.d_index])
+    assert like.model.head.n_components == 2
     np.testing.assert_allclose(v_scaled[fixed], v[fixed], rtol=1e-9, atol=1e-9)
     assert float(like.log_likelihood(scaled)) == pytest.approx(float(like.log_likelihood(theta)), rel=1e-9)
 

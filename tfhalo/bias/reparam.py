@@ -24,7 +24,11 @@ What.  :class:`LocalLinearReparametrization` samples, per NPE feature ``f``,
 
 and per head output ``j``: the value ``A_j = sum_f c_fj softplus(m_f) + d_j`` of
 ``z_j`` at the mean environment and its slopes ``B_fj = c_fj sigmoid(m_f) s_f``
-per standard deviation of ``u_f``.  These are what the catalogue constrains;
+per standard deviation of ``u_f``; in the first mean's slots, the value and
+slopes of the LAST mixture mean ``mu_K = mu_1 + sum_j inc(z_j)`` instead (the
+data fix where the upper component sits, while ``mu_1`` may slide far below
+the threshold, only its tail seen, along with the increments).  These are what
+the catalogue constrains;
 the one direction it barely sees (``m_f`` along the ridge) is bounded smoothly
 by the prior.
 
@@ -100,6 +104,8 @@ class LocalLinearReparametrization:
         self.c_index = k0 + np.arange(n_feat * n_out).reshape(n_feat, n_out)
         self.d_index = d0 + np.arange(n_out)
         self.size, self.n_radial, self.n_feat, self.n_out = layout.size, n_radial, n_feat, n_out
+        self.n_components = int(head.n_components)
+        self.mean_increment = head.mean_increment
 
         shells = _shell_sums(likelihood)  # (N_voxels, R)
         self.shell_mean = shells.mean(axis=0)
@@ -144,6 +150,15 @@ class LocalLinearReparametrization:
         d = theta[..., self.d_index]  # (..., J)
         big_b = c * (np.exp(_log_sigmoid_np(m)) * s)[..., None]
         big_a = d + np.einsum("...fj,...f->...j", c, _softplus_np(m))
+        k = self.n_components
+        if k > 1:
+            # First mean slot -> the LAST mixture mean (its value and slopes), which the data
+            # pin down; the increments g_j stay as they are.
+            g = big_a[..., k + 1:2 * k]
+            inc, dinc = (np.maximum(g, 0.0), (g > 0).astype(g.dtype)) if self.mean_increment == "relu" else (
+                _softplus_np(g), np.exp(_log_sigmoid_np(g)))
+            big_a[..., k] = big_a[..., k] + inc.sum(axis=-1)
+            big_b[..., k] = big_b[..., k] + np.einsum("...fj,...j->...f", big_b[..., k + 1:2 * k], dinc)
         v[..., self.w_index[0]] = xi
         v[..., self.w_index[1:]] = eta
         v[..., self.b_index] = m
@@ -171,6 +186,18 @@ class LocalLinearReparametrization:
         b = m - tf.einsum("r,...rf->...f", tf.constant(self.shell_mean, dt), w)
         big_b = tf.gather(v, self.c_index, axis=-1)  # (..., F, J)
         big_a = tf.gather(v, self.d_index, axis=-1)  # (..., J)
+        k = self.n_components
+        if k > 1:
+            # Undo the last-mean stage (unit triangular: no Jacobian term).
+            g = big_a[..., k + 1:2 * k]
+            if self.mean_increment == "relu":
+                inc, dinc = tf.nn.relu(g), tf.cast(g > 0, dt)
+            else:
+                inc, dinc = tf.math.softplus(g), tf.math.sigmoid(g)
+            first_a = big_a[..., k:k + 1] - tf.reduce_sum(inc, axis=-1, keepdims=True)
+            big_a = tf.concat([big_a[..., :k], first_a, big_a[..., k + 1:]], axis=-1)
+            first_b = big_b[..., k:k + 1] - tf.einsum("...fj,...j->...f", big_b[..., k + 1:2 * k], dinc)[..., None]
+            big_b = tf.concat([big_b[..., :k], first_b, big_b[..., k + 1:]], axis=-1)
         c = big_b * tf.exp(-tf.math.log_sigmoid(m) - log_s)[..., None]
         d = big_a - tf.einsum("...fj,...f->...j", c, tf.math.softplus(m))
         # Scatter the blocks back into theta's layout (a fixed permutation).

@@ -55,10 +55,12 @@ class SamplingResult:
         log_accept_ratio: ``(S, C)``.
         divergent: ``(S, C)`` bool: energy error above 1000 or non-finite.
         step_size: final adapted step size (in the preconditioned space).
-        n_gradient_evaluations: log-density-and-gradient evaluations per chain, warm-up included.
+        n_gradient_evaluations: log-density-and-gradient evaluations per chain, warm-up and all replicas included.
         seconds: wall time of warm-up + sampling.
         kernel, mass_matrix: the options used.
         preconditioner: ``(P, P)`` lower-triangular ``L`` (theta = centre + L z), or None.
+        inverse_temperatures: the replica ladder (``[1.0]`` without replica exchange).
+        swap_acceptance: acceptance rate of swaps between adjacent replicas, or None.
     """
 
     samples: np.ndarray
@@ -72,6 +74,8 @@ class SamplingResult:
     kernel: str
     mass_matrix: str
     preconditioner: np.ndarray | None = None
+    inverse_temperatures: list | None = None
+    swap_acceptance: list | None = None
 
 
 def batched(log_prob_fn, n_chains: int):
@@ -81,6 +85,10 @@ def batched(log_prob_fn, n_chains: int):
         return tf.stack([log_prob_fn(states[i]) for i in range(n_chains)])
 
     return fn
+
+
+def _compose(fn, forward):
+    return lambda v: fn(forward(v))
 
 
 def preconditioner_from_hessian(hessian, floor: float = 1e-2) -> np.ndarray:
@@ -198,6 +206,100 @@ class _Runner:
         return self.to_theta(zs), traces, step
 
 
+class _TemperedRunner:
+    """Replica exchange (``tfp.mcmc.ReplicaExchangeMC``) of HMC chains on z, theta = centre + L z.
+
+    Replica ``k`` targets ``prior + beta_k * likelihood`` (the prior and any
+    Jacobian stay untempered), with step size ``eps / sqrt(beta_k)`` (a tempered
+    near-Gaussian posterior is ``1 / sqrt(beta)`` wider); adjacent replicas
+    propose swaps every step.  Only the ``beta = 1`` replica is returned: it is
+    an exact chain for the posterior, which the hotter replicas help across
+    barriers between modes.
+    """
+
+    def __init__(self, log_likelihood_fn, log_prior_fn, n_chains, p, num_leapfrog_steps, betas, dtype,
+                 jit_compile=False):
+        self.dtype = dtype
+        self.betas = np.asarray(betas, np.float64)
+        n_rep = len(self.betas)
+        self.centre_v = tf.Variable(tf.zeros([p], dtype), trainable=False)
+        self.chol_v = tf.Variable(tf.eye(p, dtype=dtype), trainable=False)
+        self.step_v = tf.Variable(tf.ones([n_rep, 1, 1], dtype), trainable=False)
+        self.centre, self.chol = np.zeros(p), np.eye(p)
+        like = batched(log_likelihood_fn, n_rep * n_chains)
+        prior = batched(log_prior_fn, n_rep * n_chains)
+
+        def on_theta(fn):
+            def g(z):  # z: (R, C, P) -> (R, C)
+                theta = self.centre_v + tf.linalg.matvec(self.chol_v, z)
+                return tf.reshape(fn(tf.reshape(theta, [n_rep * n_chains, p])), [n_rep, n_chains])
+            return g
+
+        def make_kernel_fn(target_log_prob_fn):
+            return tfp.mcmc.HamiltonianMonteCarlo(target_log_prob_fn, step_size=self.step_v,
+                                                  num_leapfrog_steps=num_leapfrog_steps,
+                                                  store_parameters_in_results=True)
+
+        self.kernel = tfp.mcmc.ReplicaExchangeMC(
+            target_log_prob_fn=None, inverse_temperatures=tf.constant(self.betas, dtype),
+            make_kernel_fn=make_kernel_fn, untempered_log_prob_fn=on_theta(prior),
+            tempered_log_prob_fn=on_theta(like))
+
+        def trace_fn(_, pkr):
+            res = pkr.pre_swap_replica_results  # replica 0 is beta = 1
+            accepted, ratio = res.is_accepted[0], res.log_accept_ratio[0]
+            return (accepted, ratio, tf.logical_not(ratio > -1000.0),
+                    tf.fill(tf.shape(accepted), tf.constant(num_leapfrog_steps * n_rep, tf.int32)),
+                    res.accepted_results.target_log_prob[0],
+                    tf.cast(pkr.is_swap_accepted_adjacent, dtype))
+
+        @tf.function(jit_compile=jit_compile)
+        def run(z, pkr, seed, n):
+            return tfp.mcmc.sample_chain(
+                num_results=n, current_state=z, previous_kernel_results=pkr, kernel=self.kernel,
+                trace_fn=trace_fn, return_final_kernel_results=True, seed=seed)
+
+        self._run = run
+
+    def set(self, centre, chol, step_size):
+        self.centre, self.chol = np.asarray(centre, np.float64), np.asarray(chol, np.float64)
+        self.centre_v.assign(self.centre)
+        self.chol_v.assign(self.chol)
+        self.step_v.assign((float(step_size) / np.sqrt(self.betas)).reshape(-1, 1, 1))
+
+    to_z = _Runner.to_z
+    to_theta = _Runner.to_theta
+
+    def run(self, theta0, n_steps, rng, block, bar):
+        """Returns ``(cold draws (n, C, P), traces, adjacent swap acceptance (n, R-1, C))``."""
+        z = tf.constant(self.to_z(theta0), self.dtype)
+        pkr = self.kernel.bootstrap_results(z)
+        out = []
+        done = 0
+        while done < n_steps:
+            n = min(block, n_steps - done)
+            seed = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
+            res = self._run(z, pkr, seed, tf.constant(n))
+            z, pkr = res.all_states[-1], res.final_kernel_results
+            out.append((res.all_states.numpy(), [t.numpy() for t in res.trace]))
+            done += n
+            bar.update(n)
+        zs = np.concatenate([o[0] for o in out])
+        traces = [np.concatenate([o[1][i] for o in out]) for i in range(6)]
+        return self.to_theta(zs), traces
+
+
+def inverse_temperatures(n_temperatures: int, max_temperature: float) -> np.ndarray:
+    """Geometric ladder ``1 = beta_0 > ... > beta_{R-1} = 1 / max_temperature``."""
+    if int(n_temperatures) < 1:
+        raise ValueError(f"n_temperatures must be >= 1. Received: n_temperatures={n_temperatures}")
+    if not max_temperature >= 1:
+        raise ValueError(f"max_temperature must be >= 1. Received: max_temperature={max_temperature}")
+    if int(n_temperatures) == 1:
+        return np.ones(1)
+    return max_temperature ** (-np.linspace(0.0, 1.0, int(n_temperatures)))
+
+
 def sample_posterior(
     log_prob_fn,
     initial_state,
@@ -219,6 +321,10 @@ def sample_posterior(
     dtype=tf.float64,
     jit_compile: bool = False,
     reparametrization=None,
+    n_temperatures: int = 1,
+    max_temperature: float = 4.0,
+    log_likelihood_fn=None,
+    log_prior_fn=None,
 ) -> SamplingResult:
     """Sample ``exp(log_prob_fn)`` with HMC or NUTS from ``C`` chains.
 
@@ -253,6 +359,15 @@ def sample_posterior(
             ``-ln p(v)`` at ``r.inverse(centre)``.
         jit_compile: compile each block of steps with XLA (much faster on CPU
             for small models; the log-density must be XLA-compatible).
+        n_temperatures: replicas of each chain for replica exchange during
+            sampling (1: none).  With ``R > 1`` the draws come from the
+            ``beta = 1`` replica of ``tfp.mcmc.ReplicaExchangeMC`` (HMC kernels,
+            the adapted mass matrix and step size scaled by ``beta^-1/2``),
+            which can cross between modes the plain chains cannot.  Warm-up is
+            unchanged (``beta = 1``).  Costs ``R`` times the gradients.
+        max_temperature: ``1 / beta`` of the hottest replica (geometric ladder).
+        log_likelihood_fn, log_prior_fn: the tempered and untempered parts of
+            ``log_prob_fn`` (their sum); needed when ``n_temperatures > 1``.
 
     Returns:
         A :class:`SamplingResult`.
@@ -274,10 +389,22 @@ def sample_posterior(
         raise ValueError("mass_matrix='hessian' needs hessian=(P, P). Received: hessian=None")
     if not step_size > 0:
         raise ValueError(f"step_size must be positive. Received: step_size={step_size}")
+    betas = inverse_temperatures(n_temperatures, max_temperature)
+    if len(betas) > 1:
+        if kernel != "hmc":
+            raise ValueError(f"replica exchange runs HMC kernels. Received: kernel={kernel!r}")
+        if log_likelihood_fn is None or log_prior_fn is None:
+            raise ValueError("n_temperatures > 1 needs log_likelihood_fn and log_prior_fn. Received: "
+                             f"log_likelihood_fn={log_likelihood_fn}, log_prior_fn={log_prior_fn}")
     n_chains, p = init.shape
     centre = np.mean(init, axis=0) if centre is None else np.asarray(centre, np.float64).reshape(p)
     if reparametrization is not None:
         log_prob_fn = reparametrization.wrap(log_prob_fn)
+        if log_prior_fn is not None:
+            # The Jacobian belongs to the untempered part.
+            log_prior_fn = reparametrization.wrap(log_prior_fn)
+        if log_likelihood_fn is not None:
+            log_likelihood_fn = _compose(log_likelihood_fn, reparametrization.forward)
         init = reparametrization.inverse(init)
         centre = reparametrization.inverse(centre)
     if target_accept is None:
@@ -337,9 +464,17 @@ def sample_posterior(
             # Rescale the step size to the new space: start near 1 (unit-covariance target).
             eps = 0.5
     # Sampling: the adapted step size, frozen.
-    runner = runner_for(False)
-    runner.set(centre, chol, eps)
-    draws, traces, eps = runner.run(theta, int(num_results), rng, block, bar)
+    swap_rate = None
+    if len(betas) > 1:
+        runner = _TemperedRunner(log_likelihood_fn, log_prior_fn, n_chains, p, num_leapfrog_steps, betas, dtype,
+                                 jit_compile)
+        runner.set(centre, chol, eps)
+        draws, traces = runner.run(theta, int(num_results), rng, block, bar)
+        swap_rate = traces[5].mean(axis=(0, 2)).tolist()
+    else:
+        runner = runner_for(False)
+        runner.set(centre, chol, eps)
+        draws, traces, eps = runner.run(theta, int(num_results), rng, block, bar)
     bar.close()
     n_grad += int(traces[3].sum() / n_chains)
     if reparametrization is not None:
@@ -349,4 +484,5 @@ def sample_posterior(
         samples=draws, log_prob=traces[4], is_accepted=traces[0], log_accept_ratio=traces[1],
         divergent=traces[2], step_size=eps, n_gradient_evaluations=n_grad, seconds=seconds,
         kernel=kernel, mass_matrix=mass_matrix, preconditioner=None if mass_matrix == "identity" else chol,
+        inverse_temperatures=betas.tolist(), swap_acceptance=swap_rate,
     )
