@@ -132,9 +132,14 @@ def parse_args(argv=None):
     parser.add_argument("--n-samples", type=int, default=None)
     parser.add_argument("--n-burnin", type=int, default=None)
     parser.add_argument("--n-grid", type=int, default=None)
+    parser.add_argument("--map-steps", type=int, default=None, help="Adam steps per MAP start")
+    parser.add_argument("--map-starts", type=int, default=None, help="seeded MAP starts (the best is kept)")
     parser.add_argument("--threshold-particles", type=float, default=None)
     parser.add_argument("--field", choices=("nbody", "lpt"), default="nbody",
                         help="z=0 density used for the input: N-body particles or 2LPT-evolved ICs")
+    parser.add_argument("--sample-field", choices=("nbody", "lpt"), default=None,
+                        help="density the chains sample with (default: --field); the paper fits the N-body "
+                             "field and samples with the LPT one: --field nbody --sample-field lpt")
     parser.add_argument("--kernel", choices=("hmc", "nuts"), default=None)
     parser.add_argument("--mass-matrix", choices=("identity", "hessian", "adaptive"), default=None)
     parser.add_argument("--leapfrog-steps", type=int, default=None)
@@ -152,12 +157,13 @@ def main(argv=None):
     preset = dataclasses.replace(
         PRESETS[args.preset],
         **{k: v for k, v in dict(n_chains=args.chains, n_samples=args.n_samples, n_burnin=args.n_burnin,
+                                  map_steps=args.map_steps, map_starts=args.map_starts,
                                   n_grid=args.n_grid, threshold_particles=args.threshold_particles,
                                   kernel=args.kernel, mass_matrix=args.mass_matrix,
                                   num_leapfrog_steps=args.leapfrog_steps,
                                   reparametrize=args.reparametrize, n_temperatures=args.temperatures,
                                   max_temperature=args.max_temperature).items() if v is not None})
-    for name in ("n_chains", "n_samples", "n_grid"):
+    for name in ("n_chains", "n_samples", "n_grid", "map_starts", "n_temperatures"):
         if getattr(preset, name) < 1:
             raise ValueError(f"{name} must be positive. Received: {name}={getattr(preset, name)}")
     progress = not args.no_progress
@@ -173,6 +179,9 @@ def main(argv=None):
     threshold = preset.threshold_particles * sims[0].particle_mass
     train = [bias_data_from_simulation(s, preset.n_grid, threshold, source=args.field) for s in sims[:-1]]
     test = bias_data_from_simulation(sims[-1], preset.n_grid, threshold, source=args.field)
+    sample_field = args.sample_field or args.field
+    train_sample = train if sample_field == args.field else [
+        bias_data_from_simulation(s, preset.n_grid, threshold, source=sample_field) for s in sims[:-1]]
     timings["data_s"] = time.perf_counter() - t_start
     print(f"{len(train)} training simulations ({sum(d.n_halos for d in train)} halos), held-out "
           f"{test.name} ({test.n_halos} halos); M_th = {threshold:.3g} Msun/h, grid {preset.n_grid}^3", flush=True)
@@ -180,12 +189,14 @@ def main(argv=None):
     model = build_model(test.log_mass_threshold, n_grid=preset.n_grid, dtype="float64")
     like = NeuralBiasLikelihood(model, train)
     like_test = NeuralBiasLikelihood(model, test)
+    like_sample = like if train_sample is train else NeuralBiasLikelihood(model, train_sample)
     names = [n.split("/", 1)[-1] for n in like.layout.names()]
     map_key = json.dumps(dict(model=model.get_config()["mean_increment"], n_grid=preset.n_grid,
                               threshold=preset.threshold_particles, steps=preset.map_steps,
                               starts=preset.map_starts, field=args.field, seed=args.seed,
                               sims=[str(p) for p in paths]), sort_keys=True)
-    config_key = json.dumps(dict(dataclasses.asdict(preset), field=args.field, seed=args.seed,
+    config_key = json.dumps(dict(dataclasses.asdict(preset), field=args.field, sample_field=sample_field,
+                                 seed=args.seed,
                                  sims=[str(p) for p in paths]), sort_keys=True)
 
     # MAP (cached).
@@ -233,25 +244,31 @@ def main(argv=None):
         # Dispersed starts around the MAP, at most ~1 unit along the flattest
         # Hessian directions (the floored ones would otherwise throw a chain
         # 10 prior-widths away into a region with no halos).
-        rep, hess_s = None, hess
+        rep = None
+        if like_sample is like:
+            hess_s = hess
+        else:  # the chains' posterior (other field): its curvature at the MAP start
+            from tfhalo.bias.fit import hessian_of
+
+            hess_s = hessian_of(like_sample.log_posterior, theta_map)
         if preset.reparametrize:
             from tfhalo.bias.fit import hessian_of
             from tfhalo.bias.reparam import LocalLinearReparametrization
 
-            rep = LocalLinearReparametrization(like, theta_map)
-            hess_s = hessian_of(rep.wrap(like.log_posterior), rep.inverse(theta_map))
+            rep = LocalLinearReparametrization(like_sample, theta_map)
+            hess_s = hessian_of(rep.wrap(like_sample.log_posterior), rep.inverse(theta_map))
         chol = preconditioner_from_hessian(hess_s, 1.0)
         centre_s = theta_map if rep is None else rep.inverse(theta_map)
         init = centre_s + 0.5 * rng.normal(size=(preset.n_chains, theta_map.size)) @ chol.T
         if rep is not None:
             init = rep.forward_np(init)
         result = sample_posterior(
-            like.log_posterior, init, num_results=preset.n_samples, num_burnin=preset.n_burnin,
+            like_sample.log_posterior, init, num_results=preset.n_samples, num_burnin=preset.n_burnin,
             kernel=preset.kernel, mass_matrix=preset.mass_matrix, hessian=hess_s, centre=theta_map,
             hessian_floor=1.0 / like.prior_scale**2, num_leapfrog_steps=preset.num_leapfrog_steps,
             seed=args.seed, progress=progress, jit_compile=preset.jit_compile, reparametrization=rep,
             n_temperatures=preset.n_temperatures, max_temperature=preset.max_temperature,
-            log_likelihood_fn=like.log_likelihood, log_prior_fn=like.log_prior)
+            log_likelihood_fn=like_sample.log_likelihood, log_prior_fn=like_sample.log_prior)
         samples, accepted, divergent = result.samples, result.is_accepted, result.divergent
         n_grad, sample_seconds, step = result.n_gradient_evaluations, result.seconds, result.step_size
         swaps = result.swap_acceptance
@@ -277,6 +294,7 @@ def main(argv=None):
         "preset": args.preset,
         "config": dataclasses.asdict(preset),
         "field": args.field,
+        "sample_field": sample_field,
         "mass_threshold": threshold,
         "train_simulations": [d.name for d in train],
         "test_simulation": test.name,
@@ -395,7 +413,8 @@ def _report(r):
     lines = [
         "# Neural bias model (Charnock et al. 2020) vs Neyrinck et al. (2014)",
         "",
-        f"Preset `{r['preset']}`, input field `{r['field']}`, grid {r['config']['n_grid']}^3, "
+        f"Preset `{r['preset']}`, input field `{r['field']}` (chains sampled with `{r['sample_field']}`), "
+        f"grid {r['config']['n_grid']}^3, "
         f"M_th = {r['mass_threshold']:.3g} Msun/h. Trained on {', '.join(r['train_simulations'])} "
         f"({r['n_halos_train']} halos); held out {r['test_simulation']} ({r['n_halos_test']} halos).",
         "",

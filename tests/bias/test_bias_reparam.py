@@ -66,21 +66,25 @@ def test_coordinates_are_the_mean_spread_value_and_slope_of_the_npe_summary():
     lam = v[rep.w_index[0]][0] + np.logaddexp(0, m)
     s = math.exp(lam) * math.sqrt(1 + np.sum(v[rep.w_index[1:]] ** 2))
     assert s == pytest.approx(u.std(ddof=1), rel=1e-10)
-    # A_j is the head pre-activation at psi = softplus(m); B_j its slope per std of u;
-    # except the first mean's slots, which hold the last mean's value and slope.
+    # B_j is the slope of head pre-activation j per std of u; A_j its value at psi = softplus(m),
+    # except component 1's slots, which hold its tail above the threshold.
     c, d = theta[rep.c_index][0], theta[rep.d_index]
-    others = [0, 1, 3, 4, 5]
-    np.testing.assert_allclose(v[rep.d_index][others], (c * np.logaddexp(0, m) + d)[others], rtol=1e-10)
-    np.testing.assert_allclose(v[rep.c_index][0][others], (c * s / (1 + np.exp(-m)))[others], rtol=1e-10)
+    np.testing.assert_allclose(v[rep.c_index][0], c * s / (1 + np.exp(-m)), rtol=1e-10)
+    pre = c * np.logaddexp(0, m) + d
+    others = [1, 5]
+    np.testing.assert_allclose(v[rep.d_index][others], pre[others], rtol=1e-10)
+    # The second increment's slot: g_2 + (mu_1 - ln M_th).
+    assert v[rep.d_index][3] == pytest.approx(pre[3] + pre[2], rel=1e-10)
     head = like.model.head
-
-    def last_mean(t):
-        psi = np.array([[np.logaddexp(0, m + s * t)]])
-        return float(np.asarray(head.stateless_call([theta[rep.c_index], theta[rep.d_index]], [], psi)[0])[0, 3])
-
-    assert last_mean(0.0) - math.log(M_TH) == pytest.approx(v[rep.d_index][2], rel=1e-10)
-    slope = (last_mean(1e-5) - last_mean(-1e-5)) / 2e-5
-    assert slope == pytest.approx(v[rep.c_index][0][2], rel=1e-6)
+    out = head.stateless_call([theta[rep.c_index], theta[rep.d_index]], [], np.array([[np.logaddexp(0, m)]]))[0]
+    alpha, mu, sigma = (float(x) for x in np.asarray(out)[0, [0, 2, 4]])
+    # ln n_1(M) at y = ln M - ln M_th: c0 + c1 y - y^2 / (2 sigma^2) + (terms free of the parameters).
+    y = np.array([0.0, 0.7, 2.0])
+    ln_n1 = np.log(alpha) - mu - np.log(sigma) - (math.log(M_TH) + y - mu) ** 2 / (2 * sigma**2)
+    c0, c1, ell = v[rep.d_index][[0, 2, 4]]
+    np.testing.assert_allclose(ln_n1 - ln_n1[0], c1 * y - y**2 / (2 * sigma**2), rtol=1e-9, atol=1e-12)
+    assert ln_n1[0] + math.log(M_TH) == pytest.approx(c0, rel=1e-10)
+    assert ell == pytest.approx(math.log(sigma), rel=1e-12)
 
 
 def test_the_psi_scale_symmetry_is_one_coordinate():
@@ -97,7 +101,6 @@ def test_the_psi_scale_symmetry_is_one_coordinate():
     scaled[rep.c_index] /= k
     v, v_scaled = rep.inverse(theta), rep.inverse(scaled)
     fixed = np.concatenate([rep.w_index[1:].ravel(), rep.c_index.ravel(), rep.d_index])
-    assert like.model.head.n_components == 2
     np.testing.assert_allclose(v_scaled[fixed], v[fixed], rtol=1e-9, atol=1e-9)
     assert float(like.log_likelihood(scaled)) == pytest.approx(float(like.log_likelihood(theta)), rel=1e-9)
 

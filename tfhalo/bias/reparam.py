@@ -24,18 +24,24 @@ What.  :class:`LocalLinearReparametrization` samples, per NPE feature ``f``,
 
 and per head output ``j``: the value ``A_j = sum_f c_fj softplus(m_f) + d_j`` of
 ``z_j`` at the mean environment and its slopes ``B_fj = c_fj sigmoid(m_f) s_f``
-per standard deviation of ``u_f``; in the first mean's slots, the value and
-slopes of the LAST mixture mean ``mu_K = mu_1 + sum_j inc(z_j)`` instead (the
-data fix where the upper component sits, while ``mu_1`` may slide far below
-the threshold, only its tail seen, along with the increments).  These are what
-the catalogue constrains;
+per standard deviation of ``u_f``.  The first mixture component, which
+usually sits below the mass threshold with only its tail seen, is then
+described at the mean environment by its tail above the threshold instead of
+its (amplitude, mean, width) pre-activations: with ``D = mu_1 - ln M_th``,
+``ln n_1 = c0 + c1 y - y^2 / (2 sigma_1^2)`` in ``y = ln M - ln M_th`` (up to a
+constant), so the slots hold ``c0 = ln alpha_1 - D - ln sigma_1 - D^2 / (2 sigma_1^2)``,
+``c1 = D / sigma_1^2`` and ``ln sigma_1``; sliding the component further below
+the threshold (a wider Gaussian with the same tail) is then a straight line in
+``ln sigma_1`` instead of a parabola.  The second mean's increment slot holds
+``g_2 + D`` (``= mu_2 - ln M_th`` where the softplus increment is linear), so
+the second component stays put while the first slides.  These are what the catalogue constrains;
 the one direction it barely sees (``m_f`` along the ridge) is bounded smoothly
 by the prior.
 
 The map is a smooth bijection on ``{w_hat_f^T Sigma w_f > 0}`` (the half-space
 of radial weights within 90 degrees of the MAP's direction, in ``Sigma``'s
 metric); ``ln |d theta / d v| = sum_f [R lambda_f - n_out (ln sigmoid(m_f) +
-ln s_f)] + const``, so a chain on ``v`` with the Jacobian-corrected target
+ln s_f)] + ln|d(head pre-activations) / d(c0, c1, ln sigma_1)| + const``, so a chain on ``v`` with the Jacobian-corrected target
 samples exactly the posterior of ``theta``.  Diagnostics are computed on
 ``theta``, the model's own parameters.
 """
@@ -105,7 +111,8 @@ class LocalLinearReparametrization:
         self.d_index = d0 + np.arange(n_out)
         self.size, self.n_radial, self.n_feat, self.n_out = layout.size, n_radial, n_feat, n_out
         self.n_components = int(head.n_components)
-        self.mean_increment = head.mean_increment
+        self.amplitude_shift = float(head.amplitude_shift)
+        self.width_shift = float(head.width_shift)
 
         shells = _shell_sums(likelihood)  # (N_voxels, R)
         self.shell_mean = shells.mean(axis=0)
@@ -150,15 +157,17 @@ class LocalLinearReparametrization:
         d = theta[..., self.d_index]  # (..., J)
         big_b = c * (np.exp(_log_sigmoid_np(m)) * s)[..., None]
         big_a = d + np.einsum("...fj,...f->...j", c, _softplus_np(m))
+        # Tail stage: component 1's (amplitude, mean, width) pre-activations -> (c0, c1, ln sigma).
         k = self.n_components
+        alpha = _softplus_np(big_a[..., 0] + self.amplitude_shift)
+        sigma = _softplus_np(big_a[..., 2 * k] + self.width_shift)
+        dist = big_a[..., k].copy()
+        ell = np.log(sigma)
+        big_a[..., 0] = np.log(alpha) - dist - ell - 0.5 * dist**2 / sigma**2
+        big_a[..., k] = dist / sigma**2
+        big_a[..., 2 * k] = ell
         if k > 1:
-            # First mean slot -> the LAST mixture mean (its value and slopes), which the data
-            # pin down; the increments g_j stay as they are.
-            g = big_a[..., k + 1:2 * k]
-            inc, dinc = (np.maximum(g, 0.0), (g > 0).astype(g.dtype)) if self.mean_increment == "relu" else (
-                _softplus_np(g), np.exp(_log_sigmoid_np(g)))
-            big_a[..., k] = big_a[..., k] + inc.sum(axis=-1)
-            big_b[..., k] = big_b[..., k] + np.einsum("...fj,...j->...f", big_b[..., k + 1:2 * k], dinc)
+            big_a[..., k + 1] += dist  # ~ mu_2 - ln M_th where the increment is large
         v[..., self.w_index[0]] = xi
         v[..., self.w_index[1:]] = eta
         v[..., self.b_index] = m
@@ -178,6 +187,27 @@ class LocalLinearReparametrization:
         log_s = lam + 0.5 * tf.math.log1p(eta_sq)
         return v, dt, eta, m, lam, log_s
 
+    def _undo_tail(self, big_a):
+        """``(..., J)`` tail-stage values -> head pre-activations at the mean environment, and ln|Jacobian|."""
+        k = self.n_components
+        c0, c1, ell = big_a[..., 0], big_a[..., k], big_a[..., 2 * k]
+        sigma = tf.exp(ell)
+        dist = c1 * tf.square(sigma)
+        log_alpha = c0 + dist + ell + 0.5 * c1 * dist
+        alpha = tf.exp(log_alpha)
+        # softplus^-1(x) = x + ln(1 - e^-x), stable for small and large x.
+        log1mexp_alpha = tf.math.log(-tf.math.expm1(-alpha))
+        log1mexp_sigma = tf.math.log(-tf.math.expm1(-sigma))
+        pre_alpha = alpha + log1mexp_alpha - self.amplitude_shift
+        pre_sigma = sigma + log1mexp_sigma - self.width_shift
+        columns = [big_a[..., j] for j in range(3 * k)]
+        columns[0], columns[k], columns[2 * k] = pre_alpha, dist, pre_sigma
+        if k > 1:
+            columns[k + 1] = big_a[..., k + 1] - dist  # unit diagonal: no Jacobian term
+        # d(pre_alpha, dist, pre_sigma) / d(c0, c1, ell) is triangular.
+        log_det = (log_alpha - log1mexp_alpha) + 2.0 * ell + (ell - log1mexp_sigma)
+        return tf.stack(columns, axis=-1), log_det
+
     def forward(self, v):
         """``(..., P)`` v -> theta (TensorFlow, differentiable)."""
         v, dt, eta, m, lam, log_s = self._parts(v)
@@ -186,18 +216,7 @@ class LocalLinearReparametrization:
         b = m - tf.einsum("r,...rf->...f", tf.constant(self.shell_mean, dt), w)
         big_b = tf.gather(v, self.c_index, axis=-1)  # (..., F, J)
         big_a = tf.gather(v, self.d_index, axis=-1)  # (..., J)
-        k = self.n_components
-        if k > 1:
-            # Undo the last-mean stage (unit triangular: no Jacobian term).
-            g = big_a[..., k + 1:2 * k]
-            if self.mean_increment == "relu":
-                inc, dinc = tf.nn.relu(g), tf.cast(g > 0, dt)
-            else:
-                inc, dinc = tf.math.softplus(g), tf.math.sigmoid(g)
-            first_a = big_a[..., k:k + 1] - tf.reduce_sum(inc, axis=-1, keepdims=True)
-            big_a = tf.concat([big_a[..., :k], first_a, big_a[..., k + 1:]], axis=-1)
-            first_b = big_b[..., k:k + 1] - tf.einsum("...fj,...j->...f", big_b[..., k + 1:2 * k], dinc)[..., None]
-            big_b = tf.concat([big_b[..., :k], first_b, big_b[..., k + 1:]], axis=-1)
+        big_a = self._undo_tail(big_a)[0]
         c = big_b * tf.exp(-tf.math.log_sigmoid(m) - log_s)[..., None]
         d = big_a - tf.einsum("...fj,...f->...j", c, tf.math.softplus(m))
         # Scatter the blocks back into theta's layout (a fixed permutation).
@@ -216,9 +235,10 @@ class LocalLinearReparametrization:
 
     def log_det_jacobian(self, v):
         """``ln |d theta / d v|`` (up to a constant) per leading index."""
-        _, _, _, m, lam, log_s = self._parts(v)
+        v, _, _, m, lam, log_s = self._parts(v)
         per_feature = self.n_radial * lam - self.n_out * (tf.math.log_sigmoid(m) + log_s)
-        return tf.reduce_sum(per_feature, axis=-1)
+        tail = self._undo_tail(tf.gather(v, self.d_index, axis=-1))[1]
+        return tf.reduce_sum(per_feature, axis=-1) + tail
 
     def wrap(self, log_prob_fn):
         """``v -> ln p(theta(v)) + ln |d theta / d v|``: the target on v."""
