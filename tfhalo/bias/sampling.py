@@ -117,11 +117,67 @@ def preconditioner_from_samples(draws, prior_floor: float = 1e-6) -> np.ndarray:
     return np.linalg.cholesky(0.5 * (cov + cov.T) + 1e-12 * np.eye(cov.shape[0]))
 
 
-class _Runner:
-    """One HMC/NUTS chain batch on z, theta = centre + L z, in seeded blocks.
+class _BlockRunner:
+    """Chains on z, theta = centre + L z, run in seeded, compiled blocks.
 
-    ``centre``, ``L`` and the initial step size are variables, so every warm-up
-    window reuses one compiled (XLA) graph instead of recompiling per window.
+    ``centre``, ``L`` and the step size are variables, so every warm-up window
+    reuses one compiled (XLA) graph instead of recompiling per window.
+    Subclasses set ``self.kernel`` and call :meth:`_compile` with their trace.
+    """
+
+    def _variables(self, p, dtype, step_shape=()):
+        self.dtype = dtype
+        self.centre_v = tf.Variable(tf.zeros([p], dtype), trainable=False)
+        self.chol_v = tf.Variable(tf.eye(p, dtype=dtype), trainable=False)
+        self.step_v = tf.Variable(tf.fill(step_shape, tf.constant(0.1, dtype)), trainable=False)
+        self.centre, self.chol = np.zeros(p), np.eye(p)
+
+    def _compile(self, trace_fn, jit_compile):
+        @tf.function(jit_compile=jit_compile)
+        def run(z, pkr, seed, n):
+            return tfp.mcmc.sample_chain(
+                num_results=n, current_state=z, previous_kernel_results=pkr, kernel=self.kernel,
+                trace_fn=trace_fn, return_final_kernel_results=True, seed=seed)
+
+        self._run = run
+
+    def _step_value(self, step_size):
+        return float(step_size)
+
+    def set(self, centre, chol, step_size):
+        self.centre, self.chol = np.asarray(centre, np.float64), np.asarray(chol, np.float64)
+        self.centre_v.assign(self.centre)
+        self.chol_v.assign(self.chol)
+        self.step_v.assign(self._step_value(step_size))
+
+    def to_z(self, theta):
+        return np.linalg.solve(self.chol, (np.asarray(theta, np.float64) - self.centre).T).T
+
+    def to_theta(self, z):
+        return self.centre + np.asarray(z, np.float64) @ self.chol.T
+
+    def _blocks(self, theta0, n_steps, rng, block, bar):
+        """``(theta draws (n, C, P), list of traces, final kernel results)``."""
+        z = tf.constant(self.to_z(theta0), self.dtype)
+        pkr = self.kernel.bootstrap_results(z)
+        out = []
+        done = 0
+        while done < n_steps:
+            n = min(block, n_steps - done)
+            seed = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
+            res = self._run(z, pkr, seed, tf.constant(n))
+            z, pkr = res.all_states[-1], res.final_kernel_results
+            out.append((res.all_states.numpy(), [t.numpy() for t in res.trace]))
+            done += n
+            bar.update(n)
+        zs = np.concatenate([o[0] for o in out])
+        traces = [np.concatenate([o[1][i] for o in out]) for i in range(len(out[0][1]))]
+        return self.to_theta(zs), traces, pkr
+
+
+class _Runner(_BlockRunner):
+    """One HMC/NUTS chain batch.
+
     With ``adapt`` the step size is dual-averaged over the whole call and the
     averaged value is returned; without it the step size is frozen, which keeps
     the chain exactly invariant.
@@ -129,11 +185,7 @@ class _Runner:
 
     def __init__(self, log_prob_fn, n_chains, p, kernel, num_leapfrog_steps, adapt, target_accept,
                  max_tree_depth, dtype, jit_compile=False):
-        self.dtype = dtype
-        self.centre_v = tf.Variable(tf.zeros([p], dtype), trainable=False)
-        self.chol_v = tf.Variable(tf.eye(p, dtype=dtype), trainable=False)
-        self.step_v = tf.Variable(tf.constant(0.1, dtype), trainable=False)
-        self.centre, self.chol = np.zeros(p), np.eye(p)
+        self._variables(p, dtype)
         target = batched(log_prob_fn, n_chains)
 
         def target_z(z):
@@ -162,51 +214,19 @@ class _Runner:
             return (inner_r.is_accepted, inner_r.log_accept_ratio, div, extra,
                     inner_r.accepted_results.target_log_prob if kernel == 'hmc' else inner_r.target_log_prob)
 
-        @tf.function(jit_compile=jit_compile)
-        def run(z, pkr, seed, n):
-            return tfp.mcmc.sample_chain(
-                num_results=n, current_state=z, previous_kernel_results=pkr, kernel=self.kernel,
-                trace_fn=trace_fn, return_final_kernel_results=True, seed=seed)
-
-        self._run = run
-
-    def set(self, centre, chol, step_size):
-        self.centre, self.chol = np.asarray(centre, np.float64), np.asarray(chol, np.float64)
-        self.centre_v.assign(self.centre)
-        self.chol_v.assign(self.chol)
-        self.step_v.assign(float(step_size))
-
-    def to_z(self, theta):
-        return np.linalg.solve(self.chol, (np.asarray(theta, np.float64) - self.centre).T).T
-
-    def to_theta(self, z):
-        return self.centre + np.asarray(z, np.float64) @ self.chol.T
+        self._compile(trace_fn, jit_compile)
 
     def run(self, theta0, n_steps, rng, block, bar):
         """Returns ``(theta draws (n, C, P), traces, step size at the end)``."""
-        z = tf.constant(self.to_z(theta0), self.dtype)
-        pkr = self.kernel.bootstrap_results(z)
-        out = []
-        done = 0
-        while done < n_steps:
-            n = min(block, n_steps - done)
-            seed = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
-            res = self._run(z, pkr, seed, tf.constant(n))
-            (states, trace, pkr) = res.all_states, res.trace, res.final_kernel_results
-            z = states[-1]
-            out.append((states.numpy(), [t.numpy() for t in trace]))
-            done += n
-            bar.update(n)
-        zs = np.concatenate([o[0] for o in out])
-        traces = [np.concatenate([o[1][i] for o in out]) for i in range(5)]
+        thetas, traces, pkr = self._blocks(theta0, n_steps, rng, block, bar)
         if self.adapt:
             step = float(np.mean(np.exp(np.asarray(pkr.log_averaging_step))))
         else:
             step = float(self.step_v.numpy())
-        return self.to_theta(zs), traces, step
+        return thetas, traces, step
 
 
-class _TemperedRunner:
+class _TemperedRunner(_BlockRunner):
     """Replica exchange (``tfp.mcmc.ReplicaExchangeMC``) of HMC chains on z, theta = centre + L z.
 
     Replica ``k`` targets ``prior + beta_k * likelihood`` (the prior and any
@@ -219,13 +239,9 @@ class _TemperedRunner:
 
     def __init__(self, log_likelihood_fn, log_prior_fn, n_chains, p, num_leapfrog_steps, betas, dtype,
                  jit_compile=False):
-        self.dtype = dtype
         self.betas = np.asarray(betas, np.float64)
         n_rep = len(self.betas)
-        self.centre_v = tf.Variable(tf.zeros([p], dtype), trainable=False)
-        self.chol_v = tf.Variable(tf.eye(p, dtype=dtype), trainable=False)
-        self.step_v = tf.Variable(tf.ones([n_rep, 1, 1], dtype), trainable=False)
-        self.centre, self.chol = np.zeros(p), np.eye(p)
+        self._variables(p, dtype, step_shape=[n_rep, 1, 1])
         like = batched(log_likelihood_fn, n_rep * n_chains)
         prior = batched(log_prior_fn, n_rep * n_chains)
 
@@ -253,40 +269,15 @@ class _TemperedRunner:
                     res.accepted_results.target_log_prob[0],
                     tf.cast(pkr.is_swap_accepted_adjacent, dtype))
 
-        @tf.function(jit_compile=jit_compile)
-        def run(z, pkr, seed, n):
-            return tfp.mcmc.sample_chain(
-                num_results=n, current_state=z, previous_kernel_results=pkr, kernel=self.kernel,
-                trace_fn=trace_fn, return_final_kernel_results=True, seed=seed)
+        self._compile(trace_fn, jit_compile)
 
-        self._run = run
-
-    def set(self, centre, chol, step_size):
-        self.centre, self.chol = np.asarray(centre, np.float64), np.asarray(chol, np.float64)
-        self.centre_v.assign(self.centre)
-        self.chol_v.assign(self.chol)
-        self.step_v.assign((float(step_size) / np.sqrt(self.betas)).reshape(-1, 1, 1))
-
-    to_z = _Runner.to_z
-    to_theta = _Runner.to_theta
+    def _step_value(self, step_size):
+        return (float(step_size) / np.sqrt(self.betas)).reshape(-1, 1, 1)
 
     def run(self, theta0, n_steps, rng, block, bar):
-        """Returns ``(cold draws (n, C, P), traces, adjacent swap acceptance (n, R-1, C))``."""
-        z = tf.constant(self.to_z(theta0), self.dtype)
-        pkr = self.kernel.bootstrap_results(z)
-        out = []
-        done = 0
-        while done < n_steps:
-            n = min(block, n_steps - done)
-            seed = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
-            res = self._run(z, pkr, seed, tf.constant(n))
-            z, pkr = res.all_states[-1], res.final_kernel_results
-            out.append((res.all_states.numpy(), [t.numpy() for t in res.trace]))
-            done += n
-            bar.update(n)
-        zs = np.concatenate([o[0] for o in out])
-        traces = [np.concatenate([o[1][i] for o in out]) for i in range(6)]
-        return self.to_theta(zs), traces
+        """Returns ``(cold draws (n, C, P), traces)``; the last trace is the adjacent swap acceptance."""
+        thetas, traces, _ = self._blocks(theta0, n_steps, rng, block, bar)
+        return thetas, traces
 
 
 def inverse_temperatures(n_temperatures: int, max_temperature: float) -> np.ndarray:
