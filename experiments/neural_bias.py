@@ -44,8 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tfhalo.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from tfhalo.bias import NeuralBiasLikelihood, bias_data_from_simulation, build_model  # noqa: E402
 from tfhalo.bias.diagnostics import summarize_chains  # noqa: E402
-from tfhalo.bias.fit import fit_map  # noqa: E402
+from tfhalo.bias.fit import fit_map, hessian_of  # noqa: E402
 from tfhalo.bias.neyrinck import NeyrinckBias  # noqa: E402
+from tfhalo.bias.reparam import LocalLinearReparametrization  # noqa: E402
 from tfhalo.bias.sampling import preconditioner_from_hessian, sample_posterior  # noqa: E402
 
 
@@ -258,18 +259,13 @@ def main(argv=None):
         # Hessian directions (the floored ones would otherwise throw a chain
         # 10 prior-widths away into a region with no halos).
         rep = None
-        if like_sample is like:
-            hess_s = hess
-        else:  # the chains' posterior (other field): its curvature at the MAP start
-            from tfhalo.bias.fit import hessian_of
-
-            hess_s = hessian_of(like_sample.log_posterior, theta_map)
         if preset.reparametrize:
-            from tfhalo.bias.fit import hessian_of
-            from tfhalo.bias.reparam import LocalLinearReparametrization
-
             rep = LocalLinearReparametrization(like_sample, theta_map)
             hess_s = hessian_of(rep.wrap(like_sample.log_posterior), rep.inverse(theta_map))
+        elif like_sample is like:
+            hess_s = hess
+        else:  # the chains' posterior (other field): its curvature at the MAP start
+            hess_s = hessian_of(like_sample.log_posterior, theta_map)
         chol = preconditioner_from_hessian(hess_s, 1.0)
         centre_s = theta_map if rep is None else rep.inverse(theta_map)
         init = centre_s + 0.5 * rng.normal(size=(preset.n_chains, theta_map.size)) @ chol.T
