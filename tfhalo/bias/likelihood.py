@@ -141,7 +141,8 @@ class NeuralBiasLikelihood:
         for i, d in enumerate(self.data):
             groups.setdefault((d.log_density.shape, d.voxel_volume), []).append(i)
         self._groups = []
-        for (shape, volume), members in groups.items():
+        self._where = {}  # simulation index -> (its group, its position in the group's batch)
+        for g, ((shape, volume), members) in enumerate(groups.items()):
             n_vox = int(np.prod(shape))
             x = np.stack([self.data[i].log_density for i in members])[..., None]
             voxel = np.concatenate([self.data[i].halo_voxel + j * n_vox for j, i in enumerate(members)])
@@ -152,11 +153,7 @@ class NeuralBiasLikelihood:
                 ops.convert_to_tensor(ln_mass, dtype=dtype),
                 volume,
             ))
-        # Per simulation (for per_voxel): index of its group and its position in the batch.
-        self._where = {}
-        for g, ((shape, volume), members) in enumerate(groups.items()):
-            for j, i in enumerate(members):
-                self._where[i] = (g, j)
+            self._where.update({i: (g, j) for j, i in enumerate(members)})
 
     @property
     def n_halos(self) -> int:

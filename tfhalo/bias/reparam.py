@@ -41,8 +41,9 @@ by the prior.
 The map is a smooth bijection on ``{w_hat_f^T Sigma w_f > 0}`` (the half-space
 of radial weights within 90 degrees of the MAP's direction, in ``Sigma``'s
 metric); ``ln |d theta / d v| = sum_f [R lambda_f - n_out (ln sigmoid(m_f) +
-ln s_f)] + ln|d(head pre-activations) / d(c0, c1, ln sigma_1)| + const``, so a chain on ``v`` with the Jacobian-corrected target
-samples exactly the posterior of ``theta``.  Diagnostics are computed on
+ln s_f)] + ln|d(head pre-activations) / d(c0, c1, ln sigma_1)| + const``, so a
+chain on ``v`` with the Jacobian-corrected target samples exactly the
+posterior of ``theta``.  Diagnostics are computed on
 ``theta``, the model's own parameters.
 """
 
@@ -208,17 +209,18 @@ class LocalLinearReparametrization:
         log_det = (log_alpha - log1mexp_alpha) + 2.0 * ell + (ell - log1mexp_sigma)
         return tf.stack(columns, axis=-1), log_det
 
-    def forward(self, v):
-        """``(..., P)`` v -> theta (TensorFlow, differentiable)."""
+    def _forward(self, v):
+        """``(theta, ln |d theta / d v| up to a constant)``, sharing one pass over ``v``."""
         v, dt, eta, m, lam, log_s = self._parts(v)
         direction = tf.constant(self.w_hat, dt) + tf.einsum("frk,...kf->...rf", tf.constant(self.q, dt), eta)
         w = tf.exp(lam)[..., None, :] * direction  # (..., R, F)
         b = m - tf.einsum("r,...rf->...f", tf.constant(self.shell_mean, dt), w)
         big_b = tf.gather(v, self.c_index, axis=-1)  # (..., F, J)
-        big_a = tf.gather(v, self.d_index, axis=-1)  # (..., J)
-        big_a = self._undo_tail(big_a)[0]
+        big_a, log_det_tail = self._undo_tail(tf.gather(v, self.d_index, axis=-1))
         c = big_b * tf.exp(-tf.math.log_sigmoid(m) - log_s)[..., None]
         d = big_a - tf.einsum("...fj,...f->...j", c, tf.math.softplus(m))
+        per_feature = self.n_radial * lam - self.n_out * (tf.math.log_sigmoid(m) + log_s)
+        log_det = tf.reduce_sum(per_feature, axis=-1) + log_det_tail
         # Scatter the blocks back into theta's layout (a fixed permutation).
         pieces = [(self.w_index, w), (self.b_index, b), (self.c_index, c), (self.d_index, d)]
         index = np.concatenate([i.reshape(-1) for i, _ in pieces])
@@ -228,23 +230,25 @@ class LocalLinearReparametrization:
         if rest.size:
             index = np.concatenate([index, rest])
             values = tf.concat([values, tf.gather(v, rest, axis=-1)], axis=-1)
-        return tf.gather(values, np.argsort(index), axis=-1)
+        return tf.gather(values, np.argsort(index), axis=-1), log_det
+
+    def forward(self, v):
+        """``(..., P)`` v -> theta (TensorFlow, differentiable)."""
+        return self._forward(v)[0]
 
     def forward_np(self, v) -> np.ndarray:
         return np.asarray(self.forward(tf.constant(np.asarray(v, np.float64))), np.float64)
 
     def log_det_jacobian(self, v):
         """``ln |d theta / d v|`` (up to a constant) per leading index."""
-        v, _, _, m, lam, log_s = self._parts(v)
-        per_feature = self.n_radial * lam - self.n_out * (tf.math.log_sigmoid(m) + log_s)
-        tail = self._undo_tail(tf.gather(v, self.d_index, axis=-1))[1]
-        return tf.reduce_sum(per_feature, axis=-1) + tail
+        return self._forward(v)[1]
 
     def wrap(self, log_prob_fn):
         """``v -> ln p(theta(v)) + ln |d theta / d v|``: the target on v."""
 
         def target(v):
-            return log_prob_fn(self.forward(v)) + self.log_det_jacobian(v)
+            theta, log_det = self._forward(v)
+            return log_prob_fn(theta) + log_det
 
         return target
 
@@ -254,20 +258,18 @@ def _shell_sums(likelihood) -> np.ndarray:
     npe = likelihood.model.npe
     config = dict(npe.get_config(), activation=None, filters=1, name="shell_sums")
     linear = type(npe).from_config(config)
+    linear.build((None,) + likelihood.data[0].log_density.shape + (1,))
+    radial = [v for v in linear.trainable_variables if "radial" in v.path][0]
+    non_trainable = [v.value for v in linear.non_trainable_variables]
+    unit_weights = []  # one weight list per radial shell: that shell's weight 1, everything else 0
+    for r in range(int(radial.shape[0])):
+        values = [np.zeros(tuple(var.shape), np.float64) for var in linear.trainable_variables]
+        values[[var is radial for var in linear.trainable_variables].index(True)][r] = 1.0
+        unit_weights.append(values)
     outputs = []
-    for x, *_ in likelihood._groups:
-        linear.build(tuple(x.shape))
-        radial = [v for v in linear.trainable_variables if "radial" in v.path][0]
-        n_radial = int(radial.shape[0])
-        per_r = []
-        for r in range(n_radial):
-            values = []
-            for var in linear.trainable_variables:
-                value = np.zeros(tuple(var.shape))
-                if var is radial:
-                    value[r] = 1.0
-                values.append(value.astype(np.float64))
-            out = linear.stateless_call(values, [v.value for v in linear.non_trainable_variables], x)[0]
-            per_r.append(np.asarray(out, np.float64).reshape(-1))
+    for d in likelihood.data:
+        x = d.log_density[None, ..., None].astype(np.float64)
+        per_r = [np.asarray(linear.stateless_call(w, non_trainable, x)[0], np.float64).reshape(-1)
+                 for w in unit_weights]
         outputs.append(np.stack(per_r, axis=-1))
     return np.concatenate(outputs)
