@@ -69,6 +69,7 @@ class Preset:
     n_temperatures: int = 1
     max_temperature: float = 4.0
     target_accept: float = 0.75
+    n_components: int = 2
 
 
 # Trajectories of 30 leapfrog steps: the step size is capped (~0.03-0.06) by
@@ -138,6 +139,10 @@ def parse_args(argv=None):
     parser.add_argument("--n-samples", type=int, default=None)
     parser.add_argument("--n-burnin", type=int, default=None)
     parser.add_argument("--n-grid", type=int, default=None)
+    parser.add_argument("--n-sims", type=int, default=None,
+                        help="simulations in the study (the last is held out); a generated suite is extended")
+    parser.add_argument("--components", type=int, default=None,
+                        help="Gaussians in the mixture-density head (the paper's model: 2, 17 parameters)")
     parser.add_argument("--map-steps", type=int, default=None, help="Adam steps per MAP start")
     parser.add_argument("--map-starts", type=int, default=None, help="seeded MAP starts (the best is kept)")
     parser.add_argument("--threshold-particles", type=float, default=None)
@@ -169,13 +174,14 @@ def main(argv=None):
         PRESETS[args.preset],
         **{k: v for k, v in dict(n_chains=args.chains, n_samples=args.n_samples, n_burnin=args.n_burnin,
                                   map_steps=args.map_steps, map_starts=args.map_starts,
-                                  n_grid=args.n_grid, threshold_particles=args.threshold_particles,
+                                  n_grid=args.n_grid, n_sims=args.n_sims, n_components=args.components,
+                                  threshold_particles=args.threshold_particles,
                                   kernel=args.kernel, mass_matrix=args.mass_matrix,
                                   num_leapfrog_steps=args.leapfrog_steps,
                                   reparametrize=args.reparametrize, n_temperatures=args.temperatures,
                                   max_temperature=args.max_temperature, target_accept=args.target_accept,
                                   jit_compile=False if args.no_xla else None).items() if v is not None})
-    for name in ("n_chains", "n_samples", "n_grid", "map_starts", "n_temperatures"):
+    for name in ("n_chains", "n_samples", "n_grid", "map_starts", "n_temperatures", "n_components"):
         if getattr(preset, name) < 1:
             raise ValueError(f"{name} must be positive. Received: {name}={getattr(preset, name)}")
     if not 0 < preset.target_accept < 1:
@@ -200,12 +206,13 @@ def main(argv=None):
     print(f"{len(train)} training simulations ({sum(d.n_halos for d in train)} halos), held-out "
           f"{test.name} ({test.n_halos} halos); M_th = {threshold:.3g} Msun/h, grid {preset.n_grid}^3", flush=True)
 
-    model = build_model(test.log_mass_threshold, n_grid=preset.n_grid, dtype="float64")
+    model = build_model(test.log_mass_threshold, n_grid=preset.n_grid, n_components=preset.n_components,
+                        dtype="float64")
     like = NeuralBiasLikelihood(model, train)
     like_test = NeuralBiasLikelihood(model, test)
     like_sample = like if train_sample is train else NeuralBiasLikelihood(model, train_sample)
     names = [n.split("/", 1)[-1] for n in like.layout.names()]
-    map_key = json.dumps(dict(model=model.get_config()["mean_increment"], n_grid=preset.n_grid,
+    map_key = json.dumps(dict(model=model.get_config()["mean_increment"], components=preset.n_components, n_grid=preset.n_grid,
                               threshold=preset.threshold_particles, steps=preset.map_steps,
                               starts=preset.map_starts, field=args.field, seed=args.seed,
                               sims=[str(p) for p in paths]), sort_keys=True)
