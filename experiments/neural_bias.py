@@ -45,6 +45,7 @@ from tfhalo.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from tfhalo.bias import NeuralBiasLikelihood, bias_data_from_simulation, build_model  # noqa: E402
 from tfhalo.bias.diagnostics import summarize_chains  # noqa: E402
 from tfhalo.bias.fit import fit_map, hessian_of  # noqa: E402
+from tfhalo.bias.flow import ComposedReparametrization, FlowReparametrization  # noqa: E402
 from tfhalo.bias.neyrinck import NeyrinckBias  # noqa: E402
 from tfhalo.bias.reparam import LocalLinearReparametrization  # noqa: E402
 from tfhalo.bias.sampling import preconditioner_from_hessian, sample_posterior  # noqa: E402
@@ -70,6 +71,7 @@ class Preset:
     max_temperature: float = 4.0
     target_accept: float = 0.75
     n_components: int = 2
+    flow_steps: int = 0
 
 
 # Trajectories of 30 leapfrog steps: the step size is capped (~0.03-0.06) by
@@ -159,6 +161,9 @@ def parse_args(argv=None):
     parser.add_argument("--reparametrize", action=argparse.BooleanOptionalAction, default=None,
                         help="sample in the local-linear/tail coordinates of tfhalo.bias.reparam (same posterior; "
                              "the presets' default)")
+    parser.add_argument("--flow-steps", type=int, default=None,
+                        help="ELBO steps of a normalising flow fitted to the posterior and used to precondition "
+                             "HMC (tfhalo.bias.flow; 0: none; needs the reparametrisation)")
     parser.add_argument("--temperatures", type=int, default=None,
                         help="replicas per chain for replica exchange while sampling (1: none)")
     parser.add_argument("--max-temperature", type=float, default=None)
@@ -178,12 +183,20 @@ def main(argv=None):
                                   threshold_particles=args.threshold_particles,
                                   kernel=args.kernel, mass_matrix=args.mass_matrix,
                                   num_leapfrog_steps=args.leapfrog_steps,
-                                  reparametrize=args.reparametrize, n_temperatures=args.temperatures,
+                                  reparametrize=args.reparametrize, flow_steps=args.flow_steps,
+                                  n_temperatures=args.temperatures,
                                   max_temperature=args.max_temperature, target_accept=args.target_accept,
                                   jit_compile=False if args.no_xla else None).items() if v is not None})
     for name in ("n_chains", "n_samples", "n_grid", "map_starts", "n_temperatures", "n_components"):
         if getattr(preset, name) < 1:
             raise ValueError(f"{name} must be positive. Received: {name}={getattr(preset, name)}")
+    if preset.n_sims < 2:
+        raise ValueError(f"n_sims must be at least 2 (training and held out). Received: n_sims={preset.n_sims}")
+    if preset.flow_steps < 0:
+        raise ValueError(f"flow_steps must be >= 0. Received: flow_steps={preset.flow_steps}")
+    if preset.flow_steps and not preset.reparametrize:
+        raise ValueError("the flow is fitted in the reparametrised coordinates. Received: flow_steps="
+                         f"{preset.flow_steps} with reparametrize=False")
     if not 0 < preset.target_accept < 1:
         raise ValueError(f"target_accept must be in (0, 1). Received: target_accept={preset.target_accept}")
     progress = not args.no_progress
@@ -259,6 +272,7 @@ def main(argv=None):
         samples, accepted, divergent = c["samples"], c["is_accepted"], c["divergent"]
         n_grad, sample_seconds, step = int(c["n_grad"]), float(c["seconds"]), float(c["step_size"])
         swaps = c["swap_acceptance"].tolist() if "swap_acceptance" in c else None
+        flow_info = json.loads(str(c["flow"])) if "flow" in c else None
         print("chains: reusing", chains_path, flush=True)
     else:
         rng = np.random.default_rng(args.seed + 1)
@@ -266,6 +280,7 @@ def main(argv=None):
         # Hessian directions (the floored ones would otherwise throw a chain
         # 10 prior-widths away into a region with no halos).
         rep = None
+        flow_info = None
         if preset.reparametrize:
             rep = LocalLinearReparametrization(like_sample, theta_map)
             hess_s = hessian_of(rep.wrap(like_sample.log_posterior), rep.inverse(theta_map))
@@ -275,6 +290,20 @@ def main(argv=None):
             hess_s = hessian_of(like_sample.log_posterior, theta_map)
         chol = preconditioner_from_hessian(hess_s, 1.0)
         centre_s = theta_map if rep is None else rep.inverse(theta_map)
+        if preset.flow_steps:
+            # Start the flow at half the Laplace width: the floored (prior-wide)
+            # directions would otherwise put first draws ~1e20 nats down.
+            t_flow = time.perf_counter()
+            flow = FlowReparametrization(centre_s, 0.5 * preconditioner_from_hessian(hess_s, 1e-2), seed=args.seed)
+            flow.fit(rep.wrap(like_sample.log_posterior), steps=preset.flow_steps, seed=args.seed,
+                     progress=progress, jit_compile=False)
+            flow_info = dict(steps=preset.flow_steps, seconds=time.perf_counter() - t_flow,
+                             elbo_first_100=float(np.nanmean(np.where(np.isfinite(flow.elbo[:100]), flow.elbo[:100],
+                                                                      np.nan))),
+                             elbo_last_100=float(np.mean(flow.elbo[-100:])))
+            rep = ComposedReparametrization(rep, flow)
+            # The flow's base space is (approximately) whitened already.
+            hess_s, centre_s, chol = np.eye(theta_map.size), np.zeros(theta_map.size), np.eye(theta_map.size)
         init = centre_s + 0.5 * rng.normal(size=(preset.n_chains, theta_map.size)) @ chol.T
         if rep is not None:
             init = rep.forward_np(init)
@@ -290,6 +319,7 @@ def main(argv=None):
         swaps = result.swap_acceptance
         _save_npz(chains_path, samples=samples, is_accepted=accepted, divergent=divergent, n_grad=n_grad,
                   seconds=sample_seconds, step_size=step, config=config_key,
+                  flow=json.dumps(flow_info),
                   **({"swap_acceptance": np.asarray(swaps)} if swaps is not None else {}))
     timings["sampling_s"] = time.perf_counter() - t0
     summary = summarize_chains(samples, accepted, divergent, names=names)
@@ -329,6 +359,7 @@ def main(argv=None):
             "burnin": preset.n_burnin, "samples": preset.n_samples, "step_size": step,
             "replicas": preset.n_temperatures, "max_temperature": preset.max_temperature,
             "swap_acceptance_adjacent": swaps,
+            "flow": flow_info,
             "gradient_evaluations_per_chain": n_grad, "seconds": sample_seconds,
             "ess_per_second_min": summary["min_ess"] / sample_seconds,
             "map_evaluations": map_evals,
@@ -455,6 +486,10 @@ def _report(r):
         f"{r['sampler']['ess_per_second_min']:.1f}. Acceptance rate {s['acceptance_rate']:.3f}, "
         f"{s['n_divergent']} divergences. Max split R-hat {s['max_rhat']:.4f}, min ESS {s['min_ess']:.0f} "
         f"(converged: {s['converged']}).",
+        *([f"Chains ran on the base space of a normalising flow (tfhalo.bias.flow) fitted by "
+           f"{r['sampler']['flow']['steps']} ELBO steps in {r['sampler']['flow']['seconds']:.0f} s "
+           f"(ELBO {r['sampler']['flow']['elbo_first_100']:.4g} over the first 100 steps, "
+           f"{r['sampler']['flow']['elbo_last_100']:.2f} over the last 100)."] if r["sampler"].get("flow") else []),
         "",
         "| parameter | MAP | mean | std | R-hat | ESS |",
         "|---|---|---|---|---|---|",

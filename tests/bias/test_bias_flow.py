@@ -115,7 +115,8 @@ def test_bad_flow_arguments_raise(kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(steps=0), "steps"), (dict(batch_size=0), "batch_size"), (dict(learning_rate=-1.0), "learning_rate")])
+    (dict(steps=0), "steps"), (dict(batch_size=0), "batch_size"), (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(robust_floor=0.0), "robust_floor")])
 def test_bad_fit_arguments_raise_before_any_step(kwargs, match):
     flow = FlowReparametrization(np.zeros(3), np.eye(3))
     with pytest.raises(ValueError, match=match):

@@ -63,3 +63,29 @@ def test_bad_settings_fail_before_any_work(study, tmp_path):
     with pytest.raises(ValueError, match="n_samples must be positive. Received: n_samples=0"):
         study.main(["--suite", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--n-samples", "0"])
     assert not (tmp_path / "none").exists()
+
+
+def test_flow_preconditioned_one_gaussian_study(study, suite, tmp_path):
+    out = tmp_path / "flow"
+    argv = ["--suite", str(suite), "--out", str(out), "--n-grid", "4", "--threshold-particles", "20",
+            "--n-samples", "8", "--n-burnin", "0", "--leapfrog-steps", "2", "--components", "1",
+            "--flow-steps", "5", "--map-steps", "100", "--map-starts", "1", "--chains", "2", "--no-xla",
+            "--no-progress"]
+    results = study.main(argv)
+    assert results["n_parameters"] == 11 and len(results["diagnostics"]["rhat"]) == 11
+    flow = results["sampler"]["flow"]
+    assert flow["steps"] == 5 and np.isfinite(flow["elbo_last_100"])
+    assert "normalising flow" in (out / "report.md").read_text()
+    assert np.all(np.isfinite(np.load(out / "chains.npz")["samples"]))
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--components", "0"], "n_components must be positive"),
+    (["--n-sims", "1"], "n_sims must be at least 2"),
+    (["--flow-steps", "-1"], "flow_steps must be >= 0"),
+    (["--flow-steps", "10", "--no-reparametrize"], "reparametrised coordinates"),
+])
+def test_bad_sampler_settings_fail_before_any_work(study, tmp_path, extra, match):
+    with pytest.raises(ValueError, match=match):
+        study.main(["--suite", str(tmp_path / "none"), "--out", str(tmp_path / "o"), *extra])
+    assert not (tmp_path / "none").exists()

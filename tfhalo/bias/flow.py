@@ -122,27 +122,36 @@ class FlowReparametrization:
         return target
 
     def fit(self, log_prob_fn, steps: int = 1000, batch_size: int = 16, learning_rate: float = 3e-3,
-            seed: int = 0, jit_compile: bool = True, progress: bool = True) -> "FlowReparametrization":
+            seed: int = 0, jit_compile: bool = True, progress: bool = True,
+            robust_floor: float = 100.0) -> "FlowReparametrization":
         """Maximise the ELBO of ``f(N(0, I))`` against ``log_prob_fn`` (``(P,) -> scalar``, unnormalised).
 
         Draws for each step come from a seeded stateless generator, so the same
         seed gives the same flow.  Non-finite steps (a draw where the target is
         -inf) are skipped rather than applied.
 
+        Args (besides the target):
+            robust_floor: draws more than this many nats below the target at
+                ``z = 0`` enter the objective through a logarithm (see the code).
+
         Returns:
-            self, with ``elbo`` the per-step estimates.
+            self, with ``elbo`` the per-step (unmodified) ELBO estimates.
         """
         for name, value in (("steps", steps), ("batch_size", batch_size)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={value}")
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be positive. Received: learning_rate={learning_rate}")
+        if not robust_floor > 0:
+            raise ValueError(f"robust_floor must be positive. Received: robust_floor={robust_floor}")
         variables = self.trainable_variables
         # The MADE networks are tf_keras layers (TFP's), so their optimizer is too.
         opt = tf_keras.optimizers.Adam(learning_rate)
         n, p = int(batch_size), self.size
         entropy = tf.constant(0.5 * p * (1.0 + np.log(2.0 * np.pi)), tf.float64)
         target = self.wrap(log_prob_fn)
+        ref = tf.constant(float(target(tf.zeros([p], tf.float64))), tf.float64)
+        floor = tf.constant(float(robust_floor), tf.float64)
 
         # Only the ELBO and its gradient are compiled (XLA on CPU failed to
         # link the optimizer's update fused into the same graph).
@@ -153,14 +162,21 @@ class FlowReparametrization:
                 # XLA on CPU fails to link vectorized_map's graph; unroll there instead.
                 values = (tf.stack([target(eps[i]) for i in range(n)]) if jit_compile
                           else tf.vectorized_map(target, eps, fallback_to_while_loop=True))
-                # + the entropy of N(0, I): a true lower bound on ln Z.
-                elbo = tf.reduce_mean(values) + entropy
-                loss = -elbo
-            return elbo, tape.gradient(loss, variables)
+                # Early draws can sit 1e100+ nats down (the integral term grows
+                # like exp(sigma^2 / 2)) and would swamp every gradient: below
+                # ``floor`` nats under the start, the objective grows only
+                # logarithmically.  This changes what is optimised, not what is
+                # sampled: HMC on the flow's coordinates stays exact.
+                delta = values - ref
+                deep = tf.maximum(-delta - floor, 0.0)
+                robust = tf.where(delta > -floor, delta, -floor - tf.math.log1p(deep))
+                loss = -tf.reduce_mean(robust)
+            # + the entropy of N(0, I): a true lower bound on ln Z.
+            return tf.reduce_mean(values) + entropy, tape.gradient(loss, variables)
 
         def step(key):
             elbo, grads = elbo_and_grads(key)
-            if np.isfinite(float(elbo)) and all(bool(tf.reduce_all(tf.math.is_finite(g))) for g in grads):
+            if all(bool(tf.reduce_all(tf.math.is_finite(g))) for g in grads):
                 opt.apply_gradients(zip(grads, variables))
             return elbo
 
