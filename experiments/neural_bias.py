@@ -296,7 +296,7 @@ def main(argv=None):
             t_flow = time.perf_counter()
             flow = FlowReparametrization(centre_s, 0.5 * preconditioner_from_hessian(hess_s, 1e-2), seed=args.seed)
             flow.fit(rep.wrap(like_sample.log_posterior), steps=preset.flow_steps, seed=args.seed,
-                     progress=progress, jit_compile=False)
+                     progress=progress, jit_compile=preset.jit_compile)
             flow_info = dict(steps=preset.flow_steps, seconds=time.perf_counter() - t_flow,
                              elbo_first_100=float(np.nanmean(np.where(np.isfinite(flow.elbo[:100]), flow.elbo[:100],
                                                                       np.nan))),
@@ -326,6 +326,16 @@ def main(argv=None):
     print(f"chains: max R-hat {summary['max_rhat']:.4f}, min ESS {summary['min_ess']:.0f}, "
           f"acceptance {summary['acceptance_rate']:.3f}, divergences {summary['n_divergent']}", flush=True)
 
+    # Where each chain spends its time: the mixture components' shares of the
+    # expected halo count (a share near 0: a vanished, prior-bounded component).
+    picks = np.linspace(0, samples.shape[0] - 1, min(40, samples.shape[0])).astype(int)
+    shares = np.array([[like.component_shares(samples[i, c]) for i in picks] for c in range(samples.shape[1])])
+    component_shares = {
+        "median_per_chain": np.median(shares, axis=1).tolist(),
+        "fraction_of_draws_below_1_percent_per_chain": (shares < 0.01).mean(axis=1).tolist(),
+        "map": like.component_shares(theta_map).tolist(),
+    }
+
     # Posterior predictive held-out ln L (mean over draws) as a robustness figure.
     flat = samples.reshape(-1, samples.shape[-1])
     draw_idx = np.random.default_rng(args.seed + 2).choice(len(flat), size=min(100, len(flat)), replace=False)
@@ -354,6 +364,7 @@ def main(argv=None):
         "theta_map": dict(zip(names, theta_map.tolist())),
         "neyrinck": neyrinck.get_params(),
         "diagnostics": summary,
+        "component_shares": component_shares,
         "sampler": {
             "kernel": preset.kernel, "mass_matrix": preset.mass_matrix, "chains": preset.n_chains,
             "burnin": preset.n_burnin, "samples": preset.n_samples, "step_size": step,
@@ -490,6 +501,14 @@ def _report(r):
            f"{r['sampler']['flow']['steps']} ELBO steps in {r['sampler']['flow']['seconds']:.0f} s "
            f"(ELBO {r['sampler']['flow']['elbo_first_100']:.4g} over the first 100 steps, "
            f"{r['sampler']['flow']['elbo_last_100']:.2f} over the last 100)."] if r["sampler"].get("flow") else []),
+        "",
+        "Share of the expected halo count per mixture component (MAP: "
+        + ", ".join(f"{x:.3f}" for x in r["component_shares"]["map"]) + "); per chain, median over draws: "
+        + "; ".join("(" + ", ".join(f"{x:.3f}" for x in c) + ")" for c in r["component_shares"]["median_per_chain"])
+        + ". Fraction of draws where a component's share is below 1% (it has vanished and its other "
+        "parameters are bounded only by the prior): "
+        + "; ".join("(" + ", ".join(f"{x:.2f}" for x in c) + ")"
+                    for c in r["component_shares"]["fraction_of_draws_below_1_percent_per_chain"]) + ".",
         "",
         "| parameter | MAP | mean | std | R-hat | ESS |",
         "|---|---|---|---|---|---|",

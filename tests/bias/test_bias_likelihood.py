@@ -167,3 +167,20 @@ def test_several_catalogues_add_and_per_voxel_picks_each_grid():
                                    rtol=1e-12)
     with pytest.raises(ValueError, match="index"):
         both.per_voxel(theta, 4)
+
+
+def test_component_shares_split_the_expected_count():
+    # Share of component j = the expected count with the other component's
+    # amplitude switched off (pre-activation -200) over the full expected count.
+    grids = [_data(seed=s) for s in (0, 1)] + [_data(seed=3, n=5, box=25.0)]
+    model, like, theta = _model_and_theta(grids[0])
+    like = NeuralBiasLikelihood(model, grids)
+    names = [n.split("/", 1)[-1] for n in like.layout.names()]
+    shares = like.component_shares(theta)
+    assert shares.shape == (2,) and shares.sum() == pytest.approx(1.0, abs=1e-12)
+    full = float(like.terms(theta)[1])
+    for j in range(2):
+        off = theta.copy()
+        off[names.index(f"mdn/bias[{1 - j}]")] = -200.0
+        off[names.index(f"mdn/kernel[0,{1 - j}]")] = 0.0
+        assert shares[j] == pytest.approx(float(like.terms(off)[1]) / full, rel=1e-9)

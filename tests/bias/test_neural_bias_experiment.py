@@ -45,6 +45,9 @@ def test_quick_study_end_to_end_with_both_fields_replicas_and_caches(study, suit
     assert saved["test_simulation"] == "sim_002:nbody" or saved["test_simulation"].startswith("sim_002")
     assert len(saved["diagnostics"]["rhat"]) == 17
     assert saved["sampler"]["replicas"] == 2 and len(saved["sampler"]["swap_acceptance_adjacent"]) == 1
+    shares = np.array(saved["component_shares"]["median_per_chain"])
+    assert shares.shape == (2, 2) and np.all(shares >= 0)
+    assert sum(saved["component_shares"]["map"]) == pytest.approx(1.0)
     # Both models are scored on the same held-out halos by the same likelihood.
     ll = saved["log_likelihood"]
     assert saved["heldout_difference_total"] == pytest.approx(ll["neural_test"] - ll["neyrinck_test"])

@@ -5,8 +5,9 @@
 * :class:`NeuralBiasLikelihood`: Poisson likelihood of paper eq. 16 + Normal prior.
 * :class:`NeyrinckBias`: 4-parameter count model x a global mass distribution.
 * :func:`fit_map` (Adam + L-BFGS), :func:`sample_posterior` (TFP HMC/NUTS),
-  :func:`summarize_chains` (split R-hat, ESS): these import TensorFlow
-  Probability, so they load on first use.
+  :func:`summarize_chains` (split R-hat, ESS), and the sampling coordinates
+  :class:`LocalLinearReparametrization` and :class:`FlowReparametrization`
+  (NeuTra): these import TensorFlow Probability, so they load on first use.
 
 Example:
     >>> from tfhalo.bias import bias_data_from_simulation, build_model, NeuralBiasLikelihood, fit_map
@@ -28,6 +29,8 @@ _LAZY = {
     "summarize_chains": "tfhalo.bias.diagnostics",
     "ConvergenceWarning": "tfhalo.bias.diagnostics",
     "LocalLinearReparametrization": "tfhalo.bias.reparam",
+    "FlowReparametrization": "tfhalo.bias.flow",
+    "ComposedReparametrization": "tfhalo.bias.flow",
 }
 
 

@@ -186,6 +186,23 @@ class NeuralBiasLikelihood:
         """Unnormalised ln posterior: ln L + ln prior."""
         return self.log_likelihood(theta) + self.log_prior(theta)
 
+    def component_shares(self, theta) -> np.ndarray:
+        """``(K,)``: each mixture component's share of the expected halo count, all grids together.
+
+        A share near 0 means the component has vanished (its other parameters
+        are then bounded only by the prior): the diagnostic for chains that
+        visit such a region.
+        """
+        head = self.model.head
+        k = head.n_components
+        totals = np.zeros(k)
+        for x, _, _, volume in self._groups:
+            params = self._params(theta, x)
+            for j in range(k):
+                one = ops.take(params, [j, k + j, 2 * k + j], axis=-1)
+                totals[j] += volume * float(ops.sum(head.integral_above_threshold(one)))
+        return totals / totals.sum()
+
     def per_voxel(self, theta, index: int = 0) -> dict:
         """NumPy fields of grid ``index``: ``psi`` (n,n,n,F), mixture ``params`` and expected counts."""
         if not 0 <= index < len(self.data):
