@@ -34,10 +34,12 @@ import tensorflow_probability as tfp
 import tf_keras
 from tqdm.auto import tqdm
 
+from tfhalo.bias.reparam import Reparametrization
+
 tfb = tfp.bijectors
 
 
-class FlowReparametrization:
+class FlowReparametrization(Reparametrization):
     """``v = forward(z)``: affine (Laplace) map after ``n_flows`` inverse-autoregressive flows.
 
     Args:
@@ -99,27 +101,9 @@ class FlowReparametrization:
         z = tf.convert_to_tensor(z, tf.float64)
         return self.bijector.forward(z), self.bijector.forward_log_det_jacobian(z, event_ndims=1)
 
-    def forward(self, z):
-        return self._forward(z)[0]
-
-    def forward_np(self, z) -> np.ndarray:
-        return np.asarray(self.forward(tf.constant(np.asarray(z, np.float64))), np.float64)
-
     def inverse(self, v) -> np.ndarray:
         """``(..., P)`` v -> z (NumPy; ``P`` sequential network passes per flow)."""
         return np.asarray(self.bijector.inverse(tf.constant(np.asarray(v, np.float64))), np.float64)
-
-    def log_det_jacobian(self, z):
-        return self._forward(z)[1]
-
-    def wrap(self, log_prob_fn):
-        """``z -> ln p(f(z)) + ln |df/dz|``: the target on z."""
-
-        def target(z):
-            v, log_det = self._forward(z)
-            return log_prob_fn(v) + log_det
-
-        return target
 
     def fit(self, log_prob_fn, steps: int = 1000, batch_size: int = 16, learning_rate: float = 3e-3,
             seed: int = 0, jit_compile: bool = True, progress: bool = True,
@@ -198,7 +182,7 @@ def _unstacked(net, max_log_scale=2.0):
     return fn
 
 
-class ComposedReparametrization:
+class ComposedReparametrization(Reparametrization):
     """``theta = outer.forward(inner.forward(z))``, log-determinants added.
 
     Both parts follow the reparametrisation interface of
@@ -217,21 +201,5 @@ class ComposedReparametrization:
         theta, log_det_outer = self.outer._forward(v)
         return theta, log_det_inner + log_det_outer
 
-    def forward(self, z):
-        return self._forward(z)[0]
-
-    def forward_np(self, z) -> np.ndarray:
-        return np.asarray(self.forward(tf.constant(np.asarray(z, np.float64))), np.float64)
-
     def inverse(self, theta) -> np.ndarray:
         return self.inner.inverse(self.outer.inverse(theta))
-
-    def log_det_jacobian(self, z):
-        return self._forward(z)[1]
-
-    def wrap(self, log_prob_fn):
-        def target(z):
-            theta, log_det = self._forward(z)
-            return log_prob_fn(theta) + log_det
-
-        return target

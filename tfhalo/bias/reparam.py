@@ -61,7 +61,43 @@ def _log_sigmoid_np(x):
     return -np.logaddexp(0.0, -x)
 
 
-class LocalLinearReparametrization:
+class Reparametrization:
+    """A fixed bijection ``theta = forward(v)``; subclasses define ``_forward`` and ``inverse``.
+
+    ``_forward(v)`` returns ``(theta, ln |d theta / d v|)`` in one pass (TensorFlow,
+    any leading batch shape); ``inverse(theta)`` is NumPy.
+    """
+
+    size: int
+
+    def _forward(self, v):
+        raise NotImplementedError
+
+    def inverse(self, theta) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, v):
+        """``(..., P)`` v -> theta (TensorFlow, differentiable)."""
+        return self._forward(v)[0]
+
+    def forward_np(self, v) -> np.ndarray:
+        return np.asarray(self.forward(tf.constant(np.asarray(v, np.float64))), np.float64)
+
+    def log_det_jacobian(self, v):
+        """``ln |d theta / d v|`` (up to a constant) per leading index."""
+        return self._forward(v)[1]
+
+    def wrap(self, log_prob_fn):
+        """``v -> ln p(theta(v)) + ln |d theta / d v|``: the target on v."""
+
+        def target(v):
+            theta, log_det = self._forward(v)
+            return log_prob_fn(theta) + log_det
+
+        return target
+
+
+class LocalLinearReparametrization(Reparametrization):
     """``theta = forward(v)`` for a NeuralBiasModel with an ``l = 0`` NPE.
 
     Args:
@@ -231,26 +267,6 @@ class LocalLinearReparametrization:
             index = np.concatenate([index, rest])
             values = tf.concat([values, tf.gather(v, rest, axis=-1)], axis=-1)
         return tf.gather(values, np.argsort(index), axis=-1), log_det
-
-    def forward(self, v):
-        """``(..., P)`` v -> theta (TensorFlow, differentiable)."""
-        return self._forward(v)[0]
-
-    def forward_np(self, v) -> np.ndarray:
-        return np.asarray(self.forward(tf.constant(np.asarray(v, np.float64))), np.float64)
-
-    def log_det_jacobian(self, v):
-        """``ln |d theta / d v|`` (up to a constant) per leading index."""
-        return self._forward(v)[1]
-
-    def wrap(self, log_prob_fn):
-        """``v -> ln p(theta(v)) + ln |d theta / d v|``: the target on v."""
-
-        def target(v):
-            theta, log_det = self._forward(v)
-            return log_prob_fn(theta) + log_det
-
-        return target
 
 
 def _shell_sums(likelihood) -> np.ndarray:
