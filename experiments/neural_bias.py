@@ -225,7 +225,8 @@ def main(argv=None):
     like_test = NeuralBiasLikelihood(model, test)
     like_sample = like if train_sample is train else NeuralBiasLikelihood(model, train_sample)
     names = [n.split("/", 1)[-1] for n in like.layout.names()]
-    map_key = json.dumps(dict(model=model.get_config()["mean_increment"], components=preset.n_components, n_grid=preset.n_grid,
+    map_key = json.dumps(dict(model=model.get_config()["mean_increment"], components=preset.n_components,
+                              n_grid=preset.n_grid,
                               threshold=preset.threshold_particles, steps=preset.map_steps,
                               starts=preset.map_starts, field=args.field, seed=args.seed,
                               sims=[str(p) for p in paths]), sort_keys=True)
@@ -329,11 +330,12 @@ def main(argv=None):
     # Where each chain spends its time: the mixture components' shares of the
     # expected halo count (a share near 0: a vanished, prior-bounded component).
     picks = np.linspace(0, samples.shape[0] - 1, min(40, samples.shape[0])).astype(int)
-    shares = np.array([[like.component_shares(samples[i, c]) for i in picks] for c in range(samples.shape[1])])
+    shares = np.array([[like_sample.component_shares(samples[i, c]) for i in picks]
+                       for c in range(samples.shape[1])])
     component_shares = {
         "median_per_chain": np.median(shares, axis=1).tolist(),
         "fraction_of_draws_below_1_percent_per_chain": (shares < 0.01).mean(axis=1).tolist(),
-        "map": like.component_shares(theta_map).tolist(),
+        "map": like_sample.component_shares(theta_map).tolist(),
     }
 
     # Posterior predictive held-out ln L (mean over draws) as a robustness figure.
