@@ -122,3 +122,16 @@ def test_bad_fit_arguments_raise_before_any_step(kwargs, match):
     with pytest.raises(ValueError, match=match):
         flow.fit(_banana, progress=False, **kwargs)
     assert flow.elbo.size == 0
+
+
+def test_same_seed_same_flow():
+    def fitted_flow(seed):
+        flow = FlowReparametrization(np.zeros(3), np.eye(3), hidden_units=(8,), seed=seed)
+        return flow.fit(_banana, steps=15, batch_size=8, learning_rate=1e-2, seed=seed, jit_compile=False,
+                        progress=False)
+
+    z = np.random.default_rng(5).normal(size=(4, 3))
+    a, b, c = fitted_flow(0), fitted_flow(0), fitted_flow(1)
+    np.testing.assert_array_equal(a.forward_np(z), b.forward_np(z))
+    np.testing.assert_array_equal(a.elbo, b.elbo)
+    assert np.abs(a.forward_np(z) - c.forward_np(z)).max() > 1e-6
