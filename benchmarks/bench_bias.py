@@ -39,7 +39,7 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 
 from tfhalo.bias import NeuralBiasLikelihood, build_model, make_bias_data  # noqa: E402
 from tfhalo.bias.diagnostics import summarize_chains  # noqa: E402
-from tfhalo.bias.fit import fit_map, value_and_gradient_fn  # noqa: E402
+from tfhalo.bias.fit import fit_map, hessian_of, value_and_gradient_fn  # noqa: E402
 from tfhalo.bias.flow import ComposedReparametrization, FlowReparametrization  # noqa: E402
 from tfhalo.bias.reparam import LocalLinearReparametrization  # noqa: E402
 from tfhalo.bias.sampling import batched, preconditioner_from_hessian, sample_posterior  # noqa: E402
@@ -78,8 +78,6 @@ def sampler_table(like, fit, args, title):
     rep = LocalLinearReparametrization(like, fit.theta)
     # NeuTra: a flow fitted on the local-linear coordinates; its fit time is
     # added to the sampler's, so ESS/s compares total cost.
-    from tfhalo.bias.fit import hessian_of
-
     target_v = rep.wrap(like.log_posterior)
     v_map = rep.inverse(fit.theta)
     t0 = time.perf_counter()
