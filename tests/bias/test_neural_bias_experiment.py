@@ -48,6 +48,8 @@ def test_quick_study_end_to_end_with_both_fields_replicas_and_caches(study, suit
     shares = np.array(saved["component_shares"]["median_per_chain"])
     assert shares.shape == (2, 2) and np.all(shares >= 0)
     assert sum(saved["component_shares"]["map"]) == pytest.approx(1.0)
+    assert len(saved["component_shares"]["split_rhat"]) == 2  # one per component, from 12 draws x 2 chains
+    assert np.all(np.isfinite(saved["component_shares"]["split_rhat"]))
     # Both models are scored on the same held-out halos by the same likelihood.
     ll = saved["log_likelihood"]
     assert saved["heldout_difference_total"] == pytest.approx(ll["neural_test"] - ll["neyrinck_test"])
@@ -72,12 +74,16 @@ def test_flow_preconditioned_one_gaussian_study(study, suite, tmp_path):
     out = tmp_path / "flow"
     argv = ["--suite", str(suite), "--out", str(out), "--n-grid", "4", "--threshold-particles", "20",
             "--n-samples", "8", "--n-burnin", "0", "--leapfrog-steps", "2", "--components", "1",
-            "--flow-steps", "5", "--map-steps", "100", "--map-starts", "1", "--chains", "2", "--no-xla",
-            "--no-progress"]
+            "--flow-steps", "5", "--pilot-samples", "12", "--flow-burnin", "0", "--flow-leapfrog-steps", "3",
+            "--map-steps", "100", "--map-starts", "1", "--chains", "2", "--no-xla", "--no-progress"]
     results = study.main(argv)
     assert results["n_parameters"] == 11 and len(results["diagnostics"]["rhat"]) == 11
     flow = results["sampler"]["flow"]
     assert flow["steps"] == 5 and np.isfinite(flow["elbo_last_100"])
+    assert flow["pilot_samples"] == 12 and flow["pilot_gradient_evaluations_per_chain"] == 12 * 2
+    # The cost counts the pilot chains, the flow fit (5 steps of 16 draws over
+    # 2 chains) and the final chains (8 draws of 3 leapfrog steps).
+    assert results["sampler"]["gradient_evaluations_per_chain"] == 12 * 2 + 5 * 16 // 2 + 8 * 3
     assert "normalising flow" in (out / "report.md").read_text()
     assert np.all(np.isfinite(np.load(out / "chains.npz")["samples"]))
 
@@ -87,6 +93,9 @@ def test_flow_preconditioned_one_gaussian_study(study, suite, tmp_path):
     (["--n-sims", "1"], "n_sims must be at least 2"),
     (["--flow-steps", "-1"], "flow_steps must be >= 0"),
     (["--flow-steps", "10", "--no-reparametrize"], "reparametrised coordinates"),
+    (["--flow-steps", "10", "--pilot-samples", "4"], "twice as many draws as parameters"),
+    (["--flow-burnin", "-1"], "flow_burnin must be >= 0"),
+    (["--flow-leapfrog-steps", "0"], "flow_leapfrog_steps must be positive"),
 ])
 def test_bad_sampler_settings_fail_before_any_work(study, tmp_path, extra, match):
     with pytest.raises(ValueError, match=match):

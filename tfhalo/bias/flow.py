@@ -13,9 +13,10 @@ of the fit: a poor flow costs efficiency, never correctness.
 What.  :class:`FlowReparametrization`: ``v = centre + L . IAF_K(... IAF_1(z))``,
 each ``IAF`` a ``tfp.bijectors.MaskedAutoregressiveFlow`` (MADE network,
 ``tfp.bijectors.AutoregressiveNetwork``) used in its one-pass direction and
-followed by a reversal of the coordinates.  ``centre`` and ``L`` come from the
-Laplace approximation (the MAP and ``chol(H^-1)``) and the networks' output
-layers start at zero, so the flow starts as the Laplace approximation and
+followed by a reversal of the coordinates.  ``centre`` and ``L`` come from a
+Gaussian approximation (the Laplace one, the MAP and ``chol(H^-1)``, or, as
+experiments/neural_bias.py does, the mean and covariance of pilot draws) and the
+networks' output layers start at zero, so the flow starts as that Gaussian and
 :meth:`FlowReparametrization.fit` only learns the departures from it, by
 maximising the evidence lower bound ``E_z[ln p(f(z)) + ln |df/dz|]`` with
 Adam (stochastic, reparametrised gradients, seeded).
@@ -43,8 +44,8 @@ class FlowReparametrization(Reparametrization):
     """``v = forward(z)``: affine (Laplace) map after ``n_flows`` inverse-autoregressive flows.
 
     Args:
-        centre: ``(P,)`` location (the MAP).
-        chol: ``(P, P)`` lower-triangular scale (``chol(H^-1)``).
+        centre: ``(P,)`` location (the MAP, or the mean of pilot draws).
+        chol: ``(P, P)`` lower-triangular scale (``chol(H^-1)`` or of the pilot covariance).
         hidden_units: widths of each MADE network's hidden layers.
         n_flows: autoregressive layers (each followed by a coordinate reversal).
         seed: seeds the networks' initial weights.
