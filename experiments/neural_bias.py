@@ -387,6 +387,12 @@ def main(argv=None):
         "split_rhat": split_rhat(np.transpose(shares, (1, 0, 2))).tolist() if len(picks) >= 4 else None,
     }
 
+    # The mass function the model predicts (Fig. 2's curves) may converge where
+    # the parameters do not: phases that fit equally well predict nearly alike.
+    predictive = np.array([[predictive_mass_function(like_test, samples[i, c]) for c in range(samples.shape[1])]
+                           for i in picks])  # (D, C, B * M)
+    predictive_rhat = split_rhat(predictive) if len(picks) >= 4 else None
+
     # Posterior predictive held-out ln L (mean over draws) as a robustness figure.
     flat = samples.reshape(-1, samples.shape[-1])
     draw_idx = np.random.default_rng(args.seed + 2).choice(len(flat), size=min(100, len(flat)), replace=False)
@@ -416,6 +422,14 @@ def main(argv=None):
         "neyrinck": neyrinck.get_params(),
         "diagnostics": summary,
         "component_shares": component_shares,
+        "predictive_mass_function": {
+            "ln_mass_above_threshold": list(PREDICTIVE_LN_MASS_ABOVE_THRESHOLD),
+            "density_quantiles": list(DENSITY_QUANTILES),
+            "posterior_mean_ln_dn_dlnm": predictive.mean(axis=(0, 1)).reshape(len(DENSITY_QUANTILES) - 1, -1).tolist(),
+            "split_rhat": None if predictive_rhat is None else
+            predictive_rhat.reshape(len(DENSITY_QUANTILES) - 1, -1).tolist(),
+            "max_split_rhat": None if predictive_rhat is None else float(predictive_rhat.max()),
+        },
         "sampler": {
             "kernel": preset.kernel, "chains": preset.n_chains, "samples": preset.n_samples, "step_size": step,
             # With a flow the final chains run on its (whitened) base space.
@@ -442,22 +456,44 @@ def main(argv=None):
     return results
 
 
+# Density bins of the figures and the predictive diagnostic: quantiles of the
+# held-out voxels' log density (the lower half, then 30%, 15% and the densest 5%).
+DENSITY_QUANTILES = (0, 0.5, 0.8, 0.95, 1.0)
+# Masses (ln M - ln M_th) at which the predictive diagnostic reads the mass function.
+PREDICTIVE_LN_MASS_ABOVE_THRESHOLD = (0.0, 0.5, 1.0, 2.0, 3.0)
+
+
+def _density_bins(data):
+    """``(V,)`` density-bin index (0-3) of each voxel of ``data`` and the bins' ``ln(1 + delta)`` edges."""
+    log_rho = np.log(data.one_plus_delta).ravel()
+    edges = np.quantile(log_rho, DENSITY_QUANTILES)
+    return np.clip(np.digitize(log_rho, edges[1:-1]), 0, len(DENSITY_QUANTILES) - 2), edges
+
+
+def _dn_dlnm(like_test, theta, ln_m) -> np.ndarray:
+    """``(V, M)`` dn/dln M per unit volume in each voxel of the held-out grid."""
+    head = like_test.model.head
+    params = like_test.per_voxel(theta)["params"].reshape(-1, 3 * head.n_components)
+    ln_n = np.asarray(head.log_number_density(params[:, None, :], ln_m[None, :]))
+    return np.exp(ln_n + ln_m[None, :])
+
+
+def predictive_mass_function(like_test, theta) -> np.ndarray:
+    """``(B * M,)`` ln of the bin-averaged dn/dln M on the held-out grid (bins x masses, row-major)."""
+    ln_m = like_test.data[0].log_mass_threshold + np.asarray(PREDICTIVE_LN_MASS_ABOVE_THRESHOLD)
+    bins, _ = _density_bins(like_test.data[0])
+    dn = _dn_dlnm(like_test, theta, ln_m)
+    return np.log(np.stack([dn[bins == b].mean(axis=0) for b in range(len(DENSITY_QUANTILES) - 1)])).ravel()
+
+
 def _figures(out, model, like, like_test, test, neyrinck, theta_map, draws, samples, names):
     # Fig 2: n(M | delta) in density bins of the held-out simulation.
     lmt = test.log_mass_threshold
     ln_m = np.linspace(lmt, lmt + 4.5, 60)
-    log_rho = np.log(test.one_plus_delta).ravel()
-    edges = np.quantile(log_rho, [0, 0.5, 0.8, 0.95, 1.0])
-    bins = np.clip(np.digitize(log_rho, edges[1:-1]), 0, 3)
-    head = model.head
+    bins, edges = _density_bins(test)
 
-    def dn_dlnm(theta):
-        params = like_test.per_voxel(theta)["params"].reshape(-1, 3 * head.n_components)
-        ln_n = np.asarray(head.log_number_density(params[:, None, :], ln_m[None, :]))
-        return np.exp(ln_n + ln_m[None, :])  # per unit volume per unit ln M, per voxel
-
-    curves = np.stack([dn_dlnm(t) for t in draws[:40]])  # (D, V, M)
-    best = dn_dlnm(theta_map)
+    curves = np.stack([_dn_dlnm(like_test, t, ln_m) for t in draws[:40]])  # (D, V, M)
+    best = _dn_dlnm(like_test, theta_map, ln_m)
     fig, axes = plt.subplots(1, 4, figsize=(16, 4), sharey=True)
     hbins = np.linspace(lmt, lmt + 4.5, 10)
     halo_bin = bins[test.halo_voxel]
@@ -571,6 +607,13 @@ def _report(r):
            + (" (above 1.01: the chains sit in different phases of the posterior, component arrangements "
               "that fit the catalogue about equally well)." if max(r["component_shares"]["split_rhat"]) > 1.01
               else ".") if r["component_shares"].get("split_rhat") else ""),
+        *(["", "Predicted mass function (Fig. 2's curves: ln of dn/dln M averaged over the held-out voxels of each "
+           "density bin, at ln M - ln M_th = " + ", ".join(f"{x:g}" for x in r["predictive_mass_function"][
+               "ln_mass_above_threshold"]) + "): max split R-hat "
+           f"{r['predictive_mass_function']['max_split_rhat']:.3f} over bins and masses"
+           + (" (the parameters are not converged but the predictions are: read Fig. 2's bands, not the "
+              "parameters' tables)." if r["predictive_mass_function"]["max_split_rhat"] < 1.01 < s["max_rhat"]
+              else ".")] if r["predictive_mass_function"].get("max_split_rhat") is not None else []),
         "",
         "| parameter | MAP | mean | std | R-hat | ESS |",
         "|---|---|---|---|---|---|",

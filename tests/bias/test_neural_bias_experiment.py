@@ -50,6 +50,9 @@ def test_quick_study_end_to_end_with_both_fields_replicas_and_caches(study, suit
     assert sum(saved["component_shares"]["map"]) == pytest.approx(1.0)
     assert len(saved["component_shares"]["split_rhat"]) == 2  # one per component, from 12 draws x 2 chains
     assert np.all(np.isfinite(saved["component_shares"]["split_rhat"]))
+    predictive = saved["predictive_mass_function"]
+    assert np.shape(predictive["split_rhat"]) == np.shape(predictive["posterior_mean_ln_dn_dlnm"]) == (4, 5)
+    assert np.all(np.isfinite(predictive["split_rhat"])) and "Predicted mass function" in (out / "report.md").read_text()
     # Both models are scored on the same held-out halos by the same likelihood.
     ll = saved["log_likelihood"]
     assert saved["heldout_difference_total"] == pytest.approx(ll["neural_test"] - ll["neyrinck_test"])
@@ -101,3 +104,27 @@ def test_bad_sampler_settings_fail_before_any_work(study, tmp_path, extra, match
     with pytest.raises(ValueError, match=match):
         study.main(["--suite", str(tmp_path / "none"), "--out", str(tmp_path / "o"), *extra])
     assert not (tmp_path / "none").exists()
+
+
+def test_predictive_mass_function_matches_numpy_mixture(study, suite):
+    """ln of the density-bin mean of M n(M | psi) against the mixture written out in NumPy (float64)."""
+    from tfhalo.bias import NeuralBiasLikelihood, bias_data_from_simulation, build_model
+    from tfhalo.sim import load
+
+    sim = load(sorted(suite.glob("sim_*.h5"))[0])
+    data = bias_data_from_simulation(sim, 4, 20 * sim.particle_mass)
+    model = build_model(data.log_mass_threshold, n_grid=4, dtype="float64")
+    like = NeuralBiasLikelihood(model, data)
+    theta = like.layout.get(model) + np.random.default_rng(0).normal(scale=0.1, size=like.layout.size)
+    got = study.predictive_mass_function(like, theta).reshape(4, -1)
+
+    alpha, mu, sigma = np.split(like.per_voxel(theta)["params"].reshape(-1, 6), 3, axis=-1)  # (V, 2) each
+    ln_m = data.log_mass_threshold + np.asarray(study.PREDICTIVE_LN_MASS_ABOVE_THRESHOLD)
+    gauss = np.exp(-0.5 * ((ln_m[None, :, None] - mu[:, None]) / sigma[:, None]) ** 2) / (
+        np.sqrt(2 * np.pi) * sigma[:, None])
+    dn_dlnm = np.exp(ln_m)[None, :] * (alpha[:, None] * np.exp(-mu[:, None]) * gauss).sum(-1)  # (V, M)
+    log_rho = np.log(data.one_plus_delta).ravel()
+    edges = np.quantile(log_rho, study.DENSITY_QUANTILES)
+    bins = np.clip(np.digitize(log_rho, edges[1:-1]), 0, 3)
+    want = np.log([dn_dlnm[bins == b].mean(axis=0) for b in range(4)])
+    np.testing.assert_allclose(got, want, rtol=1e-10)
