@@ -37,7 +37,7 @@ def test_quick_study_end_to_end_with_both_fields_replicas_and_caches(study, suit
     argv = ["--suite", str(suite), "--out", str(out), "--n-grid", "4", "--threshold-particles", "20",
             "--n-samples", "12", "--n-burnin", "0", "--leapfrog-steps", "2", "--field", "nbody",
             "--sample-field", "lpt", "--temperatures", "2", "--reparametrize", "--map-steps", "150",
-            "--map-starts", "1", "--chains", "2", "--no-xla", "--no-progress"]
+            "--map-starts", "1", "--chains", "2", "--components", "2", "--no-xla", "--no-progress"]
     results = study.main(argv)
     saved = json.loads((out / "results.json").read_text())
     assert saved["n_parameters"] == results["n_parameters"] == 17
