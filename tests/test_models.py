@@ -115,7 +115,11 @@ def test_training_reduces_loss_and_trains_gamma(tmp_path):
     assert np.isfinite(after) and after < before - 0.3, (before, after)
     gammas = history.history["gamma"]
     assert len(gammas) == 6 and gammas[-1] == pytest.approx(model.gamma)
-    assert abs(model.gamma - 0.2) > 1e-3
+    # Trained, not frozen: an untrained gamma stays at 0.2 exactly.  How far it
+    # moves in 6 epochs varies with TF's multithreaded reductions (7e-4 to
+    # >1e-3 seen), so only the movement is asserted; where it converges is
+    # tested by test_fit_trains_gamma_to_the_numpy_maximum_likelihood_scale.
+    assert abs(model.gamma - 0.2) > 1e-5
     with open(log) as f:
         rows = list(csv.DictReader(f))
     assert [float(r["gamma"]) for r in rows] == pytest.approx(gammas)
