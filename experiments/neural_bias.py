@@ -403,9 +403,11 @@ def main(argv=None):
 
     # The mass function the model predicts (Fig. 2's curves) may converge where
     # the parameters do not: phases that fit equally well predict nearly alike.
+    # 200 draws per chain: split R-hat of 40 well-mixed draws scatters by ~0.03.
+    picks_pred = np.linspace(0, samples.shape[0] - 1, min(200, samples.shape[0])).astype(int)
     predictive = np.array([[predictive_mass_function(like_test, samples[i, c]) for c in range(samples.shape[1])]
-                           for i in picks])  # (D, C, B * M)
-    predictive_rhat = split_rhat(predictive) if len(picks) >= 4 else None
+                           for i in picks_pred])  # (D, C, B * M)
+    predictive_rhat = split_rhat(predictive) if len(picks_pred) >= 4 else None
 
     # Posterior predictive held-out ln L (mean over draws) as a robustness figure.
     flat = samples.reshape(-1, samples.shape[-1])
@@ -437,6 +439,7 @@ def main(argv=None):
         "diagnostics": summary,
         "component_shares": component_shares,
         "predictive_mass_function": {
+            "draws_per_chain": len(picks_pred),
             "ln_mass_above_threshold": list(PREDICTIVE_LN_MASS_ABOVE_THRESHOLD),
             "density_quantiles": list(DENSITY_QUANTILES),
             "posterior_mean_ln_dn_dlnm": predictive.mean(axis=(0, 1)).reshape(len(DENSITY_QUANTILES) - 1, -1).tolist(),
@@ -625,7 +628,8 @@ def _report(r):
               else ".") if r["component_shares"].get("split_rhat") else ""),
         *(["", "Predicted mass function (Fig. 2's curves: ln of dn/dln M averaged over the held-out voxels of each "
            "density bin, at ln M - ln M_th = " + ", ".join(f"{x:g}" for x in r["predictive_mass_function"][
-               "ln_mass_above_threshold"]) + "): max split R-hat "
+               "ln_mass_above_threshold"]) + f", {r['predictive_mass_function']['draws_per_chain']} draws per "
+           "chain): max split R-hat "
            f"{r['predictive_mass_function']['max_split_rhat']:.3f} over bins and masses"
            + (" (the parameters are not converged but the predictions are: read Fig. 2's bands, not the "
               "parameters' tables)." if r["predictive_mass_function"]["max_split_rhat"] < 1.01 < s["max_rhat"]
