@@ -605,8 +605,11 @@ def _report(r):
         f"{r['sampler']['gradient_evaluations_per_chain']} "
         f"gradient evaluations per chain in {r['sampler']['seconds']:.1f} s; min ESS/s "
         f"{r['sampler']['ess_per_second_min']:.1f}. Acceptance rate {s['acceptance_rate']:.3f}, "
-        f"{s['n_divergent']} divergences. Max split R-hat {s['max_rhat']:.4f}, min ESS {s['min_ess']:.0f} "
-        f"(converged: {s['converged']}).",
+        f"{s['n_divergent']} divergences ({100 * s['n_divergent'] / (s['n_draws'] * s['n_chains']):.1f}% of the "
+        f"kept transitions). Max split R-hat {s['max_rhat']:.4f}, min ESS {s['min_ess']:.0f}: the targets "
+        f"(R-hat < {s['rhat_max']}, ESS >= {s['ess_min']:.0f}) are "
+        f"{'met' if s['max_rhat'] < s['rhat_max'] and s['min_ess'] >= s['ess_min'] else 'NOT met'}"
+        f"{'' if s['converged'] else '; divergences, if any, mark regions the chains may under-sample'}.",
         *([f"Chains ran on the base space of a normalising flow (tfhalo.bias.flow) started from the Gaussian "
            f"of {r['sampler']['flow']['pilot_samples']} pilot draws per chain (local-linear coordinates, "
            f"{r['sampler']['flow']['pilot_seconds']:.0f} s, step size {r['sampler']['flow']['pilot_step_size']:.3f}) "
