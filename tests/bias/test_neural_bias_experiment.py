@@ -56,6 +56,10 @@ def test_quick_study_end_to_end_with_both_fields_replicas_and_caches(study, suit
     # Both models are scored on the same held-out halos by the same likelihood.
     ll = saved["log_likelihood"]
     assert saved["heldout_difference_total"] == pytest.approx(ll["neural_test"] - ll["neyrinck_test"])
+    predictive_score = saved["heldout_log_predictive"]
+    assert predictive_score["draws_per_chain"] == 12 and len(predictive_score["per_chain"]) == 2
+    # ln of a mean of likelihoods lies between the mean and the max of the ln L.
+    assert saved["heldout_neural_posterior_mean_lnL"] <= predictive_score["all_chains"] + 1e-9
     for name in ("report.md", "fig2_mass_function.png", "fig3_traces.png", "fig4_slices.png"):
         assert (out / name).stat().st_size > 0
     assert not list(out.glob("*.tmp*"))
@@ -74,12 +78,16 @@ def test_bad_settings_fail_before_any_work(study, tmp_path):
 
 
 def test_flow_preconditioned_one_gaussian_study(study, suite, tmp_path):
+    from tfhalo.sim import load
+
     out = tmp_path / "flow"
-    argv = ["--suite", str(suite), "--out", str(out), "--n-grid", "4", "--threshold-particles", "20",
+    m_th = 20.5 * load(sorted(suite.glob("sim_*.h5"))[0]).particle_mass  # a cut in Msun/h, as the paper's
+    argv = ["--suite", str(suite), "--out", str(out), "--n-grid", "4", "--threshold-mass", repr(m_th),
             "--n-samples", "8", "--n-burnin", "0", "--leapfrog-steps", "2", "--components", "1",
             "--flow-steps", "5", "--pilot-samples", "12", "--flow-burnin", "0", "--flow-leapfrog-steps", "3",
             "--map-steps", "100", "--map-starts", "1", "--chains", "2", "--no-xla", "--no-progress"]
     results = study.main(argv)
+    assert results["mass_threshold"] == m_th
     assert results["n_parameters"] == 11 and len(results["diagnostics"]["rhat"]) == 11
     flow = results["sampler"]["flow"]
     assert flow["steps"] == 5 and np.isfinite(flow["elbo_last_100"])
@@ -99,6 +107,8 @@ def test_flow_preconditioned_one_gaussian_study(study, suite, tmp_path):
     (["--flow-steps", "10", "--pilot-samples", "4"], "twice as many draws as parameters"),
     (["--flow-burnin", "-1"], "flow_burnin must be >= 0"),
     (["--flow-leapfrog-steps", "0"], "flow_leapfrog_steps must be positive"),
+    (["--threshold-mass", "-1"], r"threshold_mass must be positive \(Msun/h\). Received: threshold_mass=-1.0"),
+    (["--threshold-particles", "0"], "threshold_particles must be positive. Received: threshold_particles=0.0"),
 ])
 def test_bad_sampler_settings_fail_before_any_work(study, tmp_path, extra, match):
     with pytest.raises(ValueError, match=match):
@@ -128,3 +138,30 @@ def test_predictive_mass_function_matches_numpy_mixture(study, suite):
     bins = np.clip(np.digitize(log_rho, edges[1:-1]), 0, 3)
     want = np.log([dn_dlnm[bins == b].mean(axis=0) for b in range(4)])
     np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_heldout_log_predictive_matches_numpy_and_rejects_bad_shapes(study):
+    rng = np.random.default_rng(1)
+    lnl = -5000.0 + rng.normal(scale=3.0, size=(50, 4))
+    got = study.heldout_log_predictive(lnl)
+    # Shifted by the max, the mean of exp is safe in float64.
+    shift = lnl.max()
+    assert got["all_chains"] == pytest.approx(shift + np.log(np.mean(np.exp(lnl - shift))), rel=0, abs=1e-9)
+    for c in range(4):
+        s = lnl[:, c].max()
+        assert got["per_chain"][c] == pytest.approx(s + np.log(np.mean(np.exp(lnl[:, c] - s))), rel=0, abs=1e-9)
+    assert got["draws_per_chain"] == 50
+    with pytest.raises(ValueError, match=r"Received shape \(3,\)"):
+        study.heldout_log_predictive(np.zeros(3))
+
+
+def test_paper_preset_is_the_papers_set_up(study):
+    """64^3 voxels of ~3.9 Mpc/h and M_th = 2e12 Msun/h, resolved by >= 50 particles."""
+    from tfhalo.sim import PRESETS as SIM_PRESETS
+
+    paper = study.PRESETS["paper"]
+    sim = SIM_PRESETS[paper.sim_preset]
+    assert paper.n_grid == 64 and sim.box_size / paper.n_grid == pytest.approx(3.9, abs=0.05)
+    assert paper.threshold_mass == 2e12 and paper.n_components == 2
+    particle_mass = sim.cosmology.rho_mean * (sim.box_size / sim.n_side) ** 3
+    assert paper.threshold_mass / particle_mass >= 50
