@@ -124,6 +124,18 @@ def _save_npz(path: Path, **arrays):
         np.savez(tmp, **arrays)
 
 
+def _data_fingerprint(datas) -> str:
+    """SHA-256 of the grids and catalogues the study fits, samples and scores."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for d in datas:
+        for arr in (d.one_plus_delta, d.halo_voxel, d.halo_mass):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(repr(d.box_size).encode())
+    return h.hexdigest()
+
+
 def _suite_paths(suite: Path, preset: Preset, seed: int, progress: bool = True):
     """The study's simulations: a generated suite is created or EXTENDED to ``preset.n_sims``.
 
@@ -281,14 +293,17 @@ def main(argv=None):
     like_test = NeuralBiasLikelihood(model, test)
     like_sample = like if train_sample is train else NeuralBiasLikelihood(model, train_sample)
     names = [n.split("/", 1)[-1] for n in like.layout.names()]
+    # The caches are keyed on the data's content as well as on the settings: a suite
+    # regenerated (or replaced) at the same path must not reuse old chains.
+    data_key = _data_fingerprint([*train, test, *([] if train_sample is train else train_sample)])
     map_key = json.dumps(dict(model=model.get_config()["mean_increment"], components=preset.n_components,
                               n_grid=preset.n_grid,
                               threshold=float(threshold), steps=preset.map_steps,
                               starts=preset.map_starts, field=args.field, seed=args.seed,
-                              sims=[str(p) for p in paths]), sort_keys=True)
+                              sims=[str(p) for p in paths], data=data_key), sort_keys=True)
     config_key = json.dumps(dict(dataclasses.asdict(preset), field=args.field, sample_field=sample_field,
-                                 seed=args.seed,
-                                 sims=[str(p) for p in paths]), sort_keys=True)
+                                 seed=args.seed, model=model.get_config()["mean_increment"],
+                                 sims=[str(p) for p in paths], data=data_key), sort_keys=True)
 
     # MAP (cached).
     t0 = time.perf_counter()

@@ -17,7 +17,9 @@ def _draw(seed, nbar=0.4, alpha=1.5, a=0.3, eps=1.2, n=20, box=100.0):
     lam = nbar * rho**alpha * np.exp(-a * rho**(-eps))
     counts = rng.poisson(lam)
     vox = np.repeat(np.arange(n**3), counts.ravel())
-    centres = (np.stack(np.unravel_index(vox, (n,) * 3), -1) + rng.uniform(size=(vox.size, 3))) * box / n
+    # Voxel i's density is the value AT grid point i: its halos lie within half a voxel of it.
+    offsets = rng.uniform(-0.5, 0.5, size=(vox.size, 3))
+    centres = np.mod((np.stack(np.unravel_index(vox, (n,) * 3), -1) + offsets) * box / n, box)
     masses = 1e12 * np.exp(rng.exponential(0.8, size=vox.size))
     return make_bias_data(rho, centres, masses, box, 1e12)
 
@@ -48,3 +50,16 @@ def test_mass_distribution_is_normalised_above_threshold():
 def test_unfitted_model_raises():
     with pytest.raises(RuntimeError, match="not fitted"):
         NeyrinckBias().log_likelihood(_draw(2, n=6))
+
+
+def test_log_number_density_is_per_unit_volume_and_builds_the_likelihood():
+    data = _draw(2)
+    fit = NeyrinckBias(n_starts=2, seed=0).fit(data)
+    rho = data.one_plus_delta.ravel()
+    ln_n = fit.log_number_density(rho[data.halo_voxel], data.halo_ln_mass, data.voxel_volume)
+    # Rate per voxel / voxel volume: a density that does not depend on the voxel size.
+    np.testing.assert_allclose(np.exp(ln_n), fit.rate(rho[data.halo_voxel]) / data.voxel_volume
+                               * np.exp(fit.log_mass_pdf(data.halo_ln_mass)), rtol=1e-12)
+    assert fit.log_likelihood(data) == pytest.approx(ln_n.sum() - fit.rate(rho).sum(), rel=1e-12)
+    with pytest.raises(ValueError, match="voxel_volume must be positive. Received: voxel_volume=0"):
+        fit.log_number_density(1.0, 28.0, 0)

@@ -150,6 +150,10 @@ def test_replica_exchange_crosses_between_modes_plain_hmc_cannot():
     assert abs(right.mean() - 0.7) < 4.0 * np.sqrt(0.7 * 0.3 / ess)
     assert np.all(right.mean(axis=0) > 0.3)  # every chain visits the right mode, and not only it
     assert np.all(right.mean(axis=0) < 0.95)
+    # log_prob belongs to the returned (post-swap) draw, not to the pre-swap one.
+    flat = res.samples[::25].reshape(-1, 2)
+    want = np.array([float(post(tf.constant(x))) for x in flat]).reshape(res.log_prob[::25].shape)
+    np.testing.assert_allclose(res.log_prob[::25], want, rtol=1e-10, atol=1e-10)
 
 
 def test_replica_exchange_needs_the_split_log_density():

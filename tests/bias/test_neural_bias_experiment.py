@@ -1,5 +1,6 @@
 """experiments/neural_bias.py end to end on a tiny generated suite (short chains)."""
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -165,3 +166,16 @@ def test_paper_preset_is_the_papers_set_up(study):
     assert paper.threshold_mass == 2e12 and paper.n_components == 2
     particle_mass = sim.cosmology.rho_mean * (sim.box_size / sim.n_side) ** 3
     assert paper.threshold_mass / particle_mass >= 50
+
+
+def test_cache_fingerprint_follows_the_data_not_the_path(study, suite):
+    from tfhalo.bias import bias_data_from_simulation
+    from tfhalo.sim import load
+
+    sims = [load(p) for p in sorted(suite.glob("sim_*.h5"))[:2]]
+    datas = [bias_data_from_simulation(s, 4, 20 * s.particle_mass) for s in sims]
+    again = [bias_data_from_simulation(s, 4, 20 * s.particle_mass) for s in sims]
+    assert study._data_fingerprint(datas) == study._data_fingerprint(again)
+    assert study._data_fingerprint(datas) != study._data_fingerprint(datas[::-1])  # held out vs trained on
+    moved = dataclasses.replace(datas[0], halo_mass=datas[0].halo_mass * (1 + 1e-12))
+    assert study._data_fingerprint([moved, datas[1]]) != study._data_fingerprint(datas)

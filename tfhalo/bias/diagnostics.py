@@ -100,8 +100,12 @@ def summarize_chains(samples, is_accepted=None, divergent=None, names=None,
     }
     if warn and not converged:
         worst = int(np.argmax(rhat))
+        failed = [c for c, bad in (("R-hat", not np.all(rhat < rhat_max)), ("ESS", not np.all(ess >= ess_min)),
+                                   ("divergences", n_div > 0)) if bad]
+        # Divergences alone leave R-hat and ESS valid but mark regions the chains
+        # may under-sample, so they are named as the failing criterion.
         warnings.warn(
-            f"chains not converged: max split R-hat {summary['max_rhat']:.4f} (limit {rhat_max}, "
-            f"parameter {names[worst]}), min ESS {summary['min_ess']:.0f} (need {ess_min:.0f}), "
-            f"{n_div} divergences", ConvergenceWarning, stacklevel=2)
+            f"chains not converged ({', '.join(failed)}): max split R-hat {summary['max_rhat']:.4f} (limit "
+            f"{rhat_max}, parameter {names[worst]}), min ESS {summary['min_ess']:.0f} (need {ess_min:.0f}), "
+            f"{n_div} divergences (need 0)", ConvergenceWarning, stacklevel=2)
     return summary

@@ -108,8 +108,8 @@ def make_bias_data(
     Example:
         >>> rho = np.ones((4, 4, 4))
         >>> d = make_bias_data(rho, [[1.0, 1.0, 9.0]], [2e12], 10.0, 1e12)
-        >>> int(d.halo_voxel[0])
-        3
+        >>> int(d.halo_voxel[0])  # grid points at 0, 2.5, 5, 7.5: nearest (0, 0, 0), wrapped from 4
+        0
     """
     if not np.isfinite(box_size) or not box_size > 0:
         raise ValueError(f"box_size must be positive. Received: box_size={box_size}")
@@ -142,7 +142,7 @@ def make_bias_data(
         )
     if not np.all(np.isfinite(masses)) or (masses <= 0).any():
         raise ValueError("halo_masses must be finite and positive. Received: "
-                         f"min={masses.min() if masses.size else None}")
+                         f"min(halo_masses)={masses.min() if masses.size else None}")
     outside = ~np.all(np.isfinite(centres) & (centres >= 0) & (centres < box_size), axis=1)
     if outside.any():
         first = centres[np.argmax(outside)]
@@ -158,8 +158,10 @@ def make_bias_data(
             f"{masses.max() if masses.size else None}"
         )
     n = rho.shape[0]
-    # Rounding can put a centre a hair below box_size into index n: wrap it.
-    idx = np.floor(centres[keep] / box_size * n).astype(np.int64) % n
+    # Grid value i is the cloud-in-cell density AT x = i * box_size / n (as painted
+    # by tfhalo.sim.mesh.cic_paint), so a halo belongs to its NEAREST grid point;
+    # the cell [i, i + 1) would score it against density half a voxel away per axis.
+    idx = np.floor(centres[keep] / box_size * n + 0.5).astype(np.int64) % n
     voxel = np.ravel_multi_index(idx.T, (n, n, n)).astype(np.int64)
     rho = np.maximum(rho, density_floor)
     return BiasData(
@@ -228,6 +230,8 @@ def bias_data_from_simulation(
     rho = density_field(simulation, n_grid, source)
     halos = simulation.halos
     centres = np.mod(halos.centre, simulation.box_size)
+    # np.mod returns box_size itself for a tiny negative coordinate.
+    centres[centres >= simulation.box_size] = 0.0
     return make_bias_data(
         rho, centres, halos.mass, simulation.box_size, mass_threshold, density_floor,
         name=f"{simulation.name}:{source}",

@@ -133,9 +133,18 @@ class NeyrinckBias:
         ln_mass = np.atleast_1d(np.asarray(ln_mass, np.float64))
         return self._mass_logpdf_ln(self.mass_params, ln_mass) - ln_mass
 
-    def log_number_density(self, one_plus_delta, ln_mass) -> np.ndarray:
-        """ln n(M | delta) per unit volume and unit mass, comparable with the neural model."""
-        return np.log(self.rate(one_plus_delta)) + self.log_mass_pdf(ln_mass)
+    def log_number_density(self, one_plus_delta, ln_mass, voxel_volume: float) -> np.ndarray:
+        """ln n(M | delta) per unit volume ((Mpc/h)^-3) and unit mass, comparable with the neural model.
+
+        Args:
+            one_plus_delta: densities (any shape), broadcast against ``ln_mass``.
+            ln_mass: ln M (Msun/h).
+            voxel_volume: the volume ((Mpc/h)^3) of the voxels the rate was fitted on:
+                the rate is a count per voxel.
+        """
+        if not voxel_volume > 0:
+            raise ValueError(f"voxel_volume must be positive. Received: voxel_volume={voxel_volume}")
+        return np.log(self.rate(one_plus_delta)) - np.log(voxel_volume) + self.log_mass_pdf(ln_mass)
 
     def log_likelihood(self, data) -> float:
         """Point-process ln L (paper eq. 16 form) on one or several :class:`BiasData`."""
@@ -147,10 +156,10 @@ class NeyrinckBias:
                     f"data mass threshold differs from the fitted one. Received: ln M_th={d.log_mass_threshold}, "
                     f"fitted ln M_th={self.log_mass_threshold}"
                 )
-            rate = self.rate(d.one_plus_delta).ravel()
+            rho = d.one_plus_delta.ravel()
             total += float(
-                np.sum(np.log(rate[d.halo_voxel]) - np.log(d.voxel_volume) + self.log_mass_pdf(d.halo_ln_mass))
-                - rate.sum()
+                np.sum(self.log_number_density(rho[d.halo_voxel], d.halo_ln_mass, d.voxel_volume))
+                - self.rate(rho).sum()
             )
         return total
 

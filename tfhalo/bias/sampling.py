@@ -50,7 +50,9 @@ class SamplingResult:
 
     Attributes:
         samples: ``(S, C, P)`` float64 draws (after warm-up).
-        log_prob: ``(S, C)`` ln posterior of each draw.
+        log_prob: ``(S, C)`` the sampled target's ln density at each draw: the ln
+            posterior of theta, or, with a ``reparametrization``, of its coordinates
+            ``v`` (ln posterior of ``theta(v)`` plus ln |d theta / d v|).
         is_accepted: ``(S, C)`` bool.
         log_accept_ratio: ``(S, C)``.
         divergent: ``(S, C)`` bool: energy error above 1000 or non-finite.
@@ -266,7 +268,8 @@ class _TemperedRunner(_BlockRunner):
             accepted, ratio = res.is_accepted[0], res.log_accept_ratio[0]
             return (accepted, ratio, tf.logical_not(ratio > -1000.0),
                     tf.fill(tf.shape(accepted), tf.constant(num_leapfrog_steps * n_rep, tf.int32)),
-                    res.accepted_results.target_log_prob[0],
+                    # The returned draw is the post-swap state: its density, not the pre-swap one.
+                    pkr.post_swap_replica_results.accepted_results.target_log_prob[0],
                     tf.cast(pkr.is_swap_accepted_adjacent, dtype))
 
         self._compile(trace_fn, jit_compile)
@@ -375,7 +378,8 @@ def sample_posterior(
     if init.ndim != 2 or not np.all(np.isfinite(init)):
         raise ValueError(f"initial_state must be a finite (chains, P) array. Received: shape={init.shape}")
     if int(num_results) < 1 or int(num_burnin) < 0:
-        raise ValueError(f"num_results must be >= 1 and num_burnin >= 0. Received: {num_results}, {num_burnin}")
+        raise ValueError("num_results must be >= 1 and num_burnin >= 0. Received: "
+                         f"num_results={num_results}, num_burnin={num_burnin}")
     if mass_matrix == "hessian" and hessian is None:
         raise ValueError("mass_matrix='hessian' needs hessian=(P, P). Received: hessian=None")
     if not step_size > 0:
