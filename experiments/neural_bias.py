@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -300,7 +301,8 @@ def main(argv=None):
                               n_grid=preset.n_grid,
                               threshold=float(threshold), steps=preset.map_steps,
                               starts=preset.map_starts, field=args.field, seed=args.seed,
-                              sims=[str(p) for p in paths], data=data_key), sort_keys=True)
+                              sims=[str(p) for p in paths], data=data_key,
+                              mirror=True), sort_keys=True)  # fit_map also tries the reflected MAP
     config_key = json.dumps(dict(dataclasses.asdict(preset), field=args.field, sample_field=sample_field,
                                  seed=args.seed, model=model.get_config()["mean_increment"],
                                  sims=[str(p) for p in paths], data=data_key), sort_keys=True)
@@ -312,12 +314,20 @@ def main(argv=None):
         cached = np.load(map_path)
         theta_map, hess = cached["theta"], cached["hessian"]
         map_evals = int(cached["n_evaluations"])
+        other_half = json.loads(str(cached["other_half"]))
         print("MAP: reusing", map_path, flush=True)
     else:
         fit = fit_map(like, steps=preset.map_steps, n_starts=preset.map_starts, seed=args.seed, progress=progress,
                       jit_compile=preset.jit_compile)
         theta_map, hess, map_evals = fit.theta, fit.hessian, fit.n_evaluations
-        _save_npz(map_path, theta=theta_map, hessian=hess, n_evaluations=map_evals, config=map_key)
+        other_half = None if fit.other_half is None else {
+            "log_posterior_below_map": fit.log_posterior - fit.other_half["log_posterior"],
+            "log_laplace_mass_ratio": fit.other_half["log_laplace_mass_ratio"]}
+        _save_npz(map_path, theta=theta_map, hessian=hess, n_evaluations=map_evals, config=map_key,
+                  other_half=json.dumps(other_half))
+    if other_half is not None:
+        print(f"other half-space of the NPE weights: optimum {other_half['log_posterior_below_map']:.2f} nats below "
+              f"the MAP, Laplace mass ratio e^{other_half['log_laplace_mass_ratio']:.1f}", flush=True)
     like.layout.set(model, theta_map)
     timings["map_s"] = time.perf_counter() - t0
 
@@ -473,6 +483,9 @@ def main(argv=None):
         "heldout_neural_posterior_mean_lnL": float(post_test.mean()),
         "heldout_log_predictive": predictive_score,
         "theta_map": dict(zip(names, theta_map.tolist())),
+        # The local-linear chains sample the MAP's half-space of the NPE's radial
+        # weights; the other half's best point and Laplace mass say what that leaves out.
+        "other_half_space": other_half,
         "neyrinck": neyrinck.get_params(),
         "diagnostics": summary,
         "component_shares": component_shares,
@@ -659,6 +672,15 @@ def _report(r):
         f"({r['heldout_log_predictive']['all_chains'] - ll['neyrinck_test']:+.2f} nats over Neyrinck at its "
         "maximum; per chain: " + ", ".join(f"{x:.2f}" for x in r["heldout_log_predictive"]["per_chain"])
         + f"; {r['heldout_log_predictive']['draws_per_chain']} draws per chain).",
+        *(["", "The reparametrised chains sample the half-space of the NPE's radial weights that holds the MAP "
+            "(psi rising or falling with density). The best point of the other half (fit_map starts an optimiser "
+            f"from the reflected MAP) is {r['other_half_space']['log_posterior_below_map']:.2f} nats lower in ln "
+            f"posterior; its Laplace mass relative to the MAP's half is "
+            f"e^{r['other_half_space']['log_laplace_mass_ratio']:.1f}"
+            + (", so the chains leave out a non-negligible part of the posterior: sample it with "
+               "--no-reparametrize or read the chains as conditional on the sign." if
+               r["other_half_space"]["log_laplace_mass_ratio"] > math.log(0.01) else ".")]
+          if r.get("other_half_space") and r["config"]["reparametrize"] else []),
         "",
         "## Sampling",
         "",

@@ -136,3 +136,42 @@ def test_default_model_uses_smooth_mean_increment():
     assert model.head.mean_increment == "softplus"
     paper = build_model(math.log(M_TH), n_grid=4, mean_increment="relu")
     assert type(paper).from_config(paper.get_config()).head.mean_increment == "relu"
+
+
+@pytest.mark.parametrize("n_kernels", [1, 2])
+def test_mirror_is_an_involution_into_the_other_half_that_keeps_a_linear_npe_fit(n_kernels):
+    like, theta = _likelihood(n_kernels)
+    rep = LocalLinearReparametrization(like, theta)
+    for f in range(n_kernels):
+        mirrored = rep.mirror(theta, f)
+        np.testing.assert_allclose(rep.mirror(mirrored, f), theta, rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="outside the reparametrisation's domain"):
+            rep.inverse(mirrored)
+    # Where softplus(u) is linear over the voxels (u >> 1), the head sees the same z:
+    # the reflected parameters give the same likelihood.
+    shells = _shell_sums(like)
+    linear = theta.copy()
+    for f in range(n_kernels):
+        u = shells @ theta[rep.w_index[:, f]] + theta[rep.b_index[f]]
+        linear[rep.b_index[f]] += 40.0 - u.min()  # every voxel's u >= 40
+    lnl = float(like.log_likelihood(tf.constant(linear)))
+    for f in range(n_kernels):
+        assert float(like.log_likelihood(tf.constant(rep.mirror(linear, f)))) == pytest.approx(lnl, rel=1e-9)
+    with pytest.raises(ValueError, match=f"feature < {n_kernels}. Received: shape=.*feature={n_kernels}"):
+        rep.mirror(theta, n_kernels)
+
+
+def test_fit_map_reports_the_other_half_and_keeps_the_better_one():
+    from tfhalo.bias.fit import fit_map
+
+    like, _ = _likelihood()
+    fit = fit_map(like, steps=300, n_starts=1, seed=0, progress=False)
+    other = fit.other_half
+    assert other is not None, "the reflected start should settle in the other half on this data"
+    assert other["log_posterior"] <= fit.log_posterior
+    assert np.isfinite(other["log_laplace_mass_ratio"])
+    rep = LocalLinearReparametrization(like, fit.theta)
+    w_other = other["theta"][rep.w_index[:, 0]]
+    assert float(rep.w_hat[:, 0] @ rep.shell_cov @ w_other) < 0  # it is in the other half
+    # The returned optimum is one: L-BFGS from it gains nothing.
+    assert float(like.log_posterior(tf.constant(other["theta"]))) == pytest.approx(other["log_posterior"], rel=1e-12)

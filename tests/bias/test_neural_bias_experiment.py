@@ -58,6 +58,8 @@ def test_quick_study_end_to_end_with_both_fields_replicas_and_caches(study, suit
     # Both models are scored on the same held-out halos by the same likelihood.
     ll = saved["log_likelihood"]
     assert saved["heldout_difference_total"] == pytest.approx(ll["neural_test"] - ll["neyrinck_test"])
+    other = saved["other_half_space"]  # the reflected MAP's optimum, or None if it came back
+    assert other is None or (other["log_posterior_below_map"] >= 0 and np.isfinite(other["log_laplace_mass_ratio"]))
     predictive_score = saved["heldout_log_predictive"]
     assert predictive_score["draws_per_chain"] == 12 and len(predictive_score["per_chain"]) == 2
     # ln of a mean of likelihoods lies between the mean and the max of the ln L.

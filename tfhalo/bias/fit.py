@@ -31,6 +31,13 @@ class MapResult:
         hessian: ``(P, P)`` Hessian of ``-ln posterior`` at ``theta``.
         history: ln posterior after every Adam step of the best start.
         n_evaluations: log-density-and-gradient evaluations spent.
+        other_half: for an ``l = 0`` NPE, the optimum of the other half-space of
+            the NPE's radial weights (reached from the reflected MAP,
+            :meth:`~tfhalo.bias.reparam.LocalLinearReparametrization.mirror`):
+            ``{"log_posterior", "log_laplace_mass_ratio", "theta"}``, the ratio
+            being the Laplace estimate of ln(mass there / mass in the MAP's half);
+            ``None`` when not applicable.  The local-linear chains sample only
+            the MAP's half.
     """
 
     theta: np.ndarray
@@ -39,6 +46,7 @@ class MapResult:
     hessian: np.ndarray
     history: np.ndarray
     n_evaluations: int
+    other_half: dict | None = None
 
 
 def value_and_gradient_fn(likelihood: NeuralBiasLikelihood, jit_compile: bool = False):
@@ -115,6 +123,7 @@ def fit_map(
     polish: bool = True,
     progress: bool = True,
     jit_compile: bool = False,
+    mirror: bool = True,
 ) -> MapResult:
     """Maximum a posteriori parameters by Adam (+ L-BFGS polish), best of ``n_starts``.
 
@@ -127,6 +136,11 @@ def fit_map(
         polish: finish the best start with L-BFGS on the exact objective.
         progress: show a tqdm bar.
         jit_compile: evaluate the log posterior with XLA.
+        mirror: also optimise from the MAP reflected into the other half-space of
+            each NPE feature's radial weights (``w -> -w``, head compensated), keep
+            the better optimum, and report the other in ``other_half``: a
+            softplus NPE can fit nearly as well (or better) with psi falling with
+            density, and Adam from small random weights may find only one side.
 
     Returns:
         A :class:`MapResult`.
@@ -178,19 +192,68 @@ def fit_map(
     if best is None:
         raise RuntimeError("every MAP start diverged to a non-finite posterior; lower learning_rate")
     theta, value, history = best
-    if polish:
-        def objective(x):
-            v, g = value_and_grad(tf.constant(x, dtype))
-            return -float(v), -np.asarray(g, np.float64)
 
-        res = optimize.minimize(objective, theta, jac=True, method="L-BFGS-B",
-                                options={"maxiter": 2000, "gtol": 1e-6})
+    def objective(x):
+        v, g = value_and_grad(tf.constant(x, dtype))
+        return -float(v), -np.asarray(g, np.float64)
+
+    def polished(x, v):
+        nonlocal n_eval
+        res = optimize.minimize(objective, x, jac=True, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-6})
         n_eval += int(res.nfev)
-        if np.isfinite(res.fun) and -res.fun >= value:
-            theta, value = np.asarray(res.x, np.float64), -float(res.fun)
+        return (np.asarray(res.x, np.float64), -float(res.fun)) if np.isfinite(res.fun) and -res.fun >= v else (x, v)
+
+    if polish:
+        theta, value = polished(theta, value)
+    hess = hessian(likelihood, theta)
+    other = None
+    if mirror:
+        other = _other_half(likelihood, theta, value, hess, objective, polished)
+        if other is not None and other["log_posterior"] > value:
+            # The reflected start found the better optimum: it is the MAP, and the
+            # half just left becomes the "other" one.
+            theta, value, hess, other = other.pop("theta"), other["log_posterior"], other.pop("hessian"), None
+            other = _other_half(likelihood, theta, value, hess, objective, polished)
+    if other is not None:
+        other.pop("hessian", None)
     likelihood.layout.set(likelihood.model, theta)
     log_like = float(likelihood.log_likelihood(tf.constant(theta, dtype)))
     return MapResult(
         theta=theta, log_posterior=value, log_likelihood=log_like,
-        hessian=hessian(likelihood, theta), history=history, n_evaluations=n_eval,
+        hessian=hess, history=history, n_evaluations=n_eval, other_half=other,
     )
+
+
+def _laplace_log_mass(log_posterior: float, hess: np.ndarray, floor: float) -> float:
+    """ln of the Laplace approximation to the posterior mass around an optimum (up to a shared constant).
+
+    Curvatures are floored at ``floor`` (the prior's precision): along a flat or
+    slightly concave ridge L-BFGS stops where only the prior bounds the mass.
+    """
+    eig = np.linalg.eigvalsh(0.5 * (hess + hess.T))
+    return log_posterior - 0.5 * float(np.sum(np.log(np.maximum(eig, floor))))
+
+
+def _other_half(likelihood, theta, value, hess, objective, polished):
+    """The optimum reached from the reflected ``theta`` if it lies in the other half-space, else None."""
+    from tfhalo.bias.reparam import LocalLinearReparametrization
+
+    try:
+        rep = LocalLinearReparametrization(likelihood, theta)
+    except ValueError:  # not an l = 0, single-input NPE: no half-spaces to compare
+        return None
+    floor = 1.0 / likelihood.prior_scale**2
+    best = None
+    for f in range(rep.n_feat):
+        start = rep.mirror(theta, f)
+        x, v = polished(start, -objective(start)[0])
+        inside = np.einsum("rf,rq,qf->f", rep.w_hat, rep.shell_cov, x[rep.w_index]) > 0
+        if inside.all() or not np.isfinite(v):
+            continue  # the optimiser came back to the MAP's half
+        if best is None or v > best[1]:
+            best = (x, v)
+    if best is None:
+        return None
+    h = hessian(likelihood, best[0])
+    return {"log_posterior": best[1], "hessian": h, "theta": best[0],
+            "log_laplace_mass_ratio": _laplace_log_mass(best[1], h, floor) - _laplace_log_mass(value, hess, floor)}

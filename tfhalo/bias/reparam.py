@@ -168,6 +168,34 @@ class LocalLinearReparametrization(Reparametrization):
             self.q[f] = np.linalg.solve(chol.T, basis)
         # v layout reuses theta's slots: radial -> (xi, eta), NPE bias -> m, head kernel -> B, head bias -> A.
 
+    def mirror(self, theta, feature: int = 0) -> np.ndarray:
+        """``(P,)`` theta with NPE feature ``feature`` reflected into the other half-space.
+
+        ``u -> 2 m - u`` about its training mean ``m`` (``w -> -w``), with the head's
+        slopes flipped and biases shifted so that ``z = c psi + d`` is unchanged where
+        ``psi = softplus(u)`` is linear in ``u``.  Where it is not (the softplus
+        bends over the voxels' range), the reflected point is a *different* fit of
+        about the same quality: the other half-space, which the map here excludes,
+        can hold its own mode.  :func:`tfhalo.bias.fit.fit_map` starts an
+        optimiser from this point to find it.
+        """
+        theta = np.asarray(theta, np.float64).reshape(-1)
+        if theta.shape[0] != self.size or not 0 <= feature < self.n_feat:
+            raise ValueError(f"theta must have {self.size} entries and 0 <= feature < {self.n_feat}. Received: "
+                             f"shape={theta.shape}, feature={feature}")
+        out = theta.copy()
+        w = theta[self.w_index[:, feature]]
+        b = theta[self.b_index[feature]]
+        c = theta[self.c_index[feature]]
+        m = self.shell_mean @ w + b
+        out[self.w_index[:, feature]] = -w
+        out[self.b_index[feature]] = m + self.shell_mean @ w  # mean of the reflected u is m again
+        # softplus(2m - u) ~ softplus(m) - sigmoid(m) (u - m): flipping c and shifting d by
+        # 2 c softplus(m) keeps z to first order in (u - m).
+        out[self.c_index[feature]] = -c
+        out[self.d_index] = theta[self.d_index] + 2.0 * c * _softplus_np(m)
+        return out
+
     # -- NumPy inverse --------------------------------------------------------
     def inverse(self, theta) -> np.ndarray:
         """``(..., P)`` theta -> v (NumPy float64).
