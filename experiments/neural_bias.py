@@ -53,6 +53,7 @@ from tfhalo.bias.flow import ComposedReparametrization, FlowReparametrization  #
 from tfhalo.bias.neyrinck import NeyrinckBias  # noqa: E402
 from tfhalo.bias.reparam import LocalLinearReparametrization  # noqa: E402
 from tfhalo.bias.sampling import preconditioner_from_hessian, preconditioner_from_samples, sample_posterior  # noqa: E402
+from tfhalo.evaluation.plots import save_figure  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -589,8 +590,7 @@ def _figures(out, model, like, like_test, test, neyrinck, theta_map, draws, samp
     axes[0].set_ylabel(r"$dn/d\ln M$ [$(h^{-1}$Mpc$)^{-3}$]")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "fig2_mass_function.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "fig2_mass_function.png", dpi=100)
 
     # Fig 3: traces of every parameter.
     p = samples.shape[-1]
@@ -604,8 +604,7 @@ def _figures(out, model, like, like_test, test, neyrinck, theta_map, draws, samp
         ax.plot(samples[:, :, i], lw=0.4)
         ax.set_title(names[i], fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "fig3_traces.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "fig3_traces.png", dpi=90)
 
     # Fig 4: slices of density, psi and halo mass field.
     fields = like_test.per_voxel(theta_map)
@@ -619,8 +618,7 @@ def _figures(out, model, like, like_test, test, neyrinck, theta_map, draws, samp
         ax.set_title(title)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(out / "fig4_slices.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "fig4_slices.png", dpi=100)
 
 
 def heldout_log_predictive(log_likelihoods) -> dict:

@@ -20,15 +20,24 @@ from tfhalo.atomic import atomic_path  # noqa: E402
 from tfhalo.evaluation.splits import mass_bin_edges, mass_bin_masks, radial_masks  # noqa: E402
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path, dpi: int = 110, **savefig_kwargs) -> Path:
+    """Write ``fig`` to ``path`` atomically (a temporary name, then a rename) and close it.
+
+    Example:
+        >>> save_figure(plt.figure(), "out/empty.png")  # doctest: +SKIP
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(path, suffix=".png") as tmp:  # matplotlib picks the format from the extension
-            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        with atomic_path(path, suffix=path.suffix or ".png") as tmp:  # matplotlib picks the format from it
+            fig.savefig(tmp, dpi=dpi, **savefig_kwargs)
     finally:
         plt.close(fig)
     return path
+
+
+def _save(fig, path) -> Path:
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def violin_plot(true_log_mass, predicted_log_mass, path, n_bins: int = 12,
