@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    tfhalo simulate --preset quick|paper --n-sims N --out DIR --seed S
+    tfhalo simulate --preset quick|paper|charnock2020 --n-sims N --out DIR --seed S
                     [--n-side N] [--box-size L] [--n-steps K] [--no-progress]
     tfhalo predict  --model DIR --simulation PATH --out FILE.h5 [--batch-size B]
 

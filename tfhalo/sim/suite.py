@@ -119,7 +119,8 @@ class SimulationPreset:
 #: "quick": seconds per simulation on 2 cores; "paper": Lucie-Smith et al. (2018) resolution;
 #: "charnock2020": the neural bias paper's volume, (250 Mpc/h)^3, at a particle mass
 #: (3.7e10 Msun/h) that puts its halo threshold M_th = 2e12 Msun/h at 54 particles
-#: (FoF masses are noisy below ~50); ~14 GB and minutes per simulation on 2 cores.
+#: (FoF masses are noisy below ~50); ~15 GB and minutes per simulation on 2 cores
+#: (an 1/8-volume run at this resolution peaked at 1.9 GB).
 PRESETS: Dict[str, SimulationPreset] = {
     "quick": SimulationPreset(n_side=64, box_size=40.0, n_steps=10, mesh_factor=2),
     "paper": SimulationPreset(n_side=256, box_size=50.0, z_initial=99.0, n_steps=10, mesh_factor=2),
