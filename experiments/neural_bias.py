@@ -110,7 +110,7 @@ PRESETS = {
     # The paper's set-up: 64^3 voxels over (250 Mpc/h)^3 (3.9 Mpc/h) and M_th = 2e12
     # Msun/h, on the "charnock2020" simulations (54 particles at M_th); 3 training
     # boxes and 1 held out.  ~0.8M voxels and ~87k halos per gradient (0.3 s on a
-# loaded 2-core machine): about a day of sampling there.
+    # loaded 2-core machine): about a day of sampling there.
     "paper": Preset(n_grid=64, threshold_particles=50, threshold_mass=2e12, n_sims=4, sim_preset="charnock2020",
                     map_steps=5000, map_starts=4, n_chains=4, n_burnin=3000, n_samples=5000,
                     num_leapfrog_steps=10, mass_matrix="adaptive", reparametrize=True),

@@ -212,7 +212,7 @@ def fit_map(
         if other is not None and other["log_posterior"] > value:
             # The reflected start found the better optimum: it is the MAP, and the
             # half just left becomes the "other" one.
-            theta, value, hess, other = other.pop("theta"), other["log_posterior"], other.pop("hessian"), None
+            theta, value, hess = other["theta"], other["log_posterior"], other["hessian"]
             other = _other_half(likelihood, theta, value, hess, objective, polished)
     if other is not None:
         other.pop("hessian", None)
