@@ -66,17 +66,23 @@ def test_coordinates_are_the_mean_spread_value_and_slope_of_the_npe_summary():
     lam = v[rep.w_index[0]][0] + np.logaddexp(0, m)
     s = math.exp(lam) * math.sqrt(1 + np.sum(v[rep.w_index[1:]] ** 2))
     assert s == pytest.approx(u.std(ddof=1), rel=1e-10)
-    # B_j is the slope of head pre-activation j per std of u; A_j its value at psi = softplus(m),
-    # except component 1's slots, which hold its tail above the threshold.
+    # B_j is the slope of head pre-activation j per std of u at psi = softplus(m); A_j its value at
+    # the halos' mean environment, g = (psi - softplus(m)) / (sigmoid(m) s) = anchor, except
+    # component 1's slots, which hold its tail above the threshold there.
     c, d = theta[rep.c_index][0], theta[rep.d_index]
-    np.testing.assert_allclose(v[rep.c_index][0], c * s / (1 + np.exp(-m)), rtol=1e-10)
-    pre = c * np.logaddexp(0, m) + d
+    sig_m = 1 / (1 + np.exp(-m))
+    np.testing.assert_allclose(v[rep.c_index][0], c * s * sig_m, rtol=1e-10)
+    psi_h = np.logaddexp(0, shells[_halo_rows(like)] @ w + b)
+    anchor = np.mean((psi_h - np.logaddexp(0, m)) / (sig_m * s))
+    assert rep.anchor[0] == pytest.approx(anchor, rel=1e-10)
+    psi_anchor = np.logaddexp(0, m) + sig_m * s * anchor
+    pre = c * psi_anchor + d
     others = [1, 5]
     np.testing.assert_allclose(v[rep.d_index][others], pre[others], rtol=1e-10)
     # The second increment's slot: g_2 + (mu_1 - ln M_th).
     assert v[rep.d_index][3] == pytest.approx(pre[3] + pre[2], rel=1e-10)
     head = like.model.head
-    out = head.stateless_call([theta[rep.c_index], theta[rep.d_index]], [], np.array([[np.logaddexp(0, m)]]))[0]
+    out = head.stateless_call([theta[rep.c_index], theta[rep.d_index]], [], np.array([[psi_anchor]]))[0]
     alpha, mu, sigma = (float(x) for x in np.asarray(out)[0, [0, 2, 4]])
     # ln n_1(M) at y = ln M - ln M_th: c0 + c1 y - y^2 / (2 sigma^2) + (terms free of the parameters).
     y = np.array([0.0, 0.7, 2.0])
@@ -85,6 +91,30 @@ def test_coordinates_are_the_mean_spread_value_and_slope_of_the_npe_summary():
     np.testing.assert_allclose(ln_n1 - ln_n1[0], c1 * y - y**2 / (2 * sigma**2), rtol=1e-9, atol=1e-12)
     assert ln_n1[0] + math.log(M_TH) == pytest.approx(c0, rel=1e-10)
     assert ell == pytest.approx(math.log(sigma), rel=1e-12)
+
+
+def _halo_rows(like):
+    n_vox = like.data[0].log_density.size
+    return np.concatenate([d.halo_voxel + i * n_vox for i, d in enumerate(like.data)])
+
+
+def test_anchor_moves_only_the_tail_stage_values():
+    # The anchor is where the head's values are read: any anchor is an exact bijection onto the
+    # same theta, and anchor = 0 reads them at the mean environment (psi = softplus(m)).
+    like, theta = _likelihood()
+    at_mean = LocalLinearReparametrization(like, theta, anchor=[0.0])
+    at_halos = LocalLinearReparametrization(like, theta)
+    assert abs(at_halos.anchor[0]) > 0.05  # this catalogue's halos are not at the mean environment
+    for rep in (at_mean, at_halos):
+        np.testing.assert_allclose(rep.forward_np(rep.inverse(theta)), theta, rtol=1e-12, atol=1e-12)
+    v0, v1 = at_mean.inverse(theta), at_halos.inverse(theta)
+    moved = np.flatnonzero(~np.isclose(v0, v1, rtol=1e-12, atol=1e-12))
+    assert set(moved) <= set(at_mean.d_index) and len(moved) > 0
+    m = v0[at_mean.b_index][0]
+    pre = theta[at_mean.c_index][0] * np.logaddexp(0, m) + theta[at_mean.d_index]
+    np.testing.assert_allclose(v0[at_mean.d_index][[1, 5]], pre[[1, 5]], rtol=1e-10)
+    with pytest.raises(ValueError, match="anchor"):
+        LocalLinearReparametrization(like, theta, anchor=[np.nan])
 
 
 def test_the_psi_scale_symmetry_is_one_coordinate():

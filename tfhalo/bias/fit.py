@@ -209,9 +209,12 @@ def fit_map(
     other = None
     if mirror:
         other = _other_half(likelihood, theta, value, hess, objective, polished)
-        if other is not None and other["log_posterior"] > value:
+        for _ in range(3):
+            if other is None or other["log_posterior"] <= value:
+                break
             # The reflected start found the better optimum: it is the MAP, and the
-            # half just left becomes the "other" one.
+            # half just left becomes the "other" one (searched again from the new MAP,
+            # which can find a better point there still).
             theta, value, hess = other["theta"], other["log_posterior"], other["hessian"]
             other = _other_half(likelihood, theta, value, hess, objective, polished)
     if other is not None:
@@ -247,8 +250,7 @@ def _other_half(likelihood, theta, value, hess, objective, polished):
     for f in range(rep.n_feat):
         start = rep.mirror(theta, f)
         x, v = polished(start, -objective(start)[0])
-        inside = np.einsum("rf,rq,qf->f", rep.w_hat, rep.shell_cov, x[rep.w_index]) > 0
-        if inside.all() or not np.isfinite(v):
+        if np.all(rep.half_space(x) > 0) or not np.isfinite(v):
             continue  # the optimiser came back to the MAP's half
         if best is None or v > best[1]:
             best = (x, v)

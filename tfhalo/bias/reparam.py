@@ -22,11 +22,20 @@ What.  :class:`LocalLinearReparametrization` samples, per NPE feature ``f``,
   ``s_f (1 - sigmoid(m_f))`` of ``psi`` in the standardised environment, the
   combination of ``(lambda_f, m_f)`` the data fix;
 
-and per head output ``j``: the value ``A_j = sum_f c_fj softplus(m_f) + d_j`` of
-``z_j`` at the mean environment and its slopes ``B_fj = c_fj sigmoid(m_f) s_f``
-per standard deviation of ``u_f``.  The first mixture component, which
+and per head output ``j``: its slopes ``B_fj = c_fj sigmoid(m_f) s_f`` per
+standard deviation of ``u_f`` at the mean environment, and its value
+``A_j = z_j(g = a)`` at the halos' mean environment: ``g_f = (psi_f -
+softplus(m_f)) / (sigmoid(m_f) s_f)`` puts a voxel in slope units, so
+``z_j = sum_f c_fj softplus(m_f) + d_j + sum_f B_fj g_f``, and the anchor ``a_f``
+is the mean of ``g_f`` over the catalogue's halos at the MAP.  The catalogue
+pins the mass function down where its halos are, which need not be the mean
+voxel (measured: halos at ``g = -1.4``); values read at ``g = 0`` are an
+extrapolation whose errors the slopes must cancel: a curved ridge, locally
+~40 times narrower than the posterior's extent (on a quick catalogue the
+median largest eigenvalue of the Hessian in posterior-covariance units was
+~1900 with values read at ``g = 0``, ~70 at the halos' mean).  The first mixture component, which
 usually sits below the mass threshold with only its tail seen, is then
-described at the mean environment by its tail above the threshold instead of
+described at the anchor by its tail above the threshold instead of
 its (amplitude, mean, width) pre-activations: with ``D = mu_1 - ln M_th``,
 ``ln n_1 = c0 + c1 y - y^2 / (2 sigma_1^2)`` in ``y = ln M - ln M_th`` (up to a
 constant), so the slots hold ``c0 = ln alpha_1 - D - ln sigma_1 - D^2 / (2 sigma_1^2)``,
@@ -105,15 +114,20 @@ class LocalLinearReparametrization(Reparametrization):
             its training grids give the shell-sum mean and covariance.
         theta_ref: ``(P,)`` reference parameters (the MAP): fixes the
             direction ``w_hat_f`` of each feature's radial weights.
+        anchor: ``(F,)`` environment, in slope units ``g_f``, at which the head's
+            values are read (default: the mean over the catalogue's halos
+            at ``theta_ref``; 0 is the mean voxel).
 
     Attributes:
         size: ``P``.
+        anchor: ``(F,)`` the environment at which the head's values are read.
         shell_mean: ``(R,)`` mean shell sums over the training voxels.
         shell_cov: ``(R, R)`` their covariance.
 
     Raises:
         ValueError: the NPE is not a single-input ``l = 0`` layer with a bias,
-            or ``theta_ref`` has the wrong size or zero radial weights.
+            ``theta_ref`` has the wrong size or zero radial weights, or ``anchor``
+            is not ``F`` finite values.
 
     Example:
         >>> rep = LocalLinearReparametrization(like, fit.theta)
@@ -122,7 +136,7 @@ class LocalLinearReparametrization(Reparametrization):
         True
     """
 
-    def __init__(self, likelihood, theta_ref):
+    def __init__(self, likelihood, theta_ref, anchor=None):
         model = likelihood.model
         layout = likelihood.layout
         npe, head = model.npe, model.head
@@ -166,7 +180,23 @@ class LocalLinearReparametrization(Reparametrization):
             y = chol.T @ self.w_hat[:, f]  # unit vector in the whitened space
             basis = np.linalg.svd(np.eye(n_radial) - np.outer(y, y))[0][:, : n_radial - 1]
             self.q[f] = np.linalg.solve(chol.T, basis)
+        if anchor is None:
+            # The halos' mean environment at theta_ref, in slope units g = (psi - softplus(m)) / (sigmoid(m) s).
+            offsets = np.cumsum([0] + [d.log_density.size for d in likelihood.data])
+            rows = np.concatenate([d.halo_voxel + o for d, o in zip(likelihood.data, offsets)])
+            u = shells[rows] @ w_ref + theta_ref[self.b_index]  # (H, F)
+            m_ref = self.shell_mean @ w_ref + theta_ref[self.b_index]
+            anchor = (_softplus_np(u) - _softplus_np(m_ref)) / (np.exp(_log_sigmoid_np(m_ref)) * s_ref)
+            anchor = anchor.mean(axis=0) if len(rows) else np.zeros(n_feat)
+        self.anchor = np.asarray(anchor, np.float64).reshape(-1)
+        if self.anchor.shape != (n_feat,) or not np.all(np.isfinite(self.anchor)):
+            raise ValueError(f"anchor must hold {n_feat} finite values. Received: anchor={anchor}")
         # v layout reuses theta's slots: radial -> (xi, eta), NPE bias -> m, head kernel -> B, head bias -> A.
+
+    def half_space(self, theta) -> np.ndarray:
+        """``(..., F)`` ``w_hat_f^T Sigma w_f``: positive where feature ``f``'s radial weights are in the map's domain."""
+        w = np.asarray(theta, np.float64)[..., self.w_index]  # (..., R, F)
+        return np.einsum("rf,rq,...qf->...f", self.w_hat, self.shell_cov, w)
 
     def mirror(self, theta, feature: int = 0) -> np.ndarray:
         """``(P,)`` theta with NPE feature ``feature`` reflected into the other half-space.
@@ -209,7 +239,7 @@ class LocalLinearReparametrization(Reparametrization):
         w = theta[..., self.w_index]  # (..., R, F)
         b = theta[..., self.b_index]  # (..., F)
         sigma_w = np.einsum("rq,...qf->...rf", self.shell_cov, w)
-        scale = np.einsum("rf,...rf->...f", self.w_hat, sigma_w)  # e^lambda
+        scale = self.half_space(theta)  # e^lambda
         if not np.all(scale > 0):
             raise ValueError("theta is outside the reparametrisation's domain (radial weights more than 90 "
                              f"degrees from the reference direction). Received: min w_hat.Sigma.w={scale.min()}")
@@ -220,9 +250,20 @@ class LocalLinearReparametrization(Reparametrization):
         xi = lam - _softplus_np(m)
         c = theta[..., self.c_index]  # (..., F, J)
         d = theta[..., self.d_index]  # (..., J)
-        big_b = c * (np.exp(_log_sigmoid_np(m)) * s)[..., None]
-        big_a = d + np.einsum("...fj,...f->...j", c, _softplus_np(m))
-        # Tail stage: component 1's (amplitude, mean, width) pre-activations -> (c0, c1, ln sigma).
+        big_b = c * (np.exp(_log_sigmoid_np(m)) * s)[..., None]  # (..., F, J)
+        big_a = d + np.einsum("...fj,...f->...j", c, _softplus_np(m))  # (..., J)
+        # The head's pre-activations at the halos' mean environment, in tail-stage values.
+        tail_a = self._tail_np(big_a + np.einsum("...fj,f->...j", big_b, self.anchor))
+        v[..., self.w_index[0]] = xi
+        v[..., self.w_index[1:]] = eta
+        v[..., self.b_index] = m
+        v[..., self.c_index] = big_b
+        v[..., self.d_index] = tail_a
+        return v
+
+    def _tail_np(self, big_a):
+        """``(..., J)`` head pre-activations -> tail-stage values (NumPy; inverse of :meth:`_undo_tail`)."""
+        big_a = np.array(big_a, np.float64)
         k = self.n_components
         alpha = _softplus_np(big_a[..., 0] + self.amplitude_shift)
         sigma = _softplus_np(big_a[..., 2 * k] + self.width_shift)
@@ -233,12 +274,7 @@ class LocalLinearReparametrization(Reparametrization):
         big_a[..., 2 * k] = ell
         if k > 1:
             big_a[..., k + 1] += dist  # ~ mu_2 - ln M_th where the increment is large
-        v[..., self.w_index[0]] = xi
-        v[..., self.w_index[1:]] = eta
-        v[..., self.b_index] = m
-        v[..., self.c_index] = big_b
-        v[..., self.d_index] = big_a
-        return v
+        return big_a
 
     # -- TensorFlow forward ---------------------------------------------------
     def _parts(self, v):
@@ -280,7 +316,8 @@ class LocalLinearReparametrization(Reparametrization):
         w = tf.exp(lam)[..., None, :] * direction  # (..., R, F)
         b = m - tf.einsum("r,...rf->...f", tf.constant(self.shell_mean, dt), w)
         big_b = tf.gather(v, self.c_index, axis=-1)  # (..., F, J)
-        big_a, log_det_tail = self._undo_tail(tf.gather(v, self.d_index, axis=-1))
+        at_anchor, log_det_tail = self._undo_tail(tf.gather(v, self.d_index, axis=-1))
+        big_a = at_anchor - tf.einsum("...fj,f->...j", big_b, tf.constant(self.anchor, dt))
         c = big_b * tf.exp(-tf.math.log_sigmoid(m) - log_s)[..., None]
         d = big_a - tf.einsum("...fj,...f->...j", c, tf.math.softplus(m))
         per_feature = self.n_radial * lam - self.n_out * (tf.math.log_sigmoid(m) + log_s)
