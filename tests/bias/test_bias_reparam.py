@@ -66,31 +66,41 @@ def test_coordinates_are_the_mean_spread_value_and_slope_of_the_npe_summary():
     lam = v[rep.w_index[0]][0] + np.logaddexp(0, m)
     s = math.exp(lam) * math.sqrt(1 + np.sum(v[rep.w_index[1:]] ** 2))
     assert s == pytest.approx(u.std(ddof=1), rel=1e-10)
-    # B_j is the slope of head pre-activation j per std of u at psi = softplus(m); A_j its value at
-    # the halos' mean environment, g = (psi - softplus(m)) / (sigmoid(m) s) = anchor, except
-    # component 1's slots, which hold its tail above the threshold there.
+    # The head's values are read at the halos' mean environment g = a, in slope units
+    # g = (psi - softplus(m)) / (sigmoid(m) s); component 1's
+    # (amplitude, mean, width) pre-activations as its tail above the threshold there.
     c, d = theta[rep.c_index][0], theta[rep.d_index]
     sig_m = 1 / (1 + np.exp(-m))
-    np.testing.assert_allclose(v[rep.c_index][0], c * s * sig_m, rtol=1e-10)
     psi_h = np.logaddexp(0, shells[_halo_rows(like)] @ w + b)
     anchor = np.mean((psi_h - np.logaddexp(0, m)) / (sig_m * s))
     assert rep.anchor[0] == pytest.approx(anchor, rel=1e-10)
-    psi_anchor = np.logaddexp(0, m) + sig_m * s * anchor
-    pre = c * psi_anchor + d
-    others = [1, 5]
-    np.testing.assert_allclose(v[rep.d_index][others], pre[others], rtol=1e-10)
-    # The second increment's slot: g_2 + (mu_1 - ln M_th).
-    assert v[rep.d_index][3] == pytest.approx(pre[3] + pre[2], rel=1e-10)
     head = like.model.head
-    out = head.stateless_call([theta[rep.c_index], theta[rep.d_index]], [], np.array([[psi_anchor]]))[0]
+
+    def psi_at(g):
+        return np.logaddexp(0, m) + sig_m * s * g
+
+    def values_at(g):
+        """[c0, pre_1, c1, g_2 + D, ln sigma_1, pre_5] from the head's float64 outputs at psi(g)."""
+        psi = psi_at(g)
+        alpha, mu, sigma = (float(x) for x in np.asarray(
+            head.stateless_call([theta[rep.c_index], d], [], np.array([[psi]]))[0])[0, [0, 2, 4]])
+        pre = c * psi + d
+        dist = mu - math.log(M_TH)
+        c0 = math.log(alpha) - dist - math.log(sigma) - dist**2 / (2 * sigma**2)
+        return np.array([c0, pre[1], dist / sigma**2, pre[3] + dist, math.log(sigma), pre[5]])
+
+    np.testing.assert_allclose(v[rep.d_index], values_at(anchor), rtol=1e-9, atol=1e-12)
+    # The slopes are those of the pre-activations z = c psi + d per unit g.
+    np.testing.assert_allclose(v[rep.c_index][0], c * sig_m * s, rtol=1e-10)
+    # c0 and c1 are what the names say: ln n_1(M) = c0 + c1 y - y^2 / (2 sigma^2) + (terms free of
+    # the parameters) at y = ln M - ln M_th.
+    out = head.stateless_call([theta[rep.c_index], d], [], np.array([[psi_at(anchor)]]))[0]
     alpha, mu, sigma = (float(x) for x in np.asarray(out)[0, [0, 2, 4]])
-    # ln n_1(M) at y = ln M - ln M_th: c0 + c1 y - y^2 / (2 sigma^2) + (terms free of the parameters).
     y = np.array([0.0, 0.7, 2.0])
     ln_n1 = np.log(alpha) - mu - np.log(sigma) - (math.log(M_TH) + y - mu) ** 2 / (2 * sigma**2)
-    c0, c1, ell = v[rep.d_index][[0, 2, 4]]
+    c0, c1 = v[rep.d_index][[0, 2]]
     np.testing.assert_allclose(ln_n1 - ln_n1[0], c1 * y - y**2 / (2 * sigma**2), rtol=1e-9, atol=1e-12)
     assert ln_n1[0] + math.log(M_TH) == pytest.approx(c0, rel=1e-10)
-    assert ell == pytest.approx(math.log(sigma), rel=1e-12)
 
 
 def _halo_rows(like):
