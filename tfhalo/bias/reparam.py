@@ -194,7 +194,7 @@ class LocalLinearReparametrization(Reparametrization):
         # v layout reuses theta's slots: radial -> (xi, eta), NPE bias -> m, head kernel -> B, head bias -> A.
 
     def half_space(self, theta) -> np.ndarray:
-        """``(..., F)`` ``w_hat_f^T Sigma w_f``: positive where feature ``f``'s radial weights are in the map's domain."""
+        """``(..., F)`` ``w_hat_f^T Sigma w_f``: positive where feature ``f``'s radial weights are in the domain."""
         w = np.asarray(theta, np.float64)[..., self.w_index]  # (..., R, F)
         return np.einsum("rf,rq,...qf->...f", self.w_hat, self.shell_cov, w)
 
@@ -289,7 +289,7 @@ class LocalLinearReparametrization(Reparametrization):
         return v, dt, eta, m, lam, log_s
 
     def _undo_tail(self, big_a):
-        """``(..., J)`` tail-stage values -> head pre-activations at the mean environment, and ln|Jacobian|."""
+        """``(..., J)`` tail-stage values -> head pre-activations at the anchor, and ln|Jacobian|."""
         k = self.n_components
         c0, c1, ell = big_a[..., 0], big_a[..., k], big_a[..., 2 * k]
         sigma = tf.exp(ell)
