@@ -44,6 +44,7 @@ from tfhalo.bias.fit import fit_map, hessian_of, value_and_gradient_fn  # noqa: 
 from tfhalo.bias.flow import ComposedReparametrization, FlowReparametrization  # noqa: E402
 from tfhalo.bias.reparam import LocalLinearReparametrization  # noqa: E402
 from tfhalo.bias.sampling import batched, preconditioner_from_hessian, sample_posterior  # noqa: E402
+from tfhalo.sim.fof import wrap_periodic  # noqa: E402
 
 
 def synthetic(seed, n, box=40.0, threshold=1e12, n_halos=250):
@@ -58,8 +59,7 @@ def synthetic(seed, n, box=40.0, threshold=1e12, n_halos=250):
     # Voxel i is the grid point i * box / n (the likelihood bins halos to the nearest one):
     # scatter each halo within half a voxel of it, wrapping periodically.
     centres = (np.stack(np.unravel_index(vox, (n,) * 3), -1) + rng.uniform(-0.5, 0.5, size=(vox.size, 3))) * box / n
-    centres = np.mod(centres, box)
-    centres[centres >= box] = 0.0  # np.mod(-tiny, box) rounds to box
+    centres = wrap_periodic(centres, box)
     # Heavier halos in denser voxels: the environment dependence the NPE can learn.
     ln_m = np.log(threshold) + rng.exponential(0.7 + 0.3 * np.log(rho.ravel()[vox]).clip(0))
     return make_bias_data(rho, centres, np.exp(ln_m), box, threshold)

@@ -92,7 +92,8 @@ FLOW_BATCH = 16
 # 1000+1000 -> R-hat 1.29, min ESS 13; L=30, 300+300 -> 1.075, 47).  The
 # reparametrisation straightens the psi-scale and sub-threshold-tail ridges, and
 # reads the head's values at the halos' mean environment instead of the mean
-# voxel; the last change raised the adapted step from 0.04-0.09 to 0.08-0.17.
+# voxel (reading them at the mean voxel had held the adapted step to 0.04-0.09;
+# now 0.08-0.17).
 #
 # The quick preset samples the paper's 17-parameter two-Gaussian model.  On three
 # generated catalogues (seeds 0-2, ~1200 training halos each) 4 chains of 500 +

@@ -225,13 +225,13 @@ def bias_data_from_simulation(
     Returns:
         A :class:`BiasData` named after the simulation.
     """
+    from tfhalo.sim.fof import wrap_periodic
+
     if not mass_threshold > 0:
         raise ValueError(f"mass_threshold must be positive. Received: mass_threshold={mass_threshold}")
     rho = density_field(simulation, n_grid, source)
     halos = simulation.halos
-    centres = np.mod(halos.centre, simulation.box_size)
-    # np.mod returns box_size itself for a tiny negative coordinate.
-    centres[centres >= simulation.box_size] = 0.0
+    centres = wrap_periodic(halos.centre, simulation.box_size)
     return make_bias_data(
         rho, centres, halos.mass, simulation.box_size, mass_threshold, density_floor,
         name=f"{simulation.name}:{source}",
