@@ -121,7 +121,7 @@ def resolve_config(args) -> dict:
     if args.configs:
         cfg["configs"] = tuple(args.configs)
     # Everything is checked here, before the (long) suite generation.
-    from tfhalo.data._checks import check_choice, check_float, check_int
+    from tfhalo.validation import check_choice, check_float, check_int
     from tfhalo.data.particles import _check_mass_range
     from tfhalo.data.z0 import Z0_TRANSFORMS
 

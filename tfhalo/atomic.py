@@ -145,3 +145,24 @@ def write_json_atomic(path: PathLike, payload, indent: int = 2) -> Path:
         >>> write_json_atomic("out/summary.json", {"r": 0.9})   # doctest: +SKIP
     """
     return write_text_atomic(path, json.dumps(payload, indent=indent))
+
+
+def save_npz_atomic(path: PathLike, **arrays) -> Path:
+    """``np.savez`` to ``path`` atomically, creating its directory if missing.
+
+    ``np.savez`` appends ``.npz`` to any other name, so the temporary name ends
+    in ``.npz`` too.
+
+    Returns:
+        The destination path.
+
+    Example:
+        >>> save_npz_atomic("out/chains.npz", samples=np.zeros((10, 4, 17)))   # doctest: +SKIP
+    """
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **arrays)
+    return path

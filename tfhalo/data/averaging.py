@@ -30,7 +30,7 @@ def shell_radii(size: int, n_shells: int = 20) -> np.ndarray:
         >>> shell_radii(75)[[0, -1]]
         array([ 2. , 37.5])
     """
-    from tfhalo.data._checks import check_int
+    from tfhalo.validation import check_int
 
     size = check_int("size", size, minimum=1)
     n_shells = check_int("n_shells", n_shells, minimum=1)

@@ -14,7 +14,7 @@ import threading
 import keras
 import numpy as np
 
-from tfhalo.data._checks import check_choice, check_float, check_int
+from tfhalo.validation import check_choice, check_float, check_int
 from tfhalo.data.averaging import shell_average
 from tfhalo.data.scalers import InputStandardizer, LabelScaler
 from tfhalo.data.subboxes import SubboxExtractor

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfhalo.data._checks import check_int
+from tfhalo.validation import check_int
 
 PAPER_LOG_MASS_RANGE = (11.0, 13.4)
 

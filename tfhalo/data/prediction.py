@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tfhalo.atomic import atomic_path
-from tfhalo.data._checks import check_index_array, check_int
+from tfhalo.validation import check_index_array, check_int
 from tfhalo.data.dataset import BoxInputs
 from tfhalo.data.scalers import SCALERS_FILENAME, InputStandardizer, LabelScaler, load_scalers, save_scalers
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tfhalo.atomic import write_json_atomic
-from tfhalo.data._checks import check_float
+from tfhalo.validation import check_float
 
 SCALERS_FILENAME = "scalers.json"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfhalo.data._checks import check_int
+from tfhalo.validation import check_int
 
 
 def _check_size(size, n_side) -> int:

@@ -38,7 +38,7 @@ class Z0BoxBuilder:
     """
 
     def __init__(self, sim, size: int = 75, width: float = 1.5, transform: str = "delta"):
-        from tfhalo.data._checks import check_float, check_int
+        from tfhalo.validation import check_float, check_int
 
         size = check_int("size", size, minimum=1)
         width = check_float("width", width, positive=True)  # Mpc/h

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.fft
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from tfhalo.data._checks import check_int
+from tfhalo.validation import check_int
 
 
 def _check_radii(radii) -> np.ndarray:

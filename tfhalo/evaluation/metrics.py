@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import gaussian_kde, pearsonr
 
-from tfhalo.data._checks import check_int
+from tfhalo.validation import check_int
 
 KL_BANDWIDTH = 0.1
 KL_SUPPORT = (-3.0, 3.0)

@@ -24,7 +24,7 @@ def radial_masks(r_over_r200) -> dict:
 
 def mass_bin_edges(log_mass_range, n_bins: int) -> np.ndarray:
     """``n_bins + 1`` evenly spaced edges in log10 M."""
-    from tfhalo.data._checks import check_int
+    from tfhalo.validation import check_int
 
     n_bins = check_int("n_bins", n_bins, minimum=1)
     lo, hi = (float(v) for v in log_mass_range)

@@ -1,4 +1,4 @@
-"""Small argument checkers shared by ``tfhalo.data`` and ``tfhalo.evaluation``.
+"""Argument checkers shared by every tfhalo module (one home for each check).
 
 Every checker raises ``ValueError`` naming the argument and the value it
 received (``Received: name=value``), so bad input fails before any work.
