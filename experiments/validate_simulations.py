@@ -9,7 +9,8 @@ is validated is what the command writes. It compares
 * the measured power spectrum of each initial density field (z = 99) with
   colossus' linear Eisenstein-Hu P(k) scaled by the growth factor;
 * the z = 0 FoF (b = 0.2) halo mass function of all simulations together with
-  colossus' Watson et al. (2013) FoF fit,
+  colossus' FoF fit of Watson et al. (2013), "The halo mass function through
+  the cosmic ages", MNRAS 433, 1230, arXiv:1212.0095,
   ``mass_function.massFunction(M, 0, mdef='fof', model='watson13', q_out='dndlnM')``,
   integrated over each mass bin, with Poisson errors. Target: within 20%
   for halos above 200 particles.
@@ -32,19 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tfhalo.atomic import atomic_path, write_json_atomic
+from tfhalo.atomic import atomic_path, save_npz_atomic, write_json_atomic
 from tfhalo.sim.cosmology import WMAP5
 from tfhalo.sim.loader import load
 from tfhalo.sim.mesh import power_spectrum
 from tfhalo.sim.suite import SimulationPreset, generate_suite, read_manifest, simulation_seeds
+from tfhalo.validation import check_seed
 
 MIN_PARTICLES = 20
 TARGET_PARTICLES = 200
-
-
-def _atomic_savez(path: Path, **arrays):
-    with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz to any other name
-        np.savez(tmp, **arrays)
 
 
 def simulation_statistics(h5_path: Path, seed: int, out: Path, verbose: bool = False) -> dict:
@@ -57,10 +54,9 @@ def simulation_statistics(h5_path: Path, seed: int, out: Path, verbose: bool = F
         box, n_side = sim.box_size, sim.n_side
         k, pk, n_modes = power_spectrum(sim.initial_density.astype(np.float64), box)
         kf, pkf, _ = power_spectrum(sim.final_density(n_side), box)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_savez(path, k=k, pk=pk, n_modes=n_modes, k_final=kf, pk_final=pkf,
-                      halo_mass=sim.halos.mass, n_members=sim.halos.n_members, r200=sim.halos.r200,
-                      particle_mass=sim.particle_mass)
+        save_npz_atomic(path, k=k, pk=pk, n_modes=n_modes, k_final=kf, pk_final=pkf,
+                        halo_mass=sim.halos.mass, n_members=sim.halos.n_members, r200=sim.halos.r200,
+                        particle_mass=sim.particle_mass)
         if verbose:
             print(f"{h5_path.name}: seed {seed}, {len(sim.halos)} halos", flush=True)
     with np.load(path) as f:
@@ -118,13 +114,14 @@ def main(argv=None):
             p.error(f"--{name.replace('_', '-')} must be positive. Received: {getattr(args, name)}")
     if not args.box > 0:
         p.error(f"--box must be positive. Received: {args.box}")
-    if args.seed < 0:
-        p.error(f"--seed must be non-negative. Received: {args.seed}")
+    try:
+        check_seed("--seed", args.seed, allow_none=False)
+        # Exactly what `tfhalo simulate --seed S` writes (same per-simulation seeds), resumable.
+        preset = SimulationPreset(n_side=args.n_side, box_size=args.box, n_steps=args.n_steps,
+                                  mesh_factor=args.mesh_factor, cosmology=WMAP5)
+    except ValueError as err:  # argparse-style message and exit code 2, before anything is written
+        p.error(str(err))
     args.out.mkdir(parents=True, exist_ok=True)
-
-    # Exactly what `tfhalo simulate --seed S` writes (same per-simulation seeds), resumable.
-    preset = SimulationPreset(n_side=args.n_side, box_size=args.box, n_steps=args.n_steps,
-                              mesh_factor=args.mesh_factor, cosmology=WMAP5)
     suite_dir = args.out / "suite"
     paths = generate_suite(suite_dir, preset, n_sims=args.n_sims, seed=args.seed, progress=True)
     seeds = simulation_seeds(args.seed, args.n_sims)

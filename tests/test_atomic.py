@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from tfhalo.atomic import atomic_path, fixed_temporary_path, write_json_atomic, write_text_atomic
+from tfhalo.atomic import atomic_path, fixed_temporary_path, save_npz_atomic, write_json_atomic, write_text_atomic
 
 
 class Boom(Exception):
@@ -135,3 +135,21 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="text must be a string"):
         write_text_atomic(tmp_path / "a", b"bytes")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_npz_atomic_round_trips_and_keeps_the_old_file_when_it_fails(tmp_path):
+    dest = tmp_path / "sub" / "chains.npz"  # the directory is created
+    assert save_npz_atomic(dest, a=np.arange(3.0), b=np.eye(2)) == dest
+    with np.load(dest) as f:
+        np.testing.assert_array_equal(f["a"], np.arange(3.0))
+        np.testing.assert_array_equal(f["b"], np.eye(2))
+    before = dest.read_bytes()
+
+    class Unsaveable:
+        def __array__(self, dtype=None, copy=None):
+            raise Boom("cannot convert")
+
+    with pytest.raises(Boom):
+        save_npz_atomic(dest, a=np.zeros(2), bad=Unsaveable())
+    assert dest.read_bytes() == before
+    assert [p.name for p in dest.parent.iterdir()] == ["chains.npz"]

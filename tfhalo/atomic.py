@@ -9,7 +9,8 @@ removed and the destination is left as it was.
 * :func:`atomic_path`: context manager yielding the temporary path, for any
   writer that takes a file name (h5py, ``np.savez``, ``fig.savefig``,
   ``model.save``, pynbody) or fills a directory.
-* :func:`write_text_atomic`, :func:`write_json_atomic`: the common cases.
+* :func:`write_text_atomic`, :func:`write_json_atomic`, :func:`save_npz_atomic`:
+  the common cases.
 
 Temporary names:
 
@@ -46,7 +47,7 @@ from typing import Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["atomic_path", "fixed_temporary_path", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "fixed_temporary_path", "save_npz_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def fixed_temporary_path(path: PathLike, suffix: str = ".tmp") -> Path:

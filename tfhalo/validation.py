@@ -67,3 +67,112 @@ def check_index_array(name: str, value, n: int) -> np.ndarray:
             f"e.g. {name}[{int(np.flatnonzero(bad)[0])}]={int(arr[bad][0])}"
         )
     return arr
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is ``True`` or ``False`` (a NumPy bool too); ``1``, ``"yes"`` or ``None`` are refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
+#: Largest seed accepted by :func:`check_seed`: files store seeds as signed 64-bit integers.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(name: str, value, allow_none: bool = True) -> int | None:
+    """``value`` as an ``int`` seed in ``[0, 2**63 - 1]`` (storable as int64), or None if allowed."""
+    if value is None and allow_none:
+        return None
+    return check_int(name, value, minimum=0, maximum=MAX_SEED)
+
+
+def check_range(name: str, value) -> tuple:
+    """``(low, high)`` floats from a pair of finite numbers with ``low < high``."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (low, high) of numbers. Received: {name}={value!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{name} must be a pair of finite numbers. Received: {name}={value!r}")
+    if not lo < hi:
+        raise ValueError(f"{name} must satisfy low < high. Received: {name}={value!r}")
+    return lo, hi
+
+
+def check_finite_array(name: str, value, source: str | None = None) -> np.ndarray:
+    """``value`` as a NumPy array whose entries are all finite (no NaN, no +-inf).
+
+    Args:
+        name: the argument or field, used in the message and to show the first bad entry.
+        value: array-like; integer and boolean arrays are always finite.
+        source: optional owner named in the message (a file, ``"simulation 'sim_000'"``).
+
+    Example:
+        >>> check_finite_array("x", [1.0, float("nan")])
+        Traceback (most recent call last):
+        ...
+        ValueError: x must be finite. Received: 1 non-finite of 2 values, first x[1]=nan
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fc" or arr.size == 0:
+        return arr
+    # min/max propagate NaN and keep +-inf, without a boolean copy of a large array.
+    if np.isfinite(arr.min()) and np.isfinite(arr.max()):
+        return arr
+    bad = ~np.isfinite(arr)
+    first = np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape)
+    where = f" of {source}" if source else ""
+    raise ValueError(
+        f"{name}{where} must be finite. Received: {int(bad.sum())} non-finite of {arr.size} values, "
+        f"first {name}[{', '.join(str(int(i)) for i in first)}]={arr[first].item()!r}"
+    )
+
+
+def check_output_path(name: str, value, inputs: dict | None = None):
+    """``value`` as a :class:`pathlib.Path` a new output file may be written to.
+
+    Refuses an empty path, an existing directory, a path below an existing
+    file, and any path that is, or resolves to (through symlinks, ``..`` or
+    hard links), an existing input or a file inside an input directory: an
+    output never replaces what it is computed from.
+
+    Args:
+        name: the argument (or command-line flag) named in messages.
+        value: the output path.
+        inputs: ``{argument name: path or list of paths}`` the output must not touch.
+
+    Example:
+        >>> check_output_path("out", "")
+        Traceback (most recent call last):
+        ...
+        ValueError: out must be a file path. Received: out=''
+    """
+    import os
+    from pathlib import Path
+
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ValueError(f"{name} must be a file path. Received: {name}={value!r}")
+    path = Path(value)
+    text = str(value)
+    if path.is_dir():
+        raise ValueError(f"{name} must not be an existing directory. Received: {name}={text!r}")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{name} cannot be created: {parent} is a file. Received: {name}={text!r}")
+    resolved = path.resolve()
+    for input_name, paths in (inputs or {}).items():
+        for input_path in [paths] if isinstance(paths, (str, os.PathLike)) else list(paths):
+            input_path = Path(input_path)
+            if not str(input_path).strip() or not input_path.exists():
+                continue
+            target = input_path.resolve()
+            same = resolved == target or (path.exists() and os.path.samefile(path, input_path))
+            inside = input_path.is_dir() and path.exists() and target in resolved.parents
+            if same or inside:
+                what = "" if same else "a file inside "
+                raise ValueError(
+                    f"{name} must not be an input: it is {what}{input_name}={str(input_path)!r}, which "
+                    f"would be overwritten. Received: {name}={text!r}"
+                )
+    return path

@@ -5,7 +5,8 @@ import pytest
 
 from tfhalo.sim.cosmology import WMAP5, Cosmology
 from tfhalo.sim.fof import friends_of_friends
-from tfhalo.sim.ics import gaussian_field, lattice_positions, lpt_displacements, lpt_state, peculiar_velocity
+from tfhalo.sim.grid import lattice_positions, minimum_image
+from tfhalo.sim.ics import gaussian_field, lpt_displacements, lpt_state, peculiar_velocity
 from tfhalo.sim.pm import run_pm
 from tfhalo.sim.pipeline import run_simulation
 from tfhalo.sim.simulation import Simulation
@@ -28,8 +29,7 @@ def test_fields_are_consistent(sim):
     np.testing.assert_allclose(sim.initial_density, expected, rtol=1e-6, atol=1e-9)
     assert sim.initial_density.dtype == np.float32
     # initial positions are close to the lattice (z = 99), in lattice order
-    d = sim.initial_positions - lattice_positions(n, box)
-    d -= box * np.round(d / box)
+    d = minimum_image(sim.initial_positions - lattice_positions(n, box), box)
     assert np.abs(d).max() < 0.5 * box / n
     for arr in (sim.initial_positions, sim.final_positions):
         assert np.all((arr >= 0) & (arr < box))
@@ -69,8 +69,8 @@ def test_cosmology_is_used():
     [
         ({"box_size": -1.0}, "box_size must be positive. Received: box_size=-1.0"),
         ({"box_size": 0}, "box_size"),
-        ({"n_side": 0}, "n_side must be an integer >= 2. Received: n_side=0"),
-        ({"n_side": 8.5}, "n_side"),
+        ({"n_side": 0}, "n_side must be at least 2. Received: n_side=0"),
+        ({"n_side": 8.5}, "n_side must be an integer. Received: n_side=8.5"),
         ({"z_initial": -0.5}, "z_initial"),
         ({"z_initial": 5.0, "a_start": 0.1}, "a_start must lie in"),
         ({"a_start": 1.2}, "a_start"),
@@ -78,16 +78,43 @@ def test_cosmology_is_used():
         ({"mesh_factor": 0}, "mesh_factor"),
         ({"linking_length": 2.0}, "linking_length"),
         ({"min_members": 0}, "min_members"),
-        ({"seed": -3}, "seed"),
+        ({"seed": -3}, "seed must be at least 0. Received: seed=-3"),
+        # A seed the simulation file cannot store (int64) fails now, not after the run in write_simulation.
+        ({"seed": 2**64}, "seed must be at most 9223372036854775807. Received: seed=18446744073709551616"),
+        ({"seed": 2**63}, "seed must be at most"),
+        ({"seed": 1.5}, "seed must be an integer. Received: seed=1.5"),
+        ({"seed": "1"}, "seed must be an integer"),
+        ({"n_steps": 2.5}, "n_steps must be an integer"),
+        ({"box_size": float("nan")}, "box_size must be a finite number"),
+        ({"box_size": "x"}, "box_size must be a number. Received: box_size='x'"),
+        ({"linking_length": float("inf")}, "linking_length must be a finite number"),
+        ({"progress": "yes"}, "progress must be True or False. Received: progress='yes'"),
+        ({"pm_progress": 1}, "pm_progress must be True or False. Received: pm_progress=1"),
+        ({"name": ""}, "name must be a non-empty string or None"),
+        ({"name": 3}, "name must be a non-empty string or None. Received: name=3"),
         ({"cosmology": "WMAP5"}, "cosmology"),
         ({"box_size": 1e-30}, "box_size and n_side give wave numbers k in .*Received: box_size=1e-30, n_side=8"),
     ],
 )
-def test_bad_arguments_raise_before_work(kwargs, pattern):
+def test_bad_arguments_raise_before_work(kwargs, pattern, monkeypatch):
+    import tfhalo.sim.pipeline as pipeline
+
+    def no_work(*args, **kw):
+        raise AssertionError("the initial conditions were drawn before the arguments were checked")
+
+    monkeypatch.setattr(pipeline, "gaussian_field", no_work)
     args = dict(n_side=8, box_size=40.0)
     args.update(kwargs)
     with pytest.raises(ValueError, match=pattern.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         run_simulation(**args)
+
+
+def test_largest_seed_runs_and_survives_the_file_round_trip(tmp_path):
+    from tfhalo.sim.hdf5 import read_simulation, write_simulation
+
+    sim = run_simulation(n_side=8, box_size=40.0, seed=2**63 - 1, n_steps=1)
+    write_simulation(sim, tmp_path / "s.h5")
+    assert read_simulation(tmp_path / "s.h5").seed == 2**63 - 1
 
 
 def test_velocities_are_the_exact_2lpt_and_pm_ones(sim):

@@ -5,7 +5,8 @@ import pytest
 import scipy.fft
 
 from tfhalo.sim.cosmology import WMAP5
-from tfhalo.sim.ics import gaussian_field, lattice_positions, lpt_displacements, lpt_state, peculiar_velocity
+from tfhalo.sim.grid import lattice_positions
+from tfhalo.sim.ics import gaussian_field, lpt_displacements, lpt_state, peculiar_velocity
 from tfhalo.sim.mesh import cic_paint
 from tfhalo.sim.pm import ForceSolver, drift_factor, kick_factor, run_pm
 

@@ -28,12 +28,16 @@ def test_presets():
         (dict(preset="huge"), "preset='huge'"),
         (dict(box_size=-1.0), "box_size must be positive. Received: box_size=-1.0"),
         (dict(box_size=0.0), "box_size must be positive"),
-        (dict(n_side=0), "n_side must be a positive integer. Received: n_side=0"),
-        (dict(n_side=2.5), "n_side must be a positive integer"),
+        (dict(n_side=0), "n_side must be at least 2. Received: n_side=0"),
+        (dict(n_side=2.5), "n_side must be an integer. Received: n_side=2.5"),
         (dict(foo=1), "Unknown preset overrides \\['foo'\\]"),
-        (dict(a_start=0.001), "a_start must be in"),
+        (dict(a_start=0.001), "a_start must lie in"),
         # Checks run_simulation would only make after suite.json was written:
-        (dict(n_side=1), "n_side must be an integer >= 2. Received: n_side=1"),
+        (dict(n_side=1), "n_side must be at least 2. Received: n_side=1"),
+        (dict(n_side="x"), "n_side must be an integer. Received: n_side='x'"),
+        (dict(n_sims=2.5), "n_sims must be an integer. Received: n_sims=2.5"),
+        (dict(seed=2**64), "seed must be at most 9223372036854775807. Received: seed=18446744073709551616"),
+        (dict(preset=3), "preset must be a name or a SimulationPreset. Received: preset=3"),
         (dict(linking_length=1.0), "linking_length .* must be < 1. Received: linking_length=1.0"),
         (dict(box_size=1e-30), "box_size and n_side give wave numbers.*Received: box_size=1e-30"),
     ],
@@ -46,10 +50,62 @@ def test_bad_parameters_fail_before_any_work(tmp_path, kwargs, message):
 
 
 def test_bad_suite_arguments(tmp_path):
-    with pytest.raises(ValueError, match="n_sims must be a positive integer. Received: n_sims=0"):
+    with pytest.raises(ValueError, match="n_sims must be at least 1. Received: n_sims=0"):
         generate_suite(tmp_path / "s", n_sims=0, progress=False)
-    with pytest.raises(ValueError, match="seed must be a non-negative integer. Received: seed=-2"):
+    with pytest.raises(ValueError, match="seed must be at least 0. Received: seed=-2"):
         generate_suite(tmp_path / "s", seed=-2, progress=False)
+    # Path("") is the current directory: refused, not written into.
+    with pytest.raises(ValueError, match="out_dir must be a non-empty path. Received: out_dir=''"):
+        generate_suite("", progress=False)
+    with pytest.raises(ValueError, match="progress must be True or False. Received: progress='no'"):
+        generate_suite(tmp_path / "s", progress="no")
+    assert not (tmp_path / "s").exists()
+
+
+def _manifest_text(**changes):
+    from tfhalo.sim.suite import _manifest
+
+    manifest = _manifest("quick", resolve_preset("quick", **TINY), 0, 2)
+    for key, value in changes.items():
+        if key.startswith("sim0_"):
+            manifest["simulations"][0][key[5:]] = value
+        elif key.startswith("param_"):
+            manifest["parameters"][key[6:]] = value
+        else:
+            manifest[key] = value
+    return json.dumps(manifest)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", r"Cannot read suite manifest .*suite.json: Expecting property name"),
+    (b"\xff\xfe{", r"Cannot read suite manifest .*suite.json"),
+    ("[1, 2]", r"suite.json is not a tfhalo suite manifest \(format 'list'"),
+    ('{"format": "other"}', r"suite.json is not a tfhalo suite manifest \(format 'other'"),
+    ('{"format": "tfhalo-suite"}', r"Suite manifest .*suite.json is corrupt: no 'parameters' entry"),
+    (_manifest_text(master_seed="a"), r"suite.json is corrupt: master_seed must be an integer"),
+    (_manifest_text(n_sims=3), r"suite.json is corrupt: 'simulations' must be a list of n_sims=3 entries"),
+    (_manifest_text(param_n_side=1), r"suite.json is corrupt: n_side must be at least 2"),
+    (_manifest_text(param_colour=1), r"suite.json is corrupt: Unknown SimulationPreset fields \['colour'\]"),
+    (_manifest_text(sim0_seed=None), r"suite.json is corrupt: simulations\[0\].seed must be an integer"),
+    (_manifest_text(sim0_file="../../elsewhere.h5"), r"suite.json is corrupt: simulations\[0\].file must be a file name"),
+    (_manifest_text(sim0_name=7), r"suite.json is corrupt: simulations\[0\].name must be a file name"),
+])
+def test_corrupt_manifest_is_an_error_naming_the_file(tmp_path, content, match):
+    path = tmp_path / "suite.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=match):
+        list_suite(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        generate_suite(tmp_path, "quick", n_sims=2, seed=0, progress=False, **TINY)
+    assert path.read_bytes() == before  # the manifest is never overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["suite.json"]
+
+
+def test_a_valid_manifest_passes_the_checks(tmp_path):
+    (tmp_path / "suite.json").write_text(_manifest_text())
+    assert list_suite(tmp_path) == []  # nothing finished yet
+    assert list_suite(tmp_path, finished_only=False) == [tmp_path / "sim_000.h5", tmp_path / "sim_001.h5"]
 
 
 def test_seeds_are_reproducible_and_independent():
@@ -96,8 +152,12 @@ def test_suite_simulations_match_run_simulation(suite):
 
 
 def test_invalid_preset_fails_at_construction():
-    with pytest.raises(ValueError, match="n_side must be an integer >= 2"):
+    with pytest.raises(ValueError, match="n_side must be at least 2"):
         SimulationPreset(n_side=1, box_size=10.0)
+    with pytest.raises(ValueError, match="cosmology must be a tfhalo.sim.Cosmology"):
+        SimulationPreset(n_side=8, box_size=10.0, cosmology="WMAP5")
+    assert SimulationPreset(n_side=8.0, box_size=10).n_side == 8  # normalised to int / float
+    assert isinstance(SimulationPreset(n_side=8, box_size=10).box_size, float)
 
 
 def test_a_corrected_command_runs_after_a_rejected_one(tmp_path):

@@ -1,6 +1,8 @@
 """Inputs of the neural bias model: a coarse z=0 density grid and binned halos.
 
-The model of Charnock et al. (2020) sees ``log(1 + delta)`` of the z = 0 matter
+The model of Charnock, Lavaux, Wandelt, Sarma Boruah, Jasche & Hudson (2020),
+"Neural physical engines for inferring the halo mass distribution function",
+MNRAS 494, 50, arXiv:1909.06379, sees ``log(1 + delta)`` of the z = 0 matter
 density on a coarse grid and the catalogue of halos above a mass threshold,
 each halo attached to the voxel that contains its centre.  This module builds
 those inputs from a :class:`~tfhalo.sim.simulation.Simulation` (density from
@@ -12,9 +14,10 @@ non-finite densities, an empty catalogue) before any work starts.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
 
 import numpy as np
+
+from tfhalo.validation import check_choice, check_float, check_int
 
 #: Default floor on ``1 + delta``: an empty voxel of a CIC-painted grid would
 #: give ``log(0)``; 1e-2 is far below any occupied voxel of the coarse grids
@@ -89,21 +92,32 @@ def make_bias_data(
 ) -> BiasData:
     """Validate a density grid and a halo catalogue and bin the halos to voxels.
 
+    Every argument is checked before anything is computed; no array is
+    reshaped to fit, so a transposed ``(3, H)`` catalogue is refused rather
+    than binned into the wrong voxels.
+
     Args:
-        one_plus_delta: ``(n, n, n)`` density in units of the mean (``1 + delta``).
-        halo_centres: ``(H, 3)`` halo centres in Mpc/h, inside ``[0, box_size)``.
-        halo_masses: ``(H,)`` halo masses in Msun/h.
-        box_size: box side in Mpc/h.
-        mass_threshold: only halos with ``mass >= mass_threshold`` are kept.
-        density_floor: ``1 + delta`` is clipped from below at this value.
-        name: a label.
+        one_plus_delta: ``(n, n, n)`` density in units of the mean (``1 + delta``),
+            ``n >= 1``, finite and non-negative.
+        halo_centres: ``(H, 3)`` finite halo centres in Mpc/h, inside ``[0, box_size)``.
+        halo_masses: ``(H,)`` finite positive halo masses in Msun/h.
+        box_size: box side in Mpc/h (finite, positive).
+        mass_threshold: only halos with ``mass >= mass_threshold`` are kept
+            (finite, positive).
+        density_floor: ``1 + delta`` is clipped from below at this value
+            (finite, positive).
+        name: a label (string).
 
     Returns:
         A :class:`BiasData`.
 
     Raises:
-        ValueError: on a non-cubic or non-finite density grid, halos outside the
-            box, non-positive masses or box, or no halo above the threshold.
+        ValueError: naming the argument: a non-cubic, empty or non-finite
+            density grid, centres not of shape ``(H, 3)``, non-finite or
+            outside the box, masses not of shape ``(H,)``, non-finite or
+            non-positive, a non-finite or non-positive ``box_size``,
+            ``mass_threshold`` or ``density_floor``, or no halo above the
+            threshold.
 
     Example:
         >>> rho = np.ones((4, 4, 4))
@@ -111,16 +125,15 @@ def make_bias_data(
         >>> int(d.halo_voxel[0])  # grid points at 0, 2.5, 5, 7.5: nearest (0, 0, 0), wrapped from 4
         0
     """
-    if not np.isfinite(box_size) or not box_size > 0:
-        raise ValueError(f"box_size must be positive. Received: box_size={box_size}")
-    if not np.isfinite(mass_threshold) or not mass_threshold > 0:
-        raise ValueError(f"mass_threshold must be positive. Received: mass_threshold={mass_threshold}")
-    if not density_floor > 0:
-        raise ValueError(f"density_floor must be positive. Received: density_floor={density_floor}")
-    rho = np.asarray(one_plus_delta, dtype=np.float64)
-    if rho.ndim != 3 or len(set(rho.shape)) != 1:
+    box_size = check_float("box_size", box_size, positive=True)
+    mass_threshold = check_float("mass_threshold", mass_threshold, positive=True)
+    density_floor = check_float("density_floor", density_floor, positive=True)
+    if not isinstance(name, str):
+        raise ValueError(f"name must be a string. Received: name={name!r}")
+    rho = _float_array("one_plus_delta", one_plus_delta)
+    if rho.ndim != 3 or len(set(rho.shape)) != 1 or rho.shape[0] < 1:
         raise ValueError(
-            f"one_plus_delta must be a cubic (n, n, n) grid. Received: one_plus_delta.shape={rho.shape}"
+            f"one_plus_delta must be a non-empty cubic (n, n, n) grid. Received: one_plus_delta.shape={rho.shape}"
         )
     bad = ~np.isfinite(rho)
     if bad.any():
@@ -133,17 +146,30 @@ def make_bias_data(
             f"one_plus_delta must be non-negative (it is a density over the mean). "
             f"Received: min(one_plus_delta)={rho.min()}"
         )
-    centres = np.asarray(halo_centres, dtype=np.float64).reshape(-1, 3)
-    masses = np.asarray(halo_masses, dtype=np.float64).reshape(-1)
+    centres = _float_array("halo_centres", halo_centres)
+    if centres.ndim != 2 or centres.shape[1] != 3:
+        raise ValueError(f"halo_centres must have shape (H, 3). Received: halo_centres.shape={centres.shape}")
+    masses = _float_array("halo_masses", halo_masses)
+    if masses.ndim != 1:
+        raise ValueError(f"halo_masses must have shape (H,). Received: halo_masses.shape={masses.shape}")
     if centres.shape[0] != masses.shape[0]:
         raise ValueError(
             f"halo_centres and halo_masses must describe the same halos. Received: "
             f"halo_centres.shape={centres.shape}, halo_masses.shape={masses.shape}"
         )
-    if not np.all(np.isfinite(masses)) or (masses <= 0).any():
-        raise ValueError("halo_masses must be finite and positive. Received: "
-                         f"min(halo_masses)={masses.min() if masses.size else None}")
-    outside = ~np.all(np.isfinite(centres) & (centres >= 0) & (centres < box_size), axis=1)
+    bad = ~np.isfinite(centres).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"halo_centres must be finite. Received: {int(bad.sum())} halos with a NaN or infinite "
+            f"coordinate, e.g. halo_centres[{int(np.argmax(bad))}]={centres[np.argmax(bad)].tolist()}"
+        )
+    bad = ~(np.isfinite(masses) & (masses > 0))
+    if bad.any():
+        raise ValueError(
+            f"halo_masses must be finite and positive. Received: {int(bad.sum())} non-finite or non-positive masses, "
+            f"e.g. halo_masses[{int(np.argmax(bad))}]={masses[np.argmax(bad)]}"
+        )
+    outside = ~np.all((centres >= 0) & (centres < box_size), axis=1)
     if outside.any():
         first = centres[np.argmax(outside)]
         raise ValueError(
@@ -175,6 +201,24 @@ def make_bias_data(
     )
 
 
+def _float_array(name: str, value) -> np.ndarray:
+    """``value`` as a float64 array, or a ``ValueError`` naming ``name``."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of numbers. Received: {name}={value!r:.200}") from None
+
+
+def _check_simulation(simulation):
+    from tfhalo.sim.simulation import Simulation
+
+    if not isinstance(simulation, Simulation):
+        raise ValueError(
+            f"simulation must be a tfhalo.sim.Simulation. Received: simulation of type {type(simulation).__name__}"
+        )
+    return simulation
+
+
 def density_field(simulation, n_grid: int, source: str = "nbody") -> np.ndarray:
     """``1 + delta`` at z = 0 on an ``n_grid**3`` grid (CIC, periodic).
 
@@ -187,12 +231,14 @@ def density_field(simulation, n_grid: int, source: str = "nbody") -> np.ndarray:
 
     Returns:
         ``(n_grid,)*3`` float64 array with mean 1.
+
+    Raises:
+        ValueError: ``n_grid`` is not an integer >= 1, ``source`` is unknown,
+            or ``simulation`` is not a Simulation.
     """
-    if source not in DENSITY_SOURCES:
-        raise ValueError(f"source must be one of {DENSITY_SOURCES}. Received: source={source!r}")
-    if int(n_grid) < 1:
-        raise ValueError(f"n_grid must be a positive integer. Received: n_grid={n_grid}")
-    n_grid = int(n_grid)
+    _check_simulation(simulation)
+    n_grid = check_int("n_grid", n_grid, minimum=1)
+    check_choice("source", source, DENSITY_SOURCES)
     if source == "nbody":
         return simulation.final_density(n_grid) + 1.0
     from tfhalo.sim.ics import lpt_positions
@@ -202,7 +248,7 @@ def density_field(simulation, n_grid: int, source: str = "nbody") -> np.ndarray:
     positions = lpt_positions(
         simulation.initial_density, simulation.box_size, simulation.cosmology, a_initial, 1.0
     )
-    mesh = cic_paint(np.mod(positions, simulation.box_size), n_grid, simulation.box_size)
+    mesh = cic_paint(positions, n_grid, simulation.box_size)
     return mesh / mesh.mean()
 
 
@@ -224,11 +270,17 @@ def bias_data_from_simulation(
 
     Returns:
         A :class:`BiasData` named after the simulation.
-    """
-    from tfhalo.sim.fof import wrap_periodic
 
-    if not mass_threshold > 0:
-        raise ValueError(f"mass_threshold must be positive. Received: mass_threshold={mass_threshold}")
+    Raises:
+        ValueError: an argument is invalid (checked before the density is painted).
+    """
+    from tfhalo.sim.grid import wrap_periodic
+
+    _check_simulation(simulation)
+    n_grid = check_int("n_grid", n_grid, minimum=1)
+    mass_threshold = check_float("mass_threshold", mass_threshold, positive=True)
+    check_choice("source", source, DENSITY_SOURCES)
+    density_floor = check_float("density_floor", density_floor, positive=True)
     rho = density_field(simulation, n_grid, source)
     halos = simulation.halos
     centres = wrap_periodic(halos.centre, simulation.box_size)

@@ -1,11 +1,13 @@
 """Spherically averaged inputs: the ``averaged-density`` ablation.
 
 Each voxel of a box is replaced by the mean of its spherical shell around the
-centre voxel, which removes all anisotropic information (paper Fig. 3A). As
-the authors coded it (REFERENCE A): 20 shells with radii
-``linspace(2, 37.5, 20)`` voxels for a 75^3 box, each voxel belongs to the
-smallest shell with ``r <= r_shell``, and voxels beyond the last shell get 0,
-the mean in standardised units (so apply this to standardised boxes).
+centre voxel, which removes all anisotropic information (Fig. 3A of
+Lucie-Smith, Peiris, Pontzen, Nord & Thiyagalingam (2020), "Deep learning
+insights into cosmological structure formation", arXiv:2011.10577). As the
+authors' code does it: 20 shells with radii ``linspace(2, 37.5, 20)`` voxels
+for a 75^3 box, each voxel belongs to the smallest shell with
+``r <= r_shell``, and voxels beyond the last shell get 0, the mean in
+standardised units (so apply this to standardised boxes).
 """
 
 from __future__ import annotations

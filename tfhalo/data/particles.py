@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfhalo.validation import check_int
+from tfhalo.validation import check_int, check_range
 
 PAPER_LOG_MASS_RANGE = (11.0, 13.4)
 
@@ -68,22 +68,6 @@ class SimulationSplit:
     train: tuple
     validation: tuple
     test: tuple
-
-
-def _check_mass_range(log_mass_range):
-    try:
-        lo, hi = (float(v) for v in log_mass_range)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"log_mass_range must be a pair (low, high) of log10 masses. "
-            f"Received: log_mass_range={log_mass_range!r}"
-        ) from None
-    if not lo < hi:
-        raise ValueError(
-            f"log_mass_range must satisfy low < high (log10 Msun/h). "
-            f"Received: log_mass_range={log_mass_range!r}"
-        )
-    return lo, hi
 
 
 def check_split(split, n_simulations: int) -> SimulationSplit:
@@ -166,7 +150,7 @@ def eligible_particles(sim, sim_index: int = 0,
     Raises:
         ValueError: the simulation has no halos, or the range selects nobody.
     """
-    lo, hi = _check_mass_range(log_mass_range)
+    lo, hi = check_range("log_mass_range", log_mass_range)
     if len(sim.halos) == 0 or not np.any(sim.halo_id >= 0):
         raise ValueError(
             f"simulation {sim.name!r} has no halos: it cannot provide labelled particles. "
@@ -239,7 +223,7 @@ def build_particle_sets(simulations, n_train, n_validation, n_test,
     Example:
         >>> sets = build_particle_sets(sims, 2000, 500, 1000, seed=1)  # doctest: +SKIP
     """
-    lo_hi = _check_mass_range(log_mass_range)
+    lo_hi = check_range("log_mass_range", log_mass_range)
     for arg, value in (("n_train", n_train), ("n_validation", n_validation), ("n_test", n_test)):
         if value is not None:
             check_int(arg, value, minimum=1)  # before the (slow) halo selection

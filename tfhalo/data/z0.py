@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from tfhalo.sim.grid import minimum_image, wrap_periodic
+
 Z0_TRANSFORMS = ("delta", "log1p")
 
 
@@ -52,7 +54,7 @@ class Z0BoxBuilder:
         self.size, self.width, self.transform = int(size), float(width), transform
         self.voxel = self.width / self.size
         self.box_size = float(sim.box_size)
-        self.positions = np.mod(np.asarray(sim.final_positions, dtype=np.float64), self.box_size)
+        self.positions = wrap_periodic(sim.final_positions, self.box_size)
         self.tree = cKDTree(self.positions, boxsize=self.box_size)
         # Mean number of particles per voxel: the density normalisation.
         self.mean_count = sim.n_particles * (self.voxel / self.box_size) ** 3
@@ -70,8 +72,7 @@ class Z0BoxBuilder:
         owner = np.repeat(np.arange(ids.size), lengths)
         members = np.concatenate([np.asarray(n, dtype=np.int64) for n in neighbours]) \
             if ids.size else np.zeros(0, dtype=np.int64)
-        rel = self.positions[members] - centres[owner]
-        rel -= self.box_size * np.round(rel / self.box_size)
+        rel = minimum_image(self.positions[members] - centres[owner], self.box_size)
         u = (rel + self.width / 2) / h - 0.5
         i0 = np.floor(u).astype(np.int64)
         frac = u - i0

@@ -15,7 +15,8 @@ import numpy as np
 from tfhalo.evaluation.metrics import KL_BANDWIDTH, KL_SUPPORT, kl_divergence, residuals, summary_statistics
 from tfhalo.evaluation.splits import mass_bin_edges, mass_bin_masks, radial_masks
 
-#: The paper's numbers (Lucie-Smith et al. 2020) and what they measure.
+#: The numbers of Lucie-Smith, Peiris, Pontzen, Nord & Thiyagalingam (2020), "Deep learning
+#: insights into cosmological structure formation", arXiv:2011.10577, and what they measure.
 PAPER_VALUES = {
     "pearson_r/z0": (0.96, "Pearson r of the z=0-density CNN's predicted vs true log10 M (Fig. 4)"),
     "kl/raw||averaged": (0.03, "D_KL(n_raw || n_avg) of residual distributions (Fig. 3)"),

@@ -1,6 +1,7 @@
 """Baselines: the GBT on spherical overdensities, and random predictions.
 
-The GBT of Lucie-Smith et al. (2018) learns halo masses from the mean initial
+The GBT of Lucie-Smith, Peiris, Pontzen & Lochner (2018), "Machine learning
+cosmological structure formation", MNRAS 479, 3405, arXiv:1802.04271, learns halo masses from the mean initial
 density in spheres of several radii around each particle's lattice site. Here
 the mean over the lattice voxels within radius ``R`` (periodic) is computed
 for every site at once as an FFT convolution with the normalised discrete
@@ -13,7 +14,7 @@ import numpy as np
 import scipy.fft
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from tfhalo.validation import check_int
+from tfhalo.validation import check_int, check_range
 
 
 def _check_radii(radii) -> np.ndarray:
@@ -96,7 +97,5 @@ class GBTBaseline:
 def random_predictions(n: int, log_mass_range, seed=0) -> np.ndarray:
     """The paper's hypothetical random model: log10 M uniform over the label range."""
     n = check_int("n", n, minimum=0)
-    lo, hi = (float(v) for v in log_mass_range)
-    if not hi > lo:
-        raise ValueError(f"log_mass_range must have low < high. Received: log_mass_range={log_mass_range}")
+    lo, hi = check_range("log_mass_range", log_mass_range)
     return np.random.default_rng(seed).uniform(lo, hi, n)

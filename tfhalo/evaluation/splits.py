@@ -24,12 +24,10 @@ def radial_masks(r_over_r200) -> dict:
 
 def mass_bin_edges(log_mass_range, n_bins: int) -> np.ndarray:
     """``n_bins + 1`` evenly spaced edges in log10 M."""
-    from tfhalo.validation import check_int
+    from tfhalo.validation import check_int, check_range
 
     n_bins = check_int("n_bins", n_bins, minimum=1)
-    lo, hi = (float(v) for v in log_mass_range)
-    if not hi > lo:
-        raise ValueError(f"log_mass_range must have low < high. Received: log_mass_range={log_mass_range}")
+    lo, hi = check_range("log_mass_range", log_mass_range)
     return np.linspace(lo, hi, n_bins + 1)
 
 

@@ -11,11 +11,15 @@ Load (suite file, generated directory, or real snapshots through pynbody)::
     >>> from tfhalo.sim import load
     >>> sim = load("suite/sim_000.h5")                                 # doctest: +SKIP
     >>> sim = load("run/snapshot_010", initial="run/ics", halos="fof") # doctest: +SKIP
+
+Periodic-box and lattice helpers (wrap, minimum image, lattice positions, FFT
+wave vectors) live in :mod:`tfhalo.sim.grid`, the bottom of the package.
 """
 
 from tfhalo.sim.cosmology import WMAP5, Cosmology
 from tfhalo.sim.fof import friends_of_friends, halo_properties
 from tfhalo.sim.gadget import read_snapshots, write_gadget
+from tfhalo.sim.grid import lattice_positions, minimum_image, wrap_periodic
 from tfhalo.sim.hdf5 import read_simulation, write_simulation
 from tfhalo.sim.ics import gaussian_field, lpt_displacements, lpt_positions
 from tfhalo.sim.loader import load
@@ -54,4 +58,7 @@ __all__ = [
     "lpt_displacements",
     "lpt_positions",
     "run_pm",
+    "wrap_periodic",
+    "minimum_image",
+    "lattice_positions",
 ]

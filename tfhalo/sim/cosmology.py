@@ -1,6 +1,9 @@
 """Flat LambdaCDM cosmology: linear power spectrum, growth, expansion.
 
-The default is the paper's WMAP5 cosmology (Lucie-Smith et al. 2018):
+The default is the WMAP5 cosmology of the deep-halo papers' simulations
+(Lucie-Smith, Peiris, Pontzen & Lochner (2018), "Machine learning cosmological
+structure formation", MNRAS 479, 3405, arXiv:1802.04271; Lucie-Smith, Peiris,
+Pontzen, Nord & Thiyagalingam (2020), arXiv:2011.10577):
 ``h = 0.701, Om0 = 0.279, OL0 = 0.721, Ob0 = 0.045, sigma8 = 0.817, ns = 0.96``.
 It is set explicitly, not through colossus' ``'WMAP5'`` preset (which differs).
 

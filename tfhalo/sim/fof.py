@@ -10,8 +10,9 @@ Halo properties (:func:`halo_properties`):
 * centre: the members are first unwrapped to the periodic image nearest the
   group's first member (exact for groups smaller than half the box); the
   centre is their centre of mass refined by a shrinking sphere (Power et al.
-  2003: radius x0.85 per step, down to 5% of the members or 10 members),
-  which finds the dominant density peak of merging or bridged FoF groups;
+  2003, MNRAS 338, 14, arXiv:astro-ph/0201544: radius x0.85 per step, down
+  to 5% of the members or 10 members), which finds the dominant density peak
+  of merging or bridged FoF groups;
   wrapped into ``[0, L)``;
 * r200: the radius of the sphere of mean density ``200 * rho_mean`` that holds
   ``M200 = m_p * i*`` where ``i*`` is the largest member count ``i`` for which
@@ -42,14 +43,9 @@ import scipy.sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from tfhalo.sim.grid import minimum_image, wrap_periodic
 from tfhalo.sim.simulation import HaloCatalogue
-
-
-def wrap_periodic(positions, box_size) -> np.ndarray:
-    """Float64 copy of ``positions`` wrapped into ``[0, box_size)``."""
-    pos = np.mod(np.asarray(positions, dtype=np.float64), box_size)
-    pos[pos >= box_size] = 0.0  # mod can round up to box_size
-    return pos
+from tfhalo.validation import check_float, check_int
 
 
 def friends_of_friends(positions, box_size: float, linking_length: float, min_members: int = 20) -> np.ndarray:
@@ -71,14 +67,13 @@ def friends_of_friends(positions, box_size: float, linking_length: float, min_me
     positions = np.asarray(positions)
     if positions.ndim != 2 or positions.shape[1] != 3:
         raise ValueError(f"positions must have shape (N, 3). Received: positions.shape={positions.shape}")
-    if not np.isfinite(box_size) or not box_size > 0:
-        raise ValueError(f"box_size must be positive. Received: box_size={box_size}")
-    if not np.isfinite(linking_length) or not 0 < linking_length < 0.5 * box_size:
+    box_size = check_float("box_size", box_size, positive=True)
+    linking_length = check_float("linking_length", linking_length)
+    if not 0 < linking_length < 0.5 * box_size:
         raise ValueError(
             f"linking_length must be in (0, box_size/2). Received: linking_length={linking_length}, box_size={box_size}"
         )
-    if int(min_members) != min_members or min_members < 1:
-        raise ValueError(f"min_members must be a positive integer. Received: min_members={min_members}")
+    min_members = check_int("min_members", min_members, minimum=1)
     n = positions.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -177,9 +172,9 @@ def halo_properties(
         raise ValueError(f"positions must have shape (N, 3). Received: positions.shape={positions.shape}")
     if labels.shape != (positions.shape[0],):
         raise ValueError(f"labels must have shape ({positions.shape[0]},). Received: labels.shape={labels.shape}")
-    for name, val in (("box_size", box_size), ("particle_mass", particle_mass), ("rho_mean", rho_mean)):
-        if not np.isfinite(val) or not val > 0:
-            raise ValueError(f"{name} must be positive. Received: {name}={val}")
+    box_size = check_float("box_size", box_size, positive=True)
+    particle_mass = check_float("particle_mass", particle_mass, positive=True)
+    rho_mean = check_float("rho_mean", rho_mean, positive=True)
     r_rel = np.full(positions.shape[0], np.nan)
     members = np.flatnonzero(labels >= 0)
     if members.size == 0:
@@ -195,8 +190,7 @@ def halo_properties(
     first = np.full(n_halos, members.size, dtype=np.int64)
     np.minimum.at(first, lab, np.arange(members.size))
     ref = pos[first][lab]
-    d = pos - ref
-    d -= box_size * np.round(d / box_size)
+    d = minimum_image(pos - ref, box_size)
     centre_off = np.stack([np.bincount(lab, weights=d[:, j], minlength=n_halos) for j in range(3)], axis=1)
     centre_off /= counts[:, None]
     if shrink:

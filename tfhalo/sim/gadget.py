@@ -77,6 +77,7 @@ import scipy.fft
 
 from tfhalo.atomic import atomic_path
 from tfhalo.sim.cosmology import WMAP5, Cosmology
+from tfhalo.sim.grid import derivative_wavenumbers, lattice_positions, minimum_image, wrap_periodic
 from tfhalo.sim.simulation import Simulation
 
 ICS_NAME = "ics"
@@ -96,17 +97,6 @@ def _file_units():
 
     get = pynbody.config_parser.get
     return {k: pynbody.units.Unit(get("gadget-units", k)) for k in ("pos", "vel", "mass")}
-
-
-def _lattice_q(n_side: int, box_size: float) -> np.ndarray:
-    """``(n^3, 3)`` unperturbed lattice positions in particle-id (C) order."""
-    idx = np.arange(n_side, dtype=np.float64) * (box_size / n_side)
-    grid = np.meshgrid(idx, idx, idx, indexing="ij")
-    return np.stack([g.ravel() for g in grid], axis=-1)
-
-
-def _min_image(d: np.ndarray, box_size: float) -> np.ndarray:
-    return d - box_size * np.round(d / box_size)
 
 
 def _snapshot(sim: Simulation, positions, a: float, velocities=None):
@@ -217,8 +207,8 @@ def write_gadget(sim: Simulation, directory: PathLike) -> dict:
     if sim.initial_velocities is not None:
         vel = sim.initial_velocities
     else:
-        psi = _min_image(
-            sim.initial_positions.astype(np.float64) - _lattice_q(sim.n_side, sim.box_size), sim.box_size
+        psi = minimum_image(
+            sim.initial_positions.astype(np.float64) - lattice_positions(sim.n_side, sim.box_size), sim.box_size
         )
         # Peculiar velocity of linear growth, v = a H f psi; H0 = 100 km/s per Mpc/h.
         vel = psi * (a_init * 100.0 * float(cosmo.hubble(a_init)) * float(cosmo.growth_rate(a_init)))
@@ -396,7 +386,7 @@ def lattice_order(ids, initial_positions, n_side: int, box_size: float, name: st
     if n and ids.max() - ids.min() == n - 1 and _is_permutation(ids - ids.min(), n):
         site = ids - ids.min()
         q = np.stack(np.unravel_index(site, (n_side,) * 3), axis=-1) * spacing + offset
-        dist = np.sqrt((_min_image(pos - q, box_size) ** 2).sum(axis=1))
+        dist = np.sqrt((minimum_image(pos - q, box_size) ** 2).sum(axis=1))
         if np.median(dist) < 0.5 * spacing:
             order = np.empty(n, dtype=np.int64)
             order[site] = np.arange(n)
@@ -427,17 +417,11 @@ def density_from_displacement(initial_positions, n_side: int, box_size: float) -
     """
     pos = np.asarray(initial_positions, dtype=np.float64)
     spacing = box_size / n_side
-    q = _lattice_q(n_side, box_size) + _lattice_offset(pos, spacing)
-    psi = _min_image(pos - q, box_size).reshape(n_side, n_side, n_side, 3)
-    k = 2.0 * np.pi * scipy.fft.fftfreq(n_side, d=spacing)
-    kz = 2.0 * np.pi * scipy.fft.rfftfreq(n_side, d=spacing)
-    if n_side % 2 == 0:
-        k[n_side // 2] = 0.0
-        kz[-1] = 0.0
+    q = lattice_positions(n_side, box_size) + _lattice_offset(pos, spacing)
+    psi = minimum_image(pos - q, box_size).reshape(n_side, n_side, n_side, 3)
     div = np.zeros((n_side, n_side, n_side // 2 + 1), dtype=np.complex128)
-    shapes = [(n_side, 1, 1), (1, n_side, 1), (1, 1, kz.size)]
-    for axis, kk in enumerate((k, k, kz)):
-        div += 1j * kk.reshape(shapes[axis]) * scipy.fft.rfftn(psi[..., axis], workers=-1)
+    for axis, kk in enumerate(derivative_wavenumbers(n_side, box_size)):
+        div += 1j * kk * scipy.fft.rfftn(psi[..., axis], workers=-1)
     return (-scipy.fft.irfftn(div, s=(n_side,) * 3, workers=-1)).astype(np.float32)
 
 
@@ -565,8 +549,8 @@ def read_snapshots(
     ids, ipos, fpos = ids[order], ipos[order], fpos[order]
     ivel = _velocities(idm, i_sort[order])
     fvel = _velocities(fdm, f_sort[order])
-    fpos = np.mod(fpos, box)
-    ipos = np.mod(ipos, box)
+    # Wrapped in float32, the precision a Simulation keeps, so halos are found on the stored positions.
+    fpos = wrap_periodic(fpos, box, dtype=np.float32)
 
     masses = np.asarray(fdm["mass"].in_units(_MASS), dtype=np.float64)
     particle_mass = float(masses.mean())
@@ -599,7 +583,7 @@ def read_snapshots(
         particle_mass=particle_mass,
         initial_density=initial_density,
         ids=ids,
-        initial_positions=ipos,
+        initial_positions=wrap_periodic(ipos, box, dtype=np.float32),
         final_positions=fpos,
         halo_id=labels,
         halo_mass=halo_mass,

@@ -6,8 +6,9 @@ per site in C order) convolved with ``sqrt(P(k))`` in Fourier space, so that
 ``<|delta_k|^2> = P(k) / V`` per mode (``V = box_size**3``); the ``k = 0``
 mode is zero.
 
-Second-order Lagrangian perturbation theory (Scoccimarro 1998, Crocce et
-al. 2006): with ``delta0`` the linear field at ``a = 1``,
+Second-order Lagrangian perturbation theory (Scoccimarro 1998, MNRAS 299,
+1097, arXiv:astro-ph/9711187; Crocce, Pueblas & Scoccimarro 2006, MNRAS 373,
+369, arXiv:astro-ph/0606505): with ``delta0`` the linear field at ``a = 1``,
 
     x(a) = q + D1(a) psi1(q) + D2(a) psi2(q),
     psi1 = -grad phi1,   lap phi1 = delta0,
@@ -33,19 +34,8 @@ import numpy as np
 import scipy.fft
 
 from tfhalo.sim.cosmology import Cosmology
-from tfhalo.sim.mesh import rfft_wavenumbers
-
-
-def _check_n(n) -> int:
-    if isinstance(n, bool) or not float(n).is_integer() or int(n) < 2:
-        raise ValueError(f"n must be an integer >= 2. Received: n={n}")
-    return int(n)
-
-
-def _check_box(box_size) -> float:
-    if not np.isfinite(box_size) or not box_size > 0:
-        raise ValueError(f"box_size must be positive. Received: box_size={box_size}")
-    return float(box_size)
+from tfhalo.sim.grid import derivative_wavenumbers, lattice_positions, rfft_wavenumbers, wrap_periodic
+from tfhalo.validation import check_float, check_int
 
 
 def _check_cubic(delta, name="delta_lin") -> np.ndarray:
@@ -57,7 +47,7 @@ def _check_cubic(delta, name="delta_lin") -> np.ndarray:
 
 def white_noise(n: int, seed) -> np.ndarray:
     """``(n, n, n)`` float64 standard normals from ``Generator(PCG64(seed))``."""
-    n = _check_n(n)
+    n = check_int("n", n, minimum=2)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.Generator(np.random.PCG64(seed))
     return rng.standard_normal((n, n, n))
 
@@ -76,8 +66,8 @@ def gaussian_field(n: int, box_size: float, cosmology: Cosmology, seed, z: float
         ``(n, n, n)`` float64 density contrast; index ``(i, j, k)`` is the value
         at ``(i, j, k) * box_size / n``.
     """
-    n = _check_n(n)
-    box_size = _check_box(box_size)
+    n = check_int("n", n, minimum=2)
+    box_size = check_float("box_size", box_size, positive=True)
     if not isinstance(cosmology, Cosmology):
         raise ValueError(f"cosmology must be a tfhalo Cosmology. Received: cosmology={cosmology!r}")
     if not z > -1:
@@ -117,7 +107,7 @@ def lpt_displacements(delta_lin, box_size: float, dtype=np.float64) -> Tuple[np.
         ``x = q + D1 psi1 + D2 psi2`` (``D2 < 0``).
     """
     delta = _check_cubic(delta_lin)
-    box_size = _check_box(box_size)
+    box_size = check_float("box_size", box_size, positive=True)
     n = delta.shape[0]
     kvec = rfft_wavenumbers(n, box_size)
     k2 = kvec[0] ** 2 + kvec[1] ** 2 + kvec[2] ** 2
@@ -125,7 +115,7 @@ def lpt_displacements(delta_lin, box_size: float, dtype=np.float64) -> Tuple[np.
     # phi1_k = -delta_k / k^2; Nyquist planes of odd derivatives are zeroed so
     # the fields stay real and exactly antisymmetric.
     phi1_k = -scipy.fft.rfftn(delta, workers=-1) / k2
-    kodd = _odd_wavenumbers(n, box_size)
+    kodd = derivative_wavenumbers(n, box_size)
     shape = (n, n, n)
 
     def grad(field_k, sign):
@@ -151,30 +141,6 @@ def lpt_displacements(delta_lin, box_size: float, dtype=np.float64) -> Tuple[np.
     return psi1, psi2
 
 
-def _odd_wavenumbers(n: int, box_size: float):
-    """Wave numbers for first derivatives: the Nyquist component set to 0."""
-    kx, ky, kz = rfft_wavenumbers(n, box_size)
-    if n % 2 == 0:
-        kx = kx.copy()
-        ky = ky.copy()
-        kz = kz.copy()
-        kx[n // 2] = 0.0
-        ky[:, n // 2] = 0.0
-        kz[..., n // 2] = 0.0
-    return kx, ky, kz
-
-
-def lattice_positions(n: int, box_size: float, dtype=np.float64) -> np.ndarray:
-    """``(n**3, 3)`` unperturbed positions ``q = site * box_size / n`` (C order)."""
-    n = _check_n(n)
-    g = np.arange(n, dtype=dtype) * np.asarray(box_size / n, dtype=dtype)
-    q = np.empty((n, n, n, 3), dtype=dtype)
-    q[..., 0] = g[:, None, None]
-    q[..., 1] = g[None, :, None]
-    q[..., 2] = g[None, None, :]
-    return q.reshape(-1, 3)
-
-
 def lpt_state(psi1, psi2, box_size: float, cosmology: Cosmology, a: float, dtype=np.float64):
     """2LPT positions and canonical momenta at scale factor ``a``.
 
@@ -198,11 +164,9 @@ def lpt_state(psi1, psi2, box_size: float, cosmology: Cosmology, a: float, dtype
     f2 = float(cosmology.growth_rate_2(a))
     e = float(cosmology.hubble(a))
     s1, s2 = psi1.reshape(-1, 3), psi2.reshape(-1, 3)
-    pos = lattice_positions(n, box_size, np.float64) + d1 * s1 + d2 * s2
-    pos = np.mod(pos, box_size)
-    pos[pos >= box_size] = 0.0
+    pos = wrap_periodic(lattice_positions(n, box_size, np.float64) + d1 * s1 + d2 * s2, box_size, dtype=dtype)
     mom = (a**2 * e) * (f1 * d1 * s1 + f2 * d2 * s2)
-    return pos.astype(dtype, copy=False), mom.astype(dtype, copy=False)
+    return pos, mom.astype(dtype, copy=False)
 
 
 def peculiar_velocity(momenta, a: float) -> np.ndarray:

@@ -14,10 +14,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import scipy.fft
+
+from tfhalo.sim.grid import rfft_wavenumbers
+from tfhalo.validation import check_float, check_int
 
 
 def _check_positions(positions, name: str = "positions") -> np.ndarray:
@@ -25,12 +28,6 @@ def _check_positions(positions, name: str = "positions") -> np.ndarray:
     if positions.ndim != 2 or positions.shape[1] != 3:
         raise ValueError(f"{name} must have shape (N, 3). Received: {name}.shape={positions.shape}")
     return positions
-
-
-def _check_box(box_size) -> float:
-    if not np.isfinite(box_size) or not box_size > 0:
-        raise ValueError(f"box_size must be positive. Received: box_size={box_size}")
-    return float(box_size)
 
 
 class CICStencil:
@@ -123,9 +120,8 @@ def cic_paint(positions, n_mesh: int, box_size: float, weights=None) -> np.ndarr
         ``(n_mesh, n_mesh, n_mesh)`` float64 mass per cell; sums to the total.
     """
     positions = _check_positions(positions)
-    box_size = _check_box(box_size)
-    if int(n_mesh) != n_mesh or n_mesh < 1:
-        raise ValueError(f"n_mesh must be a positive integer. Received: n_mesh={n_mesh}")
+    box_size = check_float("box_size", box_size, positive=True)
+    n_mesh = check_int("n_mesh", n_mesh, minimum=1)
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64).reshape(-1)
         if weights.shape[0] != positions.shape[0]:
@@ -133,7 +129,7 @@ def cic_paint(positions, n_mesh: int, box_size: float, weights=None) -> np.ndarr
                 f"weights must have one value per particle ({positions.shape[0]}). "
                 f"Received: weights.shape={weights.shape}"
             )
-    return CICStencil(positions, int(n_mesh), box_size).paint(weights)
+    return CICStencil(positions, n_mesh, box_size).paint(weights)
 
 
 def cic_readout(mesh, positions, box_size: float) -> np.ndarray:
@@ -151,20 +147,8 @@ def cic_readout(mesh, positions, box_size: float) -> np.ndarray:
     if mesh.ndim != 3 or len(set(mesh.shape)) != 1:
         raise ValueError(f"mesh must be a cubic (n, n, n) array. Received: mesh.shape={mesh.shape}")
     positions = _check_positions(positions)
-    box_size = _check_box(box_size)
+    box_size = check_float("box_size", box_size, positive=True)
     return CICStencil(positions, mesh.shape[0], box_size).readout(mesh)
-
-
-def rfft_wavenumbers(n: int, box_size: float, dtype=np.float64) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Broadcastable wave vectors (h/Mpc) of ``scipy.fft.rfftn`` on ``n**3``.
-
-    Returns:
-        ``(kx, ky, kz)`` with shapes ``(n,1,1)``, ``(1,n,1)``, ``(1,1,n//2+1)``.
-    """
-    kf = 2.0 * np.pi / box_size
-    k = (np.fft.fftfreq(n, d=1.0 / n) * kf).astype(dtype)
-    kz = (np.arange(n // 2 + 1) * kf).astype(dtype)
-    return k.reshape(n, 1, 1), k.reshape(1, n, 1), kz.reshape(1, 1, -1)
 
 
 def rfft_mode_multiplicity(n: int) -> np.ndarray:
@@ -204,7 +188,7 @@ def power_spectrum(
     delta = np.asarray(delta)
     if delta.ndim != 3 or len(set(delta.shape)) != 1:
         raise ValueError(f"delta must be a cubic (n, n, n) array. Received: delta.shape={delta.shape}")
-    box_size = _check_box(box_size)
+    box_size = check_float("box_size", box_size, positive=True)
     n = delta.shape[0]
     kf = 2.0 * np.pi / box_size
     k_nyq = kf * n / 2

@@ -18,23 +18,11 @@ import numpy as np
 
 from tfhalo.sim.cosmology import WMAP5, Cosmology
 from tfhalo.sim.fof import friends_of_friends, halo_properties
+from tfhalo.sim.grid import wrap_periodic
 from tfhalo.sim.ics import gaussian_field, lpt_displacements, lpt_state, peculiar_velocity
 from tfhalo.sim.pm import run_pm
 from tfhalo.sim.simulation import Simulation
-
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
-def _positive_float(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a positive number. Received: {name}={value!r}")
-    if not np.isfinite(value) or not value > 0:
-        raise ValueError(f"{name} must be positive. Received: {name}={value!r}")
-    return float(value)
+from tfhalo.validation import MAX_SEED, check_bool, check_float, check_int, check_seed
 
 
 def validate_arguments(
@@ -49,29 +37,28 @@ def validate_arguments(
         The normalised ``(n_side, box_size, z_initial, a_start, n_steps,
         mesh_factor, linking_length, min_members)``.
     """
-    n_side = _positive_int("n_side", n_side, minimum=2)
-    box_size = _positive_float("box_size", box_size)
+    n_side = check_int("n_side", n_side, minimum=2)
+    box_size = check_float("box_size", box_size, positive=True)
     if not isinstance(cosmology, Cosmology):
         raise ValueError(f"cosmology must be a tfhalo.sim.Cosmology. Received: cosmology={cosmology!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ValueError(f"seed must be a non-negative integer or None. Received: seed={seed!r}")
-    z_initial = _positive_float("z_initial", z_initial)
+    check_seed("seed", seed)
+    z_initial = check_float("z_initial", z_initial, positive=True)
     a_initial = 1.0 / (1.0 + z_initial)
-    a_start = _positive_float("a_start", a_start)
+    a_start = check_float("a_start", a_start, positive=True)
     if not a_initial <= a_start < 1.0:
         raise ValueError(
             f"a_start must lie in [1/(1+z_initial), 1) = [{a_initial:.4g}, 1): the N-body starts at or after "
             f"the initial redshift and before z = 0. Received: a_start={a_start}, z_initial={z_initial}"
         )
-    n_steps = _positive_int("n_steps", n_steps)
-    mesh_factor = _positive_int("mesh_factor", mesh_factor)
-    linking_length = _positive_float("linking_length", linking_length)
+    n_steps = check_int("n_steps", n_steps, minimum=1)
+    mesh_factor = check_int("mesh_factor", mesh_factor, minimum=1)
+    linking_length = check_float("linking_length", linking_length, positive=True)
     if linking_length >= 1.0:
         raise ValueError(
             "linking_length is in units of the mean inter-particle separation and must be < 1. "
             f"Received: linking_length={linking_length}"
         )
-    min_members = _positive_int("min_members", min_members)
+    min_members = check_int("min_members", min_members, minimum=1)
     _check_k_range(n_side, box_size, cosmology)
     return n_side, box_size, z_initial, a_start, n_steps, mesh_factor, linking_length, min_members
 
@@ -124,7 +111,8 @@ def run_simulation(
         n_side: particles per side (``n_side**3`` particles).
         box_size: box side, Mpc/h.
         cosmology: the cosmology.
-        seed: seed of the initial conditions (None: fresh entropy).
+        seed: seed of the initial conditions, an integer in ``[0, 2**63 - 1]``
+            (simulation files store it as int64); None: fresh entropy.
         z_initial: redshift of the stored initial density and positions.
         a_start: scale factor where the N-body starts from 2LPT.
         n_steps: PM kick-drift-kick steps.
@@ -138,13 +126,20 @@ def run_simulation(
 
     Returns:
         A fully populated :class:`~tfhalo.sim.simulation.Simulation`.
+
+    Raises:
+        ValueError: an argument is invalid (every one is checked before any work).
     """
     (n_side, box_size, z_initial, a_start, n_steps, mesh_factor, linking_length, min_members) = validate_arguments(
         n_side, box_size, cosmology, seed, z_initial, a_start, n_steps, mesh_factor, linking_length, min_members
     )
+    progress = check_bool("progress", progress)
+    pm_progress = progress if pm_progress is None else check_bool("pm_progress", pm_progress)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"name must be a non-empty string or None. Received: name={name!r}")
+    seed = check_seed("seed", seed)
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**63))
-    seed = int(seed)
+        seed = int(np.random.SeedSequence().entropy % (MAX_SEED + 1))
     a_initial = 1.0 / (1.0 + z_initial)
     timer = _StageTimer(progress)
 
@@ -153,7 +148,7 @@ def run_simulation(
     psi1, psi2 = lpt_displacements(delta0, box_size)
     del delta0
     initial_positions, initial_momenta = lpt_state(psi1, psi2, box_size, cosmology, a_initial)
-    initial_positions = initial_positions.astype(np.float32)
+    initial_positions = wrap_periodic(initial_positions, box_size, dtype=np.float32)
     # Exact 2LPT velocities (f1 D1 psi1 + f2 D2 psi2), kept for the Gadget ICs.
     initial_velocities = peculiar_velocity(initial_momenta, a_initial).astype(np.float32)
     del initial_momenta
@@ -163,7 +158,7 @@ def run_simulation(
 
     final_positions, final_velocities = run_pm(
         x_start, p_start, box_size, cosmology, a_start=a_start, a_end=1.0, n_steps=n_steps,
-        mesh_factor=mesh_factor, progress=progress if pm_progress is None else bool(pm_progress),
+        mesh_factor=mesh_factor, progress=pm_progress,
     )
     del x_start, p_start
     timer.stage("particle mesh")

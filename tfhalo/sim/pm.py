@@ -13,7 +13,8 @@ contrast of the *force* mesh (mass per cell times ``n_mesh^3 / N`` minus one)
 and ``k`` is in physical units (h/Mpc), so the force does not depend on the
 mesh resolution (apart from the smoothing), unlike flowpm 0.1.1.
 
-Time stepping is FastPM (Feng et al. 2016): kick and drift factors are
+Time stepping is FastPM (Feng, Chu, Seljak & McDonald 2016, MNRAS 463, 2273,
+arXiv:1603.00476): kick and drift factors are
 chosen so that linear (Zel'dovich) motion is integrated exactly whatever the
 step size::
 
@@ -46,7 +47,9 @@ import numpy as np
 import scipy.fft
 
 from tfhalo.sim.cosmology import Cosmology
-from tfhalo.sim.mesh import CICStencil, cic_window, rfft_wavenumbers
+from tfhalo.sim.grid import rfft_wavenumbers, wrap_periodic
+from tfhalo.sim.mesh import CICStencil, cic_window
+from tfhalo.validation import check_float, check_int
 
 
 class ForceSolver:
@@ -72,17 +75,11 @@ class ForceSolver:
         dtype=np.float32,
         workers: int = -1,
     ):
-        if int(n_mesh) < 2:
-            raise ValueError(f"n_mesh must be an integer >= 2. Received: n_mesh={n_mesh}")
-        if not box_size > 0:
-            raise ValueError(f"box_size must be positive. Received: box_size={box_size}")
-        if int(n_particles) < 1:
-            raise ValueError(f"n_particles must be positive. Received: n_particles={n_particles}")
-        self.n_mesh = n = int(n_mesh)
-        self.box_size = float(box_size)
+        self.n_mesh = n = check_int("n_mesh", n_mesh, minimum=2)
+        self.box_size = check_float("box_size", box_size, positive=True)
+        self.n_particles = check_int("n_particles", n_particles, minimum=1)
         self.dtype = np.dtype(dtype)
         self.workers = workers
-        self.n_particles = int(n_particles)
         kx, ky, kz = rfft_wavenumbers(n, self.box_size)
         k2 = kx**2 + ky**2 + kz**2
         k2[0, 0, 0] = 1.0
@@ -199,32 +196,30 @@ def run_pm(
         raise ValueError(
             f"momenta must have the shape of positions {positions.shape}. Received: momenta.shape={momenta.shape}"
         )
-    if not box_size > 0:
-        raise ValueError(f"box_size must be positive. Received: box_size={box_size}")
-    if not 0 < a_start < a_end:
-        raise ValueError(f"need 0 < a_start < a_end. Received: a_start={a_start}, a_end={a_end}")
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer. Received: n_steps={n_steps}")
+    box_size = check_float("box_size", box_size, positive=True)
+    a_start = check_float("a_start", a_start, positive=True)
+    a_end = check_float("a_end", a_end, positive=True)
+    if not a_start < a_end:
+        raise ValueError(f"a_start must be smaller than a_end. Received: a_start={a_start}, a_end={a_end}")
+    n_steps = check_int("n_steps", n_steps, minimum=1)
     n_part = positions.shape[0]
     if n_mesh is None:
         n_side = int(round(n_part ** (1.0 / 3.0)))
         if n_side**3 != n_part:
             raise ValueError(f"positions must hold n_side**3 particles when n_mesh is None. Received: N={n_part}")
-        if int(mesh_factor) != mesh_factor or mesh_factor < 1:
-            raise ValueError(f"mesh_factor must be a positive integer. Received: mesh_factor={mesh_factor}")
-        n_mesh = int(mesh_factor) * n_side
+        n_mesh = check_int("mesh_factor", mesh_factor, minimum=1) * n_side
     solver = ForceSolver(n_mesh, box_size, cosmology.Om0, n_part, deconvolve=deconvolve, dtype=dtype, workers=workers)
 
     # float64 state: float32 positions lose ~1e-6 Mpc/h per step in a 100 Mpc/h box
     x = np.array(positions, dtype=np.float64)
     p = np.array(momenta, dtype=np.float64)
-    steps = np.linspace(a_start, a_end, int(n_steps) + 1)
+    steps = np.linspace(a_start, a_end, n_steps + 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         # Transient (leave=False): nests under a suite's bar without piling up lines.
-        bar = tqdm(total=int(n_steps), desc="PM steps", unit="step", leave=False)
+        bar = tqdm(total=n_steps, desc="PM steps", unit="step", leave=False)
     # ids[i] is the input index of the particle now stored at row i
     ids = np.arange(n_part)
     force = solver.accelerations(x)
@@ -232,7 +227,7 @@ def run_pm(
         ah = 0.5 * (a0 + a1)
         p += kick_factor(cosmology, a0, ah, a0) * force
         x += drift_factor(cosmology, a0, a1, ah) * p
-        np.mod(x, box_size, out=x)
+        wrap_periodic(x, box_size, out=x)
         x, p, ids = _sort_spatially(x, p, ids, box_size)
         force = solver.accelerations(x)
         p += kick_factor(cosmology, ah, a1, a1) * force
@@ -243,7 +238,7 @@ def run_pm(
         bar.close()
     x32 = np.empty((n_part, 3), dtype=np.float32)
     x32[ids] = x
-    x32[x32 >= box_size] = 0.0  # float32 rounding of values just below box_size
+    wrap_periodic(x32, box_size, out=x32)  # float32 rounding of values just below box_size
     velocities = np.empty((n_part, 3), dtype=np.float32)
     velocities[ids] = (100.0 / a_end) * p
     return x32, velocities

@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 
 from tfhalo.sim.cosmology import Cosmology
+from tfhalo.validation import check_float, check_int, check_seed
 
 
 @dataclasses.dataclass
@@ -49,11 +50,17 @@ class HaloCatalogue:
     n_members: np.ndarray
 
     def __post_init__(self):
-        self.mass = np.asarray(self.mass, dtype=np.float64).reshape(-1)
+        # No reshaping: a transposed (3, H) centre array must not pass as H halos.
+        self.mass = np.asarray(self.mass, dtype=np.float64)
+        if self.mass.ndim != 1:
+            raise ValueError(f"mass must have shape (H,). Received: mass.shape={self.mass.shape}")
         n = self.mass.shape[0]
-        self.centre = np.asarray(self.centre, dtype=np.float64).reshape(n, 3)
-        self.r200 = np.asarray(self.r200, dtype=np.float64).reshape(n)
-        self.n_members = np.asarray(self.n_members, dtype=np.int64).reshape(n)
+        expected = {"centre": (np.float64, (n, 3)), "r200": (np.float64, (n,)), "n_members": (np.int64, (n,))}
+        for field, (dtype, shape) in expected.items():
+            value = np.asarray(getattr(self, field), dtype=dtype)
+            if value.shape != shape and not (n == 0 and value.size == 0):
+                raise ValueError(f"{field} must have shape {shape} for {n} halos. Received: {field}.shape={value.shape}")
+            setattr(self, field, value.reshape(shape))
 
     def __len__(self) -> int:
         return int(self.mass.shape[0])
@@ -122,11 +129,9 @@ class Simulation:
     final_velocities: Optional[np.ndarray] = None
 
     def __post_init__(self):
-        if not self.box_size > 0:
-            raise ValueError(f"box_size must be positive. Received: box_size={self.box_size}")
-        if int(self.n_side) < 1:
-            raise ValueError(f"n_side must be a positive integer. Received: n_side={self.n_side}")
-        self.n_side = int(self.n_side)
+        self.box_size = check_float("box_size", self.box_size, positive=True)
+        self.n_side = check_int("n_side", self.n_side, minimum=1)
+        self.seed = check_seed("seed", self.seed)
         n, npart = self.n_side, self.n_side**3
         self.initial_density = np.asarray(self.initial_density, dtype=np.float32)
         if self.initial_density.shape != (n, n, n):
@@ -226,9 +231,8 @@ class Simulation:
         """
         from tfhalo.sim.mesh import cic_paint
 
-        if int(n_mesh) < 1:
-            raise ValueError(f"n_mesh must be a positive integer. Received: n_mesh={n_mesh}")
-        mesh = cic_paint(self.final_positions, int(n_mesh), self.box_size)
+        n_mesh = check_int("n_mesh", n_mesh, minimum=1)
+        mesh = cic_paint(self.final_positions, n_mesh, self.box_size)
         return mesh / mesh.mean() - 1.0
 
     def __repr__(self) -> str:

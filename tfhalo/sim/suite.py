@@ -42,6 +42,7 @@ from tfhalo.atomic import atomic_path, write_json_atomic
 from tfhalo.sim import gadget, hdf5
 from tfhalo.sim.cosmology import WMAP5, Cosmology
 from tfhalo.sim.simulation import Simulation
+from tfhalo.validation import check_bool, check_int, check_seed
 
 MANIFEST_NAME = "suite.json"
 MANIFEST_FORMAT = "tfhalo-suite"
@@ -76,33 +77,18 @@ class SimulationPreset:
     cosmology: Cosmology = WMAP5
 
     def __post_init__(self):
-        for field in ("n_side", "n_steps", "mesh_factor", "min_members"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{field} must be a positive integer. Received: {field}={value!r}")
-            object.__setattr__(self, field, int(value))
-        for field in ("box_size", "linking_length"):
-            value = getattr(self, field)
-            if not np.isfinite(value) or not value > 0:
-                raise ValueError(f"{field} must be positive. Received: {field}={value!r}")
-            object.__setattr__(self, field, float(value))
-        if not self.z_initial > 0:
-            raise ValueError(f"z_initial must be positive. Received: z_initial={self.z_initial!r}")
-        if not 1.0 / (1.0 + self.z_initial) <= self.a_start < 1.0:
-            raise ValueError(
-                f"a_start must be in [1/(1+z_initial), 1). Received: a_start={self.a_start!r}, "
-                f"z_initial={self.z_initial!r}"
-            )
-        if not isinstance(self.cosmology, Cosmology):
-            raise TypeError(f"cosmology must be a tfhalo.sim.Cosmology. Received: {type(self.cosmology).__name__}")
         from tfhalo.sim.pipeline import validate_arguments
 
         # run_simulation's own checks (n_side >= 2, linking_length < 1, the k range colossus
         # covers, ...) here, so generate_suite fails before it creates out_dir or suite.json.
-        validate_arguments(
+        names = ("n_side", "box_size", "z_initial", "a_start", "n_steps", "mesh_factor", "linking_length",
+                 "min_members")
+        values = validate_arguments(
             self.n_side, self.box_size, self.cosmology, None, self.z_initial, self.a_start, self.n_steps,
             self.mesh_factor, self.linking_length, self.min_members,
         )
+        for field, value in zip(names, values):
+            object.__setattr__(self, field, value)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -111,16 +97,28 @@ class SimulationPreset:
 
     @classmethod
     def from_dict(cls, d) -> "SimulationPreset":
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: ``d`` is not a dict of known fields with valid values.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a SimulationPreset dict must be a JSON object. Received: {d!r:.200}")
         d = dict(d)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"Unknown SimulationPreset fields {unknown}. Expected a subset of {sorted(fields)}")
         d["cosmology"] = Cosmology.from_dict(d.get("cosmology", WMAP5.to_dict()))
         return cls(**d)
 
 
-#: "quick": seconds per simulation on 2 cores; "paper": Lucie-Smith et al. (2018) resolution;
-#: "charnock2020": the neural bias paper's volume, (250 Mpc/h)^3, at a particle mass
-#: (3.7e10 Msun/h) that puts its halo threshold M_th = 2e12 Msun/h at 54 particles
-#: (FoF masses are noisy below ~50); ~15 GB and minutes per simulation on 2 cores
-#: (an 1/8-volume run at this resolution peaked at 1.9 GB).
+#: "quick": seconds per simulation on 2 cores; "paper": the resolution of the simulations of
+#: Lucie-Smith, Peiris, Pontzen, Nord & Thiyagalingam (2020), arXiv:2011.10577 (256^3 particles
+#: in 50 Mpc/h); "charnock2020": the volume of Charnock et al. (2020), "Neural physical engines
+#: for inferring the halo mass distribution function", MNRAS 494, 50, arXiv:1909.06379,
+#: (250 Mpc/h)^3, at a particle mass (3.7e10 Msun/h) that puts its halo threshold
+#: M_th = 2e12 Msun/h at 54 particles (FoF masses are noisy below ~50); it needs ~15 GB.
 PRESETS: Dict[str, SimulationPreset] = {
     "quick": SimulationPreset(n_side=64, box_size=40.0, n_steps=10, mesh_factor=2),
     "paper": SimulationPreset(n_side=256, box_size=50.0, z_initial=99.0, n_steps=10, mesh_factor=2),
@@ -139,7 +137,7 @@ def resolve_preset(preset: Union[str, SimulationPreset] = "quick", **overrides) 
             raise ValueError(f"Unknown preset. Expected one of {sorted(PRESETS)}. Received: preset={preset!r}")
         preset = PRESETS[preset]
     elif not isinstance(preset, SimulationPreset):
-        raise TypeError(f"preset must be a name or a SimulationPreset. Received: {type(preset).__name__}")
+        raise ValueError(f"preset must be a name or a SimulationPreset. Received: preset={preset!r}")
     fields = {f.name for f in dataclasses.fields(SimulationPreset)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -163,23 +161,51 @@ def simulation_name(index: int) -> str:
 
 
 def read_manifest(out_dir: PathLike) -> dict:
-    """The ``suite.json`` of a suite directory.
+    """The ``suite.json`` of a suite directory, checked entry by entry.
 
     Raises:
         FileNotFoundError: no manifest.
-        ValueError: unreadable or not a tfhalo suite manifest.
+        ValueError: naming the file: unreadable, not JSON, not a tfhalo suite
+            manifest, or an entry missing or malformed.
     """
     path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"Suite manifest not found: {path}")
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             manifest = json.load(fh)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"Cannot read suite manifest {path}: {err}") from err
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a tfhalo suite manifest (format {manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{path} is not a tfhalo suite manifest (format {found!r}, expected {MANIFEST_FORMAT!r})")
+    try:
+        _check_manifest(manifest)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"Suite manifest {path} is corrupt: {err}") from None
     return manifest
+
+
+def _check_manifest(manifest: dict) -> None:
+    """Raise on any entry :func:`generate_suite` and :func:`list_suite` could not use."""
+    for key in ("parameters", "master_seed", "n_sims", "simulations"):
+        if key not in manifest:
+            raise ValueError(f"no {key!r} entry")
+    SimulationPreset.from_dict(manifest["parameters"])
+    check_seed("master_seed", manifest["master_seed"], allow_none=False)
+    n_sims = check_int("n_sims", manifest["n_sims"], minimum=1)
+    sims = manifest["simulations"]
+    if not isinstance(sims, list) or len(sims) != n_sims:
+        raise ValueError(f"'simulations' must be a list of n_sims={n_sims} entries. Received: {sims!r:.200}")
+    for i, entry in enumerate(sims):
+        if not isinstance(entry, dict):
+            raise ValueError(f"simulations[{i}] must be an object. Received: {entry!r:.200}")
+        check_seed(f"simulations[{i}].seed", entry.get("seed"), allow_none=False)
+        for key in ("name", "file"):
+            value = entry.get(key)
+            # A bare file name: a manifest must not point outside its own directory.
+            if not isinstance(value, str) or not value or Path(value).name != value or value in (".", ".."):
+                raise ValueError(f"simulations[{i}].{key} must be a file name. Received: {value!r}")
 
 
 def _manifest(preset_name: str, preset: SimulationPreset, master_seed: int, n_sims: int) -> dict:
@@ -265,11 +291,12 @@ def generate_suite(
 
     from tfhalo.sim.pipeline import run_simulation
 
-    if isinstance(n_sims, bool) or int(n_sims) != n_sims or n_sims < 1:
-        raise ValueError(f"n_sims must be a positive integer. Received: n_sims={n_sims!r}")
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer. Received: seed={seed!r}")
-    n_sims, seed = int(n_sims), int(seed)
+    n_sims = check_int("n_sims", n_sims, minimum=1)
+    seed = check_seed("seed", seed, allow_none=False)
+    progress = check_bool("progress", progress)
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        # Path("") is the current directory: an empty name is a mistake, not a request.
+        raise ValueError(f"out_dir must be a non-empty path. Received: out_dir={out_dir!r}")
     preset_name = preset if isinstance(preset, str) else "custom"
     params = resolve_preset(preset, **overrides)
     out_dir = Path(out_dir)
