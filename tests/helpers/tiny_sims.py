@@ -12,6 +12,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, maximum_filter
 
 from tfhalo.sim.cosmology import Cosmology
+from tfhalo.sim.grid import minimum_image, wrap_periodic
 from tfhalo.sim.simulation import HaloCatalogue, Simulation
 
 
@@ -64,13 +65,12 @@ def make_tiny_simulation(n_side: int = 16, box_size: float = 20.0, seed: int = 0
     offsets *= (r200[hid] * rng.uniform(0.05, 1.2, size=hid.size)
                 / np.linalg.norm(offsets, axis=1))[:, None]
     final[in_halo] = centres[hid] + offsets
-    final = np.mod(final, box_size).astype(np.float32)
+    final = wrap_periodic(final, box_size, dtype=np.float32)
 
     halo_mass = np.zeros(npart)
     halo_mass[in_halo] = mass[hid]
     r_over = np.full(npart, np.nan, dtype=np.float32)
-    d = final[in_halo] - centres[hid]
-    d -= box_size * np.round(d / box_size)
+    d = minimum_image(final[in_halo] - centres[hid], box_size)
     r_over[in_halo] = np.linalg.norm(d, axis=1) / r200[hid]
     halos = HaloCatalogue(mass, centres, r200, counts) if keep.size else HaloCatalogue.empty()
     return Simulation(

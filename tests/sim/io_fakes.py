@@ -3,6 +3,7 @@
 import numpy as np
 
 from tfhalo.sim.cosmology import Cosmology
+from tfhalo.sim.grid import wrap_periodic
 from tfhalo.sim.simulation import HaloCatalogue, Simulation
 
 
@@ -17,7 +18,7 @@ def fake_simulation(n_side=8, box_size=20.0, n_halos=3, seed=0, name="fake", cos
     spacing = box_size / n_side
     site = np.stack(np.unravel_index(np.arange(n), (n_side,) * 3), axis=-1)
     q = site * spacing
-    init = np.mod(q + rng.normal(0.0, 0.05 * spacing, (n, 3)), box_size)
+    init = wrap_periodic(q + rng.normal(0.0, 0.05 * spacing, (n, 3)), box_size)
     final = rng.uniform(0.0, box_size, (n, 3))
     halo_id = np.full(n, -1, dtype=np.int64)
     big = max(4, n // (2 * (n_halos + 1)))
@@ -28,7 +29,7 @@ def fake_simulation(n_side=8, box_size=20.0, n_halos=3, seed=0, name="fake", cos
         members = np.arange(starts[k], starts[k] + sizes[k])
         halo_id[members] = k
         # Straddle the boundary sometimes: wrapping must not break membership.
-        final[members] = np.mod(centres[k] + rng.normal(0.0, 0.3, (sizes[k], 3)), box_size)
+        final[members] = wrap_periodic(centres[k] + rng.normal(0.0, 0.3, (sizes[k], 3)), box_size)
     particle_mass = 1.2345e10
     halos = HaloCatalogue(
         mass=sizes * particle_mass,
