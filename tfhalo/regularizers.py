@@ -11,6 +11,10 @@ exactly ``keras.regularizers.L2(alpha)``; :func:`conv_l2` returns it.
 
 Kernels of rank > 2 are grouped by their last axis: the kernel is viewed as
 ``(-1, out)`` and each row (one input channel at one kernel offset) is a group.
+
+Reference:
+    Lucie-Smith, Peiris, Pontzen, Nord & Thiyagalingam (2020), "Deep learning
+    insights into cosmological structure formation", arXiv:2011.10577.
 """
 
 import math

@@ -15,6 +15,10 @@ so it starts at exactly ``initial_scale``, and d gamma / d u = gamma / s0 is 1
 at the start: an optimizer step on ``u`` moves gamma by about the learning rate,
 as in the paper, where gamma itself was the trained variable (clipped to
 [0, 2], which allowed gamma = 0).
+
+Reference (the Cauchy selection likelihood and its scale gamma):
+    Lucie-Smith, Peiris, Pontzen, Nord & Thiyagalingam (2020), "Deep learning
+    insights into cosmological structure formation", arXiv:2011.10577.
 """
 
 import math

@@ -1,7 +1,7 @@
 """Mixture density head: a Gaussian mixture in ln M for the halo mass function.
 
-Charnock et al. (2020), REFERENCE B: from a feature vector psi the head gives,
-for K components,
+The mixture density network of Charnock et al. (2020), section 3.2: from a
+feature vector psi the head gives, for K components,
 
     alpha_j = softplus(a_j . psi + b_j + amplitude_shift)
     mu_1    = c_1 . psi + d_1 + log_mass_threshold
@@ -14,6 +14,11 @@ and the number density per unit mass
 integral above ``M_th`` is
 ``sum_j alpha_j / 2 exp(sigma_j^2 / 2) erfc[(ln M_th - mu_j - sigma_j^2) / (sqrt2 sigma_j)]``.
 Both are evaluated in log space so that they stay finite in float32.
+
+Reference:
+    Charnock, Lavaux, Wandelt, Sarma Boruah, Jasche & Hudson (2020), "Neural
+    physical engines for inferring the halo mass distribution function", MNRAS
+    494, 50, arXiv:1909.06379.
 """
 
 import math

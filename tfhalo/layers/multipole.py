@@ -6,13 +6,19 @@ The kernel of a :class:`MultipoleConv3D` for the harmonic ``(l, m)`` is
 
 on the integer offsets ``o`` of a ``k x k x k`` grid, with one learned weight
 per distance shell ``|o|`` and per input/output channel pair. ``sqrt(4 pi)``
-makes the l = 0 kernel equal to the radial weights themselves (the paper's
-"centre, face, edge, corner" l = 0 kernel) and makes ``sum_m Y^2`` average to
-one per voxel, so the assembled kernel has the scale of an ordinary kernel.
+makes the l = 0 kernel equal to the radial weights themselves (the
+"centre, face, edge, corner" l = 0 kernel of Charnock et al. 2020) and makes
+``sum_m Y^2`` average to one per voxel, so the assembled kernel has the scale
+of an ordinary kernel.
 
 The basis is a constant built once with NumPy (float64); each call assembles
 the dense ``(k, k, k, C_in, C_out)`` kernel with one einsum per l and runs a
 single ``keras.ops.conv``, so the cost is that of a ``Conv3D`` of the same shape.
+
+Reference (multipole kernels, section 3.1):
+    Charnock, Lavaux, Wandelt, Sarma Boruah, Jasche & Hudson (2020), "Neural
+    physical engines for inferring the halo mass distribution function", MNRAS
+    494, 50, arXiv:1909.06379.
 """
 
 import math
@@ -256,9 +262,10 @@ class MultipoleConv3D(keras.layers.Layer):
     l block of the output transforms like Y_l under the 48 symmetries of the
     cube (l = 0: invariant; l = 1: a vector in (y, z, x) order). To keep that
     exact, the bias is then only added to l = 0 channels. With
-    ``equivariant=False`` every m has its own radial weights (the paper's
-    counting). Weights per channel pair (k = 3 / k = 5): l = 0: 4 / 10;
-    l = 1: 3 / 9 equivariant, 9 / 27 not; l = 2: 3 / 9 equivariant, 10 / 35 not.
+    ``equivariant=False`` every m has its own radial weights (the counting of
+    Charnock et al. 2020, arXiv:1909.06379). Weights per channel pair
+    (k = 3 / k = 5): l = 0: 4 / 10; l = 1: 3 / 9 equivariant, 9 / 27 not;
+    l = 2: 3 / 9 equivariant, 10 / 35 not.
 
     Padding ``"periodic"`` wraps the input (``k // 2`` voxels each side) then
     runs a valid convolution: output voxel i is centred on input voxel
