@@ -254,3 +254,45 @@ def test_rotation_invariant_needs_l0_multipole_on_a_cube(kwargs):
     base.update(kwargs)
     with pytest.raises(ValueError, match="rotation_invariant"):
         halo_cnn(rotation_invariant=True, **base)
+
+
+def test_fit_refuses_non_finite_or_out_of_range_arrays_before_training():
+    x, y = synthetic_task(n=16)
+    model = halo_cnn(**TINY, seed=0)
+    weights = model.get_weights()
+    bad_x = x.copy()
+    bad_x[3, 4, 4, 4, 0] = np.nan
+    with pytest.raises(ValueError, match=r"x must be finite. Received: 1 non-finite of 11664 values, first "
+                                         r"x\[3, 4, 4, 4, 0\]=nan"):
+        model.fit(bad_x, y, batch_size=8, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"validation_data\[0\] must be finite"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, validation_data=(bad_x, y))
+    bad_y = y.copy()
+    bad_y[5] = 1.5
+    with pytest.raises(ValueError, match=r"y must be labels scaled to \[-1, 1\] for CauchySelectionLoss. "
+                                         r"Received: 1 of 16 labels outside it, first y\[5\]=1.5"):
+        model.fit(x, bad_y, 8, 1, 0)  # positional arguments are checked too
+    assert int(model.optimizer.iterations) == 0
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_non_finite_batch_from_a_dataset_stops_fit_with_an_error():
+    from tfhalo.models import NonFiniteLossError
+
+    x, y = synthetic_task(n=32)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            xb = x[8 * i : 8 * (i + 1)].copy()
+            if i == 2:
+                xb[0, 4, 4, 4, 0] = np.nan
+            return xb, y[8 * i : 8 * (i + 1)]
+
+    model = halo_cnn(**TINY, seed=0)
+    with pytest.raises(NonFiniteLossError, match=r"training loss is (nan|inf) at epoch 1/3, batch 3/4.*non-finite inputs"):
+        model.fit(Batches(), epochs=3, verbose=0, shuffle=False)
+    assert int(model.optimizer.iterations) == 3  # stopped at the bad batch, not at the end of fit

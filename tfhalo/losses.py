@@ -27,6 +27,18 @@ The loss is written without ``where``: the inside branch is evaluated at
 ``clip(y, -1, 1)`` and the outside terms vanish (with zero gradient) for
 ``t <= 0``, so no unused branch can inject a NaN gradient.
 
+Labels: the truths ``d`` must lie in [-1, 1] (up to ``LABEL_TOLERANCE``, a
+few float32 roundings), where the truncated Cauchy has its support; a label
+outside, or NaN, means the labels were scaled with another range (e.g. a
+:class:`~tfhalo.data.LabelScaler` fitted on the training set applied to a
+validation set reaching beyond it). When the label values are available
+(eager calls) the loss raises ``ValueError`` naming the first bad label. Inside
+a compiled step (``tf.function``, ``jax.jit``, so in ``model.fit``) no value
+can be looked at, and Keras has no backend-independent assertion op: the loss
+of each bad label is NaN instead (with zero gradient, so the valid labels'
+gradients stay clean), which :class:`tfhalo.models.HaloModel.fit` turns into an
+error naming the epoch and batch.
+
 How gamma reaches the loss: gamma lives in a :class:`tfhalo.layers.CauchyScale`
 layer of the model (a trainable weight). A :class:`CauchySelectionLoss` is
 *bound* to that layer: :class:`tfhalo.models.HaloModel` binds every
@@ -40,9 +52,52 @@ gradient reaches gamma there too. For a plain functional model call
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfhalo.layers.cauchy import CauchyScale, _check_positive_finite
+
+#: How far beyond [-1, 1] a label may lie: a few float32 roundings of a min-max scaling.
+LABEL_TOLERANCE = 1e-6
+
+
+def check_scaled_labels(name, values, purpose=""):
+    """``values`` if every label lies in [-1, 1] (within ``LABEL_TOLERANCE``) and none is NaN.
+
+    Args:
+        name: the argument named in the message.
+        values: labels, any shape (array-like with values, not a traced tensor).
+        purpose: appended to "must be labels scaled to [-1, 1]" in the message.
+
+    Raises:
+        ValueError: e.g. ``y_true must be labels scaled to [-1, 1]. Received: 1 of 4
+            labels outside it, first y_true[2]=1.5``.
+
+    Example:
+        >>> check_scaled_labels("y", np.array([-1.0, 0.2, 1.0])).shape
+        (3,)
+    """
+    values = np.asarray(values)
+    bad = ~(np.abs(values.astype(np.float64)) <= 1.0 + LABEL_TOLERANCE)  # NaN compares False
+    if np.any(bad):
+        first = np.unravel_index(int(np.flatnonzero(bad)[0]), values.shape)
+        raise ValueError(
+            f"{name} must be labels scaled to [-1, 1]{purpose}. Received: {int(bad.sum())} of {values.size} "
+            f"labels outside it, first {name}[{', '.join(str(int(i)) for i in first)}]={float(values[first]):.6g}"
+        )
+    return values
+
+
+def _values_now(x):
+    """``x`` as a NumPy array if its values exist now; None for a symbolic or traced tensor."""
+    if keras.backend.is_keras_tensor(x):
+        return None
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except (TypeError, RuntimeError, AttributeError, ValueError):
+        # A tf.function graph tensor raises NotImplementedError (a RuntimeError),
+        # a JAX tracer TracerArrayConversionError (a TypeError).
+        return None
 
 
 def _cauchy_inside(y, d, gamma):
@@ -76,16 +131,27 @@ def cauchy_selection_loss(y_true, y_pred, gamma, penalty_strength=100.0):
 
     Returns:
         Tensor of the broadcast shape of ``y_true`` and ``y_pred``: the loss
-        per element (not reduced).
+        per element (not reduced); NaN where a traced label is outside [-1, 1].
+
+    Raises:
+        ValueError: a label outside [-1, 1] or NaN, when the labels have values
+            (not inside a compiled step; see the module docstring).
 
     Example:
         >>> import numpy as np
         >>> loss = cauchy_selection_loss(np.zeros(3), np.array([0.0, 0.5, 3.0]), 0.2)
     """
+    labels = _values_now(y_true)
+    if labels is not None:
+        check_scaled_labels("y_true", labels)
     y_pred = ops.convert_to_tensor(y_pred)
     dtype = y_pred.dtype if keras.backend.is_float_dtype(y_pred.dtype) else keras.backend.floatx()
     y = ops.cast(y_pred, dtype)
     d = ops.cast(y_true, dtype)
+    # Bad labels are replaced by 0 for the computation (so their gradient is
+    # exactly zero, not 0 * NaN) and their loss is set to NaN at the end.
+    valid = ops.abs(d) <= 1.0 + LABEL_TOLERANCE
+    d = ops.where(valid, d, ops.zeros_like(d))
     # A Python float must not pass through a float32 tensor on its way to float64.
     gamma = ops.convert_to_tensor(gamma, dtype=dtype) if isinstance(gamma, (int, float)) else ops.cast(gamma, dtype)
     inside = _cauchy_inside(ops.clip(y, -1.0, 1.0), d, gamma)
@@ -93,7 +159,8 @@ def cauchy_selection_loss(y_true, y_pred, gamma, penalty_strength=100.0):
     t = ops.relu(ops.abs(y) - 1.0)
     outward_slope = b * _cauchy_inside_slope(b, d, gamma)
     penalty = penalty_strength * (ops.square(ops.minimum(t, 1.0)) + 2.0 * ops.relu(t - 1.0))
-    return inside + outward_slope * t / (1.0 + t / gamma) + penalty
+    loss = inside + outward_slope * t / (1.0 + t / gamma) + penalty
+    return ops.where(valid, loss, ops.full_like(loss, float("nan")))
 
 
 @keras.saving.register_keras_serializable(package="tfhalo")
@@ -112,6 +179,7 @@ class CauchySelectionLoss(keras.losses.Loss):
         reduction, name, dtype: as for ``keras.losses.Loss``.
 
     Example:
+        >>> import tfhalo.models
         >>> model = tfhalo.models.halo_cnn(input_shape=(9, 9, 9, 1), conv_filters=(2,),
         ...                                pool_after=(True,), dense_units=(4,), compile=False)
         >>> model.compile(optimizer="adam", loss=CauchySelectionLoss())
@@ -154,6 +222,9 @@ class CauchySelectionLoss(keras.losses.Loss):
         return self._scale_layer.gamma
 
     def call(self, y_true, y_pred):
+        labels = _values_now(y_true)
+        if labels is not None:  # checked here too, to name the labels in the caller's shape
+            check_scaled_labels("y_true", labels)
         y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.convert_to_tensor(y_true)
         # Keras feeds (batch,) labels with (batch, 1) predictions: align ranks
@@ -170,4 +241,4 @@ class CauchySelectionLoss(keras.losses.Loss):
         return config
 
 
-__all__ = ["CauchySelectionLoss", "cauchy_selection_loss"]
+__all__ = ["LABEL_TOLERANCE", "CauchySelectionLoss", "cauchy_selection_loss", "check_scaled_labels"]

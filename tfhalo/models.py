@@ -1,6 +1,9 @@
 """The deep-halo CNN of Lucie-Smith et al. (2020) and its training model class.
 
-:func:`halo_cnn` with no arguments builds the published network (REFERENCE A):
+Lucie-Smith, Peiris, Pontzen, Nord & Thiyagalingam (2020), "Deep learning
+insights into cosmological structure formation", arXiv:2011.10577.
+
+:func:`halo_cnn` with no arguments builds the published network of that paper:
 input 75^3 x 1; six 3^3 convolutions (32, 32, 64, 128, 128, 128 filters,
 "same" padding, LeakyReLU(0.03)), MaxPooling3D(2, "same") after convolutions
 2-6 (75 -> 38 -> 19 -> 10 -> 5 -> 3), flatten (3456), Dense 256 and 128
@@ -19,11 +22,18 @@ unbound loss). ``HaloModel.fit`` also adds a :class:`GammaHistory` callback (if
 none is given), so ``history.history["gamma"]``, the progress bar and a
 ``CSVLogger`` report gamma after each epoch.
 
-Example:
+Non-finite data never trains silently: ``HaloModel.fit`` refuses array inputs
+with a NaN or inf (and, with a CauchySelectionLoss, labels outside [-1, 1])
+before the first step, and a :class:`NonFiniteLossCheck` callback stops
+training with a :class:`NonFiniteLossError` naming the epoch and batch as soon
+as the loss is NaN or inf (data served by a dataset or generator, or diverging
+training).
+
+Example (``y`` scaled to [-1, 1]; ``history.history["gamma"]`` holds gamma after each epoch):
     >>> model = halo_cnn(input_shape=(17, 17, 17, 1), conv_filters=(4, 8, 8),
     ...                  pool_after=(False, True, True), dense_units=(16,))
-    >>> history = model.fit(x, y, batch_size=8, epochs=2)   # y scaled to [-1, 1]
-    >>> history.history["gamma"]                            # gamma after each epoch
+    >>> history = model.fit(x, y, batch_size=8, epochs=2)   # doctest: +SKIP
+    >>> history.history["gamma"]                            # doctest: +SKIP
 """
 
 import math
@@ -35,8 +45,9 @@ from keras import ops, tree
 
 from tfhalo.layers import CauchyScale, MultipoleConv3D
 from tfhalo.layers.cauchy import _check_positive_finite
-from tfhalo.losses import CauchySelectionLoss
+from tfhalo.losses import CauchySelectionLoss, check_scaled_labels
 from tfhalo.regularizers import L1GroupLasso
+from tfhalo.validation import check_finite_array
 
 PAPER_CONV_FILTERS = (32, 32, 64, 128, 128, 128)
 PAPER_POOL_AFTER = (False, True, True, True, True, True)
@@ -69,8 +80,8 @@ class GammaHistory(keras.callbacks.Callback):
 
     Example:
         >>> tracker = GammaHistory()
-        >>> model.fit(x, y, callbacks=[tracker, keras.callbacks.CSVLogger("log.csv")])
-        >>> tracker.gammas
+        >>> model.fit(x, y, callbacks=[tracker, keras.callbacks.CSVLogger("log.csv")])  # doctest: +SKIP
+        >>> tracker.gammas  # doctest: +SKIP
     """
 
     def __init__(self):
@@ -85,6 +96,75 @@ class GammaHistory(keras.callbacks.Callback):
 
     def get_config(self):
         return {}
+
+
+class NonFiniteLossError(ValueError):
+    """The training or validation loss became NaN or inf; raised by :class:`NonFiniteLossCheck`."""
+
+
+@keras.saving.register_keras_serializable(package="tfhalo")
+class NonFiniteLossCheck(keras.callbacks.Callback):
+    """Stops ``fit`` with a :class:`NonFiniteLossError` at the first NaN or inf loss.
+
+    Unlike ``keras.callbacks.TerminateOnNaN``, which ends training quietly,
+    this raises an error naming the epoch and batch (1-based, as in the
+    progress bar). Keras' logged loss is the running mean over the epoch, so
+    the first non-finite value marks the batch that caused it. That batch's
+    update has already been applied: restore the weights from a checkpoint.
+    :meth:`HaloModel.fit` adds one if none is given.
+
+    Example:
+        >>> model.fit(dataset, epochs=10, callbacks=[NonFiniteLossCheck()])  # doctest: +SKIP
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check("training", batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._check("validation", batch, logs)
+
+    def _check(self, phase, batch, logs):
+        if not logs or "loss" not in logs:
+            return
+        value = float(ops.convert_to_numpy(logs["loss"]))
+        if math.isfinite(value):
+            return
+        params = self.params or {}
+        epochs = f"/{params['epochs']}" if params.get("epochs") else ""
+        steps = f"/{params['steps']}" if params.get("steps") and phase == "training" else ""
+        raise NonFiniteLossError(
+            f"the {phase} loss is {value} at epoch {self._epoch + 1}{epochs}, batch {batch + 1}{steps}. "
+            f"Causes: non-finite inputs (a NaN or inf voxel), labels outside [-1, 1] (CauchySelectionLoss "
+            f"gives them a NaN loss inside a compiled step), or diverging training (lower the learning "
+            f"rate). This batch's update was applied: restore the weights from a checkpoint."
+        )
+
+    def get_config(self):
+        return {}
+
+
+# keras.Model.fit's positional parameters, in order.
+_FIT_PARAMETERS = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split",
+                   "validation_data", "shuffle", "class_weight", "sample_weight")
+
+
+def _named_arrays(name, value):
+    """``(name, array)`` for every in-memory array in ``value`` (nested lists/dicts); datasets are skipped."""
+    if isinstance(value, np.ndarray) or (ops.is_tensor(value) and not keras.backend.is_keras_tensor(value)):
+        yield name, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _named_arrays(f"{name}[{i}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _named_arrays(f"{name}[{key!r}]", item)
 
 
 @keras.saving.register_keras_serializable(package="tfhalo")
@@ -121,19 +201,50 @@ class HaloModel(keras.Model):
         return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
 
     def fit(self, *args, **kwargs):
-        """``keras.Model.fit``, plus a :class:`GammaHistory` if none is given."""
-        if len(args) > 5:
-            args = list(args)
-            args[5] = self._with_gamma_history(args[5])
-        else:
-            kwargs["callbacks"] = self._with_gamma_history(kwargs.get("callbacks"))
-        return super().fit(*args, **kwargs)
+        """``keras.Model.fit`` that refuses non-finite data, with gamma and loss tracking.
+
+        Before any step: in-memory ``x``, ``y``, ``sample_weight`` and
+        ``validation_data`` must be finite, and with a
+        :class:`~tfhalo.losses.CauchySelectionLoss` the labels must lie in
+        [-1, 1]. A :class:`GammaHistory` and a :class:`NonFiniteLossCheck` are
+        added unless given.
+
+        Raises:
+            ValueError: non-finite arrays or labels outside [-1, 1], naming the
+                argument and the first bad entry (nothing is trained).
+            NonFiniteLossError: the loss became NaN or inf during training.
+        """
+        if len(args) > len(_FIT_PARAMETERS):
+            raise TypeError(f"fit() takes at most {len(_FIT_PARAMETERS)} positional arguments. "
+                            f"Received: {len(args)}")
+        for name, value in zip(_FIT_PARAMETERS, args):
+            if name in kwargs:
+                raise TypeError(f"fit() got multiple values for argument {name!r}")
+            kwargs[name] = value
+        self._check_fit_data(kwargs)
+        kwargs["callbacks"] = self._with_default_callbacks(kwargs.get("callbacks"))
+        return super().fit(**kwargs)
+
+    def _check_fit_data(self, kwargs):
+        cauchy = any(isinstance(loss, CauchySelectionLoss) for loss in tree.flatten(getattr(self, "loss", None)))
+        validation = kwargs.get("validation_data")
+        validation = tuple(validation) if isinstance(validation, (list, tuple)) else ()
+        named = [("x", kwargs.get("x")), ("y", kwargs.get("y")), ("sample_weight", kwargs.get("sample_weight"))]
+        named += [(f"validation_data[{i}]", v) for i, v in enumerate(validation)]
+        for name, value in named:
+            for array_name, array in _named_arrays(name, value):
+                array = ops.convert_to_numpy(array) if not isinstance(array, np.ndarray) else array
+                check_finite_array(array_name, array)
+                if cauchy and name in ("y", "validation_data[1]"):
+                    check_scaled_labels(array_name, array, " for CauchySelectionLoss")
 
     @staticmethod
-    def _with_gamma_history(callbacks):
+    def _with_default_callbacks(callbacks):
         if isinstance(callbacks, keras.callbacks.CallbackList):
             return callbacks
         callbacks = list(callbacks or [])
+        if not any(isinstance(cb, NonFiniteLossCheck) for cb in callbacks):
+            callbacks.insert(0, NonFiniteLossCheck())
         if not any(isinstance(cb, GammaHistory) for cb in callbacks):
             callbacks.insert(0, GammaHistory())
         return callbacks
@@ -352,4 +463,7 @@ def compile_halo_cnn(model, learning_rate=5e-5, amsgrad=True, penalty_strength=1
     return model
 
 
-__all__ = ["GammaHistory", "HaloModel", "compile_halo_cnn", "find_cauchy_scale", "halo_cnn"]
+__all__ = [
+    "GammaHistory", "HaloModel", "NonFiniteLossCheck", "NonFiniteLossError", "compile_halo_cnn", "find_cauchy_scale",
+    "halo_cnn",
+]

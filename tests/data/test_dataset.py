@@ -89,3 +89,31 @@ def test_dataset_rejects_fractional_batch_size_and_bad_workers(setup):
         HaloDataset(inputs, sets["train"], workers=0)
     with pytest.raises(ValueError, match=r"size must be an integer. Received: size='a'"):
         extract_subboxes(sims[0].initial_density, np.zeros((1, 3), dtype=int), "a")
+
+
+@pytest.mark.parametrize("kind, field, index", [
+    ("raw", "initial_density", (3, 4, 5)),
+    ("averaged", "initial_density", (0, 0, 0)),
+    ("z0", "final_positions", (17, 2)),
+])
+def test_non_finite_simulation_is_refused(kind, field, index):
+    from tests.helpers.tiny_sims import make_tiny_simulation
+
+    good, bad = make_tiny_simulation(n_side=8, seed=1), make_tiny_simulation(n_side=8, seed=2, name="bad")
+    getattr(bad, field)[index] = np.inf
+    where = ", ".join(map(str, index))
+    with pytest.raises(ValueError, match=rf"{field} of simulation 'bad' must be finite.*{field}\[{where}\]=inf"):
+        BoxInputs([good, bad], kind=kind, size=5)
+
+
+def test_dataset_refuses_non_finite_labels(setup):
+    sims, sets = setup
+    inputs = BoxInputs(sims, kind="raw", size=5)
+    particles = sets["train"]
+    log_mass = particles.log_mass.copy()
+    log_mass[7] = np.nan
+    broken = type(particles)(particles.sim_index, particles.particle_id, log_mass, particles.r_over_r200)
+    scaler = LabelScaler().fit(particles.log_mass)
+    with pytest.raises(ValueError, match=r"log_mass of particles must be finite.*log_mass\[7\]=nan"):
+        HaloDataset(inputs, broken, scaler)
+    HaloDataset(inputs, broken, None)  # prediction needs no labels

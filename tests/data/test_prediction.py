@@ -118,3 +118,93 @@ def test_predict_to_file_rejects_bad_ids_and_batch_size(trained_dir, tmp_path):
     with pytest.raises(ValueError, match=r"batch_size must be an integer. Received: batch_size=2.7"):
         predict_to_file(out, sims[0], tmp_path / "x.h5", batch_size=2.7, progress=False)
     assert not (tmp_path / "x.h5").exists()
+
+
+def _no_model_loading(monkeypatch):
+    import tfhalo.data.prediction as prediction
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(prediction, "load_trained", refuse)
+
+
+def test_predict_to_file_refuses_to_overwrite_its_inputs(trained_dir, tmp_path, monkeypatch):
+    from tfhalo.sim import hdf5
+
+    out, sims, _, _ = trained_dir
+    sim_path = hdf5.write_simulation(sims[0], tmp_path / "v.h5")
+    (tmp_path / "link.h5").symlink_to(sim_path)
+    before = sim_path.read_bytes()
+    _no_model_loading(monkeypatch)
+    for target, what in [(sim_path, "simulation"), (tmp_path / "link.h5", "simulation"),
+                         (tmp_path / "." / "v.h5", "simulation"), (out / "model.keras", "model_dir"),
+                         (out / "scalers.json", "model_dir")]:
+        with pytest.raises(ValueError, match=rf"out_path must not be .*{what}.*Received: out_path="):
+            predict_to_file(out, sim_path, target, progress=False)
+    assert sim_path.read_bytes() == before
+
+
+def test_predict_to_file_checks_out_path_before_any_work(trained_dir, tmp_path, monkeypatch):
+    out, sims, _, _ = trained_dir
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    _no_model_loading(monkeypatch)
+    with pytest.raises(ValueError, match=r"out_path must not be an existing directory. Received: out_path='.*a_dir'"):
+        predict_to_file(out, sims[0], tmp_path / "a_dir", progress=False)
+    with pytest.raises(ValueError, match=r"out_path must be a file path. Received: out_path=''"):
+        predict_to_file(out, sims[0], "", progress=False)
+    with pytest.raises(ValueError, match=r"out_path.*a_file is a file.*Received: out_path='.*a_file/p.h5'"):
+        predict_to_file(out, sims[0], tmp_path / "a_file" / "p.h5", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]
+
+
+def test_non_finite_simulation_is_refused_and_nothing_is_written(trained_dir, tmp_path):
+    out, _, _, _ = trained_dir
+    sim = make_tiny_simulation(n_side=10, seed=5)
+    sim.initial_density[4, 4, 4] = np.nan
+    with pytest.raises(ValueError, match=r"initial_density.*must be finite.*initial_density\[4, 4, 4\]=nan"):
+        predict_to_file(out, sim, tmp_path / "new" / "pred.h5", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_simulation_smaller_than_the_model_box_names_the_simulation(trained_dir, tmp_path):
+    out, _, _, _ = trained_dir  # 5^3 input boxes
+    sim = make_tiny_simulation(n_side=4, seed=5, n_halos=2)
+    with pytest.raises(ValueError, match=r"simulation must have at least 5 particles per side.*"
+                                         r"Received: simulation 'tiny_005' with n_side=4"):
+        predict_to_file(out, sim, tmp_path / "new" / "pred.h5", progress=False)
+    assert list(tmp_path.iterdir()) == []  # no empty directory left behind
+
+
+def test_corrupt_model_files_are_named(trained_dir, tmp_path):
+    import shutil
+
+    out = trained_dir[0]
+    cases = {
+        "model.keras": (b"PK\x03\x04 not really a zip", r"model.keras.*cannot be loaded"),
+        "scalers.json": (b'{"input_standardizer": ', r"scalers.json.*not valid JSON"),
+        "MANIFEST.json": (b"{parts: [", r"MANIFEST.json.*not valid JSON"),
+    }
+    for name, (content, match) in cases.items():
+        bad = tmp_path / name.replace(".", "_")
+        shutil.copytree(out, bad)
+        (bad / name).write_bytes(content)
+        with pytest.raises(ValueError, match=match) as info:
+            load_trained(bad)
+        assert str(bad / name) in str(info.value)
+        assert "File not found" not in str(info.value)
+
+
+def test_model_with_non_finite_weights_is_refused(trained_dir, tmp_path):
+    out, sims, _, _ = trained_dir
+    trained = load_trained(out)
+    weights = trained.model.get_weights()
+    weights[0] = weights[0].copy()
+    weights[0].flat[3] = np.nan
+    trained.model.set_weights(weights)
+    save_trained(trained.model, tmp_path / "nan_model", trained.standardizer, trained.label_scaler,
+                 trained.input_config, export=False)
+    with pytest.raises(ValueError, match=r"model.keras holds non-finite weights"):
+        predict_to_file(tmp_path / "nan_model", sims[0], tmp_path / "p.h5", progress=False)
+    assert not (tmp_path / "p.h5").exists()

@@ -60,3 +60,19 @@ def test_errors():
 def test_scalers_require_finite_parameters(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", r"not valid JSON"),
+    ("[1, 2]", r"must hold a JSON object"),
+    ('{"input_standardizer": {"mean": "a", "std": 1.0}, "label_scaler": {"minimum": 11, "maximum": 13}}',
+     r"mean must be a number. Received: mean='a'"),
+    ('{"input_standardizer": {"mean": 0.0, "std": 1.0, "extra": 1}, "label_scaler": {"minimum": 11, "maximum": 13}}',
+     r"input_standardizer"),
+])
+def test_bad_scaler_file_names_the_file(tmp_path, content, match):
+    path = tmp_path / "scalers.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_scalers(path)
+    assert str(path) in str(info.value)

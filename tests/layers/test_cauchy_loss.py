@@ -222,3 +222,50 @@ def test_fit_trains_gamma_to_the_numpy_maximum_likelihood_scale():
     assert history.history["gamma"][-1] == pytest.approx(model.gamma)
     assert model.gamma == pytest.approx(best, rel=0.03), (model.gamma, best)
     assert abs(0.2 - best) > 0.05  # the test would fail if gamma never moved
+
+
+def traced(fn, *args):
+    """``fn(*args)`` run inside the backend's graph compiler (tf.function / jax.jit), as in ``model.fit``."""
+    if BACKEND == "jax":
+        import jax
+
+        return np.asarray(jax.jit(fn)(*args))
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)(*args).numpy()
+    pytest.skip(f"no graph helper for backend {BACKEND}")
+
+
+@pytest.mark.parametrize("bad, shown", [(1.5, "1.5"), (-1.01, "-1.01"), (float("nan"), "nan")])
+def test_labels_outside_unit_interval_or_nan_are_refused(bad, shown):
+    d = np.array([-1.0, 0.3, bad, 1.0], np.float32)  # the boundaries themselves are valid labels
+    y = np.zeros((4, 1), np.float32)
+    message = rf"y_true must be labels scaled to \[-1, 1\]. Received: 1 of 4 labels outside it, first y_true\[2\]={shown}"
+    with pytest.raises(ValueError, match=message):
+        CauchySelectionLoss(scale=0.3)(d, y)
+    with pytest.raises(ValueError, match=message):
+        cauchy_selection_loss(d, y[:, 0], 0.3)
+    # Traced (no values to look at): the bad label's loss is NaN, the others are untouched.
+    got = traced(lambda a, b: cauchy_selection_loss(a, b, 0.3), d, y[:, 0])
+    valid = np.array([True, True, False, True])
+    assert np.isnan(got[2]) and np.all(np.isfinite(got[valid]))
+    np.testing.assert_allclose(got[valid], loss_precise(y[valid, 0], d[valid], 0.3), rtol=1e-5)
+
+
+def test_bad_labels_stop_fit_with_an_error_naming_them():
+    from tfhalo.models import NonFiniteLossError
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            x = np.full((4, 1), 0.1 * i, np.float32)
+            d = np.array([0.1, -0.2, 2.0 if i == 1 else 0.5, 0.0], np.float32)
+            return x, d
+
+    model = _frozen_prediction_model(0.2)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=CauchySelectionLoss())
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1/2, batch 2/3.*labels outside \[-1, 1\]"):
+        model.fit(Batches(), epochs=2, verbose=0, shuffle=False)

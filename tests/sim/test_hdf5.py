@@ -109,9 +109,39 @@ def test_velocities_round_trip_and_are_optional(tmp_path):
     sim.final_velocities = rng.normal(0, 300, (125, 3)).astype(np.float32)
     back = hdf5.read_simulation(hdf5.write_simulation(sim, tmp_path / "v.h5"))
     assert_same_simulation(sim, back)
-    # A file without the optional datasets (as written before they existed) still loads.
+    # A file without the optional datasets still loads.
     with h5py.File(tmp_path / "v.h5", "r+") as f:
         del f["particles/initial_velocities"], f["particles/final_velocities"]
     old = hdf5.read_simulation(tmp_path / "v.h5")
     assert old.initial_velocities is None and old.final_velocities is None
     np.testing.assert_array_equal(old.final_positions, sim.final_positions)
+
+
+@pytest.mark.parametrize("dataset, index", [
+    ("initial_density", (1, 2, 3)),
+    ("particles/final_positions", (5, 0)),
+    ("particles/halo_mass", (7,)),
+    ("halos/centre", (0, 2)),
+])
+def test_non_finite_values_are_refused_on_read(tmp_path, dataset, index):
+    sim = fake_simulation(n_side=4, n_halos=2)
+    path = hdf5.write_simulation(sim, tmp_path / "s.h5")
+    with h5py.File(path, "r+") as f:
+        data = f[dataset][...]
+        data[index] = np.nan
+        f[dataset][...] = data
+    field = dataset.split("/")[-1]
+    where = ", ".join(map(str, index))
+    with pytest.raises(ValueError, match=rf"{field} of .*s.h5 must be finite. Received: 1 non-finite .*{field}\[{where}\]=nan"):
+        hdf5.read_simulation(path)
+    if field == "initial_density":
+        with pytest.raises(ValueError, match=r"initial_density of .*s.h5 must be finite"):
+            hdf5.read_initial_density(path)
+
+
+def test_non_finite_simulation_is_not_written(tmp_path):
+    sim = fake_simulation(n_side=4)
+    sim.initial_density[0, 0, 1] = -np.inf
+    with pytest.raises(ValueError, match=r"initial_density of simulation 'fake' must be finite.*\[0, 0, 1\]=-inf"):
+        hdf5.write_simulation(sim, tmp_path / "s.h5")
+    assert list(tmp_path.iterdir()) == []

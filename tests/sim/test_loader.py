@@ -163,3 +163,47 @@ def test_no_halo_catalogue_is_a_clear_error(suite_dir):
     with pytest.raises(ValueError, match="No halo catalogue found for .*snapshot_000.*halos='fof'"):
         load(out / "sim_000" / "snapshot_000", initial=out / "sim_000" / "ics", halos="pynbody",
              cosmology=sim.cosmology)
+
+
+def test_non_finite_suite_file_is_refused(suite_dir, tmp_path):
+    import h5py
+
+    _, out = suite_dir
+    shutil.copy(out / "sim_000.h5", tmp_path / "v.h5")
+    with h5py.File(tmp_path / "v.h5", "r+") as f:
+        f["initial_density"][4, 4, 4] = np.nan
+    with pytest.raises(ValueError, match=r"initial_density of .*v.h5 must be finite.*initial_density\[4, 4, 4\]=nan"):
+        load(tmp_path / "v.h5")
+
+
+def test_non_finite_initial_density_for_snapshots_is_refused(suite_dir):
+    sim, out = suite_dir
+    density = sim.initial_density.copy()
+    density[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"initial_density of .*snapshot_000 must be finite.*\[0, 1, 2\]=nan"):
+        load(out / "sim_000" / "snapshot_000", initial=out / "sim_000" / "ics", initial_density=density,
+             cosmology=sim.cosmology)
+
+
+def test_empty_directory_and_foreign_files_say_what_was_found(tmp_path):
+    import h5py
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty.* is an empty directory.*expected"):
+        load(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"other.* is a directory holding notes.txt.*not a tfhalo simulation directory"):
+        load(tmp_path / "other")
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["temperature"] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"foreign.h5 is an HDF5 file with \['temperature'\].*neither a tfhalo "
+                                         r"simulation file.*nor a Gadget HDF5 snapshot"):
+        load(tmp_path / "foreign.h5")
+    (tmp_path / "blank").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"blank is an empty file"):
+        load(tmp_path / "blank")
+    for path in (tmp_path / "empty", tmp_path / "foreign.h5"):
+        with pytest.raises(ValueError) as info:
+            load(path)
+        assert "a snapshot; pass its initial conditions" not in str(info.value)

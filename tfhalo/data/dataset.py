@@ -14,7 +14,7 @@ import threading
 import keras
 import numpy as np
 
-from tfhalo.validation import check_choice, check_float, check_int
+from tfhalo.validation import check_choice, check_finite_array, check_float, check_int
 from tfhalo.data.averaging import shell_average
 from tfhalo.data.scalers import InputStandardizer, LabelScaler
 from tfhalo.data.subboxes import SubboxExtractor
@@ -41,10 +41,14 @@ class BoxInputs:
         z0_width: z=0 box side in Mpc/h.
         z0_transform: ``"delta"`` or ``"log1p"`` (see :class:`Z0BoxBuilder`).
 
+    Raises:
+        ValueError: a bad argument, or a non-finite value in a simulation's
+            ``initial_density`` (``final_positions`` for ``z0``).
+
     Example:
         >>> inputs = BoxInputs([sim], kind="raw", size=17)  # doctest: +SKIP
         >>> inputs.fit_standardizer(particles)              # doctest: +SKIP
-        >>> x = inputs(particles.sim_index[:8], particles.particle_id[:8])  # (8, 17, 17, 17, 1)
+        >>> x = inputs(particles.sim_index[:8], particles.particle_id[:8])  # doctest: +SKIP
     """
 
     def __init__(self, simulations, kind: str = "raw", size: int = 75,
@@ -73,6 +77,11 @@ class BoxInputs:
                     f"size must not exceed the smallest simulation lattice (n_side={smallest}): "
                     f"the periodic sub-box would repeat voxels. Received: size={self.size}"
                 )
+        # One NaN voxel would spread into every box that contains it (and through
+        # training into every weight): refuse it here, before any box is built.
+        field = "final_positions" if kind == "z0" else "initial_density"
+        for sim in self.simulations:
+            check_finite_array(field, getattr(sim, field), f"simulation {sim.name!r}")
         self._builders = {}
         self._lock = threading.Lock()
 
@@ -168,9 +177,17 @@ class HaloDataset(keras.utils.PyDataset):
         seed: shuffling seed.
         workers, use_multiprocessing, max_queue_size: passed to ``PyDataset``.
 
+    Pass ``shuffle=False`` to ``model.fit``: the dataset shuffles itself with
+    its seed, while Keras would reorder the batches again with Python's
+    unseeded global ``random``.
+
+    Raises:
+        ValueError: a bad argument, or a non-finite ``particles.log_mass``
+            when labels are served.
+
     Example:
         >>> ds = HaloDataset(inputs, sets["train"], label_scaler, batch_size=64, shuffle=True)  # doctest: +SKIP
-        >>> model.fit(ds, epochs=10)  # doctest: +SKIP
+        >>> model.fit(ds, epochs=10, shuffle=False)  # doctest: +SKIP
     """
 
     def __init__(self, inputs: BoxInputs, particles, label_scaler: LabelScaler | None = None,
@@ -183,6 +200,8 @@ class HaloDataset(keras.utils.PyDataset):
                          max_queue_size=max_queue_size)
         if len(particles) == 0:
             raise ValueError("particles must not be empty. Received: an empty ParticleSet")
+        if label_scaler is not None:
+            check_finite_array("log_mass", particles.log_mass, "particles")
         self.inputs, self.particles, self.label_scaler = inputs, particles, label_scaler
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.epoch = 0

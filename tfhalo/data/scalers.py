@@ -151,6 +151,7 @@ def load_scalers(path) -> tuple[InputStandardizer, LabelScaler, dict]:
 
     Raises:
         FileNotFoundError: no scaler file (e.g. a model directory without ``scalers.json``).
+        ValueError: the file is not valid JSON or an entry is missing or invalid (the file is named).
     """
     path = Path(path)
     if path.is_dir():
@@ -160,10 +161,21 @@ def load_scalers(path) -> tuple[InputStandardizer, LabelScaler, dict]:
             f"scaler file not found: {path}. A trained tfhalo model directory must hold "
             f"{SCALERS_FILENAME} (input standardisation and label scaler) next to the model."
         )
-    payload = json.loads(path.read_text())
     try:
-        std = InputStandardizer(**payload.pop("input_standardizer"))
-        lab = LabelScaler(**payload.pop("label_scaler"))
-    except KeyError as err:
-        raise ValueError(f"scaler file {path} lacks the entry {err}.") from None
-    return std, lab, payload
+        payload = json.loads(path.read_text())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"scaler file {path} is not valid JSON (not UTF-8 text): {err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"scaler file {path} is not valid JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"scaler file {path} must hold a JSON object. Received: {type(payload).__name__}")
+    parts = []
+    for key, cls in (("input_standardizer", InputStandardizer), ("label_scaler", LabelScaler)):
+        if key not in payload:
+            raise ValueError(f"scaler file {path} lacks the entry {key!r}.")
+        config = payload.pop(key)
+        try:
+            parts.append(cls(**config))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"scaler file {path} has an invalid {key!r} entry ({config!r}): {err}") from None
+    return parts[0], parts[1], payload

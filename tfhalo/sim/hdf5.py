@@ -31,13 +31,16 @@ Schema (format version 1; also in ``docs/simulation_format.md``)::
         r_over_r200       (N,)   float32   distance to halo centre / r200, nan = no halo
         initial_velocities (N, 3) float32  OPTIONAL peculiar velocity at z_initial, km/s
         final_velocities  (N, 3) float32   OPTIONAL peculiar velocity at z = 0, km/s
-                                           (absent: Simulation field is None; files
-                                           written before they existed still load)
+                                           (absent: the Simulation field is None)
     /halos/                             the z = 0 halo table, H rows
         mass              (H,)   float64   Msun/h
         centre            (H, 3) float64   Mpc/h, in [0, box_size)
         r200              (H,)   float64   Mpc/h
         n_members         (H,)   int64
+
+Non-finite values (NaN, inf) in the density, positions, velocities, halo
+masses or halo table are refused on write and on read (``r_over_r200`` is NaN
+outside halos by design).
 
 Files are written to ``<name>.tmp`` in the same directory and renamed with
 :func:`os.replace` (:func:`tfhalo.atomic.atomic_path`), so a reader never sees a partial file.
@@ -59,6 +62,7 @@ import numpy as np
 from tfhalo.atomic import atomic_path, fixed_temporary_path
 from tfhalo.sim.cosmology import Cosmology
 from tfhalo.sim.simulation import HaloCatalogue, Simulation
+from tfhalo.validation import check_finite_array
 
 FORMAT = "tfhalo-simulation"
 FORMAT_VERSION = 1
@@ -80,6 +84,31 @@ def _version() -> str:
     return str(tfhalo.__version__)
 
 
+# Arrays that must hold finite values (r_over_r200 is NaN outside halos by design).
+_FINITE_FIELDS = ("initial_density", "initial_positions", "final_positions", "halo_mass") + _OPTIONAL_PARTICLE_FIELDS
+_FINITE_HALO_FIELDS = ("mass", "centre", "r200")
+
+
+def check_finite_simulation(sim: Simulation, source: str) -> Simulation:
+    """``sim`` if its density, positions, velocities and halo table are finite.
+
+    Args:
+        sim: the simulation.
+        source: where it came from, named in the message (a file, ``"simulation 'sim_000'"``).
+
+    Raises:
+        ValueError: naming the first non-finite field and entry, e.g.
+            ``initial_density of v.h5 must be finite. Received: 1 non-finite of
+            512 values, first initial_density[4, 4, 4]=nan``.
+    """
+    for field in _FINITE_FIELDS:
+        if getattr(sim, field) is not None:
+            check_finite_array(field, getattr(sim, field), source)
+    for field in _FINITE_HALO_FIELDS:
+        check_finite_array(field, getattr(sim.halos, field), f"the halo table of {source}")
+    return sim
+
+
 def temporary_path(path: PathLike) -> Path:
     """The temporary name a file is written under before being renamed to ``path``."""
     return fixed_temporary_path(path)
@@ -98,9 +127,11 @@ def write_simulation(sim: Simulation, path: PathLike) -> Path:
     Raises:
         TypeError: ``sim`` is not a :class:`Simulation`.
         OSError: the directory does not exist.
+        ValueError: a non-finite value in ``sim`` (nothing is written).
     """
     if not isinstance(sim, Simulation):
         raise TypeError(f"sim must be a tfhalo.sim.Simulation. Received: {type(sim).__name__}")
+    check_finite_simulation(sim, f"simulation {sim.name!r}")
     path = Path(path)
     if not path.parent.is_dir():
         raise OSError(f"Cannot write {path}: directory {path.parent} does not exist")
@@ -194,7 +225,7 @@ def read_initial_density(path: PathLike) -> np.ndarray:
     path = Path(path)
     with _open(path) as f:
         _metadata(f, path)
-        return f["initial_density"][...]
+        return check_finite_array("initial_density", f["initial_density"][...], str(path))
 
 
 def read_simulation(path: PathLike) -> Simulation:
@@ -203,7 +234,8 @@ def read_simulation(path: PathLike) -> Simulation:
     Raises:
         FileNotFoundError: no such file.
         OSError: not readable as HDF5 (e.g. truncated).
-        ValueError: not a tfhalo file, an interrupted write, or a missing dataset.
+        ValueError: not a tfhalo file, an interrupted write, a missing dataset,
+            or a non-finite value (NaN, inf) in the density, positions, velocities or halos.
     """
     path = Path(path)
     with _open(path) as f:
@@ -216,7 +248,7 @@ def read_simulation(path: PathLike) -> Simulation:
             halos = HaloCatalogue(**{field: f["halos"][field][...] for field in _HALO_FIELDS})
         except KeyError as err:
             raise ValueError(f"{path} lacks a dataset required by format {FORMAT_VERSION}: {err}") from err
-    return Simulation(
+    sim = Simulation(
         box_size=meta["box_size"],
         n_side=meta["n_side"],
         cosmology=meta["cosmology"],
@@ -228,3 +260,4 @@ def read_simulation(path: PathLike) -> Simulation:
         name=meta["name"],
         **particles,
     )
+    return check_finite_simulation(sim, str(path))

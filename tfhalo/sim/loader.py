@@ -19,10 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import h5py
 import numpy as np
@@ -37,14 +38,90 @@ SUITE_MANIFEST = "suite.json"
 PathLike = Union[str, os.PathLike]
 
 
+def _hdf5_top_level(path: Path):
+    """The top-level entries and ``format`` attribute of an HDF5 file; None if it is not HDF5."""
+    try:
+        with h5py.File(path, "r") as f:
+            return sorted(f.keys()), f.attrs.get("format")
+    except OSError:
+        return None
+
+
 def _is_suite_file(path: Path) -> bool:
     # An unreadable .h5 file is treated as a (bad) suite file so that the HDF5
     # reader names it; a readable HDF5 file of another format is a snapshot.
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("format") == hdf5.FORMAT
-    except OSError:
+    found = _hdf5_top_level(path)
+    if found is None:
         return path.suffix in (".h5", ".hdf5")
+    return found[1] == hdf5.FORMAT
+
+
+_EXPECTED = (
+    "expected a tfhalo suite file (sim_000.h5), a simulation directory written by tfhalo "
+    f"({gadget.FINAL_NAME} + {gadget.ICS_NAME}), or a final snapshot with its initial conditions "
+    "(load(path, initial=<IC path>))"
+)
+
+
+def _describe_unknown(path: Path, with_initial: bool) -> Optional[str]:
+    """Why ``path`` is not loadable, saying what was found; None for a plausible snapshot.
+
+    With initial conditions given, a non-empty directory may be another code's
+    snapshot directory (pynbody reads e.g. RAMSES outputs), so only an empty one is refused.
+    """
+    if path.is_dir():
+        entries = sorted(p.name for p in path.iterdir())
+        if not entries:
+            return f"{path} is an empty directory: {_EXPECTED}"
+        if with_initial:
+            return None
+        shown = ", ".join(entries[:8]) + (f", ... ({len(entries)} entries)" if len(entries) > 8 else "")
+        return (
+            f"{path} is a directory holding {shown}: it is not a tfhalo simulation directory (no "
+            f"{gadget.FINAL_NAME} and {gadget.ICS_NAME}); {_EXPECTED}"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        return f"{path} is an empty file: {_EXPECTED}"
+    found = _hdf5_top_level(path) if path.is_file() else None
+    if found is not None and "Header" not in found[0]:
+        return (
+            f"{path} is an HDF5 file with {found[0][:8]} at its top level (format attribute {found[1]!r}): "
+            f"neither a tfhalo simulation file (format {hdf5.FORMAT!r}) nor a Gadget HDF5 snapshot (a "
+            f"'Header' group); {_EXPECTED}"
+        )
+    return None
+
+
+def input_paths(path: PathLike, *, initial: Optional[PathLike] = None, halos=None) -> List[Path]:
+    """The existing files and directories :func:`load` may read for these arguments.
+
+    Used to refuse an output path that would overwrite an input: ``path`` and
+    ``initial`` with their multi-file parts (``snap.0``, ``snap.1``, ...), the
+    default halo file ``<path>.grp``, a halo file given as ``halos``, and for a
+    generated simulation directory its sibling suite file ``<dir>.h5``.
+
+    Example:
+        >>> input_paths("suite/sim_000")   # doctest: +SKIP
+        [PosixPath('suite/sim_000'), PosixPath('suite/sim_000.h5')]
+    """
+    candidates = []
+    for base in (path, initial):
+        if base is None:
+            continue
+        base = Path(os.path.abspath(base))  # "." and "dir/" have no name to build siblings from
+        candidates.append(base)
+        candidates.extend(sorted(base.parent.glob(glob.escape(base.name) + ".[0-9]*")))
+    path = Path(os.path.abspath(path))
+    candidates.append(path.with_name(path.name + gadget.GRP_SUFFIX))
+    if path.is_dir():
+        candidates.append(path.with_name(path.name + ".h5"))
+    if isinstance(halos, (str, os.PathLike)) and halos not in ("pynbody", "fof"):
+        candidates.append(Path(halos))
+    out = []
+    for candidate in candidates:
+        if candidate.exists() and candidate not in out:
+            out.append(candidate)
+    return out
 
 
 def is_simulation_dir(path: PathLike) -> bool:
@@ -98,8 +175,10 @@ def load(
         FileNotFoundError: ``path`` or ``initial`` does not exist.
         OSError: a file cannot be read (truncated, unknown format).
         ValueError: inconsistent snapshots (particle counts, ids, redshift
-            order), a suite directory passed as one simulation, or no
-            initial conditions for a real snapshot.
+            order), a suite directory passed as one simulation, an empty
+            directory or file, an HDF5 file that is neither a suite file nor a
+            snapshot, no initial conditions for a real snapshot, or non-finite
+            values (NaN, inf) in the density, positions, velocities or halos.
     """
     path = Path(path)
     if not path.exists() and not Path(str(path) + ".0").exists():
@@ -123,15 +202,23 @@ def load(
             f"{path} is a suite directory; use tfhalo.sim.load_suite({str(path)!r}) or load one of its simulations"
         )
     if is_simulation_dir(path) and initial is None:
-        return _load_generated_dir(path, name=name, **snapshot_options)
+        sim = _load_generated_dir(path, name=name, **snapshot_options)
+        hdf5.check_finite_simulation(sim, str(path))
+        return sim
+    unknown = _describe_unknown(path, with_initial=initial is not None)
+    if unknown is not None:
+        raise ValueError(unknown)
     if initial is None:
         raise ValueError(
-            f"{path} is a snapshot; pass its initial conditions too: load({str(path)!r}, initial=<IC path>)"
+            f"{path} is not a tfhalo suite file or simulation directory, so it is read as a final snapshot, "
+            f"which needs its initial conditions: load({str(path)!r}, initial=<IC path>)"
         )
     initial = Path(initial)
     if not initial.exists() and not Path(str(initial) + ".0").exists():
         raise FileNotFoundError(f"Initial conditions not found: {initial}")
-    return gadget.read_snapshots(path, initial, name=name, **snapshot_options)
+    sim = gadget.read_snapshots(path, initial, name=name, **snapshot_options)
+    hdf5.check_finite_simulation(sim, str(path))
+    return sim
 
 
 def _load_generated_dir(directory: Path, *, name=None, cosmology=None, initial_density=None, **options) -> Simulation:
