@@ -65,3 +65,101 @@ def test_argument_errors_name_argument_and_value():
         random_predictions(-3, (11, 13))
     with pytest.raises(ValueError, match=r"radii must be .*Received: radii=\[-1.0\]"):
         GBTBaseline([-1.0])
+
+
+def test_bootstrap_interval_of_a_mean_is_its_standard_error():
+    from tfhalo.evaluation.metrics import bootstrap_interval
+
+    x = np.random.default_rng(3).normal(2.0, 1.5, 400)
+    se = x.std() / np.sqrt(x.size)  # the bootstrap's own (plug-in) standard error of the mean
+    n_boot = 4000
+    lo, hi = bootstrap_interval(np.mean, x, n_boot=n_boot, seed=0)
+    # The mean of 400 draws is Gaussian to high accuracy, so the 68% interval is mean -+ se; the
+    # percentiles of n_boot replicates scatter by ~sqrt(0.16 * 0.84 / n_boot) / phi(1) = 0.024 se.
+    tol = 5 * np.sqrt(0.16 * 0.84 / n_boot) / 0.242 * se
+    assert (hi - lo) / 2 == pytest.approx(se, abs=tol)
+    assert (hi + lo) / 2 == pytest.approx(x.mean(), abs=tol)
+    wide = bootstrap_interval(np.mean, x, n_boot=n_boot, seed=0, level=0.95)
+    assert (wide[1] - wide[0]) / 2 == pytest.approx(1.96 * se, abs=2 * tol)
+
+
+def test_bootstrap_is_paired_reproducible_and_batched_equals_looped():
+    from tfhalo.evaluation.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(4)
+    t = rng.normal(size=300)
+    p = t + rng.normal(0, 0.5, 300)
+    a = bootstrap_interval(pearson_r, p, t, n_boot=200, seed=7)
+    assert a == bootstrap_interval(pearson_r, p, t, n_boot=200, seed=7)
+    assert a != bootstrap_interval(pearson_r, p, t, n_boot=200, seed=8)
+    assert a[0] < pearson_r(p, t) < a[1]
+    # Pairs are drawn together: the statistic of (x, x) stays exactly 1 in every replicate.
+    assert bootstrap_interval(lambda u, v: float(np.all(u == v)), p, p, n_boot=50) == (1.0, 1.0)
+    looped = bootstrap_interval(np.mean, p, n_boot=300, seed=2)
+    batched = bootstrap_interval(lambda x, weights: weights @ x / weights.sum(axis=1), p, n_boot=300, seed=2,
+                                 batched=True)
+    np.testing.assert_allclose(batched, looped, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(n_boot=1), r"n_boot must be at least 2. Received: n_boot=1"),
+    (dict(level=1.5), r"level must lie in \(0, 1\). Received: level=1.5"),
+    (dict(seed=-2), r"seed must be at least 0. Received: seed=-2"),
+])
+def test_bootstrap_bad_arguments(kwargs, match):
+    from tfhalo.evaluation.metrics import bootstrap_interval
+
+    with pytest.raises(ValueError, match=match):
+        bootstrap_interval(np.mean, np.arange(10.0), **kwargs)
+    with pytest.raises(ValueError, match=r"one common length >= 2. Received: lengths \[10, 9\]"):
+        bootstrap_interval(pearson_r, np.arange(10.0), np.arange(9.0))
+
+
+def test_weighted_kl_equals_kl_of_the_repeated_samples():
+    rng = np.random.default_rng(5)
+    p, q = rng.normal(0, 0.3, 400), rng.normal(0.2, 0.5, 400)
+    # An isolated point whose weight is 0 in the replicate: the far tail must not underflow to log 0.
+    p[0], q[0] = -2.9, 2.9
+    counts = rng.integers(0, 3, size=(3, 400)).astype(float)
+    counts[:, 0] = [0, 1, 2]
+    got = kl_divergence(p, q, weights=counts)
+    assert got.shape == (3,)
+    for b in range(3):
+        reps = counts[b].astype(int)
+        assert got[b] == pytest.approx(kl_divergence(np.repeat(p, reps), np.repeat(q, reps)), rel=1e-9, abs=1e-12)
+    assert kl_divergence(p, q, weights=np.ones(400)) == pytest.approx(kl_divergence(p, q), rel=1e-10)
+    with pytest.raises(ValueError, match=r"weights must have shape \(n,\) or \(B, n\) with n=400"):
+        kl_divergence(p, q, weights=np.ones(399))
+    with pytest.raises(ValueError, match=r"positive sum"):
+        kl_divergence(p, q, weights=np.zeros((1, 400)))
+
+
+def test_weighted_kde_far_tail_does_not_underflow():
+    from tfhalo.evaluation.metrics import weighted_kde_logpdf
+
+    rng = np.random.default_rng(6)
+    x = np.concatenate([[-2.99], rng.normal(1.0, 0.05, 50)])
+    w = np.ones((2, x.size))
+    w[1, 0] = 0.0  # drop the isolated point: at -3 the rest lies 38 kernel widths away, exp(-740) < tiny
+    grid = np.array([-3.0, -1.0, 1.0])
+    got = weighted_kde_logpdf(x, w, grid)
+    np.testing.assert_allclose(got[0], residual_kde(x).logpdf(grid), rtol=1e-10)
+    np.testing.assert_allclose(got[1], residual_kde(x[1:]).logpdf(grid), rtol=1e-10)
+    assert got[1, 0] < -700 and np.isfinite(got[1, 0])
+
+
+def test_median_bias_correction_keeps_the_spread_and_holds_the_estimate():
+    from tfhalo.evaluation.metrics import bootstrap_interval
+
+    x = np.random.default_rng(9).normal(size=200)
+    # The maximum of a resample never exceeds the sample's: the plain interval lies below the estimate.
+    plain = bootstrap_interval(np.max, x, n_boot=300, seed=1)
+    moved = bootstrap_interval(np.max, x, n_boot=300, seed=1, median_bias_correct=True)
+    assert plain[1] <= x.max() and plain[0] < x.max()
+    assert moved[0] <= x.max() <= moved[1]
+    assert moved[1] - moved[0] == pytest.approx(plain[1] - plain[0], rel=1e-12)
+    # The shift is the estimate minus the replicates' median, for batched statistics too.
+    batched = bootstrap_interval(lambda u, weights: weights @ u / weights.sum(axis=1), x, n_boot=300, seed=1,
+                                 batched=True, median_bias_correct=True)
+    looped = bootstrap_interval(np.mean, x, n_boot=300, seed=1, median_bias_correct=True)
+    np.testing.assert_allclose(batched, looped, rtol=1e-12)

@@ -13,7 +13,7 @@ Example:
     >>> inputs = BoxInputs(sims, kind="raw", size=21)                                          # doctest: +SKIP
     >>> inputs.fit_standardizer(sets["train"])                                                 # doctest: +SKIP
     >>> labels = LabelScaler().fit(sets["train"].log_mass)                                     # doctest: +SKIP
-    >>> model.fit(HaloDataset(inputs, sets["train"], labels, shuffle=True), epochs=5)          # doctest: +SKIP
+    >>> model.fit(HaloDataset(inputs, sets["train"], labels, shuffle=True), epochs=5, shuffle=False)  # doctest: +SKIP
 """
 
 from tfhalo.data.averaging import shell_average, shell_radii

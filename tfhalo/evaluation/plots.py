@@ -1,5 +1,9 @@
 """Figures of the deep-halo study (matplotlib, Agg backend, PNG).
 
+Figure numbers refer to Lucie-Smith, Peiris, Pontzen, Nord & Thiyagalingam
+(2020), "Deep learning insights into cosmological structure formation",
+arXiv:2011.10577.
+
 * :func:`violin_plot`: predicted vs true log mass in 12 bins (paper Fig. 2B, Fig. 4).
 * :func:`residual_histograms`: residuals of two models in mass bins x halo
   regions (paper Fig. 3B).

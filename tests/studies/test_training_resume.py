@@ -1,7 +1,4 @@
-"""Resume after an interrupted fit, with the study's own callbacks."""
-
-import importlib.util
-from pathlib import Path
+"""Resume after an interrupted fit, with the deep-halo study's own callbacks."""
 
 import keras
 import numpy as np
@@ -10,15 +7,7 @@ import pytest
 from tests.helpers.tiny_sims import make_tiny_suite
 from tfhalo.data import BoxInputs, HaloDataset, LabelScaler, build_particle_sets
 from tfhalo.models import halo_cnn
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_study():
-    spec = importlib.util.spec_from_file_location("deep_halos", ROOT / "experiments" / "deep_halos.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tfhalo.studies import deep_halos as study
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -50,7 +39,7 @@ def tiny_datasets(seed, n_side, n_train):
     sets = build_particle_sets(sims, n_train, 16, 16, log_mass_range=(10, 14), seed=0)
     inputs = BoxInputs(sims, kind="raw", size=5)
     inputs.fit_standardizer(sets["train"])
-    scaler = LabelScaler().fit(sets["train"].log_mass)
+    scaler = LabelScaler(10.0, 14.0)  # the sets' mass range: every label in [-1, 1]
     train = HaloDataset(inputs, sets["train"], scaler, batch_size=16, shuffle=True, seed=1)
     val = HaloDataset(inputs, sets["validation"], scaler, batch_size=16)
     return train, val
@@ -63,7 +52,6 @@ def tiny_model():
 
 
 def test_interrupted_fit_resumes_from_last_epoch(tmp_path):
-    study = load_study()
     train, val = tiny_datasets(seed=30, n_side=12, n_train=40)
     run_dir = tmp_path / "run"
 
@@ -98,22 +86,25 @@ class EpochOrder(keras.callbacks.Callback):
 
 
 class Scramble(keras.callbacks.Callback):
-    """After each batch, push the weights far away: every later epoch validates worse."""
+    """After each batch, push the network's weights far away: every later epoch validates worse.
+
+    The Cauchy scale is left alone: scrambled, it can make the loss non-finite, which stops ``fit``.
+    """
 
     def on_train_batch_end(self, batch, logs=None):
         rng = np.random.default_rng(batch)
-        self.model.set_weights([w + 5.0 * rng.standard_normal(w.shape).astype(w.dtype)
-                                for w in self.model.get_weights()])
+        for v in self.model.trainable_variables:
+            if not v.path.startswith("cauchy_scale"):
+                v.assign(v + 5.0 * rng.standard_normal(tuple(v.shape)).astype(v.dtype))
 
 
 def test_resumed_halo_model_restores_best_weights_across_interruption(tmp_path):
     """The best val_loss epoch lies before the interruption: its weights must come back."""
-    study = load_study()
     sims = make_tiny_suite(3, seed=31, n_side=10)
     sets = build_particle_sets(sims, 48, 16, 16, log_mass_range=(10, 14), seed=0)
     inputs = BoxInputs(sims, kind="raw", size=5)
     inputs.fit_standardizer(sets["train"])
-    scaler = LabelScaler().fit(sets["train"].log_mass)
+    scaler = LabelScaler(10.0, 14.0)  # the sets' mass range: every label in [-1, 1]
     val = HaloDataset(inputs, sets["validation"], scaler, batch_size=16)
     run_dir = tmp_path / "run"
 
@@ -149,7 +140,6 @@ def test_resumed_halo_model_restores_best_weights_across_interruption(tmp_path):
 
 def test_resumed_early_stopping_keeps_its_patience(tmp_path):
     """Patience counts epochs without improvement before the interruption too."""
-    study = load_study()
     train, val = tiny_datasets(seed=32, n_side=10, n_train=32)
     run_dir = tmp_path / "run"
     # Epoch 0 is the best; scrambling makes 1, 2, ... worse. patience=2 stops after epoch 2.
