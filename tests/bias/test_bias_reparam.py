@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfhalo.bias import NeuralBiasLikelihood, build_model, make_bias_data
+from tfhalo.bias.fit import informed_start
 from tfhalo.bias.reparam import LocalLinearReparametrization, _shell_sums
 
 M_TH = 1e12
@@ -28,35 +30,152 @@ def _likelihood(n_kernels=1, n_grids=2, ells=(0,), **model_kwargs):
     return like, theta
 
 
-def _jacobian(rep, v):
-    v_t = tf.constant(v)
+def _jacobians(fn, xs):
+    """``(n, P, P)`` autodiff Jacobians of ``fn`` (which maps each row on its own) at the rows of ``xs (n, P)``."""
+    x_t = tf.constant(xs)
     with tf.GradientTape() as tape:
-        tape.watch(v_t)
-        out = rep.forward(v_t)
-    return tape.jacobian(out, v_t).numpy()
+        tape.watch(x_t)
+        out = fn(x_t)
+    return tape.batch_jacobian(out, x_t).numpy()
 
 
-@pytest.mark.parametrize("n_kernels,increment,components", [(1, "softplus", 2), (2, "softplus", 2),
-                                                            (1, "relu", 3), (1, "softplus", 1)])
-def test_round_trip_and_log_det_jacobian_match_autodiff(n_kernels, increment, components):
-    like, theta = _likelihood(n_kernels, mean_increment=increment, n_components=components)
+def _posterior_like_points(like, n=3, seed=1):
+    """A physical reference and ``n`` points around it in v, where a posterior has its mass.
+
+    The reference is :func:`~tfhalo.bias.fit.informed_start`: a first width ~1 in
+    ln M and amplitudes matching the catalogue's halo density, as at a MAP.  The
+    points are 0.3 away from it in every coordinate.
+    """
+    theta = informed_start(like, np.random.default_rng(seed), jitter=0.5)
     rep = LocalLinearReparametrization(like, theta)
-    v = rep.inverse(theta)
-    np.testing.assert_allclose(rep.forward_np(v), theta, rtol=1e-12, atol=1e-12)
-    rng = np.random.default_rng(1)
-    points = v + 0.3 * rng.normal(size=(3, v.size))
-    np.testing.assert_allclose(rep.inverse(rep.forward_np(points)), points, rtol=1e-10, atol=1e-10)
-    # The formula drops a constant: compare differences between points.
-    logdets = [np.linalg.slogdet(_jacobian(rep, p)) for p in points]
-    assert all(sign != 0 for sign, _ in logdets)
-    formula = [float(rep.log_det_jacobian(tf.constant(p))) for p in points]
-    np.testing.assert_allclose(np.diff([ld for _, ld in logdets]), np.diff(formula), rtol=1e-9, atol=1e-9)
+    v = rep.inverse(theta).numpy()
+    return rep, theta, v + 0.3 * np.random.default_rng(seed + 1).normal(size=(n, v.size))
+
+
+MODELS = [(1, "softplus", 2), (2, "softplus", 2), (1, "relu", 3), (1, "softplus", 1)]
+
+
+@pytest.mark.parametrize("n_kernels,increment,components", MODELS)
+def test_log_det_jacobians_are_the_exact_log_abs_det_of_the_autodiff_jacobians(n_kernels, increment, components):
+    like, _ = _likelihood(n_kernels, mean_increment=increment, n_components=components)
+    rep, _, points = _posterior_like_points(like)
+    thetas = rep.forward(points).numpy()
+    fldj = rep.forward_log_det_jacobian(points, event_ndims=1).numpy()
+    ildj = rep.inverse_log_det_jacobian(thetas, event_ndims=1).numpy()
+    # The inverse is its own TensorFlow code: its autodiff Jacobian checks ildj independently.
+    for jacobians, log_dets in ((_jacobians(rep.forward, points), fldj), (_jacobians(rep.inverse, thetas), ildj)):
+        for jac, log_det in zip(jacobians, log_dets):
+            # Compare only where the Jacobian is well conditioned (slogdet is exact to ~cond * eps
+            # there, on every BLAS); every drawn point must qualify, so nothing is skipped.
+            assert np.linalg.cond(jac) < 1e8
+            sign, expected = np.linalg.slogdet(jac)
+            assert sign != 0
+            assert log_det == pytest.approx(expected, rel=1e-10, abs=1e-10)
+    np.testing.assert_allclose(ildj, -fldj, rtol=1e-12, atol=1e-12)
+
+
+def test_log_det_stays_exact_where_a_runaway_first_component_makes_the_jacobian_badly_scaled():
+    # A random reference has a first width sigma_1 ~ 8.7 in ln M; there D = c1 sigma_1^2 and
+    # ln alpha_1 move by ~sigma_1^2 and ~sigma_1^4 per unit of c1, and this point 0.3 away
+    # lands on alpha_1 ~ 1e19 (log prior ~ -1e36): one row of the Jacobian is ~1e21 times
+    # the others, so a plain LU determinant of it is rounding noise.  The map is not
+    # degenerate there: with its rows equilibrated the Jacobian is well conditioned.
+    like, theta = _likelihood(1, mean_increment="softplus", n_components=2)
+    rep = LocalLinearReparametrization(like, theta)
+    point = rep.inverse(theta).numpy() + 0.3 * np.random.default_rng(1).normal(size=(3, theta.size))[1]
+    assert np.abs(rep.forward(point).numpy()).max() > 1e15
+    jac = _jacobians(rep.forward, point[None])[0]
+    rows = np.abs(jac).max(axis=1)
+    assert rows.max() / rows.min() > 1e15
+    equilibrated = jac / rows[:, None]
+    assert np.linalg.cond(equilibrated) < 1e8
+    log_det = np.linalg.slogdet(equilibrated)[1] + np.sum(np.log(rows))
+    assert float(rep.forward_log_det_jacobian(point, event_ndims=1)) == pytest.approx(log_det, rel=1e-10)
+
+
+def test_round_trips_both_ways_with_batch_shapes():
+    like, _ = _likelihood(2)
+    rep, theta, points = _posterior_like_points(like, n=6)
+    v = points.reshape(2, 3, -1)
+    assert rep.forward(v).shape == (2, 3, theta.size) and rep.forward(v).dtype == tf.float64
+    np.testing.assert_allclose(rep.inverse(rep.forward(v)).numpy(), v, rtol=1e-10, atol=1e-10)
+    thetas = theta + 0.05 * np.random.default_rng(3).normal(size=(2, 3, theta.size))
+    assert np.all(rep.half_space(thetas) > 0)
+    np.testing.assert_allclose(rep.forward(rep.inverse(thetas)).numpy(), thetas, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(rep.forward(rep.inverse(theta)).numpy(), theta, rtol=1e-12, atol=1e-12)
+    assert rep.forward_log_det_jacobian(v, event_ndims=1).shape == (2, 3)
+    # A batch is the same map applied to each member.
+    np.testing.assert_allclose(rep.forward(v).numpy()[1, 2], rep.forward(v[1, 2]).numpy(), rtol=1e-14, atol=1e-14)
+    # One map (batch shape []) that composes with TFP's bijectors, log-dets adding.
+    assert rep.experimental_batch_shape() == []
+    chain = tfp.bijectors.Chain([rep, tfp.bijectors.Shift(tf.constant(v[0, 0]))])
+    z = v - v[0, 0]
+    np.testing.assert_allclose(chain.forward(z).numpy(), rep.forward(v).numpy(), rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(chain.forward_log_det_jacobian(z, event_ndims=1).numpy(),
+                               rep.forward_log_det_jacobian(v, event_ndims=1).numpy(), rtol=1e-14, atol=1e-14)
+
+
+def test_tiny_amplitudes_and_widths_stay_finite_and_exact():
+    # ln alpha_1 far below where exp() underflows in a naive softplus inverse.
+    like, _ = _likelihood()
+    rep, _, points = _posterior_like_points(like, n=2)
+    k = rep.n_components
+    points[:, rep.d_index[0]] = [-60.0, -800.0]  # c0 ~ ln alpha_1
+    theta = rep.forward(points).numpy()
+    assert np.all(np.isfinite(theta))
+    np.testing.assert_allclose(rep.inverse(theta).numpy(), points, rtol=1e-12, atol=1e-12)
+    jac = _jacobians(rep.forward, points)
+    assert np.all(np.linalg.cond(jac) < 1e8)
+    np.testing.assert_allclose(rep.forward_log_det_jacobian(points, event_ndims=1).numpy(),
+                               np.linalg.slogdet(jac)[1], rtol=1e-10, atol=1e-10)
+    # A width of e^-800 in ln M: values and gradients stay finite (no inf/NaN for a sampler to trip on).
+    points[:, rep.d_index[2 * k]] = -800.0
+    v = tf.constant(points)
+    with tf.GradientTape() as tape:
+        tape.watch(v)
+        total = tf.reduce_sum(rep.forward(v)) + tf.reduce_sum(rep.forward_log_det_jacobian(v, event_ndims=1))
+    assert np.isfinite(float(total)) and np.all(np.isfinite(tape.gradient(total, v).numpy()))
+
+
+def test_transformed_transition_kernel_runs_on_the_jacobian_corrected_target():
+    like, _ = _likelihood()
+    rep, _, points = _posterior_like_points(like, n=1)
+    kernel = tfp.mcmc.TransformedTransitionKernel(
+        tfp.mcmc.HamiltonianMonteCarlo(like.log_posterior, step_size=0.01, num_leapfrog_steps=2), bijector=rep)
+
+    def target_in_v(theta):
+        v = rep.inverse(theta)
+        return float(like.log_posterior(theta)) + float(rep.forward_log_det_jacobian(v, event_ndims=1))
+
+    theta = rep.forward(points[0])
+    results = kernel.bootstrap_results(theta)
+    assert float(results.inner_results.accepted_results.target_log_prob) == pytest.approx(
+        target_in_v(theta), rel=1e-12)
+    new_theta, new_results = kernel.one_step(theta, results, seed=(1, 2))
+    assert not np.allclose(new_theta.numpy(), theta.numpy())  # the chain moved (and stayed in the domain)
+    # The chain state is theta; the HMC state is v = rep.inverse(theta), with the corrected target.
+    np.testing.assert_allclose(new_results.transformed_state.numpy(), rep.inverse(new_theta).numpy(),
+                               rtol=1e-9, atol=1e-9)
+    assert float(new_results.inner_results.accepted_results.target_log_prob) == pytest.approx(
+        target_in_v(new_theta), rel=1e-9)
+
+
+def test_the_bijection_compiles_with_xla_and_agrees_with_eager():
+    like, _ = _likelihood(2)
+    rep, _, points = _posterior_like_points(like)
+
+    def both_ways(v):
+        theta = rep.forward(v)
+        return theta, rep.forward_log_det_jacobian(v, event_ndims=1), rep.inverse(theta)
+
+    for compiled, eager in zip(tf.function(both_ways, jit_compile=True)(tf.constant(points)), both_ways(points)):
+        np.testing.assert_allclose(compiled.numpy(), eager.numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_coordinates_are_the_mean_spread_value_and_slope_of_the_npe_summary():
     like, theta = _likelihood()
     rep = LocalLinearReparametrization(like, theta)
-    v = rep.inverse(theta)
+    v = rep.inverse(theta).numpy()
     # u = w . S + b over the training voxels, from a float64 NumPy shell sum.
     shells = _shell_sums(like)
     w, b = theta[rep.w_index][:, 0], theta[rep.b_index][0]
@@ -116,8 +235,8 @@ def test_anchor_moves_only_the_tail_stage_values():
     at_halos = LocalLinearReparametrization(like, theta)
     assert abs(at_halos.anchor[0]) > 0.05  # this catalogue's halos are not at the mean environment
     for rep in (at_mean, at_halos):
-        np.testing.assert_allclose(rep.forward_np(rep.inverse(theta)), theta, rtol=1e-12, atol=1e-12)
-    v0, v1 = at_mean.inverse(theta), at_halos.inverse(theta)
+        np.testing.assert_allclose(rep.forward(rep.inverse(theta)).numpy(), theta, rtol=1e-12, atol=1e-12)
+    v0, v1 = at_mean.inverse(theta).numpy(), at_halos.inverse(theta).numpy()
     moved = np.flatnonzero(~np.isclose(v0, v1, rtol=1e-12, atol=1e-12))
     assert set(moved) <= set(at_mean.d_index) and len(moved) > 0
     m = v0[at_mean.b_index][0]
@@ -139,34 +258,41 @@ def test_the_psi_scale_symmetry_is_one_coordinate():
     scaled[rep.w_index] *= k
     scaled[rep.b_index] *= k
     scaled[rep.c_index] /= k
-    v, v_scaled = rep.inverse(theta), rep.inverse(scaled)
+    v, v_scaled = rep.inverse(theta).numpy(), rep.inverse(scaled).numpy()
     fixed = np.concatenate([rep.w_index[1:].ravel(), rep.c_index.ravel(), rep.d_index])
     np.testing.assert_allclose(v_scaled[fixed], v[fixed], rtol=1e-9, atol=1e-9)
     assert float(like.log_likelihood(scaled)) == pytest.approx(float(like.log_likelihood(theta)), rel=1e-9)
 
 
-def test_wrapped_target_is_posterior_plus_jacobian_and_batches():
-    like, theta = _likelihood()
-    rep = LocalLinearReparametrization(like, theta)
-    v = rep.inverse(theta)
-    wrapped = float(rep.wrap(like.log_posterior)(tf.constant(v)))
-    expected = float(like.log_posterior(tf.constant(theta))) + float(rep.log_det_jacobian(tf.constant(v)))
-    assert math.isclose(wrapped, expected, rel_tol=1e-12)
-    batch = np.stack([v, v + 0.1])
-    np.testing.assert_allclose(rep.forward_np(batch)[0], theta, rtol=1e-12)
-
-
-def test_outside_the_domain_and_unsupported_models_raise():
+def test_outside_the_domain_and_bad_inputs_raise_naming_the_argument():
     like, theta = _likelihood()
     rep = LocalLinearReparametrization(like, theta)
     flipped = theta.copy()
     flipped[rep.w_index] *= -1
-    with pytest.raises(ValueError, match="domain"):
+    with pytest.raises(ValueError, match=r"theta must lie in the reparametrisation's domain.*Received: .*= -"):
         rep.inverse(flipped)
-    with pytest.raises(ValueError, match="theta_ref"):
+    bad = theta.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match=r"theta must be finite. Received: .*theta\[3\]=nan"):
+        rep.inverse(bad)
+    # In a compiled graph the domain is asserted when validate_args is set.
+    checked = LocalLinearReparametrization(like, theta, validate_args=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="domain"):
+        tf.function(checked.inverse)(tf.constant(flipped))
+    with pytest.raises(ValueError, match=r"theta_ref must have shape \(17,\). Received: theta_ref.shape=\(16,\)"):
         LocalLinearReparametrization(like, theta[:-1])
+    with pytest.raises(ValueError, match=r"theta_ref must be finite. Received: .*theta_ref\[2\]=inf"):
+        LocalLinearReparametrization(like, np.where(np.arange(theta.size) == 2, np.inf, theta))
+    zero = theta.copy()
+    zero[rep.w_index] = 0.0
+    with pytest.raises(ValueError, match="theta_ref has zero radial weights"):
+        LocalLinearReparametrization(like, zero)
+    with pytest.raises(ValueError, match=r"anchor must have shape \(1,\). Received: anchor=\[0. 1.\]"):
+        LocalLinearReparametrization(like, theta, anchor=[0.0, 1.0])
+    with pytest.raises(ValueError, match="likelihood must be a NeuralBiasLikelihood"):
+        LocalLinearReparametrization(object(), theta)
     dipole, theta_d = _likelihood(ells=(0, 1))
-    with pytest.raises(ValueError, match="ells"):
+    with pytest.raises(ValueError, match=r"ells=\(0, 1\)"):
         LocalLinearReparametrization(dipole, theta_d)
 
 
@@ -185,7 +311,7 @@ def test_mirror_is_an_involution_into_the_other_half_that_keeps_a_linear_npe_fit
     for f in range(n_kernels):
         mirrored = rep.mirror(theta, f)
         np.testing.assert_allclose(rep.mirror(mirrored, f), theta, rtol=1e-12, atol=1e-12)
-        with pytest.raises(ValueError, match="outside the reparametrisation's domain"):
+        with pytest.raises(ValueError, match="reparametrisation's domain"):
             rep.inverse(mirrored)
     # Where softplus(u) is linear over the voxels (u >> 1), the head sees the same z:
     # the reflected parameters give the same likelihood.
@@ -197,8 +323,11 @@ def test_mirror_is_an_involution_into_the_other_half_that_keeps_a_linear_npe_fit
     lnl = float(like.log_likelihood(tf.constant(linear)))
     for f in range(n_kernels):
         assert float(like.log_likelihood(tf.constant(rep.mirror(linear, f)))) == pytest.approx(lnl, rel=1e-9)
-    with pytest.raises(ValueError, match=f"feature < {n_kernels}. Received: shape=.*feature={n_kernels}"):
+    with pytest.raises(ValueError, match=f"feature must be at most {n_kernels - 1}. Received: feature={n_kernels}"):
         rep.mirror(theta, n_kernels)
+    short = rf"theta must have {theta.size} entries. Received: theta.shape=\({theta.size - 1},\)"
+    with pytest.raises(ValueError, match=short):
+        rep.mirror(theta[:-1])
 
 
 def test_fit_map_reports_the_other_half_and_keeps_the_better_one():

@@ -36,8 +36,9 @@ class MapResult:
             :meth:`~tfhalo.bias.reparam.LocalLinearReparametrization.mirror`):
             ``{"log_posterior", "log_laplace_mass_ratio", "theta"}``, the ratio
             being the Laplace estimate of ln(mass there / mass in the MAP's half);
-            ``None`` when not applicable.  The local-linear chains sample only
-            the MAP's half.
+            ``None`` when not applicable.  Chains run through the
+            :class:`~tfhalo.bias.reparam.LocalLinearReparametrization` bijector
+            sample only the MAP's half (see ``docs/sampling_coordinates.md``).
     """
 
     theta: np.ndarray
@@ -72,7 +73,16 @@ def hessian(likelihood: NeuralBiasLikelihood, theta) -> np.ndarray:
 
 
 def hessian_of(log_prob_fn, x, dtype="float64") -> np.ndarray:
-    """``(P, P)`` float64 Hessian of ``-log_prob_fn`` at ``x (P,)`` (autodiff, symmetrised)."""
+    """``(P, P)`` float64 Hessian of ``-log_prob_fn`` at ``x (P,)`` (autodiff, symmetrised).
+
+    Example:
+        The Hessian of the Jacobian-corrected target in the sampling coordinates
+        ``v`` of a :class:`~tfhalo.bias.reparam.LocalLinearReparametrization`:
+
+        >>> rep = LocalLinearReparametrization(like, fit.theta)
+        >>> log_prob_v = lambda v: like.log_posterior(rep.forward(v)) + rep.forward_log_det_jacobian(v, 1)
+        >>> h_v = hessian_of(log_prob_v, rep.inverse(fit.theta))   # (P, P)
+    """
     theta = tf.constant(np.asarray(x), dtype=dtype)
     with tf.GradientTape() as outer:
         outer.watch(theta)
