@@ -1,26 +1,27 @@
-"""Benchmark of the neural bias likelihood and its TFP samplers.
+"""Benchmark of the neural bias likelihood and of tfhalo.inference's samplers on it.
 
 Prints, measured in one run on the same data:
   * log-posterior-and-gradient evaluations per second (one parameter vector,
-    and a batch of 4 chains);
-  * min-over-parameters ESS per second of HMC (4 chains) with an identity
-    mass matrix, with the windowed-adapted one and with the Hessian at the MAP,
-    as ratios against the identity baseline; and the adapted one in the
-    local-linear coordinates (tfhalo.bias.reparam), on top of those with a
-    normalising flow (tfhalo.bias.flow, fit time included in its cost), and
-    with 4 replicas (replica exchange), whose cost includes every replica.
+    eager graph and XLA, and a batch of 4 chains with XLA);
+  * for NUTS and HMC (4 chains, windowed warm-up, XLA): min bulk / tail ESS,
+    ESS per second and per 1000 gradient evaluations, max rank-normalised
+    split R-hat, divergences, for the sampling coordinates
+      - identity: theta itself (diagonal mass matrix adapted in warm-up),
+      - affine: theta = theta_MAP + chol(H^-1) z (tfhalo.inference.affine_preconditioner),
+      - reparam+affine: the local-linear coordinates v
+        (tfhalo.bias.reparam.LocalLinearReparametrization) followed by the
+        affine map built from the Hessian in v (skipped if that class is not a
+        tfp Bijector),
+    as ratios of ESS/s and ESS per gradient against identity with the same kernel.
+Costs include warm-up and XLA compilation (tracing happens once per variant).
 
-Data: a synthetic log-normal density grid (10^3 voxels, 40 Mpc/h, three
+Data: a synthetic log-normal density grid (three 10^3-voxel, 40 Mpc/h
 realisations) with halos Poisson-drawn from a density-dependent rate, so the
-benchmark needs no simulation suite.
+benchmark needs no simulation suite.  ``--components 2`` is the paper's
+two-Gaussian head (17 parameters), ``1`` a one-Gaussian head (11 parameters).
 
-Two posteriors: a one-Gaussian head (11 parameters), which the synthetic
-catalogue (exponential mass tails above the threshold) identifies well; and the paper's
-two-Gaussian default (17 parameters), whose second component this catalogue
-does not need, so its posterior is far from Gaussian: a harder case, for the
-record.
-
-    python benchmarks/bench_bias.py [--n-grid 10] [--samples 600] [--components 1,2] [--flow-steps 600]
+    python benchmarks/bench_bias.py [--n-grid 10] [--warmup 500] [--samples 500] [--components 2]
+                                    [--kernels nuts,hmc] [--seed 0]
 """
 
 from __future__ import annotations
@@ -36,15 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
 from scipy.ndimage import gaussian_filter  # noqa: E402
 
+import tfhalo.inference as inf  # noqa: E402
 from tfhalo.bias import NeuralBiasLikelihood, build_model, make_bias_data  # noqa: E402
-from tfhalo.bias.diagnostics import summarize_chains  # noqa: E402
 from tfhalo.bias.fit import fit_map, hessian_of, value_and_gradient_fn  # noqa: E402
-from tfhalo.bias.flow import ComposedReparametrization, FlowReparametrization  # noqa: E402
-from tfhalo.bias.reparam import LocalLinearReparametrization  # noqa: E402
-from tfhalo.bias.sampling import batched, preconditioner_from_hessian, sample_posterior  # noqa: E402
 from tfhalo.sim.fof import wrap_periodic  # noqa: E402
+from tfhalo.validation import check_int  # noqa: E402
 
 
 def synthetic(seed, n, box=40.0, threshold=1e12, n_halos=250):
@@ -66,7 +66,7 @@ def synthetic(seed, n, box=40.0, threshold=1e12, n_halos=250):
 
 
 def timed_rate(fn, arg, seconds=2.0):
-    fn(arg)  # trace
+    fn(arg)  # trace / compile
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         out = fn(arg)
@@ -75,85 +75,117 @@ def timed_rate(fn, arg, seconds=2.0):
     return n / (time.perf_counter() - t0)
 
 
-def sampler_table(like, fit, args, title):
-    """ESS/s of each sampler variant on one posterior, as ratios against identity-mass HMC."""
-    # Dispersed starts as in experiments/neural_bias.py: half a posterior width, at most ~1 unit.
-    chol = preconditioner_from_hessian(fit.hessian, 1.0)
-    init = fit.theta + 0.5 * np.random.default_rng(args.seed).normal(size=(4, fit.theta.size)) @ chol.T
-    rep = LocalLinearReparametrization(like, fit.theta)
-    # NeuTra: a flow fitted on the local-linear coordinates; its fit time is
-    # added to the sampler's, so ESS/s compares total cost.
-    target_v = rep.wrap(like.log_posterior)
-    v_map = rep.inverse(fit.theta)
-    t0 = time.perf_counter()
-    flow = FlowReparametrization(v_map, 0.5 * preconditioner_from_hessian(hessian_of(target_v, v_map), 1e-2),
-                                 seed=args.seed)
-    flow.fit(target_v, steps=args.flow_steps, seed=args.seed, progress=False, jit_compile=False)
-    flow_seconds = time.perf_counter() - t0
-    variants = [("identity", "identity", {}), ("adaptive", "adaptive", {}), ("hessian", "hessian", {}),
-                ("adaptive+local-linear", "adaptive", dict(reparametrization=rep)),
-                ("adaptive+l-l+flow", "adaptive", dict(reparametrization=ComposedReparametrization(rep, flow))),
-                ("adaptive+4 replicas", "adaptive", dict(n_temperatures=4, log_likelihood_fn=like.log_likelihood,
-                                                        log_prior_fn=like.log_prior))]
-    rows = []
-    for label, mass, extra in variants:
-        res = sample_posterior(like.log_posterior, init, num_results=args.samples, num_burnin=args.burnin,
-                               mass_matrix=mass, hessian=fit.hessian if mass == "hessian" else None,
-                               centre=fit.theta, hessian_floor=1.0 / like.prior_scale**2,
-                               num_leapfrog_steps=6, seed=args.seed, progress=False, jit_compile=True, **extra)
-        s = summarize_chains(res.samples, res.is_accepted, res.divergent, warn=False)
-        seconds = res.seconds + (flow_seconds if "flow" in label else 0.0)
-        rows.append((label, s["min_ess"], seconds, s["min_ess"] / seconds, s["max_rhat"],
-                     s["acceptance_rate"], res.step_size))
-    base = rows[0][3]
-    print(f"{title}: HMC, 4 chains, {args.burnin} warm-up + {args.samples} draws, 6 leapfrog steps:")
-    print(f"{'sampler':>22} {'min ESS':>8} {'seconds':>8} {'ESS/s':>8} {'vs identity':>12} "
-          f"{'max R-hat':>9} {'accept':>7} {'step':>7}")
-    for label, ess, sec, eps_rate, rhat, acc, step in rows:
-        print(f"{label:>22} {ess:8.1f} {sec:8.1f} {eps_rate:8.2f} {eps_rate / base:11.1f}x {rhat:9.4f} "
-              f"{acc:7.3f} {step:7.4f}", flush=True)
+def evaluation_rates(like, theta, n_chains):
+    """Log-posterior + gradient evaluations per second: one vector (graph, XLA) and a batch (XLA)."""
+    theta = tf.constant(theta)
+    rate1 = timed_rate(value_and_gradient_fn(like), theta)
+    rate1_xla = timed_rate(value_and_gradient_fn(like, jit_compile=True), theta)
+    target = inf.batched(like.log_posterior, n_chains)
+
+    @tf.function(jit_compile=True)
+    def batch_value_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            v = target(x)
+        return v, tape.gradient(v, x)
+
+    rate_b = timed_rate(batch_value_and_grad, tf.tile(theta[None], [n_chains, 1])) * n_chains
+    return rate1, rate1_xla, rate_b
+
+
+def local_linear(like, theta_map):
+    """The local-linear bijector and the Hessian of -ln p(v) at v_MAP, or None if unavailable."""
+    try:
+        from tfhalo.bias.reparam import LocalLinearReparametrization
+    except ImportError:
+        return None
+    if not issubclass(LocalLinearReparametrization, tfp.bijectors.Bijector):
+        return None
+    rep = LocalLinearReparametrization(like, theta_map)
+    v_map = np.asarray(rep.inverse(tf.constant(theta_map)), np.float64)
+
+    def log_prob_v(v):
+        return like.log_posterior(rep.forward(v)) + rep.forward_log_det_jacobian(v, event_ndims=1)
+
+    return rep, v_map, hessian_of(log_prob_v, v_map)
+
+
+def sampler_table(like, fit, args):
+    """ESS/s and ESS per gradient of each (kernel, coordinates) pair, as ratios against identity."""
+    floor = 1.0 / like.prior_scale**2
+    affine = inf.affine_preconditioner(fit.theta, fit.hessian, floor=floor)
+    variants = [("identity", None), ("affine", affine)]
+    ll = local_linear(like, fit.theta)
+    if ll is None:
+        print("reparam+affine: skipped (tfhalo.bias.reparam.LocalLinearReparametrization is not a tfp Bijector)")
+    else:
+        rep, v_map, h_v = ll
+        variants.append(("reparam+affine", tfp.bijectors.Chain([rep, inf.affine_preconditioner(v_map, h_v, floor)])))
+    # Dispersed starts, the same for every variant: half a Laplace width around the MAP, drawn in the
+    # last variant's coordinates so they lie in every bijector's domain (the local-linear map covers
+    # one half-space of the radial weights only).
+    z = 0.5 * np.random.default_rng(args.seed).normal(size=(args.chains, fit.theta.size))
+    init = np.asarray(variants[-1][1].forward(tf.constant(z)), np.float64)
+    log_prob = inf.batched(like.log_posterior, args.chains)
+    print(f"{args.chains} chains, {args.warmup} warm-up + {args.samples} draws, XLA; costs include warm-up and "
+          "compilation")
+    print(f"{'kernel':>6} {'coordinates':>15} {'ESS bulk':>8} {'ESS tail':>8} {'seconds':>8} {'ESS/s':>7} "
+          f"{'ESS/1k grad':>11} {'vs identity (s, grad)':>22} {'R-hat':>7} {'diverg.':>7} {'step':>7}")
+    for kernel in args.kernels:
+        base = None
+        for label, bijector in variants:
+            config = inf.SamplerConfig(kernel=kernel, num_chains=args.chains, num_warmup=args.warmup,
+                                       num_samples=args.samples, num_leapfrog_steps=args.leapfrog_steps,
+                                       target_accept=0.8, seed=args.seed, jit_compile=True,
+                                       block_size=max(args.warmup, args.samples))
+            chains = inf.sample(log_prob, init, config, bijector=bijector, progress=False)
+            s = inf.convergence_summary(chains.to_inference_data())
+            ess = min(s["min_ess_bulk"], s["min_ess_tail"])
+            per_s = ess / chains.seconds
+            per_grad = 1000.0 * ess / (chains.n_gradient_evaluations * args.chains)
+            base = base or (per_s, per_grad)
+            print(f"{kernel:>6} {label:>15} {s['min_ess_bulk']:8.0f} {s['min_ess_tail']:8.0f} {chains.seconds:8.1f} "
+                  f"{per_s:7.2f} {per_grad:11.2f} {per_s / base[0]:10.2f}x {per_grad / base[1]:9.2f}x "
+                  f"{s['max_rhat']:7.4f} {s['n_divergent']:7d} {chains.step_size:7.4f}", flush=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-grid", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=600)
-    parser.add_argument("--burnin", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--leapfrog-steps", type=int, default=16, help="HMC's leapfrog steps per draw")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--flow-steps", type=int, default=600, help="ELBO steps of the flow variant")
-    parser.add_argument("--components", default="1,2",
-                        help="mixture components of the models to sample (2 = the paper's 17-parameter default)")
+    parser.add_argument("--kernels", default="nuts,hmc", help="comma-separated: nuts, hmc")
+    parser.add_argument("--components", default="2",
+                        help="comma-separated mixture components (2 = the paper's 17-parameter default)")
     args = parser.parse_args(argv)
-    if args.flow_steps < 1:
-        raise ValueError(f"flow_steps must be positive. Received: flow_steps={args.flow_steps}")
-    components = [int(c) for c in args.components.split(",")]
-    if not components or min(components) < 1:
-        raise ValueError(f"components must be positive integers. Received: components={args.components!r}")
+    try:
+        check_int("n_grid", args.n_grid, minimum=2)
+        check_int("seed", args.seed, minimum=0)
+        args.kernels = [k.strip() for k in args.kernels.split(",")]
+        components = [check_int("components", int(c), minimum=1) for c in args.components.split(",")]
+        # The sampler's own checks, before any data or MAP fit.
+        inf.SamplerConfig(num_chains=args.chains, num_warmup=args.warmup, num_samples=args.samples,
+                          num_leapfrog_steps=args.leapfrog_steps, seed=args.seed)
+        for k in args.kernels:
+            inf.SamplerConfig(kernel=k)
+    except ValueError as err:
+        parser.error(str(err))
 
     data = [synthetic(args.seed + i, args.n_grid) for i in range(3)]
     for k in components:
         model = build_model(data[0].log_mass_threshold, n_grid=args.n_grid, dtype="float64", n_components=k)
         like = NeuralBiasLikelihood(model, data)
         fit = fit_map(like, steps=800, n_starts=2, seed=args.seed, progress=False, jit_compile=True)
-        title = f"{k} Gaussian(s), {like.layout.size} parameters"
-        print(f"{title}; data: {len(data)} x {args.n_grid}^3 voxels, {like.n_halos} halos; "
-              f"MAP ln post {fit.log_posterior:.2f}")
-        theta = tf.constant(fit.theta)
-        rate1 = timed_rate(value_and_gradient_fn(like), theta)
-        rate1_xla = timed_rate(value_and_gradient_fn(like, jit_compile=True), theta)
-        target4 = batched(like.log_posterior, 4)
-
-        @tf.function
-        def vg4(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                v = target4(x)
-            return v, tape.gradient(v, x)
-
-        rate4 = timed_rate(vg4, tf.tile(theta[None], [4, 1])) * 4
+        print(f"{k} Gaussian(s), {like.layout.size} parameters; data: {len(data)} x {args.n_grid}^3 voxels, "
+              f"{like.n_halos} halos; MAP ln posterior {fit.log_posterior:.2f}")
+        rate1, rate1_xla, rate_b = evaluation_rates(like, fit.theta, args.chains)
         print(f"log-posterior+gradient evaluations/s: {rate1:.0f} (1 vector), {rate1_xla:.0f} (1 vector, XLA, "
-              f"x{rate1_xla / rate1:.2f}), {rate4:.0f} (4 chains batched, x{rate4 / rate1:.2f})", flush=True)
-        sampler_table(like, fit, args, title)
+              f"x{rate1_xla / rate1:.2f}), {rate_b:.0f} ({args.chains} chains batched, XLA, x{rate_b / rate1:.2f})",
+              flush=True)
+        sampler_table(like, fit, args)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@
 * :class:`NeuralBiasModel`: multipole NPE + mixture density head (17 parameters).
 * :class:`NeuralBiasLikelihood`: Poisson likelihood of paper eq. 16 + Normal prior.
 * :class:`NeyrinckBias`: 4-parameter count model x a global mass distribution.
-* :func:`fit_map` (Adam + L-BFGS), :func:`sample_posterior` (TFP HMC/NUTS),
-  :func:`summarize_chains` (split R-hat, ESS), and the sampling coordinates
-  :class:`LocalLinearReparametrization` and :class:`FlowReparametrization`
-  (NeuTra): these import TensorFlow Probability, so they load on first use.
+* :func:`fit_map` (Adam + L-BFGS) and the sampling coordinates
+  :class:`LocalLinearReparametrization` (a ``tfp.bijectors.Bijector``): these
+  import TensorFlow Probability, so they load on first use.  Posterior
+  sampling and its diagnostics are :mod:`tfhalo.inference`.
 
 Example:
     >>> from tfhalo.bias import bias_data_from_simulation, build_model, NeuralBiasLikelihood, fit_map
@@ -24,13 +24,7 @@ from tfhalo.bias.neyrinck import NeyrinckBias
 _LAZY = {
     "fit_map": "tfhalo.bias.fit",
     "MapResult": "tfhalo.bias.fit",
-    "sample_posterior": "tfhalo.bias.sampling",
-    "SamplingResult": "tfhalo.bias.sampling",
-    "summarize_chains": "tfhalo.bias.diagnostics",
-    "ConvergenceWarning": "tfhalo.bias.diagnostics",
     "LocalLinearReparametrization": "tfhalo.bias.reparam",
-    "FlowReparametrization": "tfhalo.bias.flow",
-    "ComposedReparametrization": "tfhalo.bias.flow",
 }
 
 

@@ -1,0 +1,282 @@
+"""tfhalo.inference.sample recovers analytic posteriors; seeds, checkpoints and bad inputs behave.
+
+Statistical checks compare a Monte Carlo estimate of E[f] with its exact value
+within ``N_SIGMA`` Monte Carlo standard errors ``sd(f) / sqrt(ESS(f))`` (ArviZ's
+bulk ESS of ``f``), so they hold on any machine whatever the rounding.
+Tracing TFP's kernels dominates the cost, so each sampler run is a module
+fixture shared by several tests.
+"""
+
+import os
+
+import arviz as az
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tfhalo.inference as inf
+
+tfb = tfp.bijectors
+N_SIGMA = 4.5
+P = 4
+
+
+def _gaussian(seed=0, p=P):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(p, p))
+    # Correlated and ill-conditioned (condition number ~1e3): a diagonal mass matrix cannot whiten it.
+    cov = a @ a.T + np.diag(np.logspace(-2, 1, p))
+    mean = 3.0 * rng.normal(size=p)
+    prec = tf.constant(np.linalg.inv(cov))
+
+    def log_prob(x):
+        d = x - mean
+        return -0.5 * tf.reduce_sum(d * tf.linalg.matvec(prec, d), axis=-1)
+
+    return mean, cov, log_prob
+
+
+MEAN, COV, LOG_PROB = _gaussian()
+
+
+def _ess(values):
+    """Bulk ESS of (S, C) values."""
+    return float(az.ess(np.asarray(values).T, method="bulk"))
+
+
+def _check_expectation(values, truth, name):
+    """|mean(f) - E f| within N_SIGMA MCSE of ``(S, C)`` draws of f."""
+    values = np.asarray(values, np.float64)
+    mcse = values.std(ddof=1) / np.sqrt(_ess(values))
+    err = values.mean() - truth
+    assert abs(err) < N_SIGMA * mcse, f"{name}: estimate {values.mean():.5g} vs {truth:.5g} (MCSE {mcse:.3g})"
+
+
+def _check_gaussian(samples, mean, cov):
+    """Whitened draws y = L^-1 (x - mean) must be N(0, I): every mean, variance and covariance of x."""
+    chol = np.linalg.cholesky(cov)
+    y = np.linalg.solve(chol, (samples - mean).reshape(-1, mean.size).T).T.reshape(samples.shape)
+    for i in range(mean.size):
+        _check_expectation(y[..., i], 0.0, f"mean of whitened coordinate {i}")
+        _check_expectation(y[..., i] ** 2, 1.0, f"variance of whitened coordinate {i}")
+
+
+def _config(**kw):
+    base = dict(num_chains=4, num_warmup=200, num_samples=400, block_size=100, jit_compile=False, seed=1)
+    base.update(kw)
+    return inf.SamplerConfig(**base)
+
+
+def _starts(seed, c=4, p=P):
+    return MEAN + np.random.default_rng(seed).normal(size=(c, p))
+
+
+@pytest.fixture(scope="module")
+def nuts_chains():
+    return inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def hmc_affine_chains():
+    # The exact Laplace map whitens this target; HMC then needs few leapfrog steps.
+    bij = inf.affine_preconditioner(MEAN, np.linalg.inv(COV))
+    cfg = _config(kernel="hmc", num_leapfrog_steps=2)
+    return inf.sample(LOG_PROB, _starts(3), cfg, bijector=bij, progress=False), bij
+
+
+def test_nuts_recovers_correlated_gaussian(nuts_chains):
+    ch = nuts_chains
+    assert ch.samples.shape == (400, 4, P) and ch.samples.dtype == np.float64
+    _check_gaussian(ch.samples, MEAN, COV)
+    assert not ch.sample_stats["diverging"].any()
+    # The adapted diagonal inverse mass is the posterior variance (pooled warm-up draws).
+    np.testing.assert_allclose(ch.inverse_mass_matrix, np.diag(COV), rtol=0.5)
+
+
+def test_hmc_with_affine_preconditioner_recovers_the_same_gaussian(hmc_affine_chains):
+    ch, _ = hmc_affine_chains
+    _check_gaussian(ch.samples, MEAN, COV)
+    assert not ch.sample_stats["diverging"].any()
+    # In the whitened coordinates the adapted inverse mass is ~1.
+    np.testing.assert_allclose(ch.inverse_mass_matrix, 1.0, rtol=0.5)
+
+
+def test_sample_stats_are_consistent(nuts_chains, hmc_affine_chains):
+    ch = nuts_chains
+    s = ch.sample_stats
+    assert set(s) == {"diverging", "energy", "acceptance_rate", "step_size", "n_steps", "lp", "tree_depth"}
+    assert all(v.shape == (400, 4) for v in s.values())
+    # lp is the sampled density at the draw (no bijector: log_prob_fn itself).
+    lp = np.stack([LOG_PROB(tf.constant(x)).numpy() for x in ch.samples])
+    np.testing.assert_allclose(s["lp"], lp, rtol=1e-10, atol=1e-10)
+    # NUTS: a tree of depth d holds 2^(d-1) .. 2^d - 1 leapfrog steps.
+    assert np.all(s["n_steps"] <= 2 ** s["tree_depth"] - 1) and np.all(s["n_steps"] >= 2 ** (s["tree_depth"] - 1))
+    assert np.all(s["tree_depth"] <= ch.config.max_tree_depth)
+    np.testing.assert_array_equal(s["step_size"], ch.step_size)
+    # Dual averaging reaches about its target acceptance; energies give a healthy E-BFMI.
+    assert 0.6 < s["acceptance_rate"].mean() < 0.97
+    assert np.min(az.bfmi(s["energy"].T)) > 0.3
+    assert ch.n_gradient_evaluations > s["n_steps"].sum() / 4
+
+    hmc, bij = hmc_affine_chains
+    h = hmc.sample_stats
+    assert "tree_depth" not in h
+    np.testing.assert_array_equal(h["n_steps"], 2)
+    # With a bijector lp includes ln|d theta / d z| = ln det L, a constant for the affine map.
+    log_det = np.ravel(bij.forward_log_det_jacobian(tf.zeros((1, P), tf.float64), event_ndims=1).numpy())[0]
+    lp = np.stack([LOG_PROB(tf.constant(x)).numpy() for x in hmc.samples])
+    np.testing.assert_allclose(h["lp"] - lp, log_det, atol=1e-8)
+    assert np.min(az.bfmi(h["energy"].T)) > 0.3
+    # Warm-up (one bootstrap, 2 leapfrogs a step) + sampling (one bootstrap per block).
+    assert hmc.n_gradient_evaluations == 1 + 200 * 2 + 4 * (1 + 100 * 2)
+
+
+def test_constrained_target_through_bijectors():
+    # x0 ~ Gamma(3, rate 2) on (0, inf) via Softplus, x1 ~ Beta(2, 5) on (0, 1) via Sigmoid.  (Through
+    # Exp the Gamma's right tail would be doubly exponential in z: stiff, a source of divergences.)
+    f64 = lambda v: tf.constant(v, tf.float64)  # noqa: E731
+    gamma, beta = tfp.distributions.Gamma(f64(3.0), f64(2.0)), tfp.distributions.Beta(f64(2.0), f64(5.0))
+
+    def log_prob(x):
+        return gamma.log_prob(x[:, 0]) + beta.log_prob(x[:, 1])
+
+    bij = tfb.Blockwise([tfb.Softplus(), tfb.Sigmoid()], block_sizes=[1, 1])
+    init = np.column_stack([np.linspace(0.5, 3.0, 4), np.linspace(0.1, 0.6, 4)])
+    ch = inf.sample(log_prob, init, _config(kernel="nuts", num_samples=500), bijector=bij, progress=False)
+    x = ch.samples
+    assert np.all(x[..., 0] > 0) and np.all((x[..., 1] > 0) & (x[..., 1] < 1))
+    _check_expectation(x[..., 0], 1.5, "Gamma mean")
+    _check_expectation((x[..., 0] - 1.5) ** 2, 0.75, "Gamma variance")
+    _check_expectation(x[..., 1], 2 / 7, "Beta mean")
+    _check_expectation((x[..., 1] - 2 / 7) ** 2, 10 / (49 * 8), "Beta variance")
+    assert ch.sample_stats["diverging"].mean() < 0.01
+
+
+def test_high_dimensional_diagonal_target_stays_linear_in_memory():
+    # 20,000 parameters: any dense (P, P) matrix would be 3.2 GB.
+    p = 20_000
+    scale = np.logspace(-1, 1, p)
+    scale_t = tf.constant(scale)
+
+    def log_prob(x):
+        return -0.5 * tf.reduce_sum(tf.square(x / scale_t), axis=-1)
+
+    init = np.random.default_rng(0).normal(size=(4, p)) * scale
+    cfg = _config(kernel="hmc", num_warmup=40, num_samples=4, num_leapfrog_steps=4, block_size=40)
+    ch = inf.sample(log_prob, init, cfg, progress=False)
+    assert ch.samples.shape == (4, 4, p) and np.all(np.isfinite(ch.samples))
+    assert ch.inverse_mass_matrix.shape == (p,)
+    assert all(v.shape == (4, 4) for v in ch.sample_stats.values())
+    # Even 40 warm-up steps learn the 10^4 spread of variances.
+    assert np.corrcoef(np.log(ch.inverse_mass_matrix), 2 * np.log(scale))[0, 1] > 0.9
+
+
+def test_same_seed_same_chains_other_seed_other_chains(nuts_chains):
+    again = inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts"), progress=False)
+    np.testing.assert_array_equal(again.samples, nuts_chains.samples)
+    for k, v in nuts_chains.sample_stats.items():
+        np.testing.assert_array_equal(again.sample_stats[k], v)
+    other = inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts", seed=2), progress=False)
+    assert not np.allclose(other.samples, nuts_chains.samples)
+
+
+def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
+    cfg = _config(kernel="nuts")
+    full = inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(full.samples, nuts_chains.samples)
+    assert sorted(os.listdir(tmp_path)) == ["block_00000.npz", "block_00001.npz", "block_00002.npz",
+                                            "block_00003.npz", "warmup.npz"]
+    # An interruption after two sampling blocks leaves exactly these files.
+    for name in ("block_00002.npz", "block_00003.npz"):
+        (tmp_path / name).unlink()
+    resumed = inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(resumed.samples, nuts_chains.samples)
+    for k, v in nuts_chains.sample_stats.items():
+        np.testing.assert_array_equal(resumed.sample_stats[k], v)
+    assert resumed.step_size == nuts_chains.step_size
+
+    # Completed blocks are read back, not recomputed.
+    with np.load(tmp_path / "block_00000.npz") as f:
+        block = {k: f[k] for k in f.files}
+    block["draws"] = block["draws"] + 1.0
+    np.savez(tmp_path / "block_00000.npz", **block)
+    read = inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(read.samples[:100], nuts_chains.samples[:100] + 1.0)
+
+    # A checkpoint of another config or start is refused.
+    with pytest.raises(ValueError, match="checkpoint_dir.*num_samples: 400 there, 500 here"):
+        inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts", num_samples=500), progress=False,
+                   checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="checkpoint_dir.*initial_state"):
+        inf.sample(LOG_PROB, _starts(5), cfg, progress=False, checkpoint_dir=tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kernel="mala"), "kernel must be one of"),
+    (dict(num_chains=0), "num_chains must be at least 1"),
+    (dict(num_warmup=-5), "num_warmup must be at least 0"),
+    (dict(num_warmup=10), "num_warmup must be 0 .* or at least 20"),
+    (dict(num_samples=2), r"num_samples must be at least 4 .*Received: num_samples=2"),
+    (dict(num_samples=2.5), "num_samples must be an integer"),
+    (dict(target_accept=1.0), "target_accept must lie in"),
+    (dict(target_accept=float("nan")), "target_accept must be a finite number"),
+    (dict(max_tree_depth=0), "max_tree_depth must be at least 1"),
+    (dict(num_leapfrog_steps=0), "num_leapfrog_steps must be at least 1. Received: num_leapfrog_steps=0"),
+    (dict(init_step_size=0.0), "init_step_size must be positive"),
+    (dict(seed=-1), "seed must be at least 0"),
+    (dict(seed=2**64), "seed must be at most"),
+    (dict(jit_compile="yes"), "jit_compile must be True or False"),
+    (dict(block_size=0), "block_size must be at least 1"),
+])
+def test_bad_config_raises_naming_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        inf.SamplerConfig(**kwargs)
+
+
+def test_config_normalises_integral_floats():
+    cfg = inf.SamplerConfig(num_samples=8.0, num_warmup=20.0)
+    assert cfg.num_samples == 8 and isinstance(cfg.num_samples, int)
+
+
+def _scalar_log_prob(x):
+    return -0.5 * tf.reduce_sum(x**2)
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((LOG_PROB, np.zeros((3, P))), {}, r"initial_state must have shape \(num_chains=4, P\)"),
+    ((LOG_PROB, np.zeros(P)), {}, "initial_state must have shape"),
+    ((LOG_PROB, np.where(np.eye(4, P) > 0, np.nan, 0.0)), {}, r"initial_state must be finite.*chains \[0, 1, 2, 3\]"),
+    ((LOG_PROB, [["a"] * P] * 4), {}, "initial_state must be a"),
+    ((_scalar_log_prob, np.zeros((4, P))), {}, r"log_prob_fn must map a \(C, P\) batch to \(C,\).*initial_state"),
+    ((lambda x: tf.cast(LOG_PROB(x), tf.float32), np.zeros((4, P))), {}, "float64.*initial_state"),
+    ((lambda x: LOG_PROB(x) + tf.math.log(x[:, 0]), np.zeros((4, P))), {},
+     "log_prob_fn must be finite at initial_state"),
+    ((lambda x: tf.constant(np.zeros(4)), np.zeros((4, P))), {}, "gradient of log_prob_fn"),
+    ((LOG_PROB, -np.ones((4, P))), dict(bijector=tfb.Exp()), "initial_state must lie in the bijector's image"),
+    ((LOG_PROB, np.zeros((4, P))), dict(bijector="exp"), "bijector must be a tfp.bijectors.Bijector"),
+    ((LOG_PROB, np.zeros((4, P))), dict(progress="no"), "progress must be True or False"),
+    ((LOG_PROB, np.zeros((4, P))), dict(checkpoint_dir=""), "checkpoint_dir must be a directory path"),
+    (("not callable", np.zeros((4, P))), {}, "log_prob_fn must be callable"),
+])
+def test_bad_inputs_raise_before_sampling(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        inf.sample(*args, _config(), **kwargs)
+
+
+def test_bad_config_object_and_checkpoint_file(tmp_path):
+    with pytest.raises(ValueError, match="config must be a SamplerConfig"):
+        inf.sample(LOG_PROB, np.zeros((4, P)), {"kernel": "nuts"})
+    path = tmp_path / "file.txt"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="checkpoint_dir must be a directory, not a file"):
+        inf.sample(LOG_PROB, np.zeros((4, P)), _config(), checkpoint_dir=path)
+    assert path.read_text() == "x"
+
+
+def test_batched_unrolls_over_chains():
+    f = inf.batched(lambda x: tf.reduce_sum(x**2) + x[0], 3)
+    x = np.arange(6.0).reshape(3, 2)
+    np.testing.assert_allclose(f(tf.constant(x)).numpy(), (x**2).sum(axis=1) + x[:, 0])
+    with pytest.raises(ValueError, match="num_chains must be at least 1"):
+        inf.batched(lambda x: x, 0)

@@ -1,0 +1,53 @@
+"""Posterior sampling with TensorFlow Probability's kernels, and ArviZ output.
+
+* :class:`SamplerConfig`, :func:`sample` -> :class:`Chains`: NUTS or HMC over
+  any batched log-density ``(C, P) -> (C,)``, optionally in sampling
+  coordinates given by a ``tfp.bijectors.Bijector``
+  (``TransformedTransitionKernel``), with Stan-style windowed adaptation of
+  the step size and a diagonal mass matrix, run in compiled, seeded,
+  checkpointed blocks.  Memory is ``O(P)`` per chain and draw.
+* :func:`affine_preconditioner`: ``theta = theta_MAP + chol(H^-1) z`` as a bijector
+  (the one dense, ``O(P^2)``, option).
+* :func:`batched`: a ``(P,) -> ()`` log-density as ``(C, P) -> (C,)``.
+* :func:`to_inference_data` (also :meth:`Chains.to_inference_data`),
+  :func:`save_inference_data`, :func:`load_inference_data`,
+  :func:`convergence_summary`: ArviZ ``InferenceData`` in NetCDF, rank-normalised
+  split R-hat and bulk / tail ESS (Vehtari et al. 2021, arXiv:1903.08008).
+
+References:
+    Hoffman & Gelman (2014), "The No-U-Turn Sampler", JMLR 15, 1593, arXiv:1111.4246.
+    Betancourt (2017), "A Conceptual Introduction to Hamiltonian Monte Carlo", arXiv:1701.02434.
+    Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021), "Rank-normalization, folding, and
+    localization: An improved R-hat for assessing convergence of MCMC", arXiv:1903.08008.
+    Stan Development Team, "Stan Reference Manual", HMC automatic parameter tuning (windowed warm-up).
+
+Example:
+    >>> import tfhalo.inference as inf
+    >>> config = inf.SamplerConfig(kernel="nuts", num_chains=4, num_warmup=1000, num_samples=1000)
+    >>> chains = inf.sample(log_prob_fn, initial_state, config,                       # doctest: +SKIP
+    ...                     bijector=inf.affine_preconditioner(theta_map, hessian=h))
+    >>> idata = chains.to_inference_data(parameter_names=names, map_estimate=theta_map)  # doctest: +SKIP
+    >>> inf.save_inference_data(idata, "out/posterior.nc")                             # doctest: +SKIP
+    >>> inf.convergence_summary(idata)["converged"]                                      # doctest: +SKIP
+"""
+
+from tfhalo.inference.bijectors import affine_preconditioner
+from tfhalo.inference.diagnostics import (
+    convergence_summary,
+    load_inference_data,
+    save_inference_data,
+    to_inference_data,
+)
+from tfhalo.inference.sampler import Chains, SamplerConfig, batched, sample
+
+__all__ = [
+    "Chains",
+    "SamplerConfig",
+    "affine_preconditioner",
+    "batched",
+    "convergence_summary",
+    "load_inference_data",
+    "sample",
+    "save_inference_data",
+    "to_inference_data",
+]

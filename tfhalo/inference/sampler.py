@@ -1,0 +1,659 @@
+"""HMC / NUTS with Stan-style windowed warm-up, composed from TFP's kernels.
+
+Warm-up composes the kernels TFP's
+``tfp.experimental.mcmc.windowed_adaptive_nuts`` / ``windowed_adaptive_hmc``
+use, inside a ``TransformedTransitionKernel`` (``tfb.Identity()`` when no
+bijector is given)::
+
+    TransformedTransitionKernel(              # sampling coordinates z, theta = bijector(z)
+      WindowedAdaptation(                     # Stan's fast / slow / fast windows
+        DiagonalMassMatrixAdaptation(         # diagonal inverse mass = variance of z
+          DualAveragingStepSizeAdaptation(    # step size for `target_accept`
+            PreconditionedNoUTurnSampler | PreconditionedHamiltonianMonteCarlo))),
+      bijector)
+
+and sampling runs ``TransformedTransitionKernel`` over the bare NUTS / HMC
+kernel with the adapted step size and mass matrix frozen, so every draw kept
+comes from one fixed, exactly invariant kernel.
+
+Why not call ``windowed_adaptive_nuts`` itself: it takes a
+``tfd.JointDistribution`` (not a plain batched log-density), draws its own
+initial state, and runs warm-up and sampling as one ``sample_chain`` call, so
+it can neither show progress per block nor write a checkpoint a later call can
+resume from.  Here the same kernels run in compiled blocks of
+``config.block_size`` steps (``tf.function(jit_compile=config.jit_compile)``
+around ``tfp.mcmc.sample_chain`` with ``previous_kernel_results``); the window
+schedule lives in the kernel results, so blocks of any size give the same
+warm-up.
+
+Warm-up windows (TFP's ``WindowedAdaptation``, scaled to ``W = num_warmup``):
+a fast window of ``3 W / 20`` steps (step size only), slow windows of ``W / 20,
+W / 10, W / 5, 2 W / 5`` steps (each ends by setting the inverse mass matrix
+to the variance of the draws in that window, pooled over chains, and restarts
+dual averaging), then a final fast window for the step size alone.  With
+``W = 1000`` that is 150 / 50 + 100 + 200 + 400 / 100 steps, close to the proportions
+of Stan's 75 / 25 + ... / 50 default.  The step size is shared by the chains
+(dual averaging on the mean of their acceptance probabilities, so
+``target_accept`` means what Stan's ``adapt_delta`` means; TFP's windowed
+samplers use the more cautious harmonic mean), and so is the diagonal mass
+matrix (the variance pooled over chains), so memory is ``O(P)`` for any number
+of parameters.
+
+Seeds: block ``k`` of phase ``w`` (0 warm-up, 1 sampling) gets the stateless
+seed ``SeedSequence(config.seed, spawn_key=(w, k))``, so the same config gives
+the same chains, and a run resumed from a checkpoint gives the chains an
+uninterrupted run gives.  Each sampling block starts by bootstrapping the
+kernel from its first state (one extra gradient per block), so a resumed block
+starts from exactly what an uninterrupted one does.
+
+Divergences: NUTS's own ``has_divergence`` (energy error above 1000 anywhere
+in the trajectory); HMC: energy error of the proposal above 1000, or not
+finite.  HMC's trajectory length ``num_leapfrog_steps * step_size`` is fixed:
+near a half period of a well-preconditioned (unit-scale) direction, ``pi``,
+successive draws of that direction alternate and mix slowly; NUTS, the
+default, chooses the length per draw.
+
+Tracing TFP's kernels takes seconds (with XLA, tens of seconds), so the
+compiled functions of the last few ``(log_prob_fn, bijector, config)`` are
+kept: calling :func:`sample` again with the same objects (another seed, more
+draws, a resumed run) reuses them.
+
+References:
+    Hoffman & Gelman (2014), "The No-U-Turn Sampler: Adaptively Setting Path
+    Lengths in Hamiltonian Monte Carlo", JMLR 15, 1593, arXiv:1111.4246
+    (NUTS, dual-averaging step size adaptation).
+    Betancourt (2017), "A Conceptual Introduction to Hamiltonian Monte Carlo",
+    arXiv:1701.02434 (energy, E-BFMI, divergences).
+    Stan Development Team, "Stan Reference Manual", section "HMC algorithm
+    parameters: automatic parameter tuning" (the windowed warm-up),
+    https://mc-stan.org/docs/reference-manual/mcmc.html.
+    Lao, Suter, Langmore, Chimisov, Saxena, Sountsov, Moore, Saurous, Hoffman &
+    Dillon (2020), "tfp.mcmc: Modern Markov Chain Monte Carlo Tools Built for
+    Modern Hardware", arXiv:2002.01184.
+
+Example:
+    >>> import numpy as np, tensorflow as tf
+    >>> import tfhalo.inference as inf
+    >>> def log_prob(x):                        # (C, P) -> (C,)
+    ...     return -0.5 * tf.reduce_sum(x**2, axis=-1)
+    >>> cfg = inf.SamplerConfig(num_chains=4, num_warmup=200, num_samples=200, jit_compile=False)
+    >>> chains = inf.sample(log_prob, np.zeros((4, 3)), cfg, progress=False)   # doctest: +SKIP
+    >>> chains.samples.shape
+    (200, 4, 3)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tqdm.auto import tqdm
+
+from tfhalo.atomic import save_npz_atomic
+from tfhalo.validation import check_choice, check_float, check_int
+
+tfb = tfp.bijectors
+_windowed = tfp.experimental.mcmc.windowed_sampling
+_precondition = tfp.experimental.mcmc.preconditioning_utils
+
+KERNELS = ("nuts", "hmc")
+# TFP's window schedule uses num_warmup // 20 as its base slow window.
+MIN_ADAPTIVE_WARMUP = 20
+# ESS and split R-hat (Vehtari et al. 2021) need at least 4 draws per chain.
+MIN_SAMPLES = 4
+# Energy error (in nats) above which a transition is called divergent (Stan's and TFP's NUTS value).
+MAX_ENERGY_ERROR = 1000.0
+_IDENTITY = tfb.Identity()
+STAT_NAMES = ("diverging", "energy", "acceptance_rate", "step_size", "n_steps", "lp")
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Settings of :func:`sample`; validated on construction.
+
+    Args:
+        kernel: ``"nuts"`` (Hoffman & Gelman 2014) or ``"hmc"`` (fixed trajectory length).
+        num_chains: chains ``C``, run as one batch.
+        num_warmup: warm-up steps per chain: 0 (no adaptation: ``init_step_size``
+            and a unit mass matrix) or at least 20 (TFP's window schedule).
+        num_samples: draws kept per chain, at least 4 (split R-hat and ESS need them).
+        target_accept: dual-averaging target of the acceptance probability, averaged over the
+            chains, in (0, 1) (Stan's ``adapt_delta``).
+        max_tree_depth: NUTS's limit: at most ``2**max_tree_depth - 1`` leapfrog steps per draw.
+        num_leapfrog_steps: HMC's leapfrog steps per draw.
+        init_step_size: step size at the start of warm-up (in the sampling coordinates).
+        seed: non-negative integer; every random draw derives from it.
+        jit_compile: compile each block with XLA (the log-density must be XLA-compatible).
+        block_size: steps per compiled call: progress and checkpoint granularity.
+
+    Raises:
+        ValueError: a field out of range, naming the field and its value.
+
+    Example:
+        >>> SamplerConfig(kernel="hmc", num_leapfrog_steps=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_leapfrog_steps must be at least 1. Received: num_leapfrog_steps=0
+    """
+
+    kernel: str = "nuts"
+    num_chains: int = 4
+    num_warmup: int = 1000
+    num_samples: int = 1000
+    target_accept: float = 0.8
+    max_tree_depth: int = 10
+    num_leapfrog_steps: int = 16
+    init_step_size: float = 0.1
+    seed: int = 0
+    jit_compile: bool = True
+    block_size: int = 100
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("kernel", check_choice("kernel", self.kernel, KERNELS))
+        put("num_chains", check_int("num_chains", self.num_chains, minimum=1))
+        warmup = check_int("num_warmup", self.num_warmup, minimum=0)
+        if 0 < warmup < MIN_ADAPTIVE_WARMUP:
+            raise ValueError(f"num_warmup must be 0 (no adaptation) or at least {MIN_ADAPTIVE_WARMUP} (the "
+                             f"shortest windowed adaptation). Received: num_warmup={self.num_warmup!r}")
+        put("num_warmup", warmup)
+        samples = check_int("num_samples", self.num_samples)
+        if samples < MIN_SAMPLES:
+            raise ValueError(f"num_samples must be at least {MIN_SAMPLES} (split R-hat and ESS need 4 draws per "
+                             f"chain). Received: num_samples={self.num_samples!r}")
+        put("num_samples", samples)
+        accept = check_float("target_accept", self.target_accept)
+        if not 0.0 < accept < 1.0:
+            raise ValueError(f"target_accept must lie in (0, 1). Received: target_accept={self.target_accept!r}")
+        put("target_accept", accept)
+        put("max_tree_depth", check_int("max_tree_depth", self.max_tree_depth, minimum=1, maximum=30))
+        put("num_leapfrog_steps", check_int("num_leapfrog_steps", self.num_leapfrog_steps, minimum=1))
+        put("init_step_size", check_float("init_step_size", self.init_step_size, positive=True))
+        put("seed", check_int("seed", self.seed, minimum=0, maximum=2**63 - 1))
+        put("jit_compile", _check_bool("jit_compile", self.jit_compile))
+        put("block_size", check_int("block_size", self.block_size, minimum=1))
+
+    def to_dict(self) -> dict:
+        """JSON-ready copy of the fields."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Chains:
+    """Draws and per-draw sampler statistics of :func:`sample`.
+
+    Attributes:
+        samples: ``(S, C, P)`` float64 draws of ``theta`` (the target's coordinates).
+        sample_stats: dict of ``(S, C)`` arrays: ``diverging`` (bool), ``energy``
+            (the Hamiltonian at the draw, for E-BFMI), ``acceptance_rate`` (NUTS: mean
+            over the trajectory), ``step_size``, ``n_steps`` (leapfrog steps = gradient
+            evaluations), ``lp`` (the sampled density in the sampling coordinates,
+            Jacobian included, as Stan's ``lp__``) and, for NUTS, ``tree_depth``.
+        seconds: wall time of warm-up and sampling (compilation included; summed over resumed runs).
+        n_gradient_evaluations: gradient evaluations per chain (mean over chains), warm-up included.
+        config: the :class:`SamplerConfig`.
+        step_size: the adapted (frozen) step size.
+        inverse_mass_matrix: ``(Q,)`` adapted diagonal inverse mass matrix in the sampling coordinates.
+        n_warmup_divergent: divergent transitions during warm-up (all chains).
+    """
+
+    samples: np.ndarray
+    sample_stats: dict
+    seconds: float
+    n_gradient_evaluations: int
+    config: SamplerConfig
+    step_size: float
+    inverse_mass_matrix: np.ndarray
+    n_warmup_divergent: int = 0
+
+    def to_inference_data(self, parameter_names=None, variables=None, map_estimate=None):
+        """These chains as an ``arviz.InferenceData``; see :func:`tfhalo.inference.to_inference_data`."""
+        from tfhalo.inference.diagnostics import to_inference_data
+
+        return to_inference_data(self, parameter_names=parameter_names, variables=variables,
+                                 map_estimate=map_estimate)
+
+
+def batched(fn, num_chains: int):
+    """Turn ``theta (P,) -> ()`` into ``(C, P) -> (C,)`` by unrolling over the ``C`` chains.
+
+    Unrolling (rather than ``tf.vectorized_map``) works for any traceable
+    ``fn``, XLA included; the cost is one graph copy of ``fn`` per chain.
+
+    Example:
+        >>> f = batched(lambda x: -0.5 * tf.reduce_sum(x**2), 2)
+        >>> f(tf.ones((2, 3), tf.float64)).numpy()
+        array([-1.5, -1.5])
+    """
+    if not callable(fn):
+        raise ValueError(f"fn must be callable. Received: fn={fn!r}")
+    num_chains = check_int("num_chains", num_chains, minimum=1)
+
+    def batched_fn(states):
+        return tf.stack([fn(states[i]) for i in range(num_chains)])
+
+    return batched_fn
+
+
+def _block_seed(seed: int, phase: int, index: int) -> tf.Tensor:
+    words = np.random.SeedSequence(seed, spawn_key=(phase, index)).generate_state(2, np.uint32)
+    return tf.constant(words.view(np.int32))
+
+
+def _base_kernel(target, config, step_size, momentum):
+    if config.kernel == "nuts":
+        return tfp.experimental.mcmc.PreconditionedNoUTurnSampler(
+            target, step_size=step_size, momentum_distribution=momentum,
+            max_tree_depth=config.max_tree_depth, max_energy_diff=MAX_ENERGY_ERROR)
+    return tfp.experimental.mcmc.PreconditionedHamiltonianMonteCarlo(
+        target, step_size=step_size, num_leapfrog_steps=config.num_leapfrog_steps,
+        momentum_distribution=momentum, store_parameters_in_results=True)
+
+
+def _momentum(z, inverse_mass):
+    # Momentum ~ N(0, M) with M^-1 = inverse_mass, broadcast over the chains.  A static
+    # batch shape keeps the kernel results' shapes fixed inside the while loop.
+    chains = z.shape[0] if z.shape[0] is not None else tf.shape(z)[0]
+    return _precondition.make_momentum_distribution([z], [chains], [inverse_mass])
+
+
+def _stats(results, config):
+    """Per-chain statistics ``(C,)`` of one transition, from the bare NUTS / HMC results."""
+    if config.kernel == "nuts":
+        lar = results.log_accept_ratio
+        out = dict(diverging=results.has_divergence,
+                   # TFP's NUTS stores ln p - kinetic energy: minus the Hamiltonian.
+                   energy=-results.energy,
+                   n_steps=tf.cast(results.leapfrogs_taken, tf.int32),
+                   lp=results.target_log_prob,
+                   step_size=results.step_size)
+    else:  # Metropolis-Hastings results around the uncalibrated HMC step
+        lar = results.log_accept_ratio
+        acc, prop = results.accepted_results, results.proposed_results
+        kinetic = lambda p: -prop.momentum_distribution.log_prob(p)  # noqa: E731
+        # The Hamiltonian of the state kept: the trajectory's end if accepted, its start if not
+        # (accepted_results then still hold the current state).
+        energy = -acc.target_log_prob + tf.where(results.is_accepted, kinetic(prop.final_momentum),
+                                                 kinetic(prop.initial_momentum))
+        out = dict(diverging=tf.logical_not(lar >= -MAX_ENERGY_ERROR),
+                   energy=energy,
+                   n_steps=tf.fill(tf.shape(lar), tf.constant(config.num_leapfrog_steps, tf.int32)),
+                   lp=acc.target_log_prob,
+                   step_size=prop.step_size)
+    step = tf.nest.flatten(out["step_size"])[0]
+    out["step_size"] = tf.broadcast_to(tf.cast(step, lar.dtype), tf.shape(lar))
+    out["acceptance_rate"] = tf.where(tf.math.is_nan(lar), tf.zeros_like(lar), tf.exp(tf.minimum(lar, 0.0)))
+    return out
+
+
+def _check_initial_state(initial_state, num_chains):
+    try:
+        init = np.asarray(initial_state, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("initial_state must be a (num_chains, P) array of numbers. "
+                         f"Received: initial_state={initial_state!r}") from None
+    if init.ndim != 2 or init.shape[0] != num_chains or init.shape[1] < 1:
+        raise ValueError(f"initial_state must have shape (num_chains={num_chains}, P). "
+                         f"Received: initial_state.shape={init.shape}")
+    bad = ~np.all(np.isfinite(init), axis=1)
+    if np.any(bad):
+        raise ValueError(f"initial_state must be finite. Received: non-finite values in chains "
+                         f"{np.flatnonzero(bad).tolist()}")
+    return init
+
+
+def _check_target(log_prob_fn, bijector, init):
+    """``(z0, lp0)``: the start in sampling coordinates and the target there; refuses a bad start."""
+    c = init.shape[0]
+    theta0 = tf.constant(init)
+    lp = log_prob_fn(theta0)
+    lp = tf.convert_to_tensor(lp)
+    if lp.dtype != tf.float64:
+        raise ValueError(f"log_prob_fn must return float64 values. Received: dtype {lp.dtype.name} "
+                         "at initial_state")
+    if tuple(lp.shape) != (c,):
+        raise ValueError(f"log_prob_fn must map a (C, P) batch to (C,) values: it returned shape "
+                         f"{tuple(lp.shape)} at initial_state of shape {init.shape} (see tfhalo.inference.batched)")
+    lp = lp.numpy()
+    if not np.all(np.isfinite(lp)):
+        bad = np.flatnonzero(~np.isfinite(lp)).tolist()
+        raise ValueError(f"log_prob_fn must be finite at initial_state. Received: log_prob_fn(initial_state)"
+                         f"={lp.tolist()} (chains {bad})")
+    try:
+        z0 = tf.convert_to_tensor(bijector.inverse(theta0))
+    except (ValueError, tf.errors.InvalidArgumentError) as err:
+        raise ValueError(f"initial_state must lie in the bijector's domain: bijector.inverse(initial_state) "
+                         f"failed: {err}") from None
+    if z0.dtype != tf.float64 or z0.shape.rank != 2 or z0.shape[0] != c:
+        raise ValueError(f"bijector.inverse(initial_state) must be a float64 (C, Q) array. Received: "
+                         f"shape {tuple(z0.shape)}, dtype {z0.dtype.name}")
+    z0_np = z0.numpy()
+    if not np.all(np.isfinite(z0_np)):
+        bad = np.flatnonzero(~np.all(np.isfinite(z0_np), axis=1)).tolist()
+        raise ValueError(f"initial_state must lie in the bijector's image: bijector.inverse(initial_state) "
+                         f"is not finite in chains {bad}")
+    # A new tensor: the bijector caches inverse(theta0) -> z0 and would answer forward(z0) with theta0,
+    # cut off from the gradient tape.
+    z0 = tf.constant(z0_np)
+    with tf.GradientTape() as tape:
+        tape.watch(z0)
+        target = log_prob_fn(bijector.forward(z0)) + bijector.forward_log_det_jacobian(z0, event_ndims=1)
+    grad = tape.gradient(target, z0)
+    target = target.numpy()
+    if not np.all(np.isfinite(target)):
+        raise ValueError("log_prob_fn plus the bijector's log-Jacobian must be finite at initial_state. Received: "
+                         f"{target.tolist()}")
+    if grad is None:
+        raise ValueError("the gradient of log_prob_fn must be finite at initial_state. Received: no gradient "
+                         "(log_prob_fn does not depend differentiably on its argument in TensorFlow)")
+    if not np.all(np.isfinite(grad.numpy())):
+        raise ValueError("the gradient of log_prob_fn must be finite at initial_state. Received: non-finite "
+                         f"gradient in chains {np.flatnonzero(~np.all(np.isfinite(grad.numpy()), axis=1)).tolist()}")
+    return z0_np, target
+
+
+def _fingerprint(config, init, z0, lp0, bijector) -> str:
+    payload = json.dumps(dict(config=config.to_dict(), bijector=type(bijector).__name__,
+                              lp0=[f"{v:.10g}" for v in lp0]), sort_keys=True).encode()
+    h = hashlib.sha256(payload)
+    for a in (init, z0):
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a, np.float64).tobytes())
+    return h.hexdigest()
+
+
+class _Checkpoint:
+    """``warmup.npz`` (adapted step size, inverse mass, state) and ``block_NNNNN.npz`` (sampling blocks)."""
+
+    def __init__(self, directory, fingerprint, config):
+        self.dir = None if directory is None else Path(directory)
+        self.fingerprint = fingerprint
+        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
+
+    def _check(self, path, data):
+        if str(data["fingerprint"]) == self.fingerprint:
+            return
+        theirs = json.loads(str(data["config"]))
+        ours = json.loads(self.config_json)
+        diff = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
+        why = (f"the config differs ({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())})"
+               if diff else "the target, the bijector or initial_state differ")
+        raise ValueError(f"checkpoint_dir holds a checkpoint of another run: {path.name}: {why}. Use another "
+                         f"checkpoint_dir or delete it. Received: checkpoint_dir='{self.dir}'")
+
+    def _load(self, name):
+        if self.dir is None or not (self.dir / name).is_file():
+            return None
+        with np.load(self.dir / name) as f:
+            data = {k: f[k] for k in f.files}
+        self._check(self.dir / name, data)
+        return data
+
+    def _save(self, name, **arrays):
+        if self.dir is not None:
+            save_npz_atomic(self.dir / name, fingerprint=np.array(self.fingerprint),
+                            config=np.array(self.config_json), **arrays)
+
+    def load_warmup(self):
+        return self._load("warmup.npz")
+
+    def save_warmup(self, **arrays):
+        self._save("warmup.npz", **arrays)
+
+    def load_block(self, index):
+        return self._load(f"block_{index:05d}.npz")
+
+    def save_block(self, index, **arrays):
+        self._save(f"block_{index:05d}.npz", **arrays)
+
+
+def _check_checkpoint_dir(checkpoint_dir):
+    if checkpoint_dir is None:
+        return None
+    if not isinstance(checkpoint_dir, (str, Path)) or str(checkpoint_dir) == "":
+        raise ValueError("checkpoint_dir must be a directory path or None. "
+                         f"Received: checkpoint_dir={checkpoint_dir!r}")
+    path = Path(checkpoint_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"checkpoint_dir must be a directory, not a file. Received: checkpoint_dir='{path}'")
+    return path
+
+
+def _blocks(n, size):
+    return [min(size, n - start) for start in range(0, n, size)]
+
+
+def _num_steps(n, config):
+    # XLA needs a static trace length (a Python int: one compilation per distinct block
+    # length); without XLA a tensor lets every block share one traced graph.
+    return n if config.jit_compile else tf.constant(n, tf.int32)
+
+
+def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, progress: bool = True,
+           checkpoint_dir=None) -> Chains:
+    """Sample ``exp(log_prob_fn)`` with ``C`` chains of NUTS or HMC after windowed warm-up.
+
+    Args:
+        log_prob_fn: ``(C, P) float64 tf.Tensor -> (C,)`` unnormalised log-density of ``theta``,
+            TensorFlow-traceable (XLA-compatible when ``config.jit_compile``); see :func:`batched`.
+        initial_state: ``(C, P)`` finite starting points in ``theta``.
+        config: a :class:`SamplerConfig`.
+        bijector: optional ``tfp.bijectors.Bijector`` mapping the sampling coordinates ``z``
+            (``(C, Q)``) to ``theta``: the chains run on ``z = bijector.inverse(initial_state)``
+            with the Jacobian-corrected target (``TransformedTransitionKernel``), so they
+            sample the same posterior; e.g. :func:`~tfhalo.inference.affine_preconditioner`,
+            ``tfb.Exp()`` for a positive parameter, or a ``tfb.Chain`` of both.
+        progress: show a tqdm bar (one update per block).
+        checkpoint_dir: optional directory.  After warm-up the adapted step size, inverse mass
+            matrix and state are saved there, then each completed sampling block (atomic
+            ``.npz`` files).  Calling again with the same arguments resumes and returns
+            the chains an uninterrupted run returns; a checkpoint of another config, target,
+            bijector or start raises ``ValueError``.  Files are left in place (a finished run
+            is then read back without sampling).
+
+    Returns:
+        :class:`Chains`.
+
+    Raises:
+        ValueError: a bad argument (named), or ``log_prob_fn`` of the wrong shape, dtype or
+            not finite (value or gradient) at ``initial_state``; all before any sampling.
+
+    Example:
+        >>> bij = affine_preconditioner(theta_map, hessian=h)                    # doctest: +SKIP
+        >>> chains = sample(batched(log_post, 4), starts, SamplerConfig(), bijector=bij)  # doctest: +SKIP
+        >>> idata = chains.to_inference_data(parameter_names=names, map_estimate=theta_map)  # doctest: +SKIP
+    """
+    if not isinstance(config, SamplerConfig):
+        raise ValueError(f"config must be a SamplerConfig. Received: config={config!r}")
+    if not callable(log_prob_fn):
+        raise ValueError(f"log_prob_fn must be callable. Received: log_prob_fn={log_prob_fn!r}")
+    if bijector is not None and not isinstance(bijector, tfb.Bijector):
+        raise ValueError(f"bijector must be a tfp.bijectors.Bijector or None. Received: bijector={bijector!r}")
+    progress = _check_bool("progress", progress)
+    ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
+    init = _check_initial_state(initial_state, config.num_chains)
+    bijector = _IDENTITY if bijector is None else bijector
+    z0, lp0 = _check_target(log_prob_fn, bijector, init)
+    compiled = _compiled(log_prob_fn, bijector, config)
+    ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector), config)
+
+    q = z0.shape[1]
+    c = config.num_chains
+    bar = tqdm(total=config.num_warmup + config.num_samples, disable=not progress, mininterval=1.0,
+               desc=f"{config.kernel.upper()} warm-up")
+    t0 = time.perf_counter()
+
+    warm = ckpt.load_warmup()
+    if warm is None:
+        z, step_size, inverse_mass, n_grad, n_div = _warmup(compiled, config, z0, bar)
+        warm = dict(z=z, step_size=np.array(step_size), inverse_mass=inverse_mass, n_grad=np.array(n_grad),
+                    n_divergent=np.array(n_div), seconds=np.array(time.perf_counter() - t0))
+        ckpt.save_warmup(**warm)
+    else:
+        bar.update(config.num_warmup)
+    step_size = float(warm["step_size"])
+    inverse_mass = np.asarray(warm["inverse_mass"], np.float64)
+    seconds = float(warm["seconds"])
+    n_grad = float(warm["n_grad"])
+    z = np.asarray(warm["z"], np.float64)
+    if z.shape != (c, q) or inverse_mass.shape != (q,):
+        raise ValueError(f"checkpoint_dir holds a warm-up of other shapes. Received: checkpoint_dir='{ckpt_dir}'")
+
+    bar.set_description(f"{config.kernel.upper()} sampling")
+    blocks = []
+    for index, n in enumerate(_blocks(config.num_samples, config.block_size)):
+        block = ckpt.load_block(index)
+        if block is None:
+            t1 = time.perf_counter()
+            draws, stats, z_next = compiled.sampling_block(
+                tf.constant(z), tf.constant(step_size, tf.float64), tf.constant(inverse_mass),
+                _block_seed(config.seed, 1, index), _num_steps(n, config))
+            block = dict(draws=draws.numpy(), z=z_next.numpy(), **{k: v.numpy() for k, v in stats.items()})
+            block["seconds"] = np.array(time.perf_counter() - t1)
+            ckpt.save_block(index, **block)
+        blocks.append(block)
+        z = block["z"]
+        seconds += float(block["seconds"])
+        # The bootstrap at the start of each block costs one gradient.
+        n_grad += 1.0 + float(np.sum(block["n_steps"])) / c
+        bar.update(n)
+        if progress:
+            bar.set_postfix(step=f"{step_size:.3g}", divergent=int(sum(b["diverging"].sum() for b in blocks)))
+    bar.close()
+
+    samples = np.concatenate([b["draws"] for b in blocks])
+    names = STAT_NAMES + (("tree_depth",) if config.kernel == "nuts" else ())
+    stats = {k: np.concatenate([b[k] for b in blocks]) for k in STAT_NAMES}
+    stats["diverging"] = stats["diverging"].astype(bool)
+    if config.kernel == "nuts":
+        # A tree of depth d holds up to 2^d - 1 leapfrog steps (its last doubling may stop early).
+        stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1.0)).astype(np.int64)
+    return Chains(samples=samples, sample_stats={k: stats[k] for k in names}, seconds=seconds,
+                  n_gradient_evaluations=int(round(n_grad)), config=config, step_size=step_size,
+                  inverse_mass_matrix=inverse_mass, n_warmup_divergent=int(warm["n_divergent"]))
+
+
+def _warmup_kernel(log_prob_fn, bijector, config, z):
+    """TFP's windowed-adaptation stack around NUTS / HMC, in the coordinates ``z`` of ``bijector``."""
+    q, dtype, w = z.shape[-1], z.dtype, config.num_warmup
+    inner = _base_kernel(log_prob_fn, config, tf.constant(config.init_step_size, dtype),
+                         _momentum(z, tf.ones([q], dtype)))
+    kernel = tfp.mcmc.DualAveragingStepSizeAdaptation(
+        inner, num_adaptation_steps=w, target_accept_prob=tf.constant(config.target_accept, dtype))
+    # One (Q,) variance pooled over the chains: O(Q) memory, and C draws per step for the estimate.
+    variance = tfp.experimental.stats.RunningVariance.from_stats(
+        num_samples=tf.zeros([], dtype), mean=tf.zeros([q], dtype), variance=tf.ones([q], dtype))
+    kernel = tfp.experimental.mcmc.DiagonalMassMatrixAdaptation(kernel, initial_running_variance=variance,
+                                                                num_estimation_steps=w)
+    kernel = _windowed.WindowedAdaptation(kernel, num_adaptation_steps=w)
+    return tfp.mcmc.TransformedTransitionKernel(kernel, [bijector])
+
+
+def _sampling_kernel(log_prob_fn, bijector, config, z, step_size, inverse_mass):
+    return tfp.mcmc.TransformedTransitionKernel(
+        _base_kernel(log_prob_fn, config, step_size, _momentum(z, inverse_mass)), [bijector])
+
+
+class _Compiled:
+    """The three compiled functions of one (log-density, bijector, config) triple.
+
+    * ``warmup_start(z) -> kernel results``;
+    * ``warmup_block(results, seed, n) -> (results, (diverging, n_steps, step size) per step)``;
+    * ``sampling_block(z, step size, inverse mass, seed, n) -> (draws (n, C, P), stats, last z)``.
+
+    The kernels are built inside the traced functions from their tensor arguments, so one
+    trace serves every block, seed and (without XLA) block length.
+    """
+
+    def __init__(self, log_prob_fn, bijector, config):
+        jit = config.jit_compile
+
+        def warm_stats(_, pkr):
+            # TTK -> WindowedAdaptation -> DiagonalMassMatrixAdaptation -> DualAveraging -> NUTS / HMC
+            s = _stats(pkr.inner_results.inner_results.inner_results.inner_results, config)
+            return s["diverging"], s["n_steps"], s["step_size"]
+
+        @tf.function(jit_compile=jit, autograph=False)
+        def warmup_start(z):
+            return _warmup_kernel(log_prob_fn, bijector, config, z).bootstrap_results(transformed_init_state=[z])
+
+        @tf.function(jit_compile=jit, autograph=False)
+        def warmup_block(pkr, seed, n):
+            z = pkr.transformed_state[0]
+            res = tfp.mcmc.sample_chain(n, current_state=[bijector.forward(z)], previous_kernel_results=pkr,
+                                        kernel=_warmup_kernel(log_prob_fn, bijector, config, z),
+                                        trace_fn=warm_stats, return_final_kernel_results=True, seed=seed)
+            return res.final_kernel_results, res.trace
+
+        @tf.function(jit_compile=jit, autograph=False)
+        def sampling_block(z, step_size, inverse_mass, seed, n):
+            kernel = _sampling_kernel(log_prob_fn, bijector, config, z, step_size, inverse_mass)
+            # Bootstrapping here, not carrying results over from the previous block, makes a block
+            # resumed from a checkpoint (which stores z only) repeat an uninterrupted one exactly.
+            pkr = kernel.bootstrap_results(transformed_init_state=[z])
+            res = tfp.mcmc.sample_chain(n, current_state=[bijector.forward(z)], previous_kernel_results=pkr,
+                                        kernel=kernel, trace_fn=lambda _, r: _stats(r.inner_results, config),
+                                        return_final_kernel_results=True, seed=seed)
+            return res.all_states[0], res.trace, res.final_kernel_results.transformed_state[0]
+
+        self.warmup_start, self.warmup_block, self.sampling_block = warmup_start, warmup_block, sampling_block
+
+
+# Tracing TFP's NUTS takes seconds to tens of seconds (XLA: longer), so the compiled functions
+# of the last few (log_prob_fn, bijector, config) triples are kept for repeated calls (other
+# seeds, resumed runs).  Keys hold the function and bijector alive; hence the small size.
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_COMPILED_SIZE = 4
+
+
+def _compiled(log_prob_fn, bijector, config) -> _Compiled:
+    # Seed, draws, block size and chain count do not enter the traced graphs.
+    static = dataclasses.replace(config, seed=0, num_samples=MIN_SAMPLES, block_size=1, num_chains=1)
+    key = (log_prob_fn, id(bijector), static)
+    try:
+        hit = _COMPILED.get(key)
+    except TypeError:  # an unhashable callable: no reuse
+        return _Compiled(log_prob_fn, bijector, config)
+    if hit is None or hit[0] is not bijector:
+        hit = (bijector, _Compiled(log_prob_fn, bijector, config))
+        _COMPILED[key] = hit
+        while len(_COMPILED) > _COMPILED_SIZE:
+            _COMPILED.popitem(last=False)
+    _COMPILED.move_to_end(key)
+    return hit[1]
+
+
+def _warmup(compiled, config, z0, bar):
+    """Windowed adaptation; returns ``(z, step size, inverse mass (Q,), gradients per chain, divergences)``."""
+    c, q = z0.shape
+    if config.num_warmup == 0:
+        return z0, config.init_step_size, np.ones(q), 0.0, 0
+    pkr = compiled.warmup_start(tf.constant(z0))
+    n_grad, n_div = 1.0, 0
+    for index, n in enumerate(_blocks(config.num_warmup, config.block_size)):
+        pkr, trace = compiled.warmup_block(pkr, _block_seed(config.seed, 0, index), _num_steps(n, config))
+        div, steps, eps = (t.numpy() for t in trace)
+        n_div += int(div.sum())
+        n_grad += float(steps.sum()) / c
+        bar.update(n)
+        bar.set_postfix(step=f"{float(eps[-1, 0]):.3g}", divergent=n_div)
+    dmma = pkr.inner_results.inner_results
+    inverse_mass = dmma.running_variance[0].variance().numpy()
+    # After the last window the dual averaging hands over its averaged step size.
+    step_size = float(tf.nest.flatten(dmma.inner_results.new_step_size)[0].numpy())
+    return pkr.transformed_state[0].numpy(), step_size, inverse_mass, n_grad, n_div
