@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special, stats
 
-from tfhalo.bias.fields import as_data_list
+from tfhalo.bias.fields import BiasData, as_data_list
 
 
 def _count_log_rate(log_rho, params):
@@ -162,6 +162,61 @@ class NeyrinckBias:
                 - self.rate(rho).sum()
             )
         return total
+
+    def voxel_log_likelihood(self, data) -> np.ndarray:
+        """``(n^3,)`` float64 per-voxel terms of ln L on one :class:`BiasData`; they sum to :meth:`log_likelihood`.
+
+        Voxel ``v``'s term is ``sum_{h in v} ln n(M_h | delta_v) - lambda_v``, the
+        same decomposition as
+        :meth:`~tfhalo.bias.likelihood.NeuralBiasLikelihood.voxel_log_likelihood`.
+        """
+        self._check_fitted()
+        if not isinstance(data, BiasData):
+            raise ValueError(f"data must be one BiasData. Received: {type(data).__name__}")
+        d = data
+        if abs(d.log_mass_threshold - self.log_mass_threshold) > 1e-9:
+            raise ValueError(
+                f"data mass threshold differs from the fitted one. Received: ln M_th={d.log_mass_threshold}, "
+                f"fitted ln M_th={self.log_mass_threshold}"
+            )
+        rho = d.one_plus_delta.ravel()
+        ln_n = self.log_number_density(rho[d.halo_voxel], d.halo_ln_mass, d.voxel_volume)
+        return np.bincount(d.halo_voxel, weights=ln_n, minlength=rho.size) - self.rate(rho)
+
+    def get_state(self) -> dict:
+        """The fitted model as a JSON-able dict; :meth:`from_state` rebuilds it exactly.
+
+        Example:
+            >>> again = NeyrinckBias.from_state(baseline.get_state())
+            >>> again.log_likelihood(test_data) == baseline.log_likelihood(test_data)
+            True
+        """
+        self._check_fitted()
+        return {"n_components": self.n_components, "n_starts": self.n_starts, "seed": self.seed,
+                "count_params": [float(x) for x in self.count_params],
+                "mass_params": [float(x) for x in self.mass_params],
+                "log_mass_threshold": float(self.log_mass_threshold)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "NeyrinckBias":
+        """A fitted :class:`NeyrinckBias` from :meth:`get_state`'s dict.
+
+        Raises:
+            ValueError: missing entries, parameter vectors of the wrong length or not finite.
+        """
+        try:
+            model = cls(state["n_components"], state["n_starts"], state["seed"])
+            count = np.asarray(state["count_params"], np.float64)
+            mass = np.asarray(state["mass_params"], np.float64)
+            lmt = float(state["log_mass_threshold"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"state must be a dict from NeyrinckBias.get_state(). Received: {state!r:.200}") from err
+        if count.shape != (4,) or mass.shape != (3 * model.n_components,) or not (
+                np.all(np.isfinite(count)) and np.all(np.isfinite(mass)) and np.isfinite(lmt)):
+            raise ValueError("state must hold 4 finite count parameters and 3 finite mass parameters per component. "
+                             f"Received: count_params={count.tolist()}, mass_params={mass.tolist()}")
+        model.count_params, model.mass_params, model.log_mass_threshold = count, mass, lmt
+        return model
 
     def get_params(self) -> dict:
         self._check_fitted()

@@ -1,0 +1,155 @@
+"""neural_bias.Config and the experiments/neural_bias.py shell: every argument is refused before any work."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfhalo.studies import neural_bias
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("n_warmup", -5, "n_warmup must be at least 0. Received: n_warmup=-5"),
+    ("n_warmup", 5, r"n_warmup must be 0 \(no adaptation\) or at least 20 .* Received: n_warmup=5"),
+    ("n_samples", 2, "n_samples must be at least 4. Received: n_samples=2"),
+    ("leapfrog_steps", 0, "leapfrog_steps must be at least 1. Received: leapfrog_steps=0"),
+    ("map_steps", 0, "map_steps must be at least 1. Received: map_steps=0"),
+    ("map_starts", 0, "map_starts must be at least 1. Received: map_starts=0"),
+    ("n_chains", 0, "n_chains must be at least 1. Received: n_chains=0"),
+    ("n_grid", 2.7, "n_grid must be an integer. Received: n_grid=2.7"),
+    ("n_grid", 2, "n_grid must be at least 3. Received: n_grid=2"),
+    ("n_sims", 1, "n_sims must be at least 2. Received: n_sims=1"),
+    ("n_components", 0, "n_components must be at least 1. Received: n_components=0"),
+    ("max_tree_depth", 0, "max_tree_depth must be at least 1. Received: max_tree_depth=0"),
+    ("target_accept", 1.0, r"target_accept must be in \(0, 1\). Received: target_accept=1.0"),
+    ("target_accept", float("nan"), "target_accept must be a finite number. Received: target_accept=nan"),
+    ("kernel", "mala", r"kernel must be one of \('nuts', 'hmc'\). Received: kernel='mala'"),
+    ("field", "ics", "field must be one of .* Received: field='ics'"),
+    ("sample_field", "x", "sample_field must be one of .* Received: sample_field='x'"),
+    ("sim_preset", "huge", "sim_preset must be one of .* Received: sim_preset='huge'"),
+    ("threshold_particles", -1.0, "threshold_particles must be positive. Received: threshold_particles=-1.0"),
+    ("threshold_mass", 0.0, "threshold_mass must be positive. Received: threshold_mass=0.0"),
+    ("sampler_seed", -1, "sampler_seed must be at least 0. Received: sampler_seed=-1"),
+    ("jit_compile", "yes", "jit_compile must be True or False. Received: jit_compile='yes'"),
+])
+def test_every_field_is_checked_on_construction(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        neural_bias.Config.preset("quick", **{field: value})
+
+
+def test_preset_names_seed_and_unknown_fields_are_checked():
+    with pytest.raises(ValueError, match="preset must be one of .* Received: preset='fast'"):
+        neural_bias.Config.preset("fast")
+    with pytest.raises(ValueError, match="seed must be at least 0. Received: seed=-3"):
+        neural_bias.Config.preset("quick", seed=-3)
+    with pytest.raises(ValueError, match=r"unknown Config fields \['temperatures'\]"):
+        neural_bias.Config.preset("quick", temperatures=4)
+    with pytest.raises(ValueError, match="exactly one of threshold_particles and threshold_mass"):
+        neural_bias.Config(threshold_particles=50.0, threshold_mass=1e12)
+
+
+def test_config_is_frozen_round_trips_and_thresholds_replace_each_other():
+    cfg = neural_bias.Config.preset("quick", seed=3, n_samples=500)
+    assert (cfg.name, cfg.seed, cfg.n_samples, cfg.chains_seed) == ("quick", 3, 500, 3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_samples = 10
+    assert neural_bias.Config(**cfg.to_dict()) == cfg
+    paper = neural_bias.Config.preset("paper", threshold_particles=30)
+    assert paper.threshold_mass is None and paper.threshold_particles == 30.0
+    quick = neural_bias.Config.preset("quick", threshold_mass=2e12)
+    assert quick.threshold_particles is None and quick.threshold_mass == 2e12
+    sampler = neural_bias.Config.preset("quick", sampler_seed=7).sampler_config()
+    assert (sampler.seed, sampler.kernel, sampler.num_chains) == (7, "nuts", 4)
+
+
+def test_quick_preset_is_the_agreed_sampler_and_paper_preset_the_papers_set_up():
+    """Quick: NUTS, 4 chains of 1000 + 1000 at target acceptance 0.9; paper: 64^3 voxels of ~3.9 Mpc/h, M_th = 2e12."""
+    from tfhalo.sim import PRESETS as SIM_PRESETS
+
+    quick = neural_bias.Config.preset("quick")
+    assert (quick.kernel, quick.n_chains, quick.n_warmup, quick.n_samples, quick.target_accept) == (
+        "nuts", 4, 1000, 1000, 0.9)
+    assert quick.n_components == 2
+    paper = neural_bias.Config.preset("paper")
+    sim = SIM_PRESETS[paper.sim_preset]
+    assert paper.n_grid == 64 and sim.box_size / paper.n_grid == pytest.approx(3.9, abs=0.05)
+    assert paper.threshold_mass == 2e12 and paper.n_components == 2
+    particle_mass = sim.cosmology.rho_mean * (sim.box_size / sim.n_side) ** 3
+    assert paper.threshold_mass / particle_mass >= 50
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("neural_bias_script", ROOT / "experiments" / "neural_bias.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("extra, name", [
+    (["--n-burnin", "-5"], "n_warmup"),
+    (["--n-warmup", "-5"], "n_warmup"),
+    (["--n-samples", "2"], "n_samples"),
+    (["--leapfrog-steps", "0"], "leapfrog_steps"),
+    (["--map-steps", "0"], "map_steps"),
+    (["--kernel", "mala"], "kernel"),
+    (["--preset", "fast"], "preset"),
+    (["--threshold-mass", "-1"], "threshold_mass"),
+])
+def test_script_reports_bad_arguments_argparse_style_before_writing(script, tmp_path, capsys, extra, name):
+    code = script.main(["--suite", str(tmp_path / "suite"), "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "usage:" in err and f"error: {name} must" in err and "Traceback" not in err
+    assert not (tmp_path / "suite").exists() and not (tmp_path / "out").exists()
+
+
+def test_standard_error_of_a_sum_matches_numpy():
+    rng = np.random.default_rng(0)
+    terms = rng.normal(loc=0.3, scale=2.0, size=1000)
+    assert neural_bias.sum_standard_error(terms) == pytest.approx(np.sqrt(1000) * np.std(terms, ddof=1), rel=1e-12)
+    with pytest.raises(ValueError, match="at least 2 finite values"):
+        neural_bias.sum_standard_error([1.0, np.nan])
+
+
+def test_heldout_log_predictive_matches_numpy_and_rejects_bad_shapes():
+    rng = np.random.default_rng(1)
+    lnl = -5000.0 + rng.normal(scale=3.0, size=(50, 4))
+    got = neural_bias.heldout_log_predictive(lnl)
+    # Shifted by the max, the mean of exp is safe in float64.
+    shift = lnl.max()
+    assert got["all_chains"] == pytest.approx(shift + np.log(np.mean(np.exp(lnl - shift))), rel=0, abs=1e-9)
+    per_chain = [lnl[:, c].max() + np.log(np.mean(np.exp(lnl[:, c] - lnl[:, c].max()))) for c in range(4)]
+    np.testing.assert_allclose(got["per_chain"], per_chain, rtol=0, atol=1e-9)
+    assert got["between_chain_standard_error"] == pytest.approx(np.std(per_chain, ddof=1) / 2.0, rel=1e-9)
+    assert got["draws_per_chain"] == 50
+    with pytest.raises(ValueError, match=r"Received shape \(3,\)"):
+        neural_bias.heldout_log_predictive(np.zeros(3))
+
+
+def test_script_exit_code_is_2_in_a_real_process(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "neural_bias.py"), "--suite",
+                           str(tmp_path / "suite"), "--out", str(tmp_path / "out"), "--n-samples", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: n_samples must be at least 4. Received: n_samples=2" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_refuses_bad_paths_before_any_work(tmp_path):
+    config = neural_bias.Config.preset("quick")
+    with pytest.raises(ValueError, match="out must be a non-empty directory path. Received: out=''"):
+        neural_bias.run(config, tmp_path / "suite", "", progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="out must be a directory. Received: out=.* \\(a file\\)"):
+        neural_bias.run(config, tmp_path / "suite", tmp_path / "file", progress=False)
+    with pytest.raises(ValueError, match="config must be a neural_bias.Config. Received: config=dict"):
+        neural_bias.run(config.to_dict(), tmp_path / "suite", tmp_path / "out", progress=False)
+    assert not (tmp_path / "suite").exists() and not (tmp_path / "out").exists()
