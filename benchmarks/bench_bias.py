@@ -43,7 +43,7 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 import tfhalo.inference as inf  # noqa: E402
 from tfhalo.bias import NeuralBiasLikelihood, build_model, make_bias_data  # noqa: E402
 from tfhalo.bias.fit import fit_map, hessian_of, value_and_gradient_fn  # noqa: E402
-from tfhalo.sim.fof import wrap_periodic  # noqa: E402
+from tfhalo.sim.grid import wrap_periodic  # noqa: E402
 from tfhalo.validation import check_int  # noqa: E402
 
 

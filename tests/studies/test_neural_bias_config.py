@@ -62,17 +62,25 @@ def test_config_is_frozen_round_trips_and_thresholds_replace_each_other():
     assert paper.threshold_mass is None and paper.threshold_particles == 30.0
     quick = neural_bias.Config.preset("quick", threshold_mass=2e12)
     assert quick.threshold_particles is None and quick.threshold_mass == 2e12
-    sampler = neural_bias.Config.preset("quick", sampler_seed=7).sampler_config()
-    assert (sampler.seed, sampler.kernel, sampler.num_chains) == (7, "nuts", 4)
+    cfg = neural_bias.Config.preset("quick", sampler_seed=7)
+    sampler = cfg.sampler_config()
+    assert (sampler.seed, sampler.kernel, sampler.num_chains) == (7, cfg.kernel, cfg.n_chains)
+    pilot = cfg.pilot_config()
+    assert (pilot.num_warmup, pilot.num_samples, pilot.kernel) == (cfg.n_pilot, cfg.n_pilot, cfg.kernel)
+    assert pilot.seed != sampler.seed
+    assert neural_bias.Config.preset("quick", n_pilot=0).pilot_config() is None
+    with pytest.raises(ValueError, match="n_pilot=5"):
+        neural_bias.Config.preset("quick", n_pilot=5)
 
 
 def test_quick_preset_is_the_agreed_sampler_and_paper_preset_the_papers_set_up():
-    """Quick: NUTS, 4 chains of 1000 + 1000 at target acceptance 0.9; paper: 64^3 voxels of ~3.9 Mpc/h, M_th = 2e12."""
+    """Quick: HMC (L=30) after a pilot, 4 chains, target acceptance 0.9; paper: 64^3 voxels of ~3.9 Mpc/h, M_th = 2e12."""
     from tfhalo.sim import PRESETS as SIM_PRESETS
 
     quick = neural_bias.Config.preset("quick")
-    assert (quick.kernel, quick.n_chains, quick.n_warmup, quick.n_samples, quick.target_accept) == (
-        "nuts", 4, 1000, 1000, 0.9)
+    assert (quick.kernel, quick.leapfrog_steps, quick.n_chains, quick.target_accept) == ("hmc", 30, 4, 0.9)
+    # Every parameter's bulk and tail ESS must be able to reach 400 from the kept draws.
+    assert quick.n_pilot >= 20 and quick.n_chains * quick.n_samples >= 4 * 400
     assert quick.n_components == 2
     paper = neural_bias.Config.preset("paper")
     sim = SIM_PRESETS[paper.sim_preset]

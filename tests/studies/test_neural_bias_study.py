@@ -22,7 +22,7 @@ def suite(tmp_path_factory):
 
 def tiny_config(**overrides):
     values = dict(n_sims=5, n_grid=4, threshold_particles=5.0, map_steps=120, map_starts=1, n_chains=2,
-                  n_warmup=20, n_samples=20, max_tree_depth=4, jit_compile=False)
+                  n_pilot=20, n_warmup=20, n_samples=20, max_tree_depth=4, jit_compile=False)
     values.update(overrides)
     return neural_bias.Config.preset("quick", seed=0, **values)
 

@@ -31,7 +31,7 @@ Example:
     >>> inf.convergence_summary(idata)["converged"]                                      # doctest: +SKIP
 """
 
-from tfhalo.inference.bijectors import affine_preconditioner
+from tfhalo.inference.bijectors import affine_preconditioner, preconditioner_from_draws
 from tfhalo.inference.diagnostics import (
     convergence_summary,
     load_inference_data,
@@ -45,6 +45,7 @@ __all__ = [
     "SamplerConfig",
     "affine_preconditioner",
     "batched",
+    "preconditioner_from_draws",
     "convergence_summary",
     "load_inference_data",
     "sample",

@@ -82,3 +82,43 @@ def affine_preconditioner(centre, hessian, floor: float = 1e-2, name: str = "aff
     cov = (vecs / np.maximum(vals, floor)) @ vecs.T
     chol = np.linalg.cholesky(0.5 * (cov + cov.T))
     return tfb.Chain([tfb.Shift(tf.constant(centre)), tfb.ScaleMatvecTriL(tf.constant(chol))], name=name)
+
+
+def preconditioner_from_draws(draws, shrinkage: float = 1e-3, name: str = "draws_preconditioner"):
+    """``theta = mean + chol(Sigma) z`` with ``Sigma`` the regularised covariance of pilot draws.
+
+    Stan's dense-metric estimate: ``Sigma = n / (n + 5) * cov + shrinkage * 5 / (n + 5) * I``
+    (Carpenter et al. 2017, "Stan: A probabilistic programming language", J. Stat. Softw.
+    76, 1), so a short pilot cannot make it singular.  Where the posterior is far from
+    Gaussian the Laplace Hessian at the mode is a poor global metric (it may even have
+    negative eigenvalues); the covariance of draws describes the bulk the chains visit.
+
+    Args:
+        draws: ``(N, P)`` finite draws (``N >= 2``), e.g. a pilot run's samples mapped to
+            the coordinates this bijector maps to.
+        shrinkage: variance added towards the identity, weighted by ``5 / (n + 5)``.
+        name: the bijector's name.
+
+    Returns:
+        A float64 ``tfp.bijectors.Bijector`` on ``(..., P)``, as :func:`affine_preconditioner`.
+
+    Raises:
+        ValueError: ``draws`` not a finite ``(N, P)`` array with ``N >= 2``, or ``shrinkage`` not positive.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(500, 2)) * [1.0, 3.0]
+        >>> bij = preconditioner_from_draws(x)
+        >>> bij.forward(np.zeros((1, 2))).shape
+        TensorShape([1, 2])
+    """
+    shrinkage = check_float("shrinkage", shrinkage, positive=True)
+    x = np.asarray(draws, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(f"draws must be an (N, P) array with N >= 2. Received: draws.shape={x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("draws must be finite. Received: draws with non-finite entries")
+    n, p = x.shape
+    cov = np.atleast_2d(np.cov(x, rowvar=False))
+    cov = (n / (n + 5.0)) * cov + shrinkage * (5.0 / (n + 5.0)) * np.eye(p)
+    chol = np.linalg.cholesky(0.5 * (cov + cov.T))
+    return tfb.Chain([tfb.Shift(tf.constant(x.mean(axis=0))), tfb.ScaleMatvecTriL(tf.constant(chol))], name=name)

@@ -119,6 +119,9 @@ class Config:
         map_starts: seeded MAP starts (the best is kept).
         kernel: ``"nuts"`` or ``"hmc"``.
         n_chains: chains.
+        n_pilot: warm-up iterations and draws per chain of the pilot run whose draws'
+            covariance preconditions the final chains (0: precondition with the MAP
+            Hessian alone); 0 or at least 20.
         n_warmup: warm-up (adaptation) iterations per chain, discarded: 0 (no
             adaptation) or at least the sampler's shortest adaptation schedule (20).
         n_samples: kept draws per chain, >= 4 (split R-hat needs two halves of two draws).
@@ -151,6 +154,7 @@ class Config:
     map_starts: int = 3
     kernel: str = "nuts"
     n_chains: int = 4
+    n_pilot: int = 200
     n_warmup: int = 1000
     n_samples: int = 1000
     leapfrog_steps: int = 16
@@ -187,6 +191,9 @@ class Config:
         set_("map_starts", check_int("map_starts", self.map_starts, minimum=1))
         check_choice("kernel", self.kernel, KERNELS)
         set_("n_chains", check_int("n_chains", self.n_chains, minimum=1))
+        set_("n_pilot", check_int("n_pilot", self.n_pilot, minimum=0))
+        if 0 < self.n_pilot < 20:
+            raise ValueError(f"n_pilot must be 0 or at least 20. Received: n_pilot={self.n_pilot}")
         set_("n_warmup", check_int("n_warmup", self.n_warmup, minimum=0))
         set_("n_samples", check_int("n_samples", self.n_samples, minimum=4))
         set_("leapfrog_steps", check_int("leapfrog_steps", self.leapfrog_steps, minimum=1))
@@ -229,7 +236,9 @@ class Config:
                 grid (4 Mpc/h voxels, the paper's 3.9 Mpc/h, so the 3^3 kernel
                 sees the same ~12 Mpc/h patch), threshold 50 particles
                 (~9.5e11 Msun/h: FoF masses are noisy below ~50 particles), the
-                paper's 17-parameter model; NUTS, 4 chains of 1000 + 1000.
+                paper's 17-parameter model; HMC with 30 leapfrog steps, 4 chains: a
+                pilot of 200 + 200 iterations whose draws' covariance preconditions
+                200 warm-up iterations and 700 kept draws.
             paper: the paper's set-up, 64^3 voxels over (250 Mpc/h)^3 and
                 M_th = 2e12 Msun/h on four ``"charnock2020"`` simulations
                 (three train, one held out).
@@ -263,14 +272,21 @@ class Config:
             target_accept=self.target_accept, max_tree_depth=self.max_tree_depth,
             num_leapfrog_steps=self.leapfrog_steps, seed=self.chains_seed, jit_compile=self.jit_compile)
 
+    def pilot_config(self):
+        """The pilot run's :class:`tfhalo.inference.SamplerConfig` (``n_pilot`` warm-up and draws), or None."""
+        if self.n_pilot == 0:
+            return None
+        return dataclasses.replace(self.sampler_config(), num_warmup=self.n_pilot, num_samples=self.n_pilot,
+                                   seed=self.chains_seed + 1)
+
 
 PRESETS = {
     "quick": dict(sim_preset="quick", n_sims=6, n_grid=10, threshold_particles=50.0, threshold_mass=None,
-                  n_components=2, map_steps=1500, map_starts=3, kernel="nuts", n_chains=4, n_warmup=1000,
-                  n_samples=1000, target_accept=0.9),
+                  n_components=2, map_steps=1500, map_starts=3, kernel="hmc", leapfrog_steps=30, n_chains=4,
+                  n_pilot=200, n_warmup=200, n_samples=700, target_accept=0.9),
     # ~0.8M voxels and ~87k halos per gradient evaluation.
     "paper": dict(sim_preset="charnock2020", n_sims=4, n_grid=64, threshold_particles=None, threshold_mass=2e12,
-                  n_components=2, map_steps=5000, map_starts=4, kernel="nuts", n_chains=4, n_warmup=3000,
+                  n_components=2, map_steps=5000, map_starts=4, kernel="hmc", leapfrog_steps=30, n_chains=4, n_pilot=500, n_warmup=1000,
                   n_samples=5000, target_accept=0.9),
 }
 
@@ -592,7 +608,7 @@ def sampler_setup(config: Config, data: StudyData, theta_map):
     eigenvalues floored at the prior's precision).
 
     Returns:
-        ``(log_prob_fn, initial_state (C, P) in theta, bijector)``: starts are
+        ``(log_prob_fn, initial_state (C, P) in theta, bijector, rep)``: starts are
         dispersed about the MAP by half a Laplace width, at most half a unit
         along the flattest directions (a floored direction would otherwise throw
         a chain several prior widths away, into a region with no halos).
@@ -613,14 +629,17 @@ def sampler_setup(config: Config, data: StudyData, theta_map):
         return like.log_posterior(rep.forward(v)) + rep.forward_log_det_jacobian(v, event_ndims=1)
 
     h_v = hessian_of(target_v, v_map)
-    bijector = tfp.bijectors.Chain([rep, inf.affine_preconditioner(v_map, hessian=h_v,
-                                                                   floor=1.0 / like.prior_scale**2)])
+    # With a pilot run, curvatures below 1 (flat or negative directions at the MAP, where the
+    # posterior is not Gaussian) are floored at 1, the scale of the v coordinates: a floor
+    # at the prior's precision would make the pilot's first steps 10 times too long there.
+    floor = 1.0 if config.n_pilot else 1.0 / like.prior_scale**2
+    bijector = tfp.bijectors.Chain([rep, inf.affine_preconditioner(v_map, hessian=h_v, floor=floor)])
     eig, vec = np.linalg.eigh(h_v)
     rng = np.random.default_rng(config.chains_seed + 1)
     z = rng.normal(size=(config.n_chains, theta_map.size))
     v0 = v_map + 0.5 * (z / np.sqrt(np.maximum(eig, 1.0))) @ vec.T
     initial = np.asarray(rep.forward(tf.constant(v0)), np.float64)
-    return inf.batched(like.log_posterior, config.n_chains), initial, bijector
+    return inf.batched(like.log_posterior, config.n_chains), initial, bijector, rep
 
 
 def chains_cache(config: Config, data: StudyData, directory, overwrite: bool = False):
@@ -632,7 +651,7 @@ def chains_cache(config: Config, data: StudyData, directory, overwrite: bool = F
     from tfhalo.studies import common
 
     key = dict(step="chains", map=_map_key(config, data), data=data.fingerprint(), sample_field=config.chains_field,
-               sampler=dataclasses.asdict(config.sampler_config()))
+               sampler=dataclasses.asdict(config.sampler_config()), n_pilot=config.n_pilot)
     return common.Cache(directory, key, overwrite=overwrite)
 
 
@@ -650,6 +669,9 @@ def sample_chains(config: Config, data: StudyData, fit: MapFit, out, progress: b
         in ``constant_data``), ``{"seconds", "n_gradient_evaluations"}``, and
         whether it was read back.
     """
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+
     import tfhalo.inference as inf
 
     out = Path(out)
@@ -660,13 +682,24 @@ def sample_chains(config: Config, data: StudyData, fit: MapFit, out, progress: b
         return inf.load_inference_data(path), info, True
     checkpoint = out / "chains_checkpoint" / cache.fingerprint[:16]
     checkpoint.mkdir(parents=True, exist_ok=True)
-    log_prob_fn, initial, bijector = sampler_setup(config, data, fit.theta)
+    log_prob_fn, initial, bijector, rep = sampler_setup(config, data, fit.theta)
+    seconds, n_grad = 0.0, 0
+    if config.n_pilot:
+        # The pilot's draws, mapped to the local-linear coordinates, give the final chains a
+        # dense metric fitted to the bulk of the posterior rather than to the MAP's curvature.
+        pilot = inf.sample(log_prob_fn, initial, config.pilot_config(), bijector=bijector, progress=progress,
+                           checkpoint_dir=checkpoint / "pilot")
+        draws_v = np.asarray(rep.inverse(tf.constant(pilot.samples.reshape(-1, pilot.samples.shape[-1]))))
+        bijector = tfp.bijectors.Chain([rep, inf.preconditioner_from_draws(draws_v)])
+        initial = pilot.samples[-1]
+        seconds, n_grad = pilot.seconds, pilot.n_gradient_evaluations
     chains = inf.sample(log_prob_fn, initial, config.sampler_config(), bijector=bijector, progress=progress,
-                        checkpoint_dir=checkpoint)
+                        checkpoint_dir=checkpoint / "final")
     idata = chains.to_inference_data(parameter_names=data.names, map_estimate=fit.theta)
     inf.save_inference_data(idata, path)
-    info = {"seconds": float(chains.seconds),
-            "n_gradient_evaluations": np.asarray(chains.n_gradient_evaluations).tolist()}
+    info = {"seconds": float(chains.seconds + seconds),
+            "n_gradient_evaluations": np.asarray(chains.n_gradient_evaluations + n_grad).tolist(),
+            "n_pilot": config.n_pilot}
     cache.save(CHAINS_FILE, info)
     shutil.rmtree(out / "chains_checkpoint", ignore_errors=True)
     return idata, info, False
