@@ -47,3 +47,32 @@ def test_affine_preconditioner_inverts_and_floors_the_hessian():
 def test_affine_preconditioner_refuses_bad_input(centre, hessian, floor, match):
     with pytest.raises(ValueError, match=match):
         inf.affine_preconditioner(centre, hessian, floor=floor)
+
+
+def test_preconditioner_from_draws_maps_a_unit_gaussian_to_the_regularised_draw_covariance():
+    """forward(z) = mean + L z with L L^T = n/(n+5) cov + shrinkage 5/(n+5) I (float64 NumPy reference)."""
+    rng = np.random.default_rng(3)
+    draws = rng.normal(size=(50, 3)) @ np.array([[2.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, -0.3, 0.1]]) + [1.0, -2.0, 0.5]
+    bij = inf.preconditioner_from_draws(draws, shrinkage=0.01)
+    n = draws.shape[0]
+    expected = (n / (n + 5.0)) * np.cov(draws, rowvar=False) + 0.01 * (5.0 / (n + 5.0)) * np.eye(3)
+    np.testing.assert_allclose(bij.forward(tf.zeros((1, 3), tf.float64)).numpy()[0], draws.mean(axis=0), rtol=1e-12)
+    jac = np.stack([bij.forward(tf.constant(np.eye(3)[i][None])).numpy()[0] - draws.mean(axis=0) for i in range(3)], 1)
+    np.testing.assert_allclose(jac @ jac.T, expected, rtol=1e-10, atol=1e-14)
+    z = rng.normal(size=(4, 3))
+    np.testing.assert_allclose(bij.inverse(bij.forward(tf.constant(z))).numpy(), z, atol=1e-12)
+    # A constant coordinate (zero sample variance) is kept invertible by the shrinkage.
+    flat = draws.copy()
+    flat[:, 2] = 0.7
+    assert np.all(np.isfinite(inf.preconditioner_from_draws(flat).inverse(tf.constant(flat[:2])).numpy()))
+
+
+@pytest.mark.parametrize("draws, shrinkage, match", [
+    (np.zeros((1, 3)), 1e-3, r"draws.shape=\(1, 3\)"),
+    (np.zeros(5), 1e-3, r"draws.shape=\(5,\)"),
+    (np.array([[0.0, np.nan], [1.0, 2.0]]), 1e-3, "non-finite"),
+    (np.zeros((4, 2)), 0.0, "shrinkage"),
+])
+def test_preconditioner_from_draws_refuses_bad_input(draws, shrinkage, match):
+    with pytest.raises(ValueError, match=match):
+        inf.preconditioner_from_draws(draws, shrinkage=shrinkage)
