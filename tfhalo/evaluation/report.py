@@ -18,17 +18,27 @@ from tfhalo.atomic import write_text_atomic
 from tfhalo.evaluation.analysis import PAPER_VALUES
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """``obj`` with NumPy scalars/arrays and paths turned into JSON types; non-finite floats become None.
+
+    Strict JSON has no NaN or infinity, so a value that could not be computed is written as ``null``.
+
+    Example:
+        >>> jsonable({"r": np.float32(0.5), "n": np.int64(3), "bad": float("nan"), "ok": np.bool_(True)})
+        {'r': 0.5, 'n': 3, 'bad': None, 'ok': True}
+    """
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
     if isinstance(obj, (np.floating, float)):
         return None if not np.isfinite(obj) else float(obj)
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -36,7 +46,7 @@ def _jsonable(obj):
 
 def write_results_json(path, results: dict) -> Path:
     """Write ``results`` (NaN -> null) atomically as indented JSON."""
-    return write_text_atomic(path, json.dumps(_jsonable(results), indent=2))
+    return write_text_atomic(path, json.dumps(jsonable(results), indent=2))
 
 
 def _interval(results_or_ev: dict, *path):

@@ -57,6 +57,7 @@ from typing import Optional
 import numpy as np
 
 from tfhalo.atomic import write_json_atomic, write_text_atomic
+from tfhalo.evaluation.report import jsonable
 from tfhalo.validation import check_choice, check_float, check_int
 
 __all__ = [
@@ -828,7 +829,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
         "heldout_log_predictive": draws["heldout_log_predictive"],
         "heldout_neural_posterior_mean_lnL": draws["posterior_mean_lnL"],
         "neyrinck": neyrinck.get_params(),
-        "convergence": _jsonable(convergence),
+        "convergence": jsonable(convergence),
         "criteria": {"rhat_max": RHAT_MAX, "ess_min": ESS_MIN, "divergences": 0},
         "sampler": {"config": dataclasses.asdict(config.sampler_config()), **sampler_info,
                     **_sample_stat_summary(idata)},
@@ -842,22 +843,6 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     write_text_atomic(out / "report.md", report(results))
     say(f"wrote {out / 'results.json'} and {out / 'report.md'} in {timings['total_s']:.0f} s")
     return results
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    return x
 
 
 def _sample_stat_summary(idata) -> dict:
