@@ -973,7 +973,10 @@ def report(r: dict) -> str:
         "",
         f"{c['n_chains']} chains, {s['config']['kernel'].upper()}, {s['config']['num_warmup']} warm-up + "
         f"{c['n_draws']} draws each, target acceptance {s['config']['target_accept']}, in the local-linear "
-        f"coordinates with a Hessian preconditioner (sampler seed {s['config']['seed']}): max R-hat "
+        + (f"coordinates preconditioned by the covariance of a pilot run of {r['config']['n_pilot']} + "
+           f"{r['config']['n_pilot']} iterations (itself preconditioned by the MAP Hessian)"
+           if r['config'].get('n_pilot') else "coordinates preconditioned by the MAP Hessian")
+        + f" (sampler seed {s['config']['seed']}); pilot included in the time: max R-hat "
         f"{c['max_rhat']:.4f}, min bulk ESS {c['min_ess_bulk']:.0f}, min tail ESS {c['min_ess_tail']:.0f}, "
         f"{c['n_divergent']} divergences of {n_trans} transitions; {s['seconds']:.0f} s"
         + (f", mean acceptance {s['mean_acceptance_rate']:.3f}" if "mean_acceptance_rate" in s else "")
