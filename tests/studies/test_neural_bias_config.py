@@ -161,3 +161,10 @@ def test_run_refuses_bad_paths_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="config must be a neural_bias.Config. Received: config=dict"):
         neural_bias.run(config.to_dict(), tmp_path / "suite", tmp_path / "out", progress=False)
     assert not (tmp_path / "suite").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_diagnostic_written_as_null_fails_its_criterion():
+    """results.json writes a non-computable R-hat / ESS as null; read back it must fail, not crash."""
+    c = dict(max_rhat=None, min_ess_bulk=None, min_ess_tail=500.0, n_divergent=0, n_draws=20, n_chains=2)
+    failures = neural_bias._convergence_failures(neural_bias._convergence_numbers(c))
+    assert [f.split(":")[0] for f in failures] == ["R-hat", "bulk ESS"]

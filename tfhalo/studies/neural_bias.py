@@ -899,7 +899,7 @@ def _summary_rows(r) -> list:
     from tfhalo.studies.common import summary_row as _row
 
     ll = r["log_likelihood"]
-    c = r["convergence"]
+    c = _convergence_numbers(r["convergence"])
     lpd = r["heldout_log_predictive"]
     shares = r["component_shares"]
     n_h = r["data"]["n_halos_test"]
@@ -930,6 +930,13 @@ def _summary_rows(r) -> list:
     return rows
 
 
+def _convergence_numbers(c) -> dict:
+    """The convergence summary as read back from results.json: a diagnostic that could not be
+    computed (written as null, e.g. R-hat of chains that never moved) becomes NaN, which fails
+    every criterion."""
+    return {k: (math.nan if v is None else v) for k, v in c.items()}
+
+
 def _convergence_failures(c) -> list:
     failures = []
     if not c["max_rhat"] < RHAT_MAX:
@@ -948,7 +955,7 @@ def report(r: dict) -> str:
     cfg = r["config"]
     d = r["data"]
     ll = r["log_likelihood"]
-    c = r["convergence"]
+    c = _convergence_numbers(r["convergence"])
     lpd = r["heldout_log_predictive"]
     s = r["sampler"]
     failures = _convergence_failures(c)
