@@ -97,7 +97,7 @@ import tensorflow_probability as tfp
 from tqdm.auto import tqdm
 
 from tfhalo.atomic import save_npz_atomic
-from tfhalo.validation import check_choice, check_float, check_int
+from tfhalo.validation import check_bool, check_choice, check_float, check_int
 
 tfb = tfp.bijectors
 _windowed = tfp.experimental.mcmc.windowed_sampling
@@ -112,12 +112,6 @@ MIN_SAMPLES = 4
 MAX_ENERGY_ERROR = 1000.0
 _IDENTITY = tfb.Identity()
 STAT_NAMES = ("diverging", "energy", "acceptance_rate", "step_size", "n_steps", "lp")
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False. Received: {name}={value!r}")
-    return bool(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +179,7 @@ class SamplerConfig:
         put("num_leapfrog_steps", check_int("num_leapfrog_steps", self.num_leapfrog_steps, minimum=1))
         put("init_step_size", check_float("init_step_size", self.init_step_size, positive=True))
         put("seed", check_int("seed", self.seed, minimum=0, maximum=2**63 - 1))
-        put("jit_compile", _check_bool("jit_compile", self.jit_compile))
+        put("jit_compile", check_bool("jit_compile", self.jit_compile))
         put("block_size", check_int("block_size", self.block_size, minimum=1))
 
     def to_dict(self) -> dict:
@@ -484,7 +478,7 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
         raise ValueError(f"log_prob_fn must be callable. Received: log_prob_fn={log_prob_fn!r}")
     if bijector is not None and not isinstance(bijector, tfb.Bijector):
         raise ValueError(f"bijector must be a tfp.bijectors.Bijector or None. Received: bijector={bijector!r}")
-    progress = _check_bool("progress", progress)
+    progress = check_bool("progress", progress)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
     init = _check_initial_state(initial_state, config.num_chains)
     bijector = _IDENTITY if bijector is None else bijector

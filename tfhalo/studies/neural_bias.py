@@ -58,7 +58,7 @@ import numpy as np
 
 from tfhalo.atomic import write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
-from tfhalo.validation import check_choice, check_float, check_int
+from tfhalo.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = [
     "Config",
@@ -203,9 +203,7 @@ class Config:
         if not 0.0 < target < 1.0:
             raise ValueError(f"target_accept must be in (0, 1). Received: target_accept={self.target_accept!r}")
         set_("target_accept", target)
-        if not isinstance(self.jit_compile, (bool, np.bool_)):
-            raise ValueError(f"jit_compile must be True or False. Received: jit_compile={self.jit_compile!r}")
-        set_("jit_compile", bool(self.jit_compile))
+        set_("jit_compile", check_bool("jit_compile", self.jit_compile))
         # The sampler's own rules (e.g. a warm-up of 0 or at least its shortest
         # adaptation window) are checked now too, reported under this class's names.
         try:
