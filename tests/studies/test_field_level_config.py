@@ -1,0 +1,74 @@
+"""field_level.Config and the experiments/field_level.py shell: every argument is refused before any work."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tfhalo.studies import field_level
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("n_grid", 2, "n_grid must be at least 4. Received: n_grid=2"),
+    ("n_grid", 24, r"n_grid must divide the simulation's n_side \(128\). Received: n_grid=24"),
+    ("n_side", 2.5, "n_side must be an integer. Received: n_side=2.5"),
+    ("box_size", -1.0, "box_size must be positive. Received: box_size=-1.0"),
+    ("threshold_mass", 0.0, "threshold_mass must be positive. Received: threshold_mass=0.0"),
+    ("order", 3, "order must be at most 2. Received: order=3"),
+    ("settings", ("mock", "mock"), "settings must be distinct"),
+    ("settings", ("truth",), "settings must be one of .* Received: settings='truth'"),
+    ("start", "zero", "start must be one of .* Received: start='zero'"),
+    ("preconditioner", "dense", "preconditioner must be one of .* Received: preconditioner='dense'"),
+    ("n_samples", 10, "n_samples must be at least 20. Received: n_samples=10"),
+    ("n_warmup", -1, "n_warmup must be at least 0. Received: n_warmup=-1"),
+    ("n_warmup", 5, r"n_warmup must be 0 .* Received: n_warmup=5"),
+    ("n_chains", 0, "n_chains must be at least 1. Received: n_chains=0"),
+    ("leapfrog_steps", 0, "leapfrog_steps must be at least 1. Received: leapfrog_steps=0"),
+    ("target_accept", 1.0, r"target_accept must be in \(0, 1\). Received: target_accept=1.0"),
+    ("thin", 0, "thin must be at least 1. Received: thin=0"),
+    ("n_probes", 0, "n_probes must be at least 1. Received: n_probes=0"),
+    ("sim_preset", "huge", "sim_preset must be one of .* Received: sim_preset='huge'"),
+    ("jit_compile", "yes", "jit_compile must be True or False. Received: jit_compile='yes'"),
+])
+def test_every_field_is_checked_on_construction(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        field_level.Config.preset("quick", **{field: value})
+
+
+def test_presets_are_valid_frozen_and_round_trip():
+    for name in field_level.PRESETS:
+        cfg = field_level.Config.preset(name, seed=2)
+        assert cfg.name == name and cfg.seed == 2
+        assert field_level.Config(**cfg.to_dict()) == cfg
+    cfg = field_level.Config.preset("quick")
+    assert cfg.n_grid == 32 and cfg.sim_params().n_side == 128 and cfg.sim_params().box_size == 128.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_samples = 10
+    with pytest.raises(ValueError, match=r"unknown Config fields \['temperature'\]"):
+        field_level.Config.preset("quick", temperature=2)
+    with pytest.raises(ValueError, match="preset must be one of .* Received: preset='huge'"):
+        field_level.Config.preset("huge")
+
+
+def _shell():
+    spec = importlib.util.spec_from_file_location("field_level_shell", ROOT / "experiments" / "field_level.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--n-grid", "24"], "n_grid must divide"),
+    (["--settings", "truth"], "settings must be one of"),
+    (["--n-samples", "3"], "n_samples must be at least 20"),
+    (["--preset", "huge"], "preset must be one of"),
+])
+def test_the_shell_exits_2_before_writing_anything(tmp_path, capsys, argv, match):
+    out = tmp_path / "out"
+    code = _shell().main(argv + ["--suite", str(tmp_path / "suite"), "--out", str(out)])
+    assert code == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "suite").exists()

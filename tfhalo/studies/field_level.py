@@ -1,0 +1,832 @@
+"""The field-level study: initial conditions sampled jointly with the neural bias model.
+
+Charnock, Lavaux, Wandelt, Sarma Boruah, Jasche & Hudson (2020), "Neural
+physical engines for inferring the halo mass distribution function", MNRAS
+494, 50, arXiv:1909.06379, sections 4-5 and Figs. 4-6: the neural bias model
+(:mod:`tfhalo.bias`) is the likelihood of a BORG-like inference (Jasche &
+Wandelt 2013, MNRAS 432, 894, arXiv:1203.3639).  The white noise ``omega`` of
+the initial conditions (``n^3`` numbers, prior N(0, I)) and the 17 bias
+parameters (prior N(0, 10^2)) are sampled together by HMC
+(:mod:`tfhalo.inference`) through the differentiable 2LPT forward model
+(:class:`tfhalo.field.forward.LPTForwardModel`) and the Poisson likelihood of
+the paper's eq. 16 (:class:`tfhalo.field.posterior.FieldLevelPosterior`).
+
+Steps, each cached and resumable (rerun the same call after an interruption):
+
+1. one N-body simulation (:func:`tfhalo.studies.common.ensure_suite`); the
+   truth is its white noise Fourier-truncated to the inference grid
+   (:func:`truth_white_noise`), the data its FoF halos above the threshold;
+2. the bias parameters fitted to the N-body density on the inference grid
+   (:func:`tfhalo.bias.fit.fit_map`), as the paper does;
+3. for each setting, chains of the joint posterior:
+
+   * ``"mock"``: a catalogue drawn from the model itself (eq. 16's Poisson
+     process given the LPT field of the true white noise and the fitted bias
+     parameters): the posterior is then exactly right, so the coverage of the
+     true Fourier coefficients must be nominal;
+   * ``"nbody"``: the N-body halos, where coverage measures how well LPT plus
+     the neural bias describe real halos;
+
+4. power spectra (Fig. 6), slices (Figs. 4-5), the cross-correlation ``r(k)``
+   with the truth, coverage per ``|k|`` range, diagnostics, and a report.
+
+The chains run in Hartley (real Fourier) coordinates of ``omega`` scaled per
+``|k|`` shell by the target's curvature
+(:class:`tfhalo.field.precondition.FourierPreconditioner`), with the sampler's
+diagonal mass-matrix adaptation on top, so every Fourier mode moves on its own
+posterior scale: the data constrain large scales far more than small ones.
+
+Example:
+    >>> from tfhalo.studies import field_level
+    >>> cfg = field_level.Config.preset("quick", seed=0)
+    >>> results = field_level.run(cfg, suite="runs/demo/field_suite", out="runs/demo/field_level")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from tfhalo.atomic import atomic_path, write_json_atomic, write_text_atomic
+from tfhalo.evaluation.report import jsonable
+from tfhalo.validation import check_bool, check_choice, check_float, check_int
+
+__all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "report"]
+
+SETTINGS = ("mock", "nbody")
+STARTS = ("prior", "map")
+PRECONDITIONERS = ("curvature", "prior", "none")
+LEVELS = (0.68, 0.95)
+# A bin's coverage passes when it is within this many binomial standard errors of
+# nominal; with 2 levels x ~8 bins, 3 sigma keeps the chance of a false alarm for a
+# calibrated posterior near 4%.
+COVERAGE_Z_MAX = 3.0
+# The posterior's mean power passes in a bin when it lies within this many
+# cosmic-variance standard deviations of the prior's.
+POWER_SIGMA_MAX = 2.0
+N_LOW_K_BINS = 3
+SAMPLES_FILE = "samples.h5"
+POSTERIOR_FILE = "posterior.nc"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of the field-level study; every field is checked on construction.
+
+    Args:
+        name: preset the settings came from.
+        seed: seed of the simulation, the bias fit and the mock catalogue.
+        sampler_seed: seed of the chains' starts and transitions (default ``seed``).
+        sim_preset: :data:`tfhalo.sim.PRESETS` name of the N-body run.
+        n_side: particles per side (overrides the preset; None keeps it).
+        box_size: box side in Mpc/h (overrides the preset; None keeps it).
+        n_grid: inference grid per side; must divide ``n_side``.
+        threshold_mass: halo mass threshold, Msun/h.
+        order: LPT order of the forward model (1 or 2).
+        map_steps, map_starts: Adam steps and starts of the bias fit to the N-body field.
+        settings: which of ``"mock"`` and ``"nbody"`` to run.
+        start: chains start from a ``"prior"`` draw of the white noise, or from a
+            ``"map"`` of it found by ``map_field_steps`` Adam steps from that draw.
+        map_field_steps: Adam steps of the field MAP (``start="map"``).
+        preconditioner: ``"curvature"`` (per-shell Fourier scales from the target's
+            curvature), ``"prior"`` (Hartley coordinates, unit scales) or ``"none"``
+            (plain ``omega``).
+        n_probes: Hutchinson probes of the curvature estimate.
+        n_chains, n_warmup, n_samples, leapfrog_steps, target_accept: HMC settings.
+        n_bins: ``|k|`` bins (default: width ``2 pi / L``).
+        thin: every ``thin``-th draw of the white noise is saved.
+        n_field_draws: draws pushed through the forward model for the final-density and
+            ``psi`` maps.
+        jit_compile: XLA for the chains.
+    """
+
+    name: str = "custom"
+    seed: int = 0
+    sampler_seed: Optional[int] = None
+    sim_preset: str = "quick"
+    n_side: Optional[int] = 128
+    box_size: Optional[float] = 128.0
+    n_grid: int = 32
+    threshold_mass: float = 2e12
+    order: int = 2
+    map_steps: int = 600
+    map_starts: int = 2
+    settings: Tuple[str, ...] = SETTINGS
+    start: str = "prior"
+    map_field_steps: int = 200
+    preconditioner: str = "curvature"
+    n_probes: int = 8
+    n_chains: int = 2
+    n_warmup: int = 150
+    n_samples: int = 300
+    leapfrog_steps: int = 20
+    target_accept: float = 0.75
+    n_bins: Optional[int] = None
+    thin: int = 5
+    n_field_draws: int = 24
+    jit_compile: bool = True
+
+    def __post_init__(self):
+        from tfhalo.sim import PRESETS as SIM_PRESETS
+
+        def set_(field, value):
+            object.__setattr__(self, field, value)
+
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string. Received: name={self.name!r}")
+        set_("seed", check_int("seed", self.seed, minimum=0, maximum=2**32 - 1))
+        if self.sampler_seed is not None:
+            set_("sampler_seed", check_int("sampler_seed", self.sampler_seed, minimum=0, maximum=2**32 - 1))
+        check_choice("sim_preset", self.sim_preset, sorted(SIM_PRESETS))
+        if self.n_side is not None:
+            set_("n_side", check_int("n_side", self.n_side, minimum=4))
+        if self.box_size is not None:
+            set_("box_size", check_float("box_size", self.box_size, positive=True))
+        set_("n_grid", check_int("n_grid", self.n_grid, minimum=4))
+        n_side = self.sim_params().n_side
+        if n_side % self.n_grid:
+            raise ValueError(f"n_grid must divide the simulation's n_side ({n_side}). Received: n_grid={self.n_grid}")
+        set_("threshold_mass", check_float("threshold_mass", self.threshold_mass, positive=True))
+        set_("order", check_int("order", self.order, minimum=1, maximum=2))
+        set_("map_steps", check_int("map_steps", self.map_steps, minimum=1))
+        set_("map_starts", check_int("map_starts", self.map_starts, minimum=1))
+        settings = tuple(self.settings) if isinstance(self.settings, (list, tuple)) else (self.settings,)
+        if not settings or len(set(settings)) != len(settings):
+            raise ValueError(f"settings must be distinct names from {SETTINGS}. Received: settings={self.settings!r}")
+        for s in settings:
+            check_choice("settings", s, SETTINGS)
+        set_("settings", settings)
+        check_choice("start", self.start, STARTS)
+        set_("map_field_steps", check_int("map_field_steps", self.map_field_steps, minimum=1))
+        check_choice("preconditioner", self.preconditioner, PRECONDITIONERS)
+        set_("n_probes", check_int("n_probes", self.n_probes, minimum=1))
+        set_("n_chains", check_int("n_chains", self.n_chains, minimum=1))
+        set_("n_warmup", check_int("n_warmup", self.n_warmup, minimum=0))
+        set_("n_samples", check_int("n_samples", self.n_samples, minimum=20))
+        set_("leapfrog_steps", check_int("leapfrog_steps", self.leapfrog_steps, minimum=1))
+        target = check_float("target_accept", self.target_accept)
+        if not 0.0 < target < 1.0:
+            raise ValueError(f"target_accept must be in (0, 1). Received: target_accept={self.target_accept!r}")
+        set_("target_accept", target)
+        if self.n_bins is not None:
+            set_("n_bins", check_int("n_bins", self.n_bins, minimum=1))
+        set_("thin", check_int("thin", self.thin, minimum=1))
+        set_("n_field_draws", check_int("n_field_draws", self.n_field_draws, minimum=2))
+        set_("jit_compile", check_bool("jit_compile", self.jit_compile))
+        try:
+            self.sampler_config()
+        except ValueError as err:
+            message = str(err)
+            for theirs, ours in (("num_warmup", "n_warmup"), ("num_samples", "n_samples"),
+                                 ("num_chains", "n_chains"), ("num_leapfrog_steps", "leapfrog_steps")):
+                message = message.replace(theirs, ours)
+            raise ValueError(message) from None
+
+    @property
+    def chains_seed(self) -> int:
+        return self.seed if self.sampler_seed is None else self.sampler_seed
+
+    def sim_params(self):
+        """The :class:`tfhalo.sim.SimulationPreset` of the N-body run."""
+        from tfhalo.sim.suite import resolve_preset
+
+        overrides = {k: v for k, v in (("n_side", self.n_side), ("box_size", self.box_size)) if v is not None}
+        return resolve_preset(self.sim_preset, **overrides)
+
+    def sampler_config(self, seed_offset: int = 0):
+        """The chains' :class:`tfhalo.inference.SamplerConfig` (HMC with windowed adaptation)."""
+        import tfhalo.inference as inf
+
+        return inf.SamplerConfig(kernel="hmc", num_chains=self.n_chains, num_warmup=self.n_warmup,
+                                 num_samples=self.n_samples, target_accept=self.target_accept,
+                                 num_leapfrog_steps=self.leapfrog_steps, seed=self.chains_seed + seed_offset,
+                                 jit_compile=self.jit_compile)
+
+    @classmethod
+    def preset(cls, name: str = "quick", seed: int = 0, **overrides) -> "Config":
+        """A preset's settings with ``seed`` and any field replaced.
+
+        Presets:
+            quick: one N-body run of 128^3 particles in (128 Mpc/h)^3, a 32^3 inference
+                grid of 4 Mpc/h voxels (the paper's 3.9 Mpc/h), halos above 2e12 Msun/h
+                (the paper's threshold), 2LPT; 2 HMC chains of 150 warm-up and 300 kept
+                iterations of 20 leapfrog steps, for each of the mock and N-body catalogues.
+            demo: ``quick`` with 100 warm-up and 200 kept iterations (``make demo``).
+            paper: a 64^3 grid over 250 Mpc/h on a ``"charnock2020"`` simulation
+                (320^3 particles), for a GPU.
+
+        Raises:
+            ValueError: unknown preset or field, or an invalid value (named).
+        """
+        check_choice("preset", name, sorted(PRESETS))
+        fields = {f.name for f in dataclasses.fields(cls)} - {"name", "seed"}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown Config fields {unknown}. Expected a subset of {sorted(fields)}")
+        values = dict(PRESETS[name])
+        values.update(overrides)
+        return cls(name=name, seed=seed, **values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    "quick": dict(sim_preset="quick", n_side=128, box_size=128.0, n_grid=32, threshold_mass=2e12),
+    "demo": dict(sim_preset="quick", n_side=128, box_size=128.0, n_grid=32, threshold_mass=2e12, n_warmup=100,
+                 n_samples=200),
+    "paper": dict(sim_preset="charnock2020", n_side=320, box_size=250.0, n_grid=64, threshold_mass=2e12,
+                  map_steps=3000, map_starts=4, n_chains=4, n_warmup=1000, n_samples=4000, leapfrog_steps=30,
+                  thin=20, n_field_draws=100),
+}
+
+
+# -- truth -----------------------------------------------------------------------------------------------------
+
+
+def truth_white_noise(simulation, n_grid: int) -> np.ndarray:
+    """The simulation's white noise, Fourier-truncated to the inference grid: ``(n_grid,)*3`` float64.
+
+    The linear field at ``a = 1`` is the stored ``initial_density`` over the
+    growth factor at ``z_initial``; dividing its Fourier coefficients by the
+    amplitude ``sqrt(P(k) N^3 / V)`` of :func:`tfhalo.sim.ics.gaussian_field`
+    gives back the white noise of the ``N^3`` lattice (any simulation with a
+    stored initial density and the same cosmology: generated, GenetIC or
+    Gadget ICs), and :func:`tfhalo.field.forward.truncate_white_noise` keeps
+    the modes the inference grid represents.
+    """
+    import scipy.fft
+
+    from tfhalo.field.forward import linear_amplitude, truncate_white_noise
+
+    n_side = simulation.initial_density.shape[0]
+    a_initial = 1.0 / (1.0 + simulation.z_initial)
+    delta0 = np.asarray(simulation.initial_density, np.float64) / float(simulation.cosmology.growth_factor(a_initial))
+    amp = linear_amplitude(n_side, simulation.box_size, simulation.cosmology)
+    coeffs = scipy.fft.rfftn(delta0, workers=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coeffs = np.where(amp > 0, coeffs / np.where(amp > 0, amp, 1.0), 0.0)
+    omega = scipy.fft.irfftn(coeffs, s=delta0.shape, workers=-1)
+    return truncate_white_noise(omega, n_grid)
+
+
+def linear_fields(omega, box_size: float, cosmology) -> np.ndarray:
+    """``(D, n, n, n)`` linear density at ``a = 1`` of ``(D, n, n, n)`` white noise (NumPy float64)."""
+    import scipy.fft
+
+    from tfhalo.field.forward import linear_amplitude
+
+    omega = np.asarray(omega, np.float64)
+    n = omega.shape[-1]
+    amp = linear_amplitude(n, box_size, cosmology)
+    return scipy.fft.irfftn(scipy.fft.rfftn(omega, axes=(-3, -2, -1), workers=-1) * amp, s=(n, n, n),
+                            axes=(-3, -2, -1), workers=-1)
+
+
+def _prior_binned_power(bins, cosmology) -> np.ndarray:
+    """``(B,)`` the prior's expected binned power: the mean of ``P(|k|)`` over each bin's modes."""
+    from tfhalo.field.analysis import _full_kmag
+
+    kmag = _full_kmag(bins.n, bins.box_size)
+    sel = bins.index >= 0
+    power = np.asarray(cosmology.linear_power(kmag[sel]), np.float64)
+    return np.bincount(bins.index[sel], weights=power, minlength=bins.n_bins) / bins.n_modes
+
+
+# -- steps -----------------------------------------------------------------------------------------------------
+
+
+def _load_simulation(config: Config, suite, progress: bool):
+    from tfhalo.sim import load
+    from tfhalo.studies import common
+
+    paths = common.ensure_suite(suite, config.sim_params(), 1, config.seed, progress=progress)
+    sim = load(paths[0])
+    if sim.initial_density.shape[0] % config.n_grid:
+        raise common.StudyInputError(
+            f"n_grid must divide the simulation's {sim.initial_density.shape[0]}^3 lattice. "
+            f"Received: n_grid={config.n_grid}")
+    return sim, paths[0]
+
+
+def _bias_fit(config: Config, sim, out: Path, progress: bool, overwrite: bool):
+    """The bias parameters fitted to the N-body density on the inference grid (cached)."""
+    from tfhalo.bias.fields import bias_data_from_simulation
+    from tfhalo.bias.fit import fit_map, hessian
+    from tfhalo.bias.likelihood import NeuralBiasLikelihood
+    from tfhalo.bias.model import build_model
+    from tfhalo.studies import common
+
+    data = bias_data_from_simulation(sim, config.n_grid, config.threshold_mass, source="nbody")
+    model = build_model(math.log(config.threshold_mass), config.n_grid)
+    like = NeuralBiasLikelihood(model, data)
+    key = dict(step="bias_fit", simulation=common.fingerprint(sim.initial_density), n_grid=config.n_grid,
+               threshold_mass=config.threshold_mass, map_steps=config.map_steps, map_starts=config.map_starts,
+               seed=config.seed)
+    cache = common.Cache(out, key, overwrite=overwrite)
+    stored = cache.load("bias_fit.npz")
+    if stored is None:
+        fit = fit_map(like, steps=config.map_steps, n_starts=config.map_starts, seed=config.seed,
+                      progress=progress, jit_compile=config.jit_compile)
+        hess = hessian(like, fit.theta)
+        cache.save("bias_fit.npz", theta=fit.theta, hessian=hess, log_posterior=np.asarray(fit.log_posterior))
+        stored = {"theta": fit.theta, "hessian": hess, "log_posterior": np.asarray(fit.log_posterior)}
+    like.layout.set(model, stored["theta"])
+    return model, like, data, {k: np.asarray(v) for k, v in stored.items()}
+
+
+def _bias_scale(hess: np.ndarray) -> np.ndarray:
+    """Per-parameter scales of the bias coordinates: the Laplace marginal widths, within [1e-3, 10]."""
+    hess = 0.5 * (hess + hess.T)
+    eig, vec = np.linalg.eigh(hess)
+    cov = (vec / np.maximum(eig, 1e-2)) @ vec.T
+    return np.clip(np.sqrt(np.maximum(np.diag(cov), 0.0)), 1e-3, 10.0)
+
+
+def _catalogue(config: Config, setting: str, sim, forward, model, omega_true, theta_fit):
+    from tfhalo.field.mock import draw_mock_catalogue
+    from tfhalo.field.posterior import FieldCatalogue
+
+    if setting == "nbody":
+        return FieldCatalogue.from_halos(sim.halos.centre, sim.halos.mass, sim.box_size, config.n_grid,
+                                         config.threshold_mass)
+    return draw_mock_catalogue(forward, model, omega_true, theta_fit, seed=config.seed + 1000)
+
+
+def _map_field(posterior, state, steps: int, progress: bool) -> np.ndarray:
+    """Adam on the white noise (bias fixed) from ``state``: the ``start="map"`` starting points."""
+    import keras
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    n_field = posterior.n_field
+    var = keras.Variable(state[:, :n_field], dtype="float64", name="omega")
+    theta = tf.constant(state[:, n_field:], tf.float64)
+    opt = keras.optimizers.Adam(learning_rate=0.05)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_sum(posterior.log_prob(tf.concat([var.value, theta], axis=1)))
+        grad = tape.gradient(loss, var.value)
+        opt.apply_gradients([(grad, var)])
+        return loss
+
+    for _ in tqdm(range(steps), desc="field MAP (Adam)", disable=not progress, mininterval=1.0):
+        step()
+    return np.concatenate([np.asarray(var.numpy(), np.float64), state[:, n_field:]], axis=1)
+
+
+def _sample_setting(config: Config, setting: str, posterior, theta_fit, hess, out: Path, progress: bool):
+    """Chains of one setting's joint posterior, with the sampler's cost and the starting method."""
+    import tensorflow as tf
+
+    import tfhalo.inference as inf
+    from tfhalo.field.precondition import FourierPreconditioner, curvature_scales
+
+    n, n_field, n_bias = config.n_grid, posterior.n_field, posterior.n_bias
+    offset = SETTINGS.index(setting)
+    rng = np.random.default_rng([config.chains_seed, offset, 17])
+    bias_scale = _bias_scale(hess)
+    omega0 = rng.standard_normal((config.n_chains, n_field))
+    # The bias starts at its N-body fit, dispersed by half a Laplace width so that R-hat can see a
+    # chain that does not leave its start.
+    theta0 = theta_fit[None, :] + 0.5 * bias_scale[None, :] * rng.standard_normal((config.n_chains, n_bias))
+    state0 = np.concatenate([omega0, theta0], axis=1)
+    t0 = time.perf_counter()
+    if config.start == "map":
+        state0 = _map_field(posterior, state0, config.map_field_steps, progress)
+    if config.preconditioner == "none":
+        bijector = None
+        scales = np.ones((n, n, n))
+    else:
+        if config.preconditioner == "curvature":
+            scales = curvature_scales(posterior.log_prob, state0, n, posterior.forward.box_size,
+                                      n_probes=config.n_probes, seed=config.chains_seed + offset)
+        else:
+            scales = np.ones((n, n, n))
+        bijector = FourierPreconditioner(n, n_bias, field_scale=scales, bias_loc=theta_fit, bias_scale=bias_scale)
+    setup_s = time.perf_counter() - t0
+    chains = inf.sample(posterior.log_prob, state0, config.sampler_config(seed_offset=offset), bijector=bijector,
+                        progress=progress, checkpoint_dir=out / "checkpoint")
+    del tf
+    return chains, {"setup_s": setup_s, "field_scale_min": float(np.min(scales)),
+                    "field_scale_max": float(np.max(scales))}
+
+
+def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omega_true, out: Path) -> dict:
+    """Everything a setting reports, its saved samples and its figures."""
+    import arviz as az
+    import xarray as xr
+
+    import tfhalo.inference as inf
+    from tfhalo.bias.fields import density_field
+    from tfhalo.field import analysis as fa
+
+    n, n_field = config.n_grid, posterior.n_field
+    cosmology = sim.cosmology
+    box = sim.box_size
+    samples = np.asarray(chains.samples)                       # (S, C, P)
+    s, c, _ = samples.shape
+    omega = samples[..., :n_field].reshape(s, c, n, n, n)
+    theta = samples[..., n_field:]
+    pooled = omega.reshape(s * c, n, n, n)
+
+    bins = fa.k_bins(n, box, n_bins=config.n_bins)
+    u_draws = fa.hartley_coefficients(pooled)
+    u_true = fa.hartley_coefficients(omega_true)[0]
+    cover = fa.coverage(u_draws, u_true, bins, LEVELS)
+    del u_draws
+
+    delta_true = linear_fields(omega_true, box, cosmology)
+    power_true = fa.binned_power(delta_true, bins)[0]
+    prior_power = _prior_binned_power(bins, cosmology)
+    power = np.empty((s * c, bins.n_bins))
+    mean_delta = np.zeros((n, n, n))
+    for i in range(0, s * c, 64):
+        d = linear_fields(pooled[i:i + 64], box, cosmology)
+        power[i:i + 64] = fa.binned_power(d, bins)
+        mean_delta += d.sum(axis=0)
+    mean_delta /= s * c
+    r = fa.cross_correlation(mean_delta, delta_true, bins)
+    post_mean_power = power.mean(axis=0)
+    cv = prior_power * np.sqrt(2.0 / bins.n_modes)
+    power_z = (post_mean_power - prior_power) / cv
+
+    # Convergence of the bias parameters and of the power in the lowest k bins.
+    idata = chains.to_inference_data(variables={"bias": (slice(n_field, None), (posterior.n_bias,))})
+    low = power.reshape(s, c, -1)[:, :, :N_LOW_K_BINS].transpose(1, 0, 2)
+    idata.posterior["power_low_k"] = xr.DataArray(
+        low, dims=("chain", "draw", "low_k_bin"), coords={"low_k_bin": np.arange(low.shape[-1])})
+    idata.posterior["bias"] = idata.posterior["bias"].assign_coords(
+        {idata.posterior["bias"].dims[-1]: posterior.parameter_names()})
+    convergence = inf.convergence_summary(idata)
+    inf.save_inference_data(idata, out / POSTERIOR_FILE)
+    n_grad = float(np.sum(chains.n_gradient_evaluations))
+    ess_bias = min(v["ess_bulk"] for k, v in convergence["parameters"].items() if k.startswith("bias"))
+    ess_power = min(v["ess_bulk"] for k, v in convergence["parameters"].items() if k.startswith("power"))
+
+    # Final density and psi over draws spread through the chains (Fig. 5), one draw for Fig. 4.
+    picks = np.linspace(0, s * c - 1, min(config.n_field_draws, s * c)).astype(int)
+    flat_states = samples.reshape(s * c, -1)[picks]
+    moments = {}
+    for name in ("density", "psi"):
+        moments[name] = [np.zeros((n, n, n)), np.zeros((n, n, n))]
+    example = None
+    for j in range(0, len(picks), config.n_chains):
+        batch = flat_states[j:j + config.n_chains]
+        f = posterior.fields(batch)
+        for name in ("density", "psi"):
+            values = np.asarray(f[name], np.float64)
+            if values.ndim == 5:
+                values = values[..., 0]
+            moments[name][0] += values.sum(axis=0)
+            moments[name][1] += (values**2).sum(axis=0)
+        if example is None:
+            example = {k: np.asarray(v, np.float64)[0] for k, v in f.items()}
+    k_draws = len(picks)
+    maps = {}
+    for name, (m1, m2) in moments.items():
+        mean = m1 / k_draws
+        maps[name] = (mean, np.maximum(m2 / k_draws - mean**2, 0.0))
+    true_density = density_field(sim, n, "nbody")
+
+    _save_samples(out / SAMPLES_FILE, config, omega, theta, omega_true, delta_true, posterior, box)
+    figures = _setting_figures(out, setting, bins, prior_power, power, power_true, r, cover, maps, true_density,
+                               example, posterior, config)
+    k_half = fa.k_at_correlation(bins.centres, r, 0.5)
+    return {
+        "n_halos": int(posterior.catalogue.positions.shape[0]),
+        "k": bins.centres.tolist(),
+        "n_modes": bins.n_modes.tolist(),
+        "power": {"prior": prior_power.tolist(), "truth": power_true.tolist(),
+                  "posterior_mean": post_mean_power.tolist(),
+                  "posterior_16": np.percentile(power, 16, axis=0).tolist(),
+                  "posterior_84": np.percentile(power, 84, axis=0).tolist(),
+                  "cosmic_variance_sd": cv.tolist(), "z_vs_prior": power_z.tolist(),
+                  "consistent_with_prior": bool(np.all(np.abs(power_z) <= POWER_SIGMA_MAX))},
+        "cross_correlation": {"r": r.tolist(), "r_largest_scale": float(r[0]), "k_r_half": k_half},
+        "coverage": cover,
+        "calibrated": bool(all(np.all(np.abs(np.asarray(v["z"])) <= COVERAGE_Z_MAX)
+                               for v in cover["levels"].values())),
+        "convergence": jsonable(convergence),
+        "sampler": {"seconds": float(chains.seconds), "n_gradient_evaluations": n_grad,
+                    "step_size": np.asarray(chains.step_size, np.float64).reshape(-1).tolist(),
+                    "acceptance_rate": float(np.mean(chains.sample_stats["acceptance_rate"])),
+                    "gradients_per_ess_bias": n_grad / max(ess_bias, 1e-9),
+                    "gradients_per_ess_power_low_k": n_grad / max(ess_power, 1e-9),
+                    "n_divergent": int(np.sum(chains.sample_stats["diverging"]))},
+        "figures": figures,
+    }
+
+
+def _save_samples(path: Path, config, omega, theta, omega_true, delta_true, posterior, box):
+    """Thinned white-noise and linear-density draws, bias draws, truth and data in one HDF5 file (atomic)."""
+    import h5py
+
+    thin = config.thin
+    om = omega[::thin]
+    s, c = om.shape[:2]
+    delta = linear_fields(om.reshape(s * c, *om.shape[2:]), box, posterior.forward.cosmology).reshape(om.shape)
+    cat = posterior.catalogue
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["description"] = ("tfhalo field-level posterior: thinned draws (draw, chain, x, y, z) of the "
+                                      "white noise and the linear density at a = 1; all bias draws; the truth "
+                                      "Fourier-truncated to the inference grid; the halo catalogue")
+            f.attrs["box_size"] = box
+            f.attrs["n_grid"] = config.n_grid
+            f.attrs["thin"] = thin
+            f.attrs["cosmology"] = str(posterior.forward.cosmology.to_dict())
+            f.create_dataset("omega", data=om.astype(np.float32), compression="gzip", compression_opts=1)
+            f.create_dataset("delta_lin", data=delta.astype(np.float32), compression="gzip", compression_opts=1)
+            f.create_dataset("theta", data=theta)
+            f["theta"].attrs["names"] = np.array(posterior.parameter_names(), dtype="S")
+            f.create_dataset("truth/omega", data=omega_true)
+            f.create_dataset("truth/delta_lin", data=delta_true[0])
+            f.create_dataset("data/halo_positions", data=np.asarray(cat.positions))
+            f.create_dataset("data/halo_ln_mass", data=np.asarray(cat.ln_mass))
+            f["data"].attrs["log_mass_threshold"] = float(cat.log_mass_threshold)
+
+
+def _setting_figures(out, setting, bins, prior_power, power, power_true, r, cover, maps, true_density, example,
+                     posterior, config) -> dict:
+    from tfhalo.evaluation.plots import save_figure
+    import matplotlib.pyplot as plt
+
+    k = bins.centres
+    figs = {}
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    cv = prior_power * np.sqrt(2.0 / bins.n_modes)
+    ax.fill_between(k, prior_power - 2 * cv, prior_power + 2 * cv, color="0.85", label="prior, 2 sigma cosmic variance")
+    ax.plot(k, prior_power, "k-", label="prior P(k)")
+    ax.plot(k, power_true, "r--", label="truth")
+    lo, hi = np.percentile(power, [2.5, 97.5], axis=0)
+    ax.fill_between(k, lo, hi, color="C0", alpha=0.35, label="posterior 95%")
+    ax.plot(k, power.mean(axis=0), "C0-", label="posterior mean")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("k [h/Mpc]")
+    ax.set_ylabel("P(k) [(Mpc/h)^3]")
+    ax.set_title(f"Initial power spectra ({setting})")
+    ax.legend(fontsize=8)
+    figs["power_spectra"] = save_figure(fig, out / "fig6_power_spectra.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(k, r, "o-")
+    axes[0].axhline(0.9, color="0.6", ls=":")
+    axes[0].axhline(0.5, color="0.6", ls="--")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("k [h/Mpc]")
+    axes[0].set_ylabel("r(k)")
+    axes[0].set_title("posterior mean vs true initial field")
+    for level, v in cover["levels"].items():
+        frac, err = np.asarray(v["fraction"]), np.asarray(v["stderr"])
+        axes[1].errorbar(k, frac, yerr=err, fmt="o-", label=f"{float(level):.0%} intervals")
+        axes[1].axhline(float(level), color="0.6", ls=":")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("k [h/Mpc]")
+    axes[1].set_ylabel("fraction of true modes inside")
+    axes[1].set_title("coverage of the true white noise")
+    axes[1].legend(fontsize=8)
+    figs["correlation_coverage"] = save_figure(fig, out / "cross_correlation_coverage.png")
+
+    z = config.n_grid // 2
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.5))
+    panels = [
+        (np.log10(np.maximum(true_density[z], 1e-2)), "true N-body log10(1+delta)"),
+        (np.log10(np.maximum(maps["density"][0][z], 1e-2)), "posterior mean LPT log10(1+delta)"),
+        (maps["density"][1][z], "posterior variance of LPT 1+delta"),
+        (maps["psi"][0][z], "posterior mean psi"),
+        (maps["psi"][1][z], "posterior variance of psi"),
+        (np.log10(np.maximum(true_density[z], 1e-2)) - np.log10(np.maximum(maps["density"][0][z], 1e-2)),
+         "true minus posterior mean (log10)"),
+    ]
+    for ax, (img, title) in zip(axes.ravel(), panels):
+        im = ax.imshow(img.T, origin="lower", cmap="viridis")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    figs["final_density"] = save_figure(fig, out / "fig5_final_density.png")
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    halo_mass = _halo_mass_field(posterior.catalogue, config.n_grid)
+    psi = example["psi"][..., 0] if example["psi"].ndim == 4 else example["psi"]
+    panels = [(example["delta_lin"][z], "initial field delta_L"),
+              (np.log10(np.maximum(example["density"][z], 1e-2)), "LPT log10(1+delta)"),
+              (psi[z], "NPE output psi"),
+              (np.log10(np.maximum(halo_mass[z], 1.0)), "halo mass field log10 M")]
+    for ax, (img, title) in zip(axes, panels):
+        im = ax.imshow(img.T, origin="lower", cmap="viridis")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    figs["one_sample"] = save_figure(fig, out / "fig4_one_sample.png")
+    return {k: Path(v).name for k, v in figs.items()}
+
+
+def _halo_mass_field(catalogue, n: int) -> np.ndarray:
+    field = np.zeros(n**3)
+    np.add.at(field, np.asarray(catalogue.halo_voxel), np.exp(np.asarray(catalogue.ln_mass)))
+    return field.reshape(n, n, n)
+
+
+# -- the study -------------------------------------------------------------------------------------------------
+
+
+def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
+    keep = {k: v for k, v in config.to_dict().items() if k not in ("name", "settings")}
+    return dict(step="setting", setting=setting, simulation=sim_fp, config=keep)
+
+
+def run(config: Config, suite, out, progress: bool = True, overwrite: bool = False) -> dict:
+    """Run the study (resumable) and write ``out/results.json``, ``report.md``, figures and samples.
+
+    Args:
+        config: a :class:`Config`.
+        suite: suite directory of the one N-body run (generated there when missing).
+        out: output directory; each setting writes into ``out/<setting>/``.
+        progress: progress bars and one line per step.
+        overwrite: discard cached steps made with other settings instead of raising
+            :class:`~tfhalo.studies.common.StaleCacheError`.
+
+    Returns:
+        The results dict (also ``out/results.json``).
+    """
+    from tfhalo.field.forward import LPTForwardModel
+    from tfhalo.field.posterior import FieldLevelPosterior
+    from tfhalo.studies import common
+
+    if not isinstance(config, Config):
+        raise ValueError(f"config must be a field_level.Config. Received: config={type(config).__name__}")
+    for name, value in (("suite", suite), ("out", out)):
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise ValueError(f"{name} must be a non-empty directory path. Received: {name}={value!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out must be a directory. Received: out={str(out)!r} (a file)")
+    say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    t_start = time.perf_counter()
+    timings = {}
+
+    sim, sim_path = _load_simulation(config, suite, progress)
+    sim_fp = common.fingerprint(sim.initial_density)
+    for setting in config.settings:
+        common.Cache(out / setting, _setting_key(config, setting, sim_fp), overwrite=overwrite).check("setting.json")
+    out.mkdir(parents=True, exist_ok=True)
+    timings["simulation_s"] = time.perf_counter() - t_start
+    omega_true = truth_white_noise(sim, config.n_grid)
+
+    t0 = time.perf_counter()
+    model, like, data, fit = _bias_fit(config, sim, out, progress, overwrite)
+    timings["bias_fit_s"] = time.perf_counter() - t0
+    theta_fit = np.asarray(fit["theta"], np.float64)
+    say(f"{data.n_halos} halos above {config.threshold_mass:.3g} Msun/h on a {config.n_grid}^3 grid; bias fit to "
+        f"the N-body field: ln posterior {float(fit['log_posterior']):.2f}")
+    forward = LPTForwardModel(config.n_grid, sim.box_size, cosmology=sim.cosmology, order=config.order)
+
+    settings = {}
+    for setting in config.settings:
+        t0 = time.perf_counter()
+        sdir = out / setting
+        cache = common.Cache(sdir, _setting_key(config, setting, sim_fp), overwrite=overwrite)
+        result = cache.load("setting.json")
+        if result is None or not (sdir / SAMPLES_FILE).is_file():
+            sdir.mkdir(parents=True, exist_ok=True)
+            catalogue = _catalogue(config, setting, sim, forward, model, omega_true, theta_fit)
+            posterior = FieldLevelPosterior(forward, model, catalogue)
+            say(f"[{setting}] {catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
+                f"chains start from the {config.start}")
+            chains, setup = _sample_setting(config, setting, posterior, theta_fit, fit["hessian"], sdir, progress)
+            result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir)
+            result["sampler"].update(setup)
+            result["start"] = config.start
+            result["preconditioner"] = config.preconditioner
+            result = jsonable(result)
+            cache.save("setting.json", result)
+            shutil.rmtree(sdir / "checkpoint", ignore_errors=True)
+        timings[f"{setting}_s"] = time.perf_counter() - t0
+        settings[setting] = result
+        conv = result["convergence"]
+        say(f"[{setting}] r(k_min) = {result['cross_correlation']['r_largest_scale']:.3f}, coverage "
+            f"{'calibrated' if result['calibrated'] else 'NOT calibrated'}, P(k) "
+            f"{'consistent' if result['power']['consistent_with_prior'] else 'NOT consistent'} with the prior; "
+            f"max R-hat {conv['max_rhat']:.3f}, min bulk ESS {conv['min_ess_bulk']:.0f}, "
+            f"{conv['n_divergent']} divergences")
+    timings["total_s"] = time.perf_counter() - t_start
+
+    results = {
+        "study": "field_level",
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "machine": common.machine_info(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "simulation": {"path": str(sim_path), "n_side": int(sim.initial_density.shape[0]), "box_size": sim.box_size,
+                       "particle_mass": float(sim.particle_mass)},
+        "data": {"n_halos_nbody": int(data.n_halos), "threshold_mass": config.threshold_mass,
+                 "threshold_particles": config.threshold_mass / float(sim.particle_mass),
+                 "n_field_parameters": config.n_grid**3, "n_bias_parameters": int(theta_fit.size)},
+        "bias_fit": {"theta": theta_fit.tolist(), "log_posterior": float(fit["log_posterior"])},
+        "criteria": {"coverage_z_max": COVERAGE_Z_MAX, "power_sigma_max": POWER_SIGMA_MAX,
+                     "r_largest_scale_min": 0.9},
+        "settings": settings,
+        "timings": timings,
+    }
+    results["summary"] = _summary_rows(results)
+    results = jsonable(results)
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "report.md", report(results))
+    say(f"wrote {out / 'results.json'} and {out / 'report.md'} in {timings['total_s']:.0f} s")
+    return results
+
+
+def _summary_rows(r: dict) -> list:
+    from tfhalo.studies.common import summary_row
+
+    rows = []
+    for setting, s in r["settings"].items():
+        cover = s["coverage"]["levels"]
+        for level, v in cover.items():
+            frac = np.asarray(v["fraction"], float)
+            z = np.asarray(v["z"], float)
+            rows.append(summary_row(f"{setting}: {float(level):.0%} coverage, max |z| over k bins",
+                                    float(np.max(np.abs(z))), None, None,
+                                    note=f"fractions {', '.join(f'{x:.3f}' for x in frac)}"))
+        rows.append(summary_row(f"{setting}: r(k) at the largest scale", s["cross_correlation"]["r_largest_scale"]))
+        rows.append(summary_row(f"{setting}: k where r = 0.5 [h/Mpc]", s["cross_correlation"]["k_r_half"]))
+        c = s["convergence"]
+        rows.append(summary_row(f"{setting}: max R-hat (bias, low-k power)", c["max_rhat"]))
+        rows.append(summary_row(f"{setting}: min bulk ESS (bias, low-k power)", c["min_ess_bulk"]))
+        rows.append(summary_row(f"{setting}: gradients per effective sample (low-k power)",
+                                s["sampler"]["gradients_per_ess_power_low_k"]))
+    return rows
+
+
+def _fmt(x, spec=".3f"):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return format(x, spec)
+
+
+def report(r: dict) -> str:
+    """Markdown report of a results dict written by :func:`run`."""
+    cfg = r["config"]
+    lines = [
+        "# Field-level inference: initial conditions and neural bias sampled jointly",
+        "",
+        "Charnock, Lavaux, Wandelt, Sarma Boruah, Jasche & Hudson (2020), arXiv:1909.06379, sections 4-5. "
+        f"{r['data']['n_field_parameters']} white-noise parameters on a {cfg['n_grid']}^3 grid of "
+        f"{r['simulation']['box_size'] / cfg['n_grid']:.2f} Mpc/h voxels plus {r['data']['n_bias_parameters']} "
+        f"bias parameters; {cfg['order']}LPT forward model; halos above {cfg['threshold_mass']:.3g} Msun/h "
+        f"({r['data']['threshold_particles']:.0f} particles) of one {r['simulation']['n_side']}^3-particle N-body "
+        f"run in ({r['simulation']['box_size']:g} Mpc/h)^3 (seed {r['seed']}).",
+        "",
+        f"Chains: {cfg['n_chains']} HMC chains of {cfg['n_warmup']} warm-up and {cfg['n_samples']} kept "
+        f"iterations, {cfg['leapfrog_steps']} leapfrog steps, started from the {cfg['start']} "
+        f"({'a prior draw of the white noise' if cfg['start'] == 'prior' else 'field MAP'}), bias from its fit to "
+        f"the N-body field; preconditioner: {cfg['preconditioner']}.",
+        "",
+        f"Machine: {r['machine']}. Total {r['timings']['total_s']:.0f} s.",
+        "",
+    ]
+    for setting, s in r["settings"].items():
+        c, p, x, smp = s["convergence"], s["power"], s["cross_correlation"], s["sampler"]
+        title = ("Self-consistent mock (catalogue drawn from the model)" if setting == "mock"
+                 else "N-body catalogue")
+        lines += [f"## {title}", "", f"{s['n_halos']} halos. Sampling {smp['seconds']:.0f} s, "
+                  f"{smp['n_gradient_evaluations']:.0f} gradient evaluations, acceptance "
+                  f"{smp['acceptance_rate']:.2f}, {smp['n_divergent']} divergences.", ""]
+        lines += ["| k [h/Mpc] | modes | P prior | P truth | P posterior mean [16, 84%] | z vs prior | r(k) | "
+                  + " | ".join(f"{float(l):.0%} coverage" for l in s["coverage"]["levels"]) + " |",
+                  "|---|---|---|---|---|---|---|" + "---|" * len(s["coverage"]["levels"])]
+        for i, k in enumerate(s["k"]):
+            cov = " | ".join(f"{v['fraction'][i]:.3f} ± {v['stderr'][i]:.3f}" for v in s["coverage"]["levels"].values())
+            lines.append(f"| {k:.3f} | {s['n_modes'][i]} | {p['prior'][i]:.4g} | {p['truth'][i]:.4g} | "
+                         f"{p['posterior_mean'][i]:.4g} [{p['posterior_16'][i]:.4g}, {p['posterior_84'][i]:.4g}] | "
+                         f"{p['z_vs_prior'][i]:+.2f} | {_fmt(x['r'][i])} | {cov} |")
+        lines += [
+            "",
+            f"- Posterior P(k) {'is' if p['consistent_with_prior'] else 'is NOT'} consistent with the prior "
+            f"(|z| <= {r['criteria']['power_sigma_max']:g} cosmic-variance sd in every bin).",
+            f"- r(k) at the largest scale: {_fmt(x['r_largest_scale'])} (goal >= 0.9); r falls to 0.5 at "
+            f"k = {_fmt(x['k_r_half'])} h/Mpc.",
+            f"- Coverage {'is' if s['calibrated'] else 'is NOT'} nominal within "
+            f"{r['criteria']['coverage_z_max']:g} binomial standard errors in every bin.",
+            f"- Convergence (bias parameters and the power in the {N_LOW_K_BINS} lowest k bins): max R-hat "
+            f"{_fmt(c['max_rhat'], '.4f')}, min bulk ESS {_fmt(c['min_ess_bulk'], '.0f')}, min tail ESS "
+            f"{_fmt(c['min_ess_tail'], '.0f')}; gradient evaluations per effective sample: "
+            f"{_fmt(smp['gradients_per_ess_power_low_k'], '.0f')} (low-k power), "
+            f"{_fmt(smp['gradients_per_ess_bias'], '.0f')} (bias).",
+            "",
+            "Figures: " + ", ".join(f"`{setting}/{v}`" for v in s["figures"].values()) + ".",
+            "",
+        ]
+    lines += ["Samples for re-analysis: `<setting>/samples.h5` (layout in `docs/field_level.md`) and "
+              "`<setting>/posterior.nc` (ArviZ).", ""]
+    return "\n".join(lines)
