@@ -18,14 +18,15 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# The whole suite on TensorFlow, then the backend-agnostic layer tests on JAX.
+# The whole suite on TensorFlow, then the backend-agnostic layers and field-level forward model on JAX.
 test: test-tf test-jax
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/layers
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/layers tests/field/test_fft.py tests/field/test_forward.py \
+		tests/field/test_posterior.py tests/field/test_mock.py
 
 # The quick deep-halo study, then the quick neural-bias study (the paper's
 # 17-parameter model, sampled to convergence) on the same suite.

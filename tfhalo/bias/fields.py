@@ -183,12 +183,7 @@ def make_bias_data(
             f"mass_threshold={mass_threshold:.4g}, {masses.size} halos, max mass="
             f"{masses.max() if masses.size else None}"
         )
-    n = rho.shape[0]
-    # Grid value i is the cloud-in-cell density AT x = i * box_size / n (as painted
-    # by tfhalo.sim.mesh.cic_paint), so a halo belongs to its NEAREST grid point;
-    # the cell [i, i + 1) would score it against density half a voxel away per axis.
-    idx = np.floor(centres[keep] / box_size * n + 0.5).astype(np.int64) % n
-    voxel = np.ravel_multi_index(idx.T, (n, n, n)).astype(np.int64)
+    voxel = halo_voxels(centres[keep], box_size, rho.shape[0])
     rho = np.maximum(rho, density_floor)
     return BiasData(
         one_plus_delta=rho,
@@ -199,6 +194,25 @@ def make_bias_data(
         mass_threshold=float(mass_threshold),
         name=name,
     )
+
+
+def halo_voxels(centres: np.ndarray, box_size: float, n_grid: int) -> np.ndarray:
+    """``(H,)`` int64 flat (C-order) index of the voxel of each ``(H, 3)`` centre in ``[0, box_size)``.
+
+    Grid value ``i`` is the cloud-in-cell density AT ``x = i * box_size / n`` (as
+    painted by :func:`tfhalo.sim.mesh.cic_paint`), so a halo belongs to its
+    NEAREST grid point, wrapped periodically; the cell ``[i, i + 1)`` would score it
+    against density half a voxel away per axis.  Inputs are not checked here: the
+    callers (:func:`make_bias_data`, :class:`tfhalo.field.posterior.FieldCatalogue`)
+    validate them first.
+
+    Example:
+        >>> int(halo_voxels(np.array([[1.0, 1.0, 9.0]]), 10.0, 4)[0])
+        0
+    """
+    n = int(n_grid)
+    idx = np.floor(np.asarray(centres, np.float64) / box_size * n + 0.5).astype(np.int64) % n
+    return np.ravel_multi_index(idx.T, (n, n, n)).astype(np.int64)
 
 
 def _float_array(name: str, value) -> np.ndarray:

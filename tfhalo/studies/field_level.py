@@ -120,7 +120,7 @@ class Config:
     map_steps: int = 600
     map_starts: int = 2
     settings: Tuple[str, ...] = SETTINGS
-    start: str = "prior"
+    start: str = "map"
     map_field_steps: int = 200
     preconditioner: str = "curvature"
     n_probes: int = 8
@@ -326,7 +326,7 @@ def _bias_fit(config: Config, sim, out: Path, progress: bool, overwrite: bool):
     from tfhalo.studies import common
 
     data = bias_data_from_simulation(sim, config.n_grid, config.threshold_mass, source="nbody")
-    model = build_model(math.log(config.threshold_mass), config.n_grid)
+    model = build_model(math.log(config.threshold_mass), config.n_grid, dtype="float64")
     like = NeuralBiasLikelihood(model, data)
     key = dict(step="bias_fit", simulation=common.fingerprint(sim.initial_density), n_grid=config.n_grid,
                threshold_mass=config.threshold_mass, map_steps=config.map_steps, map_starts=config.map_starts,
@@ -343,21 +343,35 @@ def _bias_fit(config: Config, sim, out: Path, progress: bool, overwrite: bool):
     return model, like, data, {k: np.asarray(v) for k, v in stored.items()}
 
 
-def _bias_scale(hess: np.ndarray) -> np.ndarray:
-    """Per-parameter scales of the bias coordinates: the Laplace marginal widths, within [1e-3, 10]."""
-    hess = 0.5 * (hess + hess.T)
-    eig, vec = np.linalg.eigh(hess)
-    cov = (vec / np.maximum(eig, 1e-2)) @ vec.T
-    return np.clip(np.sqrt(np.maximum(np.diag(cov), 0.0)), 1e-3, 10.0)
+def _conditional_bias_scale(posterior, state) -> np.ndarray:
+    """``(n_bias,)`` conditional widths ``1 / sqrt(-d^2 ln p / d theta_i^2)`` of the bias at ``state (P,)``.
+
+    Floored at the prior's precision (width at most the prior's 10) and at 1e-4.
+    """
+    import tensorflow as tf
+
+    from tfhalo.bias.fit import hessian_of
+
+    n_field = posterior.n_field
+    field = tf.constant(np.asarray(state[None, :n_field], np.float64))
+
+    def log_prob_theta(theta):
+        return posterior.log_prob(tf.concat([field, theta[None, :]], axis=1))[0]
+
+    curvature = np.diag(hessian_of(log_prob_theta, np.asarray(state[n_field:], np.float64)))
+    floor = 1.0 / posterior.prior_scale**2
+    return np.clip(1.0 / np.sqrt(np.maximum(curvature, floor)), 1e-4, None)
 
 
 def _catalogue(config: Config, setting: str, sim, forward, model, omega_true, theta_fit):
     from tfhalo.field.mock import draw_mock_catalogue
     from tfhalo.field.posterior import FieldCatalogue
 
+    from tfhalo.sim.grid import wrap_periodic
+
     if setting == "nbody":
-        return FieldCatalogue.from_halos(sim.halos.centre, sim.halos.mass, sim.box_size, config.n_grid,
-                                         config.threshold_mass)
+        return FieldCatalogue.from_halos(wrap_periodic(sim.halos.centre, sim.box_size), sim.halos.mass,
+                                         sim.box_size, config.n_grid, config.threshold_mass)
     return draw_mock_catalogue(forward, model, omega_true, theta_fit, seed=config.seed + 1000)
 
 
@@ -385,41 +399,42 @@ def _map_field(posterior, state, steps: int, progress: bool) -> np.ndarray:
     return np.concatenate([np.asarray(var.numpy(), np.float64), state[:, n_field:]], axis=1)
 
 
-def _sample_setting(config: Config, setting: str, posterior, theta_fit, hess, out: Path, progress: bool):
+def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Path, progress: bool):
     """Chains of one setting's joint posterior, with the sampler's cost and the starting method."""
-    import tensorflow as tf
-
     import tfhalo.inference as inf
     from tfhalo.field.precondition import FourierPreconditioner, curvature_scales
 
     n, n_field, n_bias = config.n_grid, posterior.n_field, posterior.n_bias
     offset = SETTINGS.index(setting)
     rng = np.random.default_rng([config.chains_seed, offset, 17])
-    bias_scale = _bias_scale(hess)
     omega0 = rng.standard_normal((config.n_chains, n_field))
-    # The bias starts at its N-body fit, dispersed by half a Laplace width so that R-hat can see a
-    # chain that does not leave its start.
-    theta0 = theta_fit[None, :] + 0.5 * bias_scale[None, :] * rng.standard_normal((config.n_chains, n_bias))
-    state0 = np.concatenate([omega0, theta0], axis=1)
+    state0 = np.concatenate([omega0, np.tile(theta_fit, (config.n_chains, 1))], axis=1)
     t0 = time.perf_counter()
     if config.start == "map":
         state0 = _map_field(posterior, state0, config.map_field_steps, progress)
+    # The bias coordinates are scaled by their conditional widths at the start (the curvature of the
+    # joint target in theta given the field). The N-body fit's marginal Laplace widths are no
+    # guide: along some directions (a mixture width's slope) the expected halo count grows like
+    # exp(sigma^2 / 2), and a step of one marginal width lands where it has overflowed.
+    bias_scale = _conditional_bias_scale(posterior, state0[0])
+    # Chains start at the fit, dispersed by a tenth of those widths, so that R-hat can see a
+    # chain that does not leave its start.
+    state0[:, n_field:] += 0.1 * bias_scale[None, :] * rng.standard_normal((config.n_chains, n_bias))
     if config.preconditioner == "none":
         bijector = None
         scales = np.ones((n, n, n))
     else:
         if config.preconditioner == "curvature":
-            scales = curvature_scales(posterior.log_prob, state0, n, posterior.forward.box_size,
-                                      n_probes=config.n_probes, seed=config.chains_seed + offset)
+            scales = curvature_scales(posterior.log_prob, state0, n, n_probes=config.n_probes,
+                                      seed=config.chains_seed + offset)
         else:
             scales = np.ones((n, n, n))
         bijector = FourierPreconditioner(n, n_bias, field_scale=scales, bias_loc=theta_fit, bias_scale=bias_scale)
     setup_s = time.perf_counter() - t0
     chains = inf.sample(posterior.log_prob, state0, config.sampler_config(seed_offset=offset), bijector=bijector,
                         progress=progress, checkpoint_dir=out / "checkpoint")
-    del tf
     return chains, {"setup_s": setup_s, "field_scale_min": float(np.min(scales)),
-                    "field_scale_max": float(np.max(scales))}
+                    "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()}
 
 
 def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omega_true, out: Path) -> dict:
@@ -466,8 +481,9 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
     low = power.reshape(s, c, -1)[:, :, :N_LOW_K_BINS].transpose(1, 0, 2)
     idata.posterior["power_low_k"] = xr.DataArray(
         low, dims=("chain", "draw", "low_k_bin"), coords={"low_k_bin": np.arange(low.shape[-1])})
-    idata.posterior["bias"] = idata.posterior["bias"].assign_coords(
-        {idata.posterior["bias"].dims[-1]: posterior.parameter_names()})
+    bias_dim = idata.posterior["bias"].dims[-1]
+    idata.posterior = idata.posterior.rename({bias_dim: "parameter"}).assign_coords(
+        parameter=[name.split("/", 1)[-1] for name in posterior.parameter_names()])
     convergence = inf.convergence_summary(idata)
     inf.save_inference_data(idata, out / POSTERIOR_FILE)
     n_grad = float(np.sum(chains.n_gradient_evaluations))
@@ -703,7 +719,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
             posterior = FieldLevelPosterior(forward, model, catalogue)
             say(f"[{setting}] {catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
                 f"chains start from the {config.start}")
-            chains, setup = _sample_setting(config, setting, posterior, theta_fit, fit["hessian"], sdir, progress)
+            chains, setup = _sample_setting(config, setting, posterior, theta_fit, sdir, progress)
             result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir)
             result["sampler"].update(setup)
             result["start"] = config.start
@@ -714,10 +730,10 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
         timings[f"{setting}_s"] = time.perf_counter() - t0
         settings[setting] = result
         conv = result["convergence"]
-        say(f"[{setting}] r(k_min) = {result['cross_correlation']['r_largest_scale']:.3f}, coverage "
+        say(f"[{setting}] r(k_min) = {_fmt(result['cross_correlation']['r_largest_scale'])}, coverage "
             f"{'calibrated' if result['calibrated'] else 'NOT calibrated'}, P(k) "
             f"{'consistent' if result['power']['consistent_with_prior'] else 'NOT consistent'} with the prior; "
-            f"max R-hat {conv['max_rhat']:.3f}, min bulk ESS {conv['min_ess_bulk']:.0f}, "
+            f"max R-hat {_fmt(conv['max_rhat'])}, min bulk ESS {_fmt(conv['min_ess_bulk'], '.0f')}, "
             f"{conv['n_divergent']} divergences")
     timings["total_s"] = time.perf_counter() - t_start
 
@@ -736,6 +752,8 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
         "criteria": {"coverage_z_max": COVERAGE_Z_MAX, "power_sigma_max": POWER_SIGMA_MAX,
                      "r_largest_scale_min": 0.9},
         "settings": settings,
+        "figures": {f"{setting}: {caption.replace('_', ' ')}": f"{setting}/{name}"
+                    for setting, s in settings.items() for caption, name in s["figures"].items()},
         "timings": timings,
     }
     results["summary"] = _summary_rows(results)

@@ -59,6 +59,7 @@ _GROUP_KEY = "blas"
 _TITLES = {
     "deep_halos": "Deep-halo CNN (Lucie-Smith et al. 2020, arXiv:2011.10577)",
     "neural_bias": "Neural bias model (Charnock et al. 2020, arXiv:1909.06379)",
+    "field_level": "Field-level inference with the neural bias model (Charnock et al. 2020, arXiv:1909.06379)",
 }
 _DATE_KEYS = ("date", "finished", "timestamp", "created")
 
