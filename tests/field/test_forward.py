@@ -306,3 +306,36 @@ def test_config_round_trip():
     assert clone.get_config() == model.get_config() and clone.cosmology == cosmo
     omega = _noise(8, (9,))
     np.testing.assert_array_equal(to_numpy(clone.density(omega)), to_numpy(model.density(omega)))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_supersampled_particles_match_numpy_lpt_of_the_padded_spectrum(order):
+    """particle_factor f: 2LPT on the (f n)^3 lattice of the zero-padded linear field, painted on n^3."""
+    from tfhalo.sim.cosmology import WMAP5
+    from tfhalo.sim.ics import lpt_displacements, lpt_state, white_noise
+    from tfhalo.sim.mesh import cic_paint as np_cic_paint
+
+    n, f, box = 8, 2, 32.0
+    m, h = n * f, n // 2
+    model = LPTForwardModel(n, box, order=order, particle_factor=f)
+    omega = np.stack([white_noise(n, 11), white_noise(n, 12)])
+    delta = to_numpy(model.linear_field(omega))
+    rho = to_numpy(model.density(omega))
+    assert model.positions(omega).shape == (2, m**3, 3)
+    kept_in, kept_out = [i for i in range(n) if i != h], [i if i < h else i + m - n for i in range(n) if i != h]
+    for b in range(2):
+        coeffs = np.fft.rfftn(delta[b])
+        padded = np.zeros((m, m, m // 2 + 1), complex)
+        padded[np.ix_(kept_out, kept_out, range(h))] = coeffs[np.ix_(kept_in, kept_in, range(h))] * f**3
+        psi1, psi2 = lpt_displacements(np.fft.irfftn(padded, s=(m, m, m)), box)
+        if order == 1:
+            psi2 = np.zeros_like(psi2)
+        pos = lpt_state(psi1, psi2, box, WMAP5, 1.0)[0]
+        ref = np_cic_paint(pos, n, box)
+        np.testing.assert_allclose(rho[b], ref / ref.mean(), rtol=1e-10,
+                                   atol=1e-12)
+    assert LPTForwardModel.from_config(model.get_config()).particle_factor == f
+    with pytest.raises(ValueError, match="particle_factor must be at least 1. Received: particle_factor=0"):
+        LPTForwardModel(n, box, particle_factor=0)
+    with pytest.raises(ValueError, match="n_grid must be even when particle_factor > 1. Received: n_grid=9"):
+        LPTForwardModel(9, box, particle_factor=2)

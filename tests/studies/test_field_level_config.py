@@ -44,7 +44,7 @@ def test_presets_are_valid_frozen_and_round_trip():
         assert cfg.name == name and cfg.seed == 2
         assert field_level.Config(**cfg.to_dict()) == cfg
     cfg = field_level.Config.preset("quick")
-    assert cfg.n_grid == 32 and cfg.sim_params().n_side == 128 and cfg.sim_params().box_size == 128.0
+    assert cfg.n_grid == 16 and cfg.sim_params().n_side == 128 and cfg.sim_params().box_size == 64.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_samples = 10
     with pytest.raises(ValueError, match=r"unknown Config fields \['temperature'\]"):
@@ -72,3 +72,9 @@ def test_the_shell_exits_2_before_writing_anything(tmp_path, capsys, argv, match
     assert code == 2
     assert match in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "suite").exists()
+
+
+def test_particle_factor_needs_an_even_grid():
+    with pytest.raises(ValueError, match="n_grid must be even when particle_factor > 1. Received: n_grid=5"):
+        field_level.Config.preset("quick", n_side=40, n_grid=5, particle_factor=2)
+    assert field_level.Config.preset("quick", n_side=40, n_grid=5, particle_factor=1).n_grid == 5

@@ -204,6 +204,13 @@ class LPTForwardModel:
         a: scale factor of the positions and density, in ``(0, 1.5]``; the
             linear field is always the one at ``a = 1``.
         dtype: ``"float32"`` or ``"float64"`` (on JAX, float64 needs ``jax_enable_x64``).
+        particle_factor: LPT particles per grid cell per side, ``f``: the displacements are
+            computed on an ``(f n)^3`` particle lattice from the linear field's modes
+            ``|k_i| < n/2`` (the inference grid's Nyquist planes are left out for ``f > 1``;
+            ``n`` must then be even) and the ``(f n)^3`` particles are painted on the
+            ``n^3`` grid. With ``f = 1`` a voxel receives one particle on average, so that
+            ``log(1 + delta)`` of nearly empty voxels makes the likelihood very stiff; ``f = 2``
+            (8 particles per voxel) smooths it at 8 times the particles.
 
     Raises:
         ValueError: an argument is out of range (the message names it).
@@ -226,8 +233,14 @@ class LPTForwardModel:
         order: int = 2,
         a: float = 1.0,
         dtype: str = "float64",
+        particle_factor: int = 1,
     ):
         self.n_grid = n = check_int("n_grid", n_grid, minimum=2)
+        self.particle_factor = check_int("particle_factor", particle_factor, minimum=1)
+        if self.particle_factor > 1 and n % 2:
+            raise ValueError(f"n_grid must be even when particle_factor > 1. Received: n_grid={n_grid}")
+        # the particle lattice: m^3 particles painted on the n^3 grid
+        self.n_particles_side = m = n * self.particle_factor
         self.box_size = box_size = check_float("box_size", box_size, positive=True)
         self.cosmology = _check_cosmology(cosmology)
         self.order = check_int("order", order)
@@ -250,8 +263,8 @@ class LPTForwardModel:
         self.growth_1 = float(cosmology.growth_factor(self.a))
         self.growth_2 = float(cosmology.growth_factor_2(self.a)) if self.order == 2 else 0.0
 
-        kvec = rfft_wavenumbers(n, box_size)
-        kodd = derivative_wavenumbers(n, box_size)
+        kvec = rfft_wavenumbers(m, box_size)
+        kodd = derivative_wavenumbers(m, box_size)
         k2 = kvec[0] ** 2 + kvec[1] ** 2 + kvec[2] ** 2
         k2[0, 0, 0] = 1.0
         inv_k2 = 1.0 / k2
@@ -273,7 +286,7 @@ class LPTForwardModel:
         self._amplitude = const(linear_amplitude(n, box_size, cosmology))
         self._gradient = const(gradient)
         self._hessian = const(hessian)
-        self._lattice = const(lattice_positions(n, box_size))
+        self._lattice = const(lattice_positions(m, box_size))
 
     # ---------------------------------------------------------------- helpers
     def _cast(self, x):
@@ -293,7 +306,7 @@ class LPTForwardModel:
         g = self._gradient[None]  # (1, 3, n, n, m)
         re, im = real[:, None], imag[:, None]
         # i g (re + i im) = -g im + i g re
-        out = irfft3(-sign * g * im, sign * g * re, self.n_grid)  # (B, 3, n, n, n)
+        out = irfft3(-sign * g * im, sign * g * re, self.n_particles_side)  # (B, 3, m, m, m)
         return ops.transpose(out, (0, 2, 3, 4, 1))
 
     # ------------------------------------------------------------------ model
@@ -318,13 +331,15 @@ class LPTForwardModel:
             delta_lin: ``(B, n, n, n)`` linear density contrast.
 
         Returns:
-            ``(psi1, psi2)``, each ``(B, n, n, n, 3)`` Mpc/h, such that
-            ``x = q + D1 psi1 + D2 psi2``; ``psi2`` is zero when ``order == 1``.
+            ``(psi1, psi2)``, each ``(B, m, m, m, 3)`` Mpc/h on the ``m = particle_factor n``
+            lattice, such that ``x = q + D1 psi1 + D2 psi2``; ``psi2`` is zero when ``order == 1``.
         """
         delta = self._cast(delta_lin)
         self._check_field("delta_lin", delta)
-        n = self.n_grid
+        n = self.n_particles_side
         re, im = rfft3(delta)
+        if self.particle_factor > 1:
+            re, im = self._pad_spectrum(re), self._pad_spectrum(im)
         psi1 = self._vector_field(re, im, 1.0)
         if self.order == 1:
             return psi1, ops.zeros_like(psi1)
@@ -338,8 +353,29 @@ class LPTForwardModel:
         s_re, s_im = rfft3(source)
         return psi1, self._vector_field(s_re, s_im, -1.0)
 
+    def _pad_spectrum(self, x):
+        """``(B, n, n, n//2+1)`` half spectrum -> ``(B, m, m, m//2+1)``: the modes ``|k_i| < n/2`` of the
+        inference grid, zeros elsewhere, times ``(m / n)^3`` (the same field sampled on the finer lattice)."""
+        n, m = self.n_grid, self.n_particles_side
+        h = n // 2
+        x = x * float(self.particle_factor) ** 3
+        batch = ops.shape(x)[0]
+
+        def pad_axis(t, axis):
+            shape = list(ops.shape(t))
+            shape[axis] = m - n + 1
+            zeros = ops.zeros(shape, dtype=t.dtype)
+            lo = ops.take(t, np.arange(h), axis=axis)
+            hi = ops.take(t, np.arange(h + 1, n), axis=axis)
+            return ops.concatenate([lo, zeros, hi], axis=axis)
+
+        x = pad_axis(pad_axis(x, 1), 2)
+        x = ops.take(x, np.arange(h), axis=3)
+        zeros = ops.zeros((batch, m, m, m // 2 + 1 - h), dtype=x.dtype)
+        return ops.concatenate([x, zeros], axis=3)
+
     def _positions_from_delta(self, delta):
-        n3 = self.n_grid**3
+        n3 = self.n_particles_side**3
         psi1, psi2 = self.displacements(delta)
         x = self._lattice[None] + self.growth_1 * ops.reshape(psi1, (-1, n3, 3))
         if self.order == 2:
@@ -358,7 +394,8 @@ class LPTForwardModel:
             omega: ``(B, n, n, n)`` white noise.
 
         Returns:
-            ``(B, n^3, 3)`` positions, Mpc/h; row ``(i n + j) n + k`` is the particle from site ``(i, j, k)``.
+            ``(B, m^3, 3)`` positions, Mpc/h (``m = particle_factor n``); row ``(i m + j) m + k`` is the
+            particle from site ``(i, j, k)``.
         """
         return self._positions_from_delta(self.linear_field(omega))
 
@@ -396,6 +433,7 @@ class LPTForwardModel:
             "order": self.order,
             "a": self.a,
             "dtype": self.dtype,
+            "particle_factor": self.particle_factor,
         }
 
     @classmethod

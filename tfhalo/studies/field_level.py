@@ -91,6 +91,9 @@ class Config:
         n_grid: inference grid per side; must divide ``n_side``.
         threshold_mass: halo mass threshold, Msun/h.
         order: LPT order of the forward model (1 or 2).
+        particle_factor: LPT particles per voxel per side (:class:`~tfhalo.field.forward.LPTForwardModel`);
+            2 puts 8 particles in a voxel, which keeps ``log(1 + delta)`` of nearly empty
+            voxels, and so the posterior, from becoming stiff.
         map_steps, map_starts: Adam steps and starts of the bias fit to the N-body field.
         settings: which of ``"mock"`` and ``"nbody"`` to run.
         start: chains start from a ``"prior"`` draw of the white noise, or from a
@@ -113,10 +116,11 @@ class Config:
     sampler_seed: Optional[int] = None
     sim_preset: str = "quick"
     n_side: Optional[int] = 128
-    box_size: Optional[float] = 128.0
-    n_grid: int = 32
+    box_size: Optional[float] = 64.0
+    n_grid: int = 16
     threshold_mass: float = 2e12
     order: int = 2
+    particle_factor: int = 2
     map_steps: int = 600
     map_starts: int = 2
     settings: Tuple[str, ...] = SETTINGS
@@ -156,6 +160,9 @@ class Config:
             raise ValueError(f"n_grid must divide the simulation's n_side ({n_side}). Received: n_grid={self.n_grid}")
         set_("threshold_mass", check_float("threshold_mass", self.threshold_mass, positive=True))
         set_("order", check_int("order", self.order, minimum=1, maximum=2))
+        set_("particle_factor", check_int("particle_factor", self.particle_factor, minimum=1, maximum=4))
+        if self.particle_factor > 1 and self.n_grid % 2:
+            raise ValueError(f"n_grid must be even when particle_factor > 1. Received: n_grid={self.n_grid}")
         set_("map_steps", check_int("map_steps", self.map_steps, minimum=1))
         set_("map_starts", check_int("map_starts", self.map_starts, minimum=1))
         settings = tuple(self.settings) if isinstance(self.settings, (list, tuple)) else (self.settings,)
@@ -215,10 +222,11 @@ class Config:
         """A preset's settings with ``seed`` and any field replaced.
 
         Presets:
-            quick: one N-body run of 128^3 particles in (128 Mpc/h)^3, a 32^3 inference
-                grid of 4 Mpc/h voxels (the paper's 3.9 Mpc/h), halos above 2e12 Msun/h
-                (the paper's threshold), 2LPT; 2 HMC chains of 150 warm-up and 300 kept
-                iterations of 20 leapfrog steps, for each of the mock and N-body catalogues.
+            quick: one N-body run of 128^3 particles in (64 Mpc/h)^3, a 16^3 inference
+                grid of 4 Mpc/h voxels (the paper's 3.9 Mpc/h) with 2 LPT particles per voxel
+                per side, halos above 2e12 Msun/h (the paper's threshold), 2LPT; 2 HMC chains
+                of 150 warm-up and 300 kept iterations of 20 leapfrog steps, for each of the
+                mock and N-body catalogues.
             demo: ``quick`` with 100 warm-up and 200 kept iterations (``make demo``).
             paper: a 64^3 grid over 250 Mpc/h on a ``"charnock2020"`` simulation
                 (320^3 particles), for a GPU.
@@ -240,12 +248,12 @@ class Config:
 
 
 PRESETS = {
-    "quick": dict(sim_preset="quick", n_side=128, box_size=128.0, n_grid=32, threshold_mass=2e12),
-    "demo": dict(sim_preset="quick", n_side=128, box_size=128.0, n_grid=32, threshold_mass=2e12, n_warmup=100,
-                 n_samples=200),
+    "quick": dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, threshold_mass=2e12, particle_factor=2),
+    "demo": dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, threshold_mass=2e12, particle_factor=2,
+                 n_warmup=100, n_samples=200),
     "paper": dict(sim_preset="charnock2020", n_side=320, box_size=250.0, n_grid=64, threshold_mass=2e12,
-                  map_steps=3000, map_starts=4, n_chains=4, n_warmup=1000, n_samples=4000, leapfrog_steps=30,
-                  thin=20, n_field_draws=100),
+                  particle_factor=2, map_steps=3000, map_starts=4, n_chains=4, n_warmup=1000, n_samples=4000,
+                  leapfrog_steps=30, thin=20, n_field_draws=100),
 }
 
 
@@ -567,7 +575,7 @@ def _save_samples(path: Path, config, omega, theta, omega_true, delta_true, post
             f.create_dataset("theta", data=theta)
             f["theta"].attrs["names"] = np.array(posterior.parameter_names(), dtype="S")
             f.create_dataset("truth/omega", data=omega_true)
-            f.create_dataset("truth/delta_lin", data=delta_true[0])
+            f.create_dataset("truth/delta_lin", data=np.reshape(delta_true, omega_true.shape))
             f.create_dataset("data/halo_positions", data=np.asarray(cat.positions))
             f.create_dataset("data/halo_ln_mass", data=np.asarray(cat.ln_mass))
             f["data"].attrs["log_mass_threshold"] = float(cat.log_mass_threshold)
@@ -705,7 +713,8 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     theta_fit = np.asarray(fit["theta"], np.float64)
     say(f"{data.n_halos} halos above {config.threshold_mass:.3g} Msun/h on a {config.n_grid}^3 grid; bias fit to "
         f"the N-body field: ln posterior {float(fit['log_posterior']):.2f}")
-    forward = LPTForwardModel(config.n_grid, sim.box_size, cosmology=sim.cosmology, order=config.order)
+    forward = LPTForwardModel(config.n_grid, sim.box_size, cosmology=sim.cosmology, order=config.order,
+                              particle_factor=config.particle_factor)
 
     settings = {}
     for setting in config.settings:

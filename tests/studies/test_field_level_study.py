@@ -1,0 +1,116 @@
+"""The field-level study end to end on a tiny simulation: files, round trips, resume, the truth."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from tfhalo.studies import field_level
+
+TINY = dict(n_side=32, box_size=48.0, n_grid=8, threshold_mass=5e12, map_steps=50, map_starts=1, settings=("mock",),
+            map_field_steps=20, n_probes=1, n_warmup=20, n_samples=20, leapfrog_steps=3, n_field_draws=2, thin=1,
+            n_bins=3, jit_compile=False)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("field_level")
+    config = field_level.Config.preset("quick", seed=3, **TINY)
+    results = field_level.run(config, root / "suite", root / "out", progress=False)
+    return config, root, results
+
+
+def test_run_writes_results_report_figures_and_samples(study):
+    config, root, results = study
+    out = root / "out"
+    assert json.loads((out / "results.json").read_text())["study"] == "field_level"
+    assert "Self-consistent mock" in (out / "report.md").read_text()
+    s = results["settings"]["mock"]
+    for name in s["figures"].values():
+        assert (out / "mock" / name).stat().st_size > 0
+    n = config.n_grid
+    with h5py.File(out / "mock" / field_level.SAMPLES_FILE) as f:
+        assert f["omega"].shape == (config.n_samples, config.n_chains, n, n, n)
+        assert f["delta_lin"].shape == f["omega"].shape
+        assert f["theta"].shape == (config.n_samples, config.n_chains, 17)
+        assert len(f["theta"].attrs["names"]) == 17
+        assert f["truth/omega"].shape == (n, n, n)
+        assert f["data/halo_positions"].shape == (s["n_halos"], 3)
+        assert f.attrs["n_grid"] == n and f.attrs["box_size"] == pytest.approx(48.0)
+    import arviz as az
+
+    idata = az.from_netcdf(out / "mock" / field_level.POSTERIOR_FILE)
+    assert idata.posterior["bias"].shape == (config.n_chains, config.n_samples, 17)
+    assert np.all(np.isfinite(idata.posterior["bias"].values))
+    assert "power_low_k" in idata.posterior
+    assert set(s["sampler"]) >= {"n_gradient_evaluations", "gradients_per_ess_power_low_k", "n_divergent", "seconds"}
+    assert results["summary"] and all("quantity" in row for row in results["summary"])
+
+
+def test_coverage_and_power_recomputed_from_the_saved_samples_match_the_report(study):
+    from tfhalo.field import analysis as fa
+
+    config, root, results = study
+    s = results["settings"]["mock"]
+    with h5py.File(root / "out" / "mock" / field_level.SAMPLES_FILE) as f:
+        omega = f["omega"][...].astype(np.float64)
+        truth = f["truth/omega"][...]
+        delta_true = f["truth/delta_lin"][...]
+        box = float(f.attrs["box_size"])
+    bins = fa.k_bins(config.n_grid, box, n_bins=config.n_bins)
+    draws = omega.reshape(-1, *omega.shape[2:])
+    cover = fa.coverage(fa.hartley_coefficients(draws), fa.hartley_coefficients(truth)[0], bins)
+    for level, v in cover["levels"].items():
+        # float32 storage moves a coefficient across an interval edge at most rarely
+        np.testing.assert_allclose(v["fraction"], s["coverage"]["levels"][level]["fraction"], atol=0.02)
+    np.testing.assert_allclose(fa.binned_power(delta_true, bins)[0], s["power"]["truth"], rtol=1e-10)
+
+
+def test_truth_is_the_simulations_white_noise_truncated_to_the_grid(study):
+    from tfhalo.field.forward import truncate_white_noise
+    from tfhalo.sim import load
+    from tfhalo.sim.ics import white_noise
+
+    config, root, _ = study
+    sim = load(sorted((root / "suite").glob("*.h5"))[0])
+    expected = truncate_white_noise(white_noise(sim.initial_density.shape[0], sim.seed), config.n_grid)
+    got = field_level.truth_white_noise(sim, config.n_grid)
+    # the initial density is stored in float32
+    np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_rerun_reuses_every_step(study, monkeypatch):
+    import tfhalo.bias.fit
+    import tfhalo.inference
+
+    config, root, results = study
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished step was recomputed")
+
+    monkeypatch.setattr(tfhalo.inference, "sample", fail)
+    monkeypatch.setattr(tfhalo.bias.fit, "fit_map", fail)
+    again = field_level.run(config, root / "suite", root / "out", progress=False)
+    assert again["settings"] == results["settings"]
+
+
+def test_changed_settings_are_refused_before_any_work(study):
+    from tfhalo.studies.common import StaleCacheError
+
+    config, root, _ = study
+    other = field_level.Config.preset("quick", seed=3, **{**TINY, "n_samples": 21})
+    with pytest.raises(StaleCacheError):
+        field_level.run(other, root / "suite", root / "out", progress=False)
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    config = field_level.Config.preset("quick", **TINY)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="out must be a directory"):
+        field_level.run(config, tmp_path / "suite", tmp_path / "file", progress=False)
+    with pytest.raises(ValueError, match="config must be a field_level.Config"):
+        field_level.run(object(), tmp_path / "suite", tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="suite must be a non-empty directory path"):
+        field_level.run(config, "", tmp_path / "out", progress=False)
+    assert not (tmp_path / "suite").exists()
