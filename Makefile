@@ -29,17 +29,20 @@ test-jax: $(STAMP)
 		tests/field/test_posterior.py tests/field/test_mock.py
 
 # The quick deep-halo study, then the quick neural-bias study (the paper's
-# 17-parameter model, sampled to convergence) on the same suite.
+# 17-parameter model) on the same suite, then the quick field-level inference
+# (initial conditions sampled jointly with the bias model) on its own simulation.
 demo: $(STAMP)
 	$(BIN)/python experiments/deep_halos.py --preset quick --suite $(DEMO)/suite --out $(DEMO)/deep_halos
 	$(BIN)/python experiments/neural_bias.py --preset quick --suite $(DEMO)/suite --out $(DEMO)/neural_bias
-	@echo "Reports: $(DEMO)/deep_halos/report.md and $(DEMO)/neural_bias/report.md"
+	$(BIN)/python experiments/field_level.py --preset quick --suite $(DEMO)/field_suite --out $(DEMO)/field_level
+	@echo "Reports: $(DEMO)/deep_halos/report.md, $(DEMO)/neural_bias/report.md and $(DEMO)/field_level/report.md"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_layers.py
 	$(BIN)/python benchmarks/bench_sim.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_bias.py
+	$(BIN)/python benchmarks/bench_field.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -11,17 +11,6 @@ from tfhalo.field.fft import hartley3, irfft3, rfft3
 SHAPES = [(8, 8, 8), (2, 3, 4, 6, 5), (1, 6, 4, 7)]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """JAX computes float64 only with x64 switched on; TensorFlow always does."""
-    if BACKEND == "jax":
-        import jax
-
-        with jax.enable_x64(True):
-            yield
-    else:
-        yield
-
 
 def _x(shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape)

@@ -21,17 +21,6 @@ from tfhalo.sim.ics import gaussian_field, lpt_displacements, lpt_state, white_n
 L = 32.0  # 4 Mpc/h voxels on 8^3, as the paper's
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """JAX computes float64 only with x64 switched on; TensorFlow always does."""
-    if BACKEND == "jax":
-        import jax
-
-        with jax.enable_x64(True):
-            yield
-    else:
-        yield
-
 
 def _noise(n, seeds):
     return np.stack([white_noise(n, s) for s in seeds])

@@ -28,16 +28,6 @@ VOXEL = (BOX / N) ** 3
 SEEDS = (101, 102, 103, 104)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    if BACKEND == "jax":
-        import jax
-
-        with jax.enable_x64(True):
-            yield
-    else:
-        yield
-
 
 def _theta(per_voxel=4.0, seed=0):
     """About ``per_voxel`` halos per voxel, amplitudes rising with density, two components (sigma ~ 0.8, 1)."""

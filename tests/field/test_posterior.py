@@ -27,16 +27,6 @@ N = 4
 BOX = 64.0  # 16 Mpc/h voxels: mildly non-linear 2LPT, no voxel near the density floor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64():
-    if BACKEND == "jax":
-        import jax
-
-        with jax.enable_x64(True):
-            yield
-    else:
-        yield
-
 
 def _halos(seed=0, n_halos=12, box=BOX):
     rng = np.random.default_rng(seed)

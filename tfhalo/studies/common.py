@@ -284,6 +284,35 @@ class Cache:
 # --------------------------------------------------------------------------------- suites
 
 
+def preset_values(config_class, presets: dict, name: str, overrides: dict) -> dict:
+    """A copy of preset ``name``'s field values, after checking the name and the override fields.
+
+    The one rule of every study's ``Config.preset``: an unknown preset or a field
+    the config does not have is refused, naming it, before any value is used.
+
+    Args:
+        config_class: the study's frozen dataclass (its fields, less ``name`` and ``seed``,
+            are the ones ``overrides`` may set).
+        presets: ``{preset name: {field: value}}``.
+        name: the preset asked for.
+        overrides: the fields the caller replaces.
+
+    Returns:
+        ``dict(presets[name])``.
+
+    Raises:
+        ValueError: an unknown preset or field.
+    """
+    from tfhalo.validation import check_choice
+
+    check_choice("preset", name, sorted(presets))
+    fields = {f.name for f in dataclasses.fields(config_class)} - {"name", "seed"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown Config fields {unknown}. Expected a subset of {sorted(fields)}")
+    return dict(presets[name])
+
+
 def _preset_name_and_params(sim_preset):
     from tfhalo.sim.suite import SimulationPreset, resolve_preset
 

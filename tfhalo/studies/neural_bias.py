@@ -245,12 +245,9 @@ class Config:
         Raises:
             ValueError: unknown preset or field, or an invalid value (named).
         """
-        check_choice("preset", name, sorted(PRESETS))
-        fields = {f.name for f in dataclasses.fields(cls)} - {"name", "seed"}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(f"unknown Config fields {unknown}. Expected a subset of {sorted(fields)}")
-        values = dict(PRESETS[name])
+        from tfhalo.studies.common import preset_values
+
+        values = preset_values(cls, PRESETS, name, overrides)
         if overrides.get("threshold_mass") is not None and "threshold_particles" not in overrides:
             values["threshold_particles"] = None
         if overrides.get("threshold_particles") is not None and "threshold_mass" not in overrides:
