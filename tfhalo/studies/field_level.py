@@ -234,12 +234,9 @@ class Config:
         Raises:
             ValueError: unknown preset or field, or an invalid value (named).
         """
-        check_choice("preset", name, sorted(PRESETS))
-        fields = {f.name for f in dataclasses.fields(cls)} - {"name", "seed"}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(f"unknown Config fields {unknown}. Expected a subset of {sorted(fields)}")
-        values = dict(PRESETS[name])
+        from tfhalo.studies.common import preset_values
+
+        values = preset_values(cls, PRESETS, name, overrides)
         values.update(overrides)
         return cls(name=name, seed=seed, **values)
 
@@ -269,7 +266,8 @@ def truth_white_noise(simulation, n_grid: int) -> np.ndarray:
     gives back the white noise of the ``N^3`` lattice (any simulation with a
     stored initial density and the same cosmology: generated, GenetIC or
     Gadget ICs), and :func:`tfhalo.field.forward.truncate_white_noise` keeps
-    the modes the inference grid represents.
+    the modes the inference grid represents.  The ``k = 0`` mode, which no
+    linear field contains (and so neither the data nor the figures), is zero.
     """
     import scipy.fft
 
@@ -494,7 +492,8 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
         parameter=[name.split("/", 1)[-1] for name in posterior.parameter_names()])
     convergence = inf.convergence_summary(idata)
     inf.save_inference_data(idata, out / POSTERIOR_FILE)
-    n_grad = float(np.sum(chains.n_gradient_evaluations))
+    # the sampler counts gradients per chain; the ESS pools the chains
+    n_grad = float(chains.n_gradient_evaluations) * c
     ess_bias = min(v["ess_bulk"] for k, v in convergence["parameters"].items() if k.startswith("bias"))
     ess_power = min(v["ess_bulk"] for k, v in convergence["parameters"].items() if k.startswith("power"))
 
@@ -845,6 +844,10 @@ def report(r: dict) -> str:
             f"k = {_fmt(x['k_r_half'])} h/Mpc.",
             f"- Coverage {'is' if s['calibrated'] else 'is NOT'} nominal within "
             f"{r['criteria']['coverage_z_max']:g} binomial standard errors in every bin.",
+            (f"- **WARNING: these chains have not converged** (max R-hat {_fmt(c['max_rhat'], '.3f')}, min bulk ESS "
+             f"{_fmt(c['min_ess_bulk'], '.0f')}): every number above comes from chains that have not forgotten "
+             "their start; run longer chains before using them." if not c.get("converged") else
+             "- The chains converged (R-hat < 1.01, bulk and tail ESS >= 400, no divergences)."),
             f"- Convergence (bias parameters and the power in the {N_LOW_K_BINS} lowest k bins): max R-hat "
             f"{_fmt(c['max_rhat'], '.4f')}, min bulk ESS {_fmt(c['min_ess_bulk'], '.0f')}, min tail ESS "
             f"{_fmt(c['min_ess_tail'], '.0f')}; gradient evaluations per effective sample: "
