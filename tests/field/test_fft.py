@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers.backend import BACKEND, to_numpy
+from tests.helpers.backend import to_numpy
 from tfhalo.field.fft import hartley3, irfft3, rfft3
 
 # non-cubic, odd and even axes, with two batch axes

@@ -18,7 +18,6 @@ from tfhalo.field.posterior import FieldCatalogue, FieldLevelPosterior
 from tfhalo.sim.grid import minimum_image
 from tfhalo.sim.ics import white_noise
 
-from tests.helpers.backend import BACKEND
 
 M_TH = 1e12
 LN_TH = math.log(M_TH)
