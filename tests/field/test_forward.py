@@ -316,7 +316,7 @@ def test_supersampled_particles_match_numpy_lpt_of_the_padded_spectrum(order):
         coeffs = np.fft.rfftn(delta[b])
         padded = np.zeros((m, m, m // 2 + 1), complex)
         padded[np.ix_(kept_out, kept_out, range(h))] = coeffs[np.ix_(kept_in, kept_in, range(h))] * f**3
-        psi1, psi2 = lpt_displacements(np.fft.irfftn(padded, s=(m, m, m)), box)
+        psi1, psi2 = lpt_displacements(np.fft.irfftn(padded, s=(m, m, m), axes=(0, 1, 2)), box)
         if order == 1:
             psi2 = np.zeros_like(psi2)
         pos = lpt_state(psi1, psi2, box, WMAP5, 1.0)[0]
