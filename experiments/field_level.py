@@ -24,7 +24,7 @@ OVERRIDES = {
     "sampler_seed": "sampler_seed", "chains": "n_chains", "n_samples": "n_samples", "n_warmup": "n_warmup",
     "n_grid": "n_grid", "n_side": "n_side", "box_size": "box_size", "threshold_mass": "threshold_mass",
     "order": "order", "start": "start", "preconditioner": "preconditioner", "leapfrog_steps": "leapfrog_steps",
-    "target_accept": "target_accept", "map_steps": "map_steps",
+    "target_accept": "target_accept", "map_steps": "map_steps", "bias_coordinates": "bias_coordinates",
 }
 
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--order", type=int, default=None, help="LPT order: 1 or 2")
     parser.add_argument("--start", default=None, help="prior or map")
     parser.add_argument("--preconditioner", default=None, help="curvature, prior or none")
+    parser.add_argument("--bias-coordinates", default=None, help="diagonal or local_linear")
     parser.add_argument("--leapfrog-steps", type=int, default=None)
     parser.add_argument("--target-accept", type=float, default=None)
     parser.add_argument("--map-steps", type=int, default=None, help="Adam steps of the bias fit")

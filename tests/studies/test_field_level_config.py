@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("settings", ("truth",), "settings must be one of .* Received: settings='truth'"),
     ("start", "zero", "start must be one of .* Received: start='zero'"),
     ("preconditioner", "dense", "preconditioner must be one of .* Received: preconditioner='dense'"),
+    ("bias_coordinates", "flow", "bias_coordinates must be one of .* Received: bias_coordinates='flow'"),
     ("n_samples", 10, "n_samples must be at least 20. Received: n_samples=10"),
     ("n_warmup", -1, "n_warmup must be at least 0. Received: n_warmup=-1"),
     ("n_warmup", 5, r"n_warmup must be 0 .* Received: n_warmup=5"),

@@ -116,3 +116,31 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="suite must be a non-empty directory path"):
         field_level.run(config, "", tmp_path / "out", progress=False)
     assert not (tmp_path / "suite").exists()
+
+
+def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study):
+    import tensorflow as tf
+
+    from tfhalo.bias.model import build_model
+    from tfhalo.field.forward import LPTForwardModel
+    from tfhalo.field.posterior import FieldCatalogue, FieldLevelPosterior
+    from tfhalo.sim import load
+    from tfhalo.sim.grid import wrap_periodic
+
+    config, root, _ = study
+    sim = load(sorted((root / "suite").glob("*.h5"))[0])
+    with np.load(root / "out" / "bias_fit.npz") as f:
+        theta = f["theta"]
+    model = build_model(np.log(config.threshold_mass), config.n_grid, dtype="float64")
+    forward = LPTForwardModel(config.n_grid, sim.box_size, cosmology=sim.cosmology, particle_factor=2)
+    catalogue = FieldCatalogue.from_halos(wrap_periodic(sim.halos.centre, sim.box_size), sim.halos.mass,
+                                          sim.box_size, config.n_grid, config.threshold_mass)
+    posterior = FieldLevelPosterior(forward, model, catalogue)
+    state = np.concatenate([field_level.truth_white_noise(sim, config.n_grid).reshape(-1), theta])
+    bijector = field_level._local_linear_bias_bijector(posterior, state)
+    z = np.asarray(bijector.inverse(tf.constant(theta[None])))
+    assert np.allclose(z, 0.0, atol=1e-8)          # the start is the centre of the Laplace map
+    z = tf.constant(z + 0.1 * np.random.default_rng(0).normal(size=z.shape))
+    back = np.asarray(bijector.inverse(bijector.forward(z)))
+    np.testing.assert_allclose(back, np.asarray(z), atol=1e-8)
+    assert np.all(np.isfinite(np.asarray(bijector.forward_log_det_jacobian(z, event_ndims=1))))
