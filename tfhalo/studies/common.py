@@ -284,6 +284,28 @@ class Cache:
 # --------------------------------------------------------------------------------- suites
 
 
+def check_config_header(config) -> None:
+    """Check (and normalise in place) the fields every study's frozen ``Config`` starts with.
+
+    ``name`` (non-empty string), ``seed`` and ``sampler_seed`` (None or an
+    integer in ``[0, 2^32)``) and ``sim_preset`` (a :data:`tfhalo.sim.PRESETS` name);
+    called first by each ``Config.__post_init__``.
+
+    Raises:
+        ValueError: naming the field and the value.
+    """
+    from tfhalo.sim import PRESETS as SIM_PRESETS
+    from tfhalo.validation import check_choice, check_int
+
+    if not isinstance(config.name, str) or not config.name:
+        raise ValueError(f"name must be a non-empty string. Received: name={config.name!r}")
+    object.__setattr__(config, "seed", check_int("seed", config.seed, minimum=0, maximum=2**32 - 1))
+    if config.sampler_seed is not None:
+        object.__setattr__(config, "sampler_seed",
+                           check_int("sampler_seed", config.sampler_seed, minimum=0, maximum=2**32 - 1))
+    check_choice("sim_preset", config.sim_preset, sorted(SIM_PRESETS))
+
+
 def preset_values(config_class, presets: dict, name: str, overrides: dict) -> dict:
     """A copy of preset ``name``'s field values, after checking the name and the override fields.
 

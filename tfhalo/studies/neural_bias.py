@@ -164,17 +164,12 @@ class Config:
     jit_compile: bool = True
 
     def __post_init__(self):
-        from tfhalo.sim import PRESETS as SIM_PRESETS
+        from tfhalo.studies.common import check_config_header
 
         def set_(field, value):
             object.__setattr__(self, field, value)
 
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name must be a non-empty string. Received: name={self.name!r}")
-        set_("seed", check_int("seed", self.seed, minimum=0, maximum=2**32 - 1))
-        if self.sampler_seed is not None:
-            set_("sampler_seed", check_int("sampler_seed", self.sampler_seed, minimum=0, maximum=2**32 - 1))
-        check_choice("sim_preset", self.sim_preset, sorted(SIM_PRESETS))
+        check_config_header(self)
         set_("n_sims", check_int("n_sims", self.n_sims, minimum=2))
         set_("n_grid", check_int("n_grid", self.n_grid, minimum=3))
         if (self.threshold_particles is None) == (self.threshold_mass is None):
