@@ -79,7 +79,11 @@ def affine_preconditioner(centre, hessian, floor: float = 1e-2, name: str = "aff
     if asym > 1e-6 * scale:
         raise ValueError(f"hessian must be symmetric. Received: max |H - H^T| = {asym:.3g} for max |H| = {scale:.3g}")
     vals, vecs = np.linalg.eigh(0.5 * (h + h.T))
-    cov = (vecs / np.maximum(vals, floor)) @ vecs.T
+    return _shift_and_cholesky(centre, (vecs / np.maximum(vals, floor)) @ vecs.T, name)
+
+
+def _shift_and_cholesky(centre: np.ndarray, cov: np.ndarray, name: str):
+    """``theta = centre + chol(cov) z``: the affine map both preconditioners build (``cov`` symmetrised)."""
     chol = np.linalg.cholesky(0.5 * (cov + cov.T))
     return tfb.Chain([tfb.Shift(tf.constant(centre)), tfb.ScaleMatvecTriL(tf.constant(chol))], name=name)
 
@@ -120,5 +124,4 @@ def preconditioner_from_draws(draws, shrinkage: float = 1e-3, name: str = "draws
     n, p = x.shape
     cov = np.atleast_2d(np.cov(x, rowvar=False))
     cov = (n / (n + 5.0)) * cov + shrinkage * (5.0 / (n + 5.0)) * np.eye(p)
-    chol = np.linalg.cholesky(0.5 * (cov + cov.T))
-    return tfb.Chain([tfb.Shift(tf.constant(x.mean(axis=0))), tfb.ScaleMatvecTriL(tf.constant(chol))], name=name)
+    return _shift_and_cholesky(x.mean(axis=0), cov, name)
