@@ -1,6 +1,6 @@
 """LPTForwardModel, cic_paint and truncate_white_noise against tfhalo.sim (NumPy float64).
 
-Runs on the TensorFlow and JAX backends; float64 on JAX is switched on per test.
+Runs on the TensorFlow and JAX backends; float64 on JAX is switched on by tests/field/conftest.py.
 """
 
 import json
@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers.backend import BACKEND, to_numpy
+from tests.helpers.backend import BACKEND, gradient, to_numpy
 from tfhalo.bias.fields import DEFAULT_DENSITY_FLOOR
 from tfhalo.field.forward import LPTForwardModel, cic_paint, linear_amplitude, truncate_white_noise
 from tfhalo.sim import mesh
@@ -21,25 +21,8 @@ from tfhalo.sim.ics import gaussian_field, lpt_displacements, lpt_state, white_n
 L = 32.0  # 4 Mpc/h voxels on 8^3, as the paper's
 
 
-
 def _noise(n, seeds):
     return np.stack([white_noise(n, s) for s in seeds])
-
-
-def _gradient(fn, x):
-    """d fn / d x for a scalar ``fn`` of a float64 array, on the active backend."""
-    if BACKEND == "jax":
-        import jax
-
-        return np.asarray(jax.jit(jax.grad(fn))(jax.numpy.asarray(x)))
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        v = tf.Variable(x)
-        with tf.GradientTape() as tape:
-            value = fn(v)
-        return tape.gradient(value, v).numpy()
-    pytest.skip(f"no gradient helper for backend {BACKEND}")
 
 
 def _compile(fn):
@@ -168,7 +151,7 @@ def test_gradient_of_log_density_matches_finite_differences():
     def value(om):
         return float(keras.ops.convert_to_numpy(compiled(keras.ops.convert_to_tensor(om, dtype="float64"))))
 
-    grad = _gradient(objective, omega)
+    grad = gradient(objective, omega, jit=True)
     assert grad.shape == omega.shape and np.isfinite(grad).all()
     rng = np.random.default_rng(4)
     base_cells = _cells(positions, model, omega)
@@ -186,7 +169,7 @@ def test_gradient_of_log_density_matches_finite_differences():
         checked += 1
     assert checked >= 4
     # batch elements are independent: a function of element 0 alone has no gradient on element 1
-    only_first = _gradient(lambda om: keras.ops.sum(w[0] * model.density(om)[0] ** 2), omega)
+    only_first = gradient(lambda om: keras.ops.sum(w[0] * model.density(om)[0] ** 2), omega)
     assert np.abs(only_first[0]).max() > 0 and not only_first[1].any()
 
 

@@ -24,3 +24,26 @@ def to_numpy(x) -> np.ndarray:
     if isinstance(x, keras.Variable):
         x = x.value
     return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64)
+
+
+def gradient(fn, x, jit: bool = False) -> np.ndarray:
+    """``d fn / d x`` of a scalar ``fn`` at the array ``x``, on the active backend.
+
+    ``jit`` compiles ``grad(fn)`` on JAX (its op-by-op first calls are slow);
+    TensorFlow evaluates under a ``GradientTape`` either way.
+    """
+    import pytest
+
+    if BACKEND == "jax":
+        import jax
+
+        grad = jax.grad(fn)
+        return np.asarray((jax.jit(grad) if jit else grad)(jax.numpy.asarray(x)))
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        v = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            value = fn(v)
+        return tape.gradient(value, v).numpy()
+    pytest.skip(f"no gradient helper for backend {BACKEND}")

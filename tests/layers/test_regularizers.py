@@ -6,9 +6,8 @@ import keras
 import numpy as np
 import pytest
 
+from tests.helpers.backend import BACKEND, gradient
 from tfhalo.regularizers import GroupLasso, L1GroupLasso, conv_l2
-
-BACKEND = keras.backend.backend()
 
 
 @contextlib.contextmanager
@@ -27,21 +26,6 @@ def evaluate64(regularizer, w):
         out = regularizer(keras.ops.convert_to_tensor(np.asarray(w, np.float64)))
         assert "float64" in str(out.dtype)
         return float(keras.ops.convert_to_numpy(out))
-
-
-def grad(fn, w):
-    if BACKEND == "jax":
-        import jax
-
-        return np.asarray(jax.grad(fn)(w))
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        w = tf.Variable(w)
-        with tf.GradientTape() as tape:
-            value = fn(w)
-        return tape.gradient(value, w).numpy()
-    pytest.skip(f"no gradient helper for backend {BACKEND}")
 
 
 def rows_norm_sum(w):
@@ -80,12 +64,12 @@ def test_float32_close_to_float64():
 def test_zero_rows_have_finite_subgradient():
     w = np.random.default_rng(4).standard_normal((4, 3)).astype("float32")
     w[1] = 0.0
-    g = grad(lambda v: GroupLasso(0.5)(v), w)
+    g = gradient(lambda v: GroupLasso(0.5)(v), w)
     assert np.all(np.isfinite(g))
     np.testing.assert_array_equal(g[1], 0.0)
     expected = 0.5 * w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-30)
     np.testing.assert_allclose(np.delete(g, 1, axis=0), np.delete(expected, 1, axis=0), rtol=1e-5)
-    assert np.all(np.isfinite(grad(lambda v: L1GroupLasso(0.5)(v), np.zeros((3, 2), "float32"))))
+    assert np.all(np.isfinite(gradient(lambda v: L1GroupLasso(0.5)(v), np.zeros((3, 2), "float32"))))
 
 
 def test_dense_layer_collects_the_penalty():
