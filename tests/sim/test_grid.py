@@ -88,3 +88,16 @@ def test_derivative_wavenumbers_differentiate_exactly_and_drop_nyquist(n):
         dn = scipy.fft.irfftn(1j * kx * scipy.fft.rfftn(nyquist), s=field.shape)
         np.testing.assert_array_equal(dn, 0.0)
         assert rfft_wavenumbers(n, box)[0][n // 2].item() == -np.pi * n / box
+
+
+def test_fft_wavenumber_magnitude_matches_numpy_and_pairs_conjugate_modes():
+    from tfhalo.sim.grid import fft_wavenumber_magnitude
+
+    n, box = 6, 30.0
+    k1 = 2 * np.pi * np.fft.fftfreq(n, d=box / n)
+    kx, ky, kz = np.meshgrid(k1, k1, k1, indexing="ij")
+    got = fft_wavenumber_magnitude(n, box)
+    np.testing.assert_allclose(got, np.sqrt(kx**2 + ky**2 + kz**2), rtol=1e-14)
+    assert got[0, 0, 0] == 0.0
+    partner = np.roll(np.flip(got, axis=(0, 1, 2)), 1, axis=(0, 1, 2))   # index -i mod n
+    np.testing.assert_array_equal(got, partner)

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 import scipy.fft
 
-from tfhalo.sim.grid import rfft_wavenumbers
+from tfhalo.sim.grid import fft_wavenumber_magnitude
 from tfhalo.validation import check_float, check_int
 
 __all__ = [
@@ -79,11 +79,14 @@ class KBins:
     def n_bins(self) -> int:
         return int(self.centres.size)
 
+    def sum(self, values) -> np.ndarray:
+        """``(B,)`` sums of an ``(n, n, n)`` array over each bin's modes."""
+        sel = self.index >= 0
+        return np.bincount(self.index[sel], weights=np.asarray(values, np.float64)[sel], minlength=self.n_bins)
 
-def _full_kmag(n: int, box_size: float) -> np.ndarray:
-    k1 = 2.0 * np.pi * np.fft.fftfreq(n, d=box_size / n)
-    kx, ky, kz = np.meshgrid(k1, k1, k1, indexing="ij")
-    return np.sqrt(kx**2 + ky**2 + kz**2)
+    def average(self, values) -> np.ndarray:
+        """``(B,)`` means of an ``(n, n, n)`` array over each bin's modes."""
+        return self.sum(values) / self.n_modes
 
 
 def k_bins(n: int, box_size: float, n_bins: Optional[int] = None, k_max: Optional[float] = None) -> KBins:
@@ -108,7 +111,7 @@ def k_bins(n: int, box_size: float, n_bins: Optional[int] = None, k_max: Optiona
         n_bins = max(int(round(k_max / kf - 0.5)), 1)
     n_bins = check_int("n_bins", n_bins, minimum=1)
     edges = np.linspace(0.5 * kf, k_max, n_bins + 1)
-    kmag = _full_kmag(n, box_size)
+    kmag = fft_wavenumber_magnitude(n, box_size)
     idx = np.digitize(kmag, edges) - 1
     idx[(idx < 0) | (idx >= n_bins)] = -1
     # Nyquist planes: index n/2 along any axis (even n only).
@@ -151,12 +154,7 @@ def binned_power(fields, bins: KBins) -> np.ndarray:
         raise ValueError(f"fields must be on the bins' {bins.n}^3 grid. Received: fields.shape={x.shape}")
     f = scipy.fft.fftn(x, axes=(1, 2, 3), workers=-1)
     power = np.abs(f) ** 2 * bins.box_size**3 / float(bins.n) ** 6
-    sel = bins.index >= 0
-    idx = bins.index[sel]
-    out = np.empty((x.shape[0], bins.n_bins))
-    for d in range(x.shape[0]):
-        out[d] = np.bincount(idx, weights=power[d][sel], minlength=bins.n_bins) / bins.n_modes
-    return out
+    return np.stack([bins.average(p) for p in power])
 
 
 def cross_correlation(a, b, bins: KBins) -> np.ndarray:
@@ -167,15 +165,9 @@ def cross_correlation(a, b, bins: KBins) -> np.ndarray:
         raise ValueError(f"a and b must both be on the bins' {bins.n}^3 grid. Received: a.shape={a.shape}, "
                          f"b.shape={b.shape}")
     fa, fb = scipy.fft.fftn(a), scipy.fft.fftn(b)
-    sel = bins.index >= 0
-    idx = bins.index[sel]
-
-    def s(w):
-        return np.bincount(idx, weights=w[sel], minlength=bins.n_bins)
-
-    cross = s((fa * np.conj(fb)).real)
+    cross = bins.sum((fa * np.conj(fb)).real)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return cross / np.sqrt(s(np.abs(fa) ** 2) * s(np.abs(fb) ** 2))
+        return cross / np.sqrt(bins.sum(np.abs(fa) ** 2) * bins.sum(np.abs(fb) ** 2))
 
 
 def k_at_correlation(k, r, level: float = 0.5) -> Optional[float]:
@@ -222,7 +214,7 @@ def coverage(draws, truth, bins: KBins, levels: Sequence[float] = (0.68, 0.95)) 
         raise ValueError(f"draws must hold at least 20 draws for interval estimates. Received: {d.shape[0]} draws")
     sel = bins.index >= 0
     idx = bins.index[sel]
-    n_modes = np.bincount(idx, minlength=bins.n_bins)
+    n_modes = bins.n_modes
     out = {"k": bins.centres.tolist(), "n_modes": n_modes.tolist(), "levels": {}}
     flat = d[:, sel]
     truth_sel = t[sel]

@@ -68,7 +68,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfhalo.field.fft import hartley3
-from tfhalo.sim.grid import rfft_wavenumbers
+from tfhalo.sim.grid import fft_wavenumber_magnitude
 from tfhalo.validation import check_finite_array, check_float, check_int, check_seed
 
 tfb = tfp.bijectors
@@ -277,10 +277,7 @@ def mode_wavenumbers(n_grid, box_size) -> np.ndarray:
     """
     n = _check_grid(n_grid)
     box_size = check_float("box_size", box_size, positive=True)
-    kx, ky, _ = rfft_wavenumbers(n, box_size)
-    # The full last axis has the same signed frequencies as the first two.
-    kz = kx.reshape(1, 1, n)
-    return np.sqrt(kx**2 + ky**2 + kz**2)
+    return fft_wavenumber_magnitude(n, box_size)
 
 
 def k_shells(n_grid):

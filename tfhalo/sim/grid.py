@@ -136,6 +136,21 @@ def rfft_wavenumbers(n: int, box_size: float, dtype=np.float64) -> Tuple[np.ndar
     return k.reshape(n, 1, 1), k.reshape(1, n, 1), kz.reshape(1, 1, -1)
 
 
+def fft_wavenumber_magnitude(n: int, box_size: float, dtype=np.float64) -> np.ndarray:
+    """``|k|`` at every index of the full (complex) ``n**3`` FFT grid; ``[0, 0, 0]`` is 0.
+
+    The last axis carries the same signed frequencies as the first two (unlike
+    :func:`rfft_wavenumbers`' half axis), so index ``(i, j, k)`` and its Hermitian
+    partner ``(-i, -j, -k)`` have the same ``|k|``.
+
+    Example:
+        >>> fft_wavenumber_magnitude(4, 2 * np.pi)[0, 0, :]
+        array([0., 1., 2., 1.])
+    """
+    kx, ky, _ = rfft_wavenumbers(n, box_size, dtype)
+    return np.sqrt(kx**2 + ky**2 + kx.reshape(1, 1, n) ** 2)
+
+
 def derivative_wavenumbers(n: int, box_size: float, dtype=np.float64) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`rfft_wavenumbers` with the Nyquist component set to 0 (even ``n``).
 

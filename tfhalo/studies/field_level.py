@@ -302,12 +302,13 @@ def linear_fields(omega, box_size: float, cosmology) -> np.ndarray:
 
 def _prior_binned_power(bins, cosmology) -> np.ndarray:
     """``(B,)`` the prior's expected binned power: the mean of ``P(|k|)`` over each bin's modes."""
-    from tfhalo.field.analysis import _full_kmag
+    from tfhalo.sim.grid import fft_wavenumber_magnitude
 
-    kmag = _full_kmag(bins.n, bins.box_size)
+    kmag = fft_wavenumber_magnitude(bins.n, bins.box_size)
     sel = bins.index >= 0
-    power = np.asarray(cosmology.linear_power(kmag[sel]), np.float64)
-    return np.bincount(bins.index[sel], weights=power, minlength=bins.n_bins) / bins.n_modes
+    power = np.zeros_like(kmag)
+    power[sel] = cosmology.linear_power(kmag[sel])   # k = 0 and the excluded modes stay out of every bin
+    return bins.average(power)
 
 
 # -- steps -----------------------------------------------------------------------------------------------------
