@@ -306,6 +306,37 @@ def check_config_header(config) -> None:
     check_choice("sim_preset", config.sim_preset, sorted(SIM_PRESETS))
 
 
+#: The sampler's argument names -> the studies' field names, for its error messages.
+SAMPLER_FIELDS = {"num_chains": "n_chains", "num_warmup": "n_warmup", "num_samples": "n_samples",
+                  "num_leapfrog_steps": "leapfrog_steps"}
+
+
+def check_sampler_settings(config) -> None:
+    """Check a study ``Config``'s ``target_accept`` and the sampler's own rules, in the study's names.
+
+    ``target_accept`` must lie in ``(0, 1)`` (normalised to a float in place);
+    then ``config.sampler_config()`` is built, so that the sampler's rules (e.g.
+    a warm-up of 0 or at least its shortest adaptation window) are checked on
+    construction, with its argument names replaced by the config's.
+
+    Raises:
+        ValueError: naming the field and the value.
+    """
+    from tfhalo.validation import check_float
+
+    target = check_float("target_accept", config.target_accept)
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target_accept must be in (0, 1). Received: target_accept={config.target_accept!r}")
+    object.__setattr__(config, "target_accept", target)
+    try:
+        config.sampler_config()
+    except ValueError as err:
+        message = str(err)
+        for theirs, ours in SAMPLER_FIELDS.items():
+            message = message.replace(theirs, ours)
+        raise ValueError(message) from None
+
+
 def preset_values(config_class, presets: dict, name: str, overrides: dict) -> dict:
     """A copy of preset ``name``'s field values, after checking the name and the override fields.
 

@@ -146,7 +146,7 @@ class Config:
     jit_compile: bool = True
 
     def __post_init__(self):
-        from tfhalo.studies.common import check_config_header
+        from tfhalo.studies.common import check_config_header, check_sampler_settings
 
         def set_(field, value):
             object.__setattr__(self, field, value)
@@ -182,23 +182,12 @@ class Config:
         set_("n_warmup", check_int("n_warmup", self.n_warmup, minimum=0))
         set_("n_samples", check_int("n_samples", self.n_samples, minimum=20))
         set_("leapfrog_steps", check_int("leapfrog_steps", self.leapfrog_steps, minimum=1))
-        target = check_float("target_accept", self.target_accept)
-        if not 0.0 < target < 1.0:
-            raise ValueError(f"target_accept must be in (0, 1). Received: target_accept={self.target_accept!r}")
-        set_("target_accept", target)
         if self.n_bins is not None:
             set_("n_bins", check_int("n_bins", self.n_bins, minimum=1))
         set_("thin", check_int("thin", self.thin, minimum=1))
         set_("n_field_draws", check_int("n_field_draws", self.n_field_draws, minimum=2))
         set_("jit_compile", check_bool("jit_compile", self.jit_compile))
-        try:
-            self.sampler_config()
-        except ValueError as err:
-            message = str(err)
-            for theirs, ours in (("num_warmup", "n_warmup"), ("num_samples", "n_samples"),
-                                 ("num_chains", "n_chains"), ("num_leapfrog_steps", "leapfrog_steps")):
-                message = message.replace(theirs, ours)
-            raise ValueError(message) from None
+        check_sampler_settings(self)
 
     @property
     def chains_seed(self) -> int:
@@ -330,7 +319,7 @@ def _load_simulation(config: Config, suite, progress: bool):
 def _bias_fit(config: Config, sim, out: Path, progress: bool, overwrite: bool):
     """The bias parameters fitted to the N-body density on the inference grid (cached)."""
     from tfhalo.bias.fields import bias_data_from_simulation
-    from tfhalo.bias.fit import fit_map, hessian
+    from tfhalo.bias.fit import fit_map
     from tfhalo.bias.likelihood import NeuralBiasLikelihood
     from tfhalo.bias.model import build_model
     from tfhalo.studies import common
@@ -346,11 +335,10 @@ def _bias_fit(config: Config, sim, out: Path, progress: bool, overwrite: bool):
     if stored is None:
         fit = fit_map(like, steps=config.map_steps, n_starts=config.map_starts, seed=config.seed,
                       progress=progress, jit_compile=config.jit_compile)
-        hess = hessian(like, fit.theta)
-        cache.save("bias_fit.npz", theta=fit.theta, hessian=hess, log_posterior=np.asarray(fit.log_posterior))
-        stored = {"theta": fit.theta, "hessian": hess, "log_posterior": np.asarray(fit.log_posterior)}
+        stored = {"theta": fit.theta, "log_posterior": np.asarray(fit.log_posterior)}
+        cache.save("bias_fit.npz", **stored)
     like.layout.set(model, stored["theta"])
-    return model, like, data, {k: np.asarray(v) for k, v in stored.items()}
+    return model, data, {k: np.asarray(v) for k, v in stored.items()}
 
 
 def _conditional_bias_scale(posterior, state) -> np.ndarray:
@@ -750,7 +738,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     omega_true = truth_white_noise(sim, config.n_grid)
 
     t0 = time.perf_counter()
-    model, like, data, fit = _bias_fit(config, sim, out, progress, overwrite)
+    model, data, fit = _bias_fit(config, sim, out, progress, overwrite)
     timings["bias_fit_s"] = time.perf_counter() - t0
     theta_fit = np.asarray(fit["theta"], np.float64)
     say(f"{data.n_halos} halos above {config.threshold_mass:.3g} Msun/h on a {config.n_grid}^3 grid; bias fit to "

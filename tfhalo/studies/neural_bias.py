@@ -94,9 +94,6 @@ DIAGNOSTIC_DRAWS = 200
 
 
 #: :class:`tfhalo.inference.SamplerConfig` field -> :class:`Config` field, where they differ.
-SAMPLER_FIELDS = {"num_chains": "n_chains", "num_warmup": "n_warmup", "num_samples": "n_samples",
-                  "num_leapfrog_steps": "leapfrog_steps"}
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -164,7 +161,7 @@ class Config:
     jit_compile: bool = True
 
     def __post_init__(self):
-        from tfhalo.studies.common import check_config_header
+        from tfhalo.studies.common import check_config_header, check_sampler_settings
 
         def set_(field, value):
             object.__setattr__(self, field, value)
@@ -194,20 +191,8 @@ class Config:
         set_("n_samples", check_int("n_samples", self.n_samples, minimum=4))
         set_("leapfrog_steps", check_int("leapfrog_steps", self.leapfrog_steps, minimum=1))
         set_("max_tree_depth", check_int("max_tree_depth", self.max_tree_depth, minimum=1, maximum=30))
-        target = check_float("target_accept", self.target_accept)
-        if not 0.0 < target < 1.0:
-            raise ValueError(f"target_accept must be in (0, 1). Received: target_accept={self.target_accept!r}")
-        set_("target_accept", target)
         set_("jit_compile", check_bool("jit_compile", self.jit_compile))
-        # The sampler's own rules (e.g. a warm-up of 0 or at least its shortest
-        # adaptation window) are checked now too, reported under this class's names.
-        try:
-            self.sampler_config()
-        except ValueError as err:
-            message = str(err)
-            for theirs, ours in SAMPLER_FIELDS.items():
-                message = message.replace(theirs, ours)
-            raise ValueError(message) from None
+        check_sampler_settings(self)
 
     @property
     def chains_seed(self) -> int:
