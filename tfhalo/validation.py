@@ -176,3 +176,18 @@ def check_output_path(name: str, value, inputs: dict | None = None):
                     f"would be overwritten. Received: {name}={text!r}"
                 )
     return path
+
+
+def check_float_array(name: str, value) -> np.ndarray:
+    """``value`` as a float64 NumPy array, or a ``ValueError`` naming ``name``.
+
+    Example:
+        >>> check_float_array("x", "abc")
+        Traceback (most recent call last):
+        ...
+        ValueError: x must be an array of numbers. Received: x='abc'
+    """
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of numbers. Received: {name}={value!r:.200}") from None

@@ -247,7 +247,7 @@ def test_from_halos_rejects_bad_input_before_binning(monkeypatch, kwargs, match)
     def no_work(*args, **kw):
         raise AssertionError("binning started before the arguments were checked")
 
-    monkeypatch.setattr(posterior_module, "_halo_voxels", no_work)
+    monkeypatch.setattr(posterior_module, "halo_voxels", no_work)
     args = dict(centres=[[1.0, 2.0, 3.0]], masses=[2e12], box_size=BOX, n_grid=N, mass_threshold=M_TH)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):

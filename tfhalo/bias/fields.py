@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from tfhalo.validation import check_choice, check_float, check_int
+from tfhalo.validation import check_choice, check_float, check_float_array, check_int
 
 #: Default floor on ``1 + delta``: an empty voxel of a CIC-painted grid would
 #: give ``log(0)``; 1e-2 is far below any occupied voxel of the coarse grids
@@ -130,7 +130,7 @@ def make_bias_data(
     density_floor = check_float("density_floor", density_floor, positive=True)
     if not isinstance(name, str):
         raise ValueError(f"name must be a string. Received: name={name!r}")
-    rho = _float_array("one_plus_delta", one_plus_delta)
+    rho = check_float_array("one_plus_delta", one_plus_delta)
     if rho.ndim != 3 or len(set(rho.shape)) != 1 or rho.shape[0] < 1:
         raise ValueError(
             f"one_plus_delta must be a non-empty cubic (n, n, n) grid. Received: one_plus_delta.shape={rho.shape}"
@@ -146,10 +146,10 @@ def make_bias_data(
             f"one_plus_delta must be non-negative (it is a density over the mean). "
             f"Received: min(one_plus_delta)={rho.min()}"
         )
-    centres = _float_array("halo_centres", halo_centres)
+    centres = check_float_array("halo_centres", halo_centres)
     if centres.ndim != 2 or centres.shape[1] != 3:
         raise ValueError(f"halo_centres must have shape (H, 3). Received: halo_centres.shape={centres.shape}")
-    masses = _float_array("halo_masses", halo_masses)
+    masses = check_float_array("halo_masses", halo_masses)
     if masses.ndim != 1:
         raise ValueError(f"halo_masses must have shape (H,). Received: halo_masses.shape={masses.shape}")
     if centres.shape[0] != masses.shape[0]:
@@ -213,14 +213,6 @@ def halo_voxels(centres: np.ndarray, box_size: float, n_grid: int) -> np.ndarray
     n = int(n_grid)
     idx = np.floor(np.asarray(centres, np.float64) / box_size * n + 0.5).astype(np.int64) % n
     return np.ravel_multi_index(idx.T, (n, n, n)).astype(np.int64)
-
-
-def _float_array(name: str, value) -> np.ndarray:
-    """``value`` as a float64 array, or a ``ValueError`` naming ``name``."""
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an array of numbers. Received: {name}={value!r:.200}") from None
 
 
 def _check_simulation(simulation):

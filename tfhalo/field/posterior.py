@@ -45,7 +45,7 @@ from keras import ops
 
 from tfhalo.bias.fields import DEFAULT_DENSITY_FLOOR, BiasData, halo_voxels, make_bias_data
 from tfhalo.bias.likelihood import DEFAULT_PRIOR_SCALE, ParameterLayout, _grid_terms, log_prior
-from tfhalo.validation import check_float, check_int
+from tfhalo.validation import check_float, check_float_array, check_int
 
 __all__ = ["FieldCatalogue", "FieldLevelPosterior", "log_density_of"]
 
@@ -60,15 +60,8 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _float_array(name: str, value) -> np.ndarray:
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an array of numbers. Received: {name}={value!r:.200}") from None
-
-
 def _check_positions(name: str, positions, box_size: float) -> np.ndarray:
-    positions = _float_array(name, positions)
+    positions = check_float_array(name, positions)
     if positions.ndim != 2 or positions.shape[1] != 3:
         raise ValueError(f"{name} must have shape (H, 3). Received: {name}.shape={positions.shape}")
     bad = ~np.isfinite(positions).all(axis=1)
@@ -86,11 +79,6 @@ def _check_positions(name: str, positions, box_size: float) -> np.ndarray:
             f"halos outside, e.g. {name}[{i}]={positions[i].tolist()}"
         )
     return positions
-
-
-def _halo_voxels(positions: np.ndarray, box_size: float, n_grid: int) -> np.ndarray:
-    """``(H,)`` flat voxel index of each position: :func:`tfhalo.bias.fields.halo_voxels`, the bias fit's binning."""
-    return halo_voxels(positions, box_size, n_grid)
 
 
 # eq=False: fields are arrays, and identity is the only meaningful equality of a data set.
@@ -134,7 +122,7 @@ class FieldCatalogue:
         n_grid = check_int("n_grid", self.n_grid, minimum=1)
         lmt = check_float("log_mass_threshold", self.log_mass_threshold)
         positions = _check_positions("positions", self.positions, box_size)
-        ln_mass = _float_array("ln_mass", self.ln_mass)
+        ln_mass = check_float_array("ln_mass", self.ln_mass)
         if ln_mass.ndim != 1 or ln_mass.shape[0] != positions.shape[0]:
             raise ValueError(
                 f"ln_mass must have shape (H,) with H = len(positions) = {positions.shape[0]}. "
@@ -161,7 +149,7 @@ class FieldCatalogue:
         set_("log_mass_threshold", lmt)
         set_("positions", _readonly(positions))
         set_("ln_mass", _readonly(ln_mass))
-        set_("halo_voxel", _readonly(_halo_voxels(positions, box_size, n_grid)))
+        set_("halo_voxel", _readonly(halo_voxels(positions, box_size, n_grid)))
 
     @classmethod
     def from_halos(cls, centres, masses, box_size: float, n_grid: int, mass_threshold: float) -> "FieldCatalogue":
@@ -191,7 +179,7 @@ class FieldCatalogue:
         n_grid = check_int("n_grid", n_grid, minimum=1)
         mass_threshold = check_float("mass_threshold", mass_threshold, positive=True)
         centres = _check_positions("centres", centres, box_size)
-        masses = _float_array("masses", masses)
+        masses = check_float_array("masses", masses)
         if masses.ndim != 1 or masses.shape[0] != centres.shape[0]:
             raise ValueError(
                 f"masses must have shape (H,) with H = len(centres) = {centres.shape[0]}. "

@@ -671,7 +671,7 @@ def _setting_figures(out, setting, bins, prior_power, power, power_true, r, cove
     figs["final_density"] = save_figure(fig, out / "fig5_final_density.png")
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
-    halo_mass = _halo_mass_field(posterior.catalogue, config.n_grid)
+    halo_mass = posterior.catalogue.halo_mass_field()
     psi = example["psi"][..., 0] if example["psi"].ndim == 4 else example["psi"]
     panels = [(example["delta_lin"][z], "initial field delta_L"),
               (np.log10(np.maximum(example["density"][z], 1e-2)), "LPT log10(1+delta)"),
@@ -683,12 +683,6 @@ def _setting_figures(out, setting, bins, prior_power, power, power_true, r, cove
         fig.colorbar(im, ax=ax, fraction=0.046)
     figs["one_sample"] = save_figure(fig, out / "fig4_one_sample.png")
     return {k: Path(v).name for k, v in figs.items()}
-
-
-def _halo_mass_field(catalogue, n: int) -> np.ndarray:
-    field = np.zeros(n**3)
-    np.add.at(field, np.asarray(catalogue.halo_voxel), np.exp(np.asarray(catalogue.ln_mass)))
-    return field.reshape(n, n, n)
 
 
 # -- the study -------------------------------------------------------------------------------------------------
