@@ -13,6 +13,12 @@ TINY = dict(n_side=32, box_size=48.0, n_grid=8, threshold_mass=5e12, map_steps=5
             n_bins=3, jit_compile=False)
 
 
+def load_cosmology(root):
+    from tfhalo.sim import load
+
+    return load(sorted((root / "suite").glob("*.h5"))[0]).cosmology
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("field_level")
@@ -33,6 +39,9 @@ def test_run_writes_results_report_figures_and_samples(study):
     with h5py.File(out / "mock" / field_level.SAMPLES_FILE) as f:
         assert f["omega"].shape == (config.n_samples, config.n_chains, n, n, n)
         assert f["delta_lin"].shape == f["omega"].shape
+        omega = f["omega"][...].astype(np.float64)
+        expected = field_level.linear_fields(omega.reshape(-1, n, n, n), 48.0, load_cosmology(root)).reshape(omega.shape)
+        np.testing.assert_allclose(f["delta_lin"][...], expected, atol=1e-5 * np.abs(expected).max())
         assert f["theta"].shape == (config.n_samples, config.n_chains, 17)
         assert len(f["theta"].attrs["names"]) == 17
         assert f["truth/omega"].shape == (n, n, n)

@@ -503,10 +503,15 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
     prior_power = _prior_binned_power(bins, cosmology)
     power = np.empty((s * c, bins.n_bins))
     mean_delta = np.zeros((n, n, n))
+    # pooled index (draw * c + chain) of every draw samples.h5 keeps, and their linear fields
+    saved = np.arange(s * c).reshape(s, c)[::config.thin].reshape(-1)
+    saved_delta = np.empty((saved.size, n, n, n))
     for i in range(0, s * c, 64):
         d = linear_fields(pooled[i:i + 64], box, cosmology)
         power[i:i + 64] = fa.binned_power(d, bins)
         mean_delta += d.sum(axis=0)
+        here = (saved >= i) & (saved < i + 64)
+        saved_delta[here] = d[saved[here] - i]
     mean_delta /= s * c
     r = fa.cross_correlation(mean_delta, delta_true, bins)
     post_mean_power = power.mean(axis=0)
@@ -553,7 +558,7 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
         maps[name] = (mean, np.maximum(m2 / k_draws - mean**2, 0.0))
     true_density = density_field(sim, n, "nbody")
 
-    _save_samples(out / SAMPLES_FILE, config, omega, theta, omega_true, delta_true, posterior, box)
+    _save_samples(out / SAMPLES_FILE, config, omega, saved_delta, theta, omega_true, delta_true, posterior, box)
     figures = _setting_figures(out, setting, bins, prior_power, power, power_true, r, cover, maps, true_density,
                                example, posterior, config)
     k_half = fa.k_at_correlation(bins.centres, r, 0.5)
@@ -582,14 +587,16 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
     }
 
 
-def _save_samples(path: Path, config, omega, theta, omega_true, delta_true, posterior, box):
-    """Thinned white-noise and linear-density draws, bias draws, truth and data in one HDF5 file (atomic)."""
+def _save_samples(path: Path, config, omega, saved_delta, theta, omega_true, delta_true, posterior, box):
+    """Thinned white-noise and linear-density draws, bias draws, truth and data in one HDF5 file (atomic).
+
+    ``saved_delta`` holds the linear fields of ``omega[::thin]``, pooled ``(draws * chains, n, n, n)``.
+    """
     import h5py
 
     thin = config.thin
     om = omega[::thin]
-    s, c = om.shape[:2]
-    delta = linear_fields(om.reshape(s * c, *om.shape[2:]), box, posterior.forward.cosmology).reshape(om.shape)
+    delta = saved_delta.reshape(om.shape)
     cat = posterior.catalogue
     with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
