@@ -135,3 +135,22 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
     assert main(["simulate", "--n-sims", "1", "--out", str(tmp_path / "x"), *TINY]) == 130
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
+
+
+def test_simulate_shards_build_the_unsharded_suite(tmp_path, capsys):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(["simulate", "--n-sims", "3", "--out", str(whole), "--seed", "4", *TINY]) == 0
+    for shard, count in (("1/2", 1), ("0/2", 2)):
+        assert main(["simulate", "--n-sims", "3", "--out", str(parts), "--seed", "4", "--shard", shard, *TINY]) == 0
+        assert f"{count} simulations (shard {shard} of 3) in {parts}" in capsys.readouterr().out
+    files = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(parts) for p in parts.rglob("*") if p.is_file()) and len(files) == 16
+    assert all((whole / f).read_bytes() == (parts / f).read_bytes() for f in files)
+
+
+@pytest.mark.parametrize("shard", ["3/2", "1/0", "a", "-1/2"])
+def test_bad_shard_exits_before_any_work(tmp_path, capsys, shard):
+    out = tmp_path / "x"
+    assert main(["simulate", "--n-sims", "2", "--out", str(out), f"--shard={shard}", *TINY]) == 2
+    assert f"--shard must be 'i/N' with 0 <= i < N. Received: --shard={shard!r}" in capsys.readouterr().err
+    assert not out.exists()

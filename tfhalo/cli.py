@@ -3,11 +3,14 @@
 Subcommands::
 
     tfhalo simulate --preset quick|paper|charnock2020 --n-sims N --out DIR --seed S
-                    [--n-side N] [--box-size L] [--n-steps K] [--no-progress]
+                    [--n-side N] [--box-size L] [--n-steps K] [--shard I/N] [--no-progress]
     tfhalo predict  --model DIR --simulation PATH --out FILE.h5 [--batch-size B]
 
 ``simulate`` is resumable: rerunning the same command skips finished
-simulations and redoes interrupted ones.
+simulations and redoes interrupted ones. ``--shard I/N`` runs only the
+simulations ``j`` with ``j % N == I``, so that the ``N`` tasks of a job array
+(any order, concurrently) build the same suite as one unsharded run
+(:func:`tfhalo.sim.suite.generate_suite`).
 
 Bad arguments (including an ``--out`` that is empty, an existing directory,
 or one of ``predict``'s inputs) give a one-line message and exit status 2
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--n-side", type=_positive_int, default=None, help="override: particles per side")
     sim.add_argument("--box-size", type=_positive_float, default=None, help="override: box side, Mpc/h")
     sim.add_argument("--n-steps", type=_positive_int, default=None, help="override: particle-mesh steps")
+    sim.add_argument("--shard", default=None, metavar="I/N",
+                     help="run only simulations j with j %% N == I (0 <= I < N), e.g. "
+                          "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; parts may run concurrently")
     sim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     pred = sub.add_parser("predict", help="predict halo masses for a simulation with a trained model")
@@ -81,9 +87,10 @@ def _check_arguments(args):
     from tfhalo.validation import check_output_path
 
     if args.command == "simulate":
-        from tfhalo.sim.suite import resolve_preset
+        from tfhalo.sim.suite import parse_shard, resolve_preset
 
         resolve_preset(args.preset, n_side=args.n_side, box_size=args.box_size, n_steps=args.n_steps)
+        args.shard = parse_shard(args.shard, name="--shard")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise ValueError(f"--out must be a directory. Received: --out={args.out!r} (a file)")
     else:
@@ -106,8 +113,10 @@ def _simulate(args) -> None:
         n_side=args.n_side,
         box_size=args.box_size,
         n_steps=args.n_steps,
+        shard=args.shard,
     )
-    print(f"{len(paths)} simulations in {args.out}")
+    part = "" if args.shard is None else f" (shard {args.shard[0]}/{args.shard[1]} of {args.n_sims})"
+    print(f"{len(paths)} simulations{part} in {args.out}")
 
 
 def _predict(args) -> None:

@@ -22,9 +22,29 @@ Seeds: ``numpy.random.SeedSequence(master_seed).spawn(n_sims)``; simulation
 ``i``'s seed is 63 bits drawn from child ``i`` (independent streams, and the
 same for any ``n_sims > i``).
 
+Shards (job arrays: SLURM ``--array``, Dask, Ray): ``generate_suite(...,
+shard=(i, N))`` (``tfhalo simulate --shard i/N``) runs only the simulations
+``j`` with ``j % N == i``. Since a simulation's seed depends only on the
+master seed and its index, the parts, run in any order or at the same time,
+give the same files, byte for byte, as one unsharded run. Concurrent runs
+stay consistent because nothing one simulation writes is shared with
+another: a simulation's record is its own ``.h5`` file and Gadget directory,
+each renamed into place when whole, and ``list_suite`` derives "finished"
+from those files. The manifest depends only on the parameters, the master
+seed and ``n_sims``, so parts with the same ``n_sims`` write the same bytes.
+It is written (unique temporary name, then rename) only when missing or
+shorter than the run's ``n_sims``, then read back, and checked again when
+the run ends, so that a concurrent run with a smaller ``n_sims`` that read it
+before it grew cannot shrink it for good (a lock-free merge on rename: no
+lock file for a killed job to leave behind). Two processes must not run the
+same simulation at once (overlapping shards): they share its temporary names.
+
 Example:
     >>> paths = generate_suite("suite", preset="quick", n_sims=2, seed=0)   # doctest: +SKIP
     >>> sims = load_suite("suite")                                          # doctest: +SKIP
+    >>> part = generate_suite("big", n_sims=64, seed=0, shard="3/16")       # doctest: +SKIP
+    >>> [p.name for p in part]                                              # doctest: +SKIP
+    ['sim_003.h5', 'sim_019.h5', 'sim_035.h5', 'sim_051.h5']
 """
 
 from __future__ import annotations
@@ -32,9 +52,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -118,11 +139,15 @@ class SimulationPreset:
 #: in 50 Mpc/h); "charnock2020": the volume of Charnock et al. (2020), "Neural physical engines
 #: for inferring the halo mass distribution function", MNRAS 494, 50, arXiv:1909.06379,
 #: (250 Mpc/h)^3, at a particle mass (3.7e10 Msun/h) that puts its halo threshold
-#: M_th = 2e12 Msun/h at 54 particles (FoF masses are noisy below ~50); it needs ~15 GB.
+#: M_th = 2e12 Msun/h at 54 particles (FoF masses are noisy below ~50); it needs ~15 GB;
+#: "bias_quick": the quick neural-bias study's volume, eight "quick" boxes per simulation
+#: at the same particle mass, so that 4 Mpc/h voxels (20^3 per box) hold thousands of halos
+#: above 50 particles in a few simulations (tens of seconds each on 2 cores).
 PRESETS: Dict[str, SimulationPreset] = {
     "quick": SimulationPreset(n_side=64, box_size=40.0, n_steps=10, mesh_factor=2),
     "paper": SimulationPreset(n_side=256, box_size=50.0, z_initial=99.0, n_steps=10, mesh_factor=2),
     "charnock2020": SimulationPreset(n_side=320, box_size=250.0, n_steps=10, mesh_factor=2),
+    "bias_quick": SimulationPreset(n_side=128, box_size=80.0, n_steps=10, mesh_factor=2),
 }
 
 
@@ -158,6 +183,65 @@ def simulation_seeds(master_seed: int, n_sims: int) -> List[int]:
 
 def simulation_name(index: int) -> str:
     return f"sim_{index:03d}"
+
+
+ShardLike = Union[str, Sequence[int], None]
+
+
+def parse_shard(shard: ShardLike, name: str = "shard") -> Optional[Tuple[int, int]]:
+    """``"i/N"`` or ``(i, N)`` as the pair ``(i, N)``, checked; ``None`` stays ``None``.
+
+    Args:
+        shard: part ``i`` of ``N`` (``0 <= i < N``), as a string ``"i/N"``
+            (what ``SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT`` give) or a
+            pair of integers; ``None`` for the whole suite.
+        name: the argument's name in the error message (``"--shard"`` for the CLI).
+
+    Returns:
+        ``(i, N)`` as Python ints, or ``None``.
+
+    Raises:
+        ValueError: anything else, e.g. ``shard must be 'i/N' with 0 <= i < N.
+            Received: shard='3/2'``.
+
+    Example:
+        >>> parse_shard("1/4"), parse_shard((0, 2)), parse_shard(None)
+        ((1, 4), (0, 2), None)
+    """
+    if shard is None:
+        return None
+    pair = None
+    if isinstance(shard, str):
+        # ASCII digits only: int() would also take "+1", " 1", "1_0" and other scripts' digits.
+        match = re.fullmatch(r"([0-9]+)/([0-9]+)", shard)
+        if match:
+            pair = (int(match[1]), int(match[2]))
+    elif (isinstance(shard, (tuple, list)) and len(shard) == 2
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in shard)):
+        pair = (int(shard[0]), int(shard[1]))
+    if pair is None or not 0 <= pair[0] < pair[1]:
+        raise ValueError(f"{name} must be 'i/N' with 0 <= i < N. Received: {name}={shard!r}")
+    return pair
+
+
+def shard_indices(n_sims: int, shard: ShardLike = None) -> List[int]:
+    """Indices of the simulations part ``shard = (i, N)`` of an ``n_sims`` suite runs.
+
+    Round robin, ``j = i, i + N, i + 2N, ... < n_sims``: the parts differ in
+    size by at most one simulation, and parts with ``i >= n_sims`` are empty
+    (a job array may be larger than the suite).
+
+    Raises:
+        ValueError: invalid ``n_sims`` or ``shard`` (see :func:`parse_shard`).
+
+    Example:
+        >>> shard_indices(10, "1/4")
+        [1, 5, 9]
+    """
+    n_sims = check_int("n_sims", n_sims, minimum=1)
+    pair = parse_shard(shard)
+    i, n = pair if pair is not None else (0, 1)
+    return list(range(i, n_sims, n))
 
 
 def read_manifest(out_dir: PathLike) -> dict:
@@ -226,6 +310,49 @@ def _manifest(preset_name: str, preset: SimulationPreset, master_seed: int, n_si
     }
 
 
+def _check_same_suite(old: dict, new: dict, path: Path) -> None:
+    if old["parameters"] != new["parameters"] or old["master_seed"] != new["master_seed"]:
+        raise ValueError(
+            f"{path} describes another suite (preset parameters {old['parameters']}, "
+            f"master seed {old['master_seed']}); use another out_dir. Received: parameters "
+            f"{new['parameters']}, seed={new['master_seed']}"
+        )
+
+
+# Each retry needs a concurrent run with a smaller n_sims to have shrunk the manifest in between:
+# the bound only turns an impossible livelock into an error.
+_MANIFEST_ATTEMPTS = 100
+
+
+def _publish_manifest(out_dir: Path, manifest: dict) -> dict:
+    """Make ``out_dir/suite.json`` list at least ``manifest``'s simulations; return what it holds.
+
+    Lock-free merge on rename: read, keep the manifest when it already lists
+    as many simulations (the entries of a suite are a function of its
+    parameters, master seed and index), else write the merged one atomically
+    and read again, until what is on disk covers ``manifest``. Concurrent
+    callers with the same ``n_sims`` write identical bytes.
+
+    Raises:
+        ValueError: ``suite.json`` is corrupt or describes another suite.
+    """
+    path = out_dir / MANIFEST_NAME
+    for _ in range(_MANIFEST_ATTEMPTS):
+        if not path.is_file():
+            merged = manifest
+        else:
+            old = read_manifest(out_dir)
+            _check_same_suite(old, manifest, path)
+            if old["n_sims"] >= manifest["n_sims"]:
+                return old
+            params = SimulationPreset.from_dict(manifest["parameters"])
+            # The first writer's preset name stays, so every merge writes the same bytes.
+            merged = _manifest(old.get("preset", manifest["preset"]), params, manifest["master_seed"],
+                               manifest["n_sims"])
+        write_json_atomic(path, merged)
+    raise RuntimeError(f"{path} kept being replaced by a smaller suite manifest in {_MANIFEST_ATTEMPTS} attempts")
+
+
 def is_finished(out_dir: PathLike, name: str, seed: Optional[int] = None) -> bool:
     """True when simulation ``name`` of the suite in ``out_dir`` was written completely."""
     out_dir = Path(out_dir)
@@ -266,26 +393,38 @@ def generate_suite(
     n_sims: int = 4,
     seed: int = 0,
     progress: bool = True,
+    shard: ShardLike = None,
     **overrides,
 ) -> List[Path]:
-    """Generate (or finish) a suite of simulations; resumable and atomic.
+    """Generate (or finish) a suite of simulations, or one part of it; resumable and atomic.
 
     Args:
         out_dir: suite directory (created if missing).
-        preset: ``"quick"``, ``"paper"`` or a :class:`SimulationPreset`.
+        preset: a name in :data:`PRESETS` (``"quick"``, ``"paper"``, ...) or a
+            :class:`SimulationPreset`.
         n_sims: number of simulations.
         seed: master seed; per-simulation seeds are spawned from it.
         progress: show a tqdm progress bar over simulations, with each
             simulation's particle-mesh steps as a nested transient bar.
+        shard: ``"i/N"`` or ``(i, N)``: run only simulations ``j`` with
+            ``j % N == i`` (see :func:`shard_indices`), e.g. one task of a
+            SLURM array; the manifest still lists all ``n_sims``. The ``N``
+            parts may run in any order or concurrently (each in its own
+            process) and give the same files as ``shard=None`` (all).
         **overrides: preset fields to replace, e.g. ``n_side=16``.
 
     Returns:
-        Paths of the ``.h5`` files of all ``n_sims`` simulations.
+        Paths of the ``.h5`` files of the simulations this call covers
+        (all ``n_sims``, or the shard's), in index order.
 
     Raises:
         ValueError: invalid arguments (checked before anything is written),
             or ``out_dir`` holds a suite made with other parameters or
             another master seed.
+
+    Example:
+        >>> generate_suite("suite", n_sims=4, seed=0, shard="1/2", n_side=16)   # doctest: +SKIP
+        [PosixPath('suite/sim_001.h5'), PosixPath('suite/sim_003.h5')]
     """
     from tqdm.auto import tqdm
 
@@ -294,6 +433,7 @@ def generate_suite(
     n_sims = check_int("n_sims", n_sims, minimum=1)
     seed = check_seed("seed", seed, allow_none=False)
     progress = check_bool("progress", progress)
+    shard = parse_shard(shard)
     if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
         # Path("") is the current directory: an empty name is a mistake, not a request.
         raise ValueError(f"out_dir must be a non-empty path. Received: out_dir={out_dir!r}")
@@ -302,23 +442,18 @@ def generate_suite(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir must be a directory. Received: out_dir={str(out_dir)!r} (a file)")
-    manifest = _manifest(preset_name, params, seed, max(n_sims, 1))
-    if (out_dir / MANIFEST_NAME).is_file():
-        old = read_manifest(out_dir)
-        if old["parameters"] != manifest["parameters"] or old["master_seed"] != seed:
-            raise ValueError(
-                f"{out_dir / MANIFEST_NAME} describes another suite (preset parameters {old['parameters']}, "
-                f"master seed {old['master_seed']}); use another out_dir. Received: parameters "
-                f"{manifest['parameters']}, seed={seed}"
-            )
-        if old["n_sims"] > n_sims:  # keep the larger suite's entries
-            manifest = _manifest(old.get("preset", preset_name), params, seed, old["n_sims"])
+    manifest = _manifest(preset_name, params, seed, n_sims)
+    if (out_dir / MANIFEST_NAME).is_file():  # another suite or a corrupt manifest: refused before mkdir
+        _check_same_suite(read_manifest(out_dir), manifest, out_dir / MANIFEST_NAME)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    _publish_manifest(out_dir, manifest)
 
+    indices = shard_indices(n_sims, shard)
+    desc = "simulations" if shard is None else f"simulations (shard {shard[0]}/{shard[1]})"
     paths = []
-    bar = tqdm(manifest["simulations"][:n_sims], desc="simulations", unit="sim", disable=not progress)
-    for entry in bar:
+    bar = tqdm(indices, desc=desc, unit="sim", disable=not progress)
+    for index in bar:
+        entry = manifest["simulations"][index]
         name, sim_seed = entry["name"], entry["seed"]
         path = out_dir / entry["file"]
         if is_finished(out_dir, name, sim_seed):
@@ -344,6 +479,9 @@ def generate_suite(
             bar.set_postfix_str(f"{name} written, {len(sim.halos)} halos")
         paths.append(path)
     bar.close()
+    # Again at the end: a concurrent run with a smaller n_sims that read the manifest before
+    # this one grew it may have written its smaller one since.
+    _publish_manifest(out_dir, manifest)
     return paths
 
 
