@@ -25,7 +25,7 @@ test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/layers tests/field/test_fft.py tests/field/test_forward.py \
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/layers tests/data/test_device_subboxes.py tests/field/test_fft.py tests/field/test_forward.py \
 		tests/field/test_posterior.py tests/field/test_mock.py
 
 # The quick deep-halo study, then the quick neural-bias study (the paper's

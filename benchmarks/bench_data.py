@@ -8,6 +8,9 @@ Measured here:
     pipeline  ``HaloDataset.__getitem__`` (sub-box extraction from the padded
               lattice, standardisation, label scaling) in one thread, for the
               raw and the shell-averaged inputs;
+    device    ``DeviceSubboxes`` (the standardised lattice resident on the
+              default Keras device, boxes gathered and shell-averaged there),
+              raw and averaged, as ratios to the NumPy pipeline of the same run;
     training  ``halo_cnn()`` (2,108,258 parameters) ``train_on_batch`` samples/s.
 
 Example:
@@ -58,6 +61,39 @@ def pipeline_rate(kind, sim, size, batch_size, n_batches, seed):
     return n / (time.perf_counter() - t0), x.shape
 
 
+def device_rate(average, sim, size, batch_size, n_batches, seed):
+    """Boxes/s of the device-side path; the clock stops once the last batch exists on the device."""
+    import keras
+
+    from tfhalo.data import DeviceSubboxes, InputStandardizer
+
+    rng = np.random.default_rng(seed)
+    sites = sim.lattice_sites(rng.integers(0, sim.n_side**3, batch_size * n_batches))
+    dev = DeviceSubboxes(sim.initial_density, size, standardizer=InputStandardizer(0.0, 1.0))
+    x = dev(sites[:batch_size], average=average)  # first dispatch (tracing, allocation) outside the timing
+    keras.ops.convert_to_numpy(x[0, 0, 0, 0])
+    t0 = time.perf_counter()
+    for i in range(n_batches):
+        x = dev(sites[i * batch_size:(i + 1) * batch_size], average=average)
+    # Device work is queued asynchronously and in order: reading one voxel of
+    # the last batch waits for all of it without copying the batch back.
+    keras.ops.convert_to_numpy(x[-1, 0, 0, 0])
+    return batch_size * n_batches / (time.perf_counter() - t0), tuple(x.shape)
+
+
+def default_device():
+    """The device Keras computes on, in words (``"gpu"`` or ``"cpu"``)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.devices()[0].platform
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
 def training_rate(size, batch_size, steps):
     from tfhalo.models import halo_cnn
 
@@ -87,6 +123,8 @@ def main(argv=None):
     sim = LatticeOnly(args.n_side, args.box_size, seed=0)
     raw, shape = pipeline_rate("raw", sim, args.size, args.batch_size, args.pipeline_batches, 1)
     avg, _ = pipeline_rate("averaged", sim, args.size, args.batch_size, max(2, args.pipeline_batches // 3), 2)
+    dev_raw, _ = device_rate(False, sim, args.size, args.batch_size, args.pipeline_batches, 1)
+    dev_avg, _ = device_rate(True, sim, args.size, args.batch_size, args.pipeline_batches, 2)
     train, n_params = training_rate(args.size, args.train_batch_size, args.train_steps)
     import keras
 
@@ -95,6 +133,9 @@ def main(argv=None):
         "pipeline_raw_boxes_per_s": raw, "pipeline_averaged_boxes_per_s": avg,
         "training_samples_per_s": train, "model_parameters": n_params,
         "ratio_raw_vs_training": raw / train, "ratio_averaged_vs_training": avg / train, "target_ratio": 5.0,
+        "device": default_device(), "device_raw_boxes_per_s": dev_raw, "device_averaged_boxes_per_s": dev_avg,
+        "ratio_device_raw_vs_numpy": dev_raw / raw, "ratio_device_averaged_vs_numpy": dev_avg / avg,
+        "ratio_device_raw_vs_training": dev_raw / train, "ratio_device_averaged_vs_training": dev_avg / train,
     }
     print(f"lattice {args.n_side}^3, boxes {args.size}^3, batch shape {shape}, one pipeline thread")
     print(f"  pipeline raw       {raw:10.1f} boxes/s   = {raw / train:8.1f} x training")
@@ -103,6 +144,11 @@ def main(argv=None):
           f"batch {args.train_batch_size})")
     verdict = "OK" if min(raw, avg) / train >= 5 else "BELOW TARGET"
     print(f"  target: pipeline >= 5 x training -> {verdict}")
+    print(f"device-side path on {figures['device']} (DeviceSubboxes, same batch size)")
+    print(f"  device raw         {dev_raw:10.1f} boxes/s   = {dev_raw / raw:8.1f} x NumPy raw      "
+          f"= {dev_raw / train:8.1f} x training")
+    print(f"  device averaged    {dev_avg:10.1f} boxes/s   = {dev_avg / avg:8.1f} x NumPy averaged "
+          f"= {dev_avg / train:8.1f} x training")
     if args.json:
         from tfhalo.atomic import write_json_atomic
 

@@ -32,3 +32,7 @@ __all__ = [
     "load_scalers", "load_trained", "predict_log_mass", "predict_to_file", "sample_particles",
     "save_scalers", "save_trained", "shell_average", "shell_radii", "split_simulations",
 ]
+
+from tfhalo.data.device import DeviceSubboxes, device_shell_average  # noqa: E402
+
+__all__ += ["DeviceSubboxes", "device_shell_average"]
