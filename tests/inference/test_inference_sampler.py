@@ -10,12 +10,17 @@ fixture shared by several tests.
 import os
 
 import arviz as az
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_probability as tfp
 
-import tfhalo.inference as inf
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("targets in TensorFlow; test_sampler_backends.py runs on every backend", allow_module_level=True)
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_probability as tfp  # noqa: E402
+
+import tfhalo.inference as inf  # noqa: E402
 
 tfb = tfp.bijectors
 N_SIGMA = 4.5

@@ -14,6 +14,12 @@
   :func:`convergence_summary`: ArviZ ``InferenceData`` in NetCDF, rank-normalised
   split R-hat and bulk / tail ESS (Vehtari et al. 2021, arXiv:1903.08008).
 
+The same code runs on TensorFlow (TFP's TensorFlow substrate) and under
+``KERAS_BACKEND=jax`` (``tensorflow_probability.substrates.jax``, which needs
+the tfp-nightly of the ``jax`` extra; no TensorFlow module is loaded): the
+Keras backend picks the substrate, the compiler and the gradient through
+:mod:`tfhalo.backend`.  Write targets in ``keras.ops`` to run on both.
+
 References:
     Hoffman & Gelman (2014), "The No-U-Turn Sampler", JMLR 15, 1593, arXiv:1111.4246.
     Betancourt (2017), "A Conceptual Introduction to Hamiltonian Monte Carlo", arXiv:1701.02434.

@@ -21,10 +21,18 @@ Why not call ``windowed_adaptive_nuts`` itself: it takes a
 initial state, and runs warm-up and sampling as one ``sample_chain`` call, so
 it can neither show progress per block nor write a checkpoint a later call can
 resume from.  Here the same kernels run in compiled blocks of
-``config.block_size`` steps (``tf.function(jit_compile=config.jit_compile)``
-around ``tfp.mcmc.sample_chain`` with ``previous_kernel_results``); the window
-schedule lives in the kernel results, so blocks of any size give the same
-warm-up.
+``config.block_size`` steps (:func:`tfhalo.backend.jit`: ``jax.jit``, or
+``tf.function(jit_compile=config.jit_compile)``, around ``tfp.mcmc.sample_chain``
+with ``previous_kernel_results``); the window schedule lives in the kernel
+results, so blocks of any size give the same warm-up.
+
+Backends: the Keras backend picks TFP's substrate (:mod:`tfhalo.backend`):
+under ``KERAS_BACKEND=jax`` the kernels are those of
+``tensorflow_probability.substrates.jax`` and no TensorFlow module is loaded;
+under TensorFlow, TFP's TensorFlow substrate.  The same code runs on both;
+``log_prob_fn`` and ``bijector`` must be of the same backend (``keras.ops``
+serve both).  The two backends' random streams differ, so the same seed gives
+the same chains on each backend, not across them.
 
 Warm-up windows (TFP's ``WindowedAdaptation``, scaled to ``W = num_warmup``):
 a fast window of ``3 W / 20`` steps (step size only), slow windows of ``W / 20,
@@ -40,7 +48,8 @@ matrix (the variance pooled over chains), so memory is ``O(P)`` for any number
 of parameters.
 
 Seeds: block ``k`` of phase ``w`` (0 warm-up, 1 sampling) gets the stateless
-seed ``SeedSequence(config.seed, spawn_key=(w, k))``, so the same config gives
+seed ``SeedSequence(config.seed, spawn_key=(w, k))`` (two 32-bit words, in the
+substrate's seed type), so the same config gives
 the same chains, and a run resumed from a checkpoint gives the chains an
 uninterrupted run gives.  Each sampling block starts by bootstrapping the
 kernel from its first state (one extra gradient per block), so a resumed block
@@ -72,13 +81,14 @@ References:
     Modern Hardware", arXiv:2002.01184.
 
 Example:
-    >>> import numpy as np, tensorflow as tf
+    >>> import numpy as np
+    >>> from keras import ops
     >>> import tfhalo.inference as inf
-    >>> def log_prob(x):                        # (C, P) -> (C,)
-    ...     return -0.5 * tf.reduce_sum(x**2, axis=-1)
+    >>> def log_prob(x):                        # (C, P) -> (C,), on either backend
+    ...     return -0.5 * ops.sum(x**2, axis=-1)
     >>> cfg = inf.SamplerConfig(num_chains=4, num_warmup=200, num_samples=200, jit_compile=False)
     >>> chains = inf.sample(log_prob, np.zeros((4, 3)), cfg, progress=False)   # doctest: +SKIP
-    >>> chains.samples.shape
+    >>> chains.samples.shape                                                     # doctest: +SKIP
     (200, 4, 3)
 """
 
@@ -92,13 +102,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 from tqdm.auto import tqdm
 
+from tfhalo import backend
 from tfhalo.atomic import save_npz_atomic
 from tfhalo.validation import check_bool, check_choice, check_float, check_int
 
+tfp = backend.tfp
 tfb = tfp.bijectors
 _windowed = tfp.experimental.mcmc.windowed_sampling
 _precondition = tfp.experimental.mcmc.preconditioning_utils
@@ -131,6 +142,8 @@ class SamplerConfig:
         init_step_size: step size at the start of warm-up (in the sampling coordinates).
         seed: non-negative integer; every random draw derives from it.
         jit_compile: compile each block with XLA (the log-density must be XLA-compatible).
+            Under JAX every block is compiled with XLA whatever this says (JAX has no
+            uncompiled graph mode).
         block_size: steps per compiled call: progress and checkpoint granularity.
 
     Raises:
@@ -224,29 +237,27 @@ class Chains:
 
 
 def batched(fn, num_chains: int):
-    """Turn ``theta (P,) -> ()`` into ``(C, P) -> (C,)`` by unrolling over the ``C`` chains.
+    """Turn ``theta (P,) -> ()`` into ``(C, P) -> (C,)`` over the ``C`` chains.
 
-    Unrolling (rather than ``tf.vectorized_map``) works for any traceable
-    ``fn``, XLA included; the cost is one graph copy of ``fn`` per chain.
+    JAX: ``jax.vmap``.  TensorFlow: unrolled over the chains (rather than
+    ``tf.vectorized_map``), which works for any traceable ``fn``, XLA included;
+    the cost is one graph copy of ``fn`` per chain.  See :func:`tfhalo.backend.map_chains`.
 
     Example:
-        >>> f = batched(lambda x: -0.5 * tf.reduce_sum(x**2), 2)
-        >>> f(tf.ones((2, 3), tf.float64)).numpy()
+        >>> from keras import ops
+        >>> f = batched(lambda x: -0.5 * ops.sum(x**2), 2)
+        >>> np.asarray(f(ops.ones((2, 3), "float64")))
         array([-1.5, -1.5])
     """
     if not callable(fn):
         raise ValueError(f"fn must be callable. Received: fn={fn!r}")
     num_chains = check_int("num_chains", num_chains, minimum=1)
-
-    def batched_fn(states):
-        return tf.stack([fn(states[i]) for i in range(num_chains)])
-
-    return batched_fn
+    return backend.map_chains(fn, num_chains)
 
 
-def _block_seed(seed: int, phase: int, index: int) -> tf.Tensor:
+def _block_seed(seed: int, phase: int, index: int):
     words = np.random.SeedSequence(seed, spawn_key=(phase, index)).generate_state(2, np.uint32)
-    return tf.constant(words.view(np.int32))
+    return backend.stateless_seed(words)
 
 
 def _base_kernel(target, config, step_size, momentum):
@@ -262,7 +273,7 @@ def _base_kernel(target, config, step_size, momentum):
 def _momentum(z, inverse_mass):
     # Momentum ~ N(0, M) with M^-1 = inverse_mass, broadcast over the chains.  A static
     # batch shape keeps the kernel results' shapes fixed inside the while loop.
-    chains = z.shape[0] if z.shape[0] is not None else tf.shape(z)[0]
+    chains = z.shape[0] if z.shape[0] is not None else ops.shape(z)[0]
     return _precondition.make_momentum_distribution([z], [chains], [inverse_mass])
 
 
@@ -273,7 +284,7 @@ def _stats(results, config):
         out = dict(diverging=results.has_divergence,
                    # TFP's NUTS stores ln p - kinetic energy: minus the Hamiltonian.
                    energy=-results.energy,
-                   n_steps=tf.cast(results.leapfrogs_taken, tf.int32),
+                   n_steps=ops.cast(results.leapfrogs_taken, "int32"),
                    lp=results.target_log_prob,
                    step_size=results.step_size)
     else:  # Metropolis-Hastings results around the uncalibrated HMC step
@@ -282,16 +293,16 @@ def _stats(results, config):
         kinetic = lambda p: -prop.momentum_distribution.log_prob(p)  # noqa: E731
         # The Hamiltonian of the state kept: the trajectory's end if accepted, its start if not
         # (accepted_results then still hold the current state).
-        energy = -acc.target_log_prob + tf.where(results.is_accepted, kinetic(prop.final_momentum),
-                                                 kinetic(prop.initial_momentum))
-        out = dict(diverging=tf.logical_not(lar >= -MAX_ENERGY_ERROR),
+        energy = -acc.target_log_prob + ops.where(results.is_accepted, kinetic(prop.final_momentum),
+                                                  kinetic(prop.initial_momentum))
+        out = dict(diverging=ops.logical_not(lar >= -MAX_ENERGY_ERROR),
                    energy=energy,
-                   n_steps=tf.fill(tf.shape(lar), tf.constant(config.num_leapfrog_steps, tf.int32)),
+                   n_steps=ops.full(ops.shape(lar), config.num_leapfrog_steps, dtype="int32"),
                    lp=acc.target_log_prob,
                    step_size=prop.step_size)
-    step = tf.nest.flatten(out["step_size"])[0]
-    out["step_size"] = tf.broadcast_to(tf.cast(step, lar.dtype), tf.shape(lar))
-    out["acceptance_rate"] = tf.where(tf.math.is_nan(lar), tf.zeros_like(lar), tf.exp(tf.minimum(lar, 0.0)))
+    step = backend.flatten(out["step_size"])[0]
+    out["step_size"] = ops.broadcast_to(ops.cast(step, lar.dtype), ops.shape(lar))
+    out["acceptance_rate"] = ops.where(ops.isnan(lar), ops.zeros_like(lar), ops.exp(ops.minimum(lar, 0.0)))
     return out
 
 
@@ -314,56 +325,59 @@ def _check_initial_state(initial_state, num_chains):
 def _check_target(log_prob_fn, bijector, init):
     """``(z0, lp0)``: the start in sampling coordinates and the target there; refuses a bad start."""
     c = init.shape[0]
-    theta0 = tf.constant(init)
-    lp = log_prob_fn(theta0)
-    lp = tf.convert_to_tensor(lp)
-    if lp.dtype != tf.float64:
+    theta0 = backend.constant(init)
+    lp = backend.convert(log_prob_fn(theta0))
+    if lp.dtype.name != "float64":
         raise ValueError(f"log_prob_fn must return float64 values. Received: dtype {lp.dtype.name} "
                          "at initial_state")
     if tuple(lp.shape) != (c,):
         raise ValueError(f"log_prob_fn must map a (C, P) batch to (C,) values: it returned shape "
                          f"{tuple(lp.shape)} at initial_state of shape {init.shape} (see tfhalo.inference.batched)")
-    lp = lp.numpy()
+    lp = backend.to_numpy(lp)
     if not np.all(np.isfinite(lp)):
         bad = np.flatnonzero(~np.isfinite(lp)).tolist()
         raise ValueError(f"log_prob_fn must be finite at initial_state. Received: log_prob_fn(initial_state)"
                          f"={lp.tolist()} (chains {bad})")
     try:
-        z0 = tf.convert_to_tensor(bijector.inverse(theta0))
-    except (ValueError, tf.errors.InvalidArgumentError) as err:
+        z0 = backend.convert(bijector.inverse(theta0))
+    except backend.ARGUMENT_ERRORS as err:
         raise ValueError(f"initial_state must lie in the bijector's domain: bijector.inverse(initial_state) "
                          f"failed: {err}") from None
-    if z0.dtype != tf.float64 or z0.shape.rank != 2 or z0.shape[0] != c:
+    if z0.dtype.name != "float64" or len(z0.shape) != 2 or z0.shape[0] != c:
         raise ValueError(f"bijector.inverse(initial_state) must be a float64 (C, Q) array. Received: "
                          f"shape {tuple(z0.shape)}, dtype {z0.dtype.name}")
-    z0_np = z0.numpy()
+    z0_np = backend.to_numpy(z0)
     if not np.all(np.isfinite(z0_np)):
         bad = np.flatnonzero(~np.all(np.isfinite(z0_np), axis=1)).tolist()
         raise ValueError(f"initial_state must lie in the bijector's image: bijector.inverse(initial_state) "
                          f"is not finite in chains {bad}")
+    def sampled_target(z):
+        return log_prob_fn(bijector.forward(z)) + bijector.forward_log_det_jacobian(z, event_ndims=1)
+
     # A new tensor: the bijector caches inverse(theta0) -> z0 and would answer forward(z0) with theta0,
-    # cut off from the gradient tape.
-    z0 = tf.constant(z0_np)
-    with tf.GradientTape() as tape:
-        tape.watch(z0)
-        target = log_prob_fn(bijector.forward(z0)) + bijector.forward_log_det_jacobian(z0, event_ndims=1)
-    grad = tape.gradient(target, z0)
-    target = target.numpy()
+    # cut off from the gradient.
+    target, grad = backend.value_and_gradient(sampled_target, backend.constant(z0_np))
+    target = backend.to_numpy(target)
     if not np.all(np.isfinite(target)):
         raise ValueError("log_prob_fn plus the bijector's log-Jacobian must be finite at initial_state. Received: "
                          f"{target.tolist()}")
     if grad is None:
         raise ValueError("the gradient of log_prob_fn must be finite at initial_state. Received: no gradient "
                          "(log_prob_fn does not depend differentiably on its argument in TensorFlow)")
-    if not np.all(np.isfinite(grad.numpy())):
+    grad = backend.to_numpy(grad)
+    if not np.all(np.isfinite(grad)):
         raise ValueError("the gradient of log_prob_fn must be finite at initial_state. Received: non-finite "
-                         f"gradient in chains {np.flatnonzero(~np.all(np.isfinite(grad.numpy()), axis=1)).tolist()}")
+                         f"gradient in chains {np.flatnonzero(~np.all(np.isfinite(grad), axis=1)).tolist()}")
     return z0_np, target
 
 
 def _fingerprint(config, init, z0, lp0, bijector) -> str:
-    payload = json.dumps(dict(config=config.to_dict(), bijector=type(bijector).__name__,
-                              lp0=[f"{v:.10g}" for v in lp0]), sort_keys=True).encode()
+    fields = dict(config=config.to_dict(), bijector=type(bijector).__name__, lp0=[f"{v:.10g}" for v in lp0])
+    # The backends' random streams differ, so a checkpoint resumes only on its own backend.  TensorFlow's
+    # fingerprint leaves the backend out: checkpoints written without one stay valid there.
+    if backend.NAME != "tensorflow":
+        fields["backend"] = backend.NAME
+    payload = json.dumps(fields, sort_keys=True).encode()
     h = hashlib.sha256(payload)
     for a in (init, z0):
         h.update(str(a.shape).encode())
@@ -385,8 +399,14 @@ class _Checkpoint:
         theirs = json.loads(str(data["config"]))
         ours = json.loads(self.config_json)
         diff = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
-        why = (f"the config differs ({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())})"
-               if diff else "the target, the bijector or initial_state differ")
+        their_backend = str(data["backend"]) if "backend" in data else "tensorflow"
+        if diff:
+            why = f"the config differs ({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())})"
+        elif their_backend != backend.NAME:
+            why = (f"it was written on the {their_backend} backend, this run is on {backend.NAME} (their random "
+                   "streams differ)")
+        else:
+            why = "the target, the bijector or initial_state differ"
         raise ValueError(f"checkpoint_dir holds a checkpoint of another run: {path.name}: {why}. Use another "
                          f"checkpoint_dir or delete it. Received: checkpoint_dir='{self.dir}'")
 
@@ -401,7 +421,7 @@ class _Checkpoint:
     def _save(self, name, **arrays):
         if self.dir is not None:
             save_npz_atomic(self.dir / name, fingerprint=np.array(self.fingerprint),
-                            config=np.array(self.config_json), **arrays)
+                            config=np.array(self.config_json), backend=np.array(backend.NAME), **arrays)
 
     def load_warmup(self):
         return self._load("warmup.npz")
@@ -433,9 +453,11 @@ def _blocks(n, size):
 
 
 def _num_steps(n, config):
-    # XLA needs a static trace length (a Python int: one compilation per distinct block
-    # length); without XLA a tensor lets every block share one traced graph.
-    return n if config.jit_compile else tf.constant(n, tf.int32)
+    # XLA (and so JAX, always) needs a static trace length (a Python int: one compilation per
+    # distinct block length); a TF graph without XLA takes a tensor, so every block shares one trace.
+    if backend.NAME == "tensorflow" and not config.jit_compile:
+        return backend.constant(n, "int32")
+    return n
 
 
 def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, progress: bool = True,
@@ -443,15 +465,19 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     """Sample ``exp(log_prob_fn)`` with ``C`` chains of NUTS or HMC after windowed warm-up.
 
     Args:
-        log_prob_fn: ``(C, P) float64 tf.Tensor -> (C,)`` unnormalised log-density of ``theta``,
-            TensorFlow-traceable (XLA-compatible when ``config.jit_compile``); see :func:`batched`.
+        log_prob_fn: ``(C, P) float64 tensor -> (C,)`` unnormalised log-density of ``theta``,
+            traceable on the Keras backend (``keras.ops``, or TensorFlow / ``jax.numpy`` to match
+            it; XLA-compatible when ``config.jit_compile`` or under JAX); see :func:`batched`.
+            Under JAX some ``keras.ops`` (``sin``, ``cos``, ``tanh``) return float32 for float64
+            input (Keras follows JAX's 32-bit default): cast back, or use ``jax.numpy``.
         initial_state: ``(C, P)`` finite starting points in ``theta``.
         config: a :class:`SamplerConfig`.
-        bijector: optional ``tfp.bijectors.Bijector`` mapping the sampling coordinates ``z``
-            (``(C, Q)``) to ``theta``: the chains run on ``z = bijector.inverse(initial_state)``
-            with the Jacobian-corrected target (``TransformedTransitionKernel``), so they
-            sample the same posterior; e.g. :func:`~tfhalo.inference.affine_preconditioner`,
-            ``tfb.Exp()`` for a positive parameter, or a ``tfb.Chain`` of both.
+        bijector: optional ``tfp.bijectors.Bijector`` (of the backend's TFP substrate) mapping
+            the sampling coordinates ``z`` (``(C, Q)``) to ``theta``: the chains run on
+            ``z = bijector.inverse(initial_state)`` with the Jacobian-corrected target
+            (``TransformedTransitionKernel``), so they sample the same posterior; e.g.
+            :func:`~tfhalo.inference.affine_preconditioner`, ``tfb.Exp()`` for a positive
+            parameter, or a ``tfb.Chain`` of both.
         progress: show a tqdm bar (one update per block).
         checkpoint_dir: optional directory.  After warm-up the adapted step size, inverse mass
             matrix and state are saved there, then each completed sampling block (atomic
@@ -477,7 +503,8 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     if not callable(log_prob_fn):
         raise ValueError(f"log_prob_fn must be callable. Received: log_prob_fn={log_prob_fn!r}")
     if bijector is not None and not isinstance(bijector, tfb.Bijector):
-        raise ValueError(f"bijector must be a tfp.bijectors.Bijector or None. Received: bijector={bijector!r}")
+        raise ValueError(f"bijector must be a tfp.bijectors.Bijector (TFP's {backend.NAME} substrate) or None. "
+                         f"Received: bijector={bijector!r}")
     progress = check_bool("progress", progress)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
     init = _check_initial_state(initial_state, config.num_chains)
@@ -515,9 +542,10 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
         if block is None:
             t1 = time.perf_counter()
             draws, stats, z_next = compiled.sampling_block(
-                tf.constant(z), tf.constant(step_size, tf.float64), tf.constant(inverse_mass),
+                backend.constant(z), backend.constant(step_size, "float64"), backend.constant(inverse_mass),
                 _block_seed(config.seed, 1, index), _num_steps(n, config))
-            block = dict(draws=draws.numpy(), z=z_next.numpy(), **{k: v.numpy() for k, v in stats.items()})
+            block = dict(draws=backend.to_numpy(draws), z=backend.to_numpy(z_next),
+                         **{k: backend.to_numpy(v) for k, v in stats.items()})
             block["seconds"] = np.array(time.perf_counter() - t1)
             ckpt.save_block(index, **block)
         blocks.append(block)
@@ -545,13 +573,14 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
 def _warmup_kernel(log_prob_fn, bijector, config, z):
     """TFP's windowed-adaptation stack around NUTS / HMC, in the coordinates ``z`` of ``bijector``."""
     q, dtype, w = z.shape[-1], z.dtype, config.num_warmup
-    inner = _base_kernel(log_prob_fn, config, tf.constant(config.init_step_size, dtype),
-                         _momentum(z, tf.ones([q], dtype)))
+    inner = _base_kernel(log_prob_fn, config, backend.constant(config.init_step_size, dtype),
+                         _momentum(z, backend.constant(np.ones(q), dtype)))
     kernel = tfp.mcmc.DualAveragingStepSizeAdaptation(
-        inner, num_adaptation_steps=w, target_accept_prob=tf.constant(config.target_accept, dtype))
+        inner, num_adaptation_steps=w, target_accept_prob=backend.constant(config.target_accept, dtype))
     # One (Q,) variance pooled over the chains: O(Q) memory, and C draws per step for the estimate.
     variance = tfp.experimental.stats.RunningVariance.from_stats(
-        num_samples=tf.zeros([], dtype), mean=tf.zeros([q], dtype), variance=tf.ones([q], dtype))
+        num_samples=backend.constant(0.0, dtype), mean=backend.constant(np.zeros(q), dtype),
+        variance=backend.constant(np.ones(q), dtype))
     kernel = tfp.experimental.mcmc.DiagonalMassMatrixAdaptation(kernel, initial_running_variance=variance,
                                                                 num_estimation_steps=w)
     kernel = _windowed.WindowedAdaptation(kernel, num_adaptation_steps=w)
@@ -582,11 +611,9 @@ class _Compiled:
             s = _stats(pkr.inner_results.inner_results.inner_results.inner_results, config)
             return s["diverging"], s["n_steps"], s["step_size"]
 
-        @tf.function(jit_compile=jit, autograph=False)
         def warmup_start(z):
             return _warmup_kernel(log_prob_fn, bijector, config, z).bootstrap_results(transformed_init_state=[z])
 
-        @tf.function(jit_compile=jit, autograph=False)
         def warmup_block(pkr, seed, n):
             z = pkr.transformed_state[0]
             res = tfp.mcmc.sample_chain(n, current_state=[bijector.forward(z)], previous_kernel_results=pkr,
@@ -594,7 +621,6 @@ class _Compiled:
                                         trace_fn=warm_stats, return_final_kernel_results=True, seed=seed)
             return res.final_kernel_results, res.trace
 
-        @tf.function(jit_compile=jit, autograph=False)
         def sampling_block(z, step_size, inverse_mass, seed, n):
             kernel = _sampling_kernel(log_prob_fn, bijector, config, z, step_size, inverse_mass)
             # Bootstrapping here, not carrying results over from the previous block, makes a block
@@ -605,7 +631,9 @@ class _Compiled:
                                         return_final_kernel_results=True, seed=seed)
             return res.all_states[0], res.trace, res.final_kernel_results.transformed_state[0]
 
-        self.warmup_start, self.warmup_block, self.sampling_block = warmup_start, warmup_block, sampling_block
+        self.warmup_start = backend.jit(warmup_start, jit_compile=jit)
+        self.warmup_block = backend.jit(warmup_block, jit_compile=jit, static_argnums=(2,))
+        self.sampling_block = backend.jit(sampling_block, jit_compile=jit, static_argnums=(4,))
 
 
 # Tracing TFP's NUTS takes seconds to tens of seconds (XLA: longer), so the compiled functions
@@ -637,17 +665,17 @@ def _warmup(compiled, config, z0, bar):
     c, q = z0.shape
     if config.num_warmup == 0:
         return z0, config.init_step_size, np.ones(q), 0.0, 0
-    pkr = compiled.warmup_start(tf.constant(z0))
+    pkr = compiled.warmup_start(backend.constant(z0))
     n_grad, n_div = 1.0, 0
     for index, n in enumerate(_blocks(config.num_warmup, config.block_size)):
         pkr, trace = compiled.warmup_block(pkr, _block_seed(config.seed, 0, index), _num_steps(n, config))
-        div, steps, eps = (t.numpy() for t in trace)
+        div, steps, eps = (backend.to_numpy(t) for t in trace)
         n_div += int(div.sum())
         n_grad += float(steps.sum()) / c
         bar.update(n)
         bar.set_postfix(step=f"{float(eps[-1, 0]):.3g}", divergent=n_div)
     dmma = pkr.inner_results.inner_results
-    inverse_mass = dmma.running_variance[0].variance().numpy()
+    inverse_mass = backend.to_numpy(dmma.running_variance[0].variance())
     # After the last window the dual averaging hands over its averaged step size.
-    step_size = float(tf.nest.flatten(dmma.inner_results.new_step_size)[0].numpy())
-    return pkr.transformed_state[0].numpy(), step_size, inverse_mass, n_grad, n_div
+    step_size = float(backend.to_numpy(backend.flatten(dmma.inner_results.new_step_size)[0]))
+    return backend.to_numpy(pkr.transformed_state[0]), step_size, inverse_mass, n_grad, n_div

@@ -1,0 +1,218 @@
+"""tfhalo.inference on the current Keras backend (run under KERAS_BACKEND=tensorflow and =jax).
+
+The targets are written in ``keras.ops``, so the same test runs on TFP's
+TensorFlow substrate and on its JAX substrate (:mod:`tfhalo.backend`).
+Statistical checks compare a Monte Carlo estimate of E[f] with its exact value
+within ``N_SIGMA`` Monte Carlo standard errors ``sd(f) / sqrt(ESS(f))`` (ArviZ's
+bulk ESS), so they hold on any machine whatever the rounding.  The two
+backends' random streams differ: the same seed gives the same chains within a
+backend, which is what is tested.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import arviz as az
+import numpy as np
+import pytest
+from keras import ops
+
+import tfhalo.inference as inf
+from tfhalo import backend
+
+N_SIGMA = 4.5
+P = 3
+
+
+def _gaussian(seed=0, p=P):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(p, p))
+    # Correlated (condition number ~1e2): the diagonal mass matrix alone cannot whiten it.
+    cov = a @ a.T + np.diag(np.logspace(-1, 0.5, p))
+    mean = 2.0 * rng.normal(size=p)
+    prec = np.linalg.inv(cov)
+
+    def log_prob(x):  # (C, P) -> (C,), in keras.ops: either backend
+        d = x - ops.convert_to_tensor(mean)
+        return -0.5 * ops.sum(d * ops.matmul(d, ops.convert_to_tensor(prec)), axis=-1)
+
+    return mean, cov, log_prob
+
+
+MEAN, COV, LOG_PROB = _gaussian()
+
+
+def _config(**kw):
+    base = dict(num_chains=4, num_warmup=200, num_samples=400, block_size=100, jit_compile=False, seed=1)
+    base.update(kw)
+    return inf.SamplerConfig(**base)
+
+
+def _starts(seed, c=4):
+    return MEAN + np.random.default_rng(seed).normal(size=(c, P))
+
+
+def _check_expectation(values, truth, name):
+    """|mean(f) - E f| within N_SIGMA MCSE of ``(S, C)`` draws of f."""
+    values = np.asarray(values, np.float64)
+    mcse = values.std(ddof=1) / np.sqrt(float(az.ess(values.T, method="bulk")))
+    err = values.mean() - truth
+    assert abs(err) < N_SIGMA * mcse, f"{name}: estimate {values.mean():.5g} vs {truth:.5g} (MCSE {mcse:.3g})"
+
+
+def _check_gaussian(samples, mean, cov):
+    """Whitened draws y = L^-1 (x - mean) must be N(0, I) in every mean and variance."""
+    chol = np.linalg.cholesky(cov)
+    y = np.linalg.solve(chol, (samples - mean).reshape(-1, mean.size).T).T.reshape(samples.shape)
+    for i in range(mean.size):
+        _check_expectation(y[..., i], 0.0, f"mean of whitened coordinate {i}")
+        _check_expectation(y[..., i] ** 2, 1.0, f"variance of whitened coordinate {i}")
+
+
+def _assert_same_chains(a, b):
+    np.testing.assert_array_equal(a.samples, b.samples)
+    assert a.sample_stats.keys() == b.sample_stats.keys()
+    for k, v in a.sample_stats.items():
+        np.testing.assert_array_equal(b.sample_stats[k], v)
+    assert a.step_size == b.step_size
+    np.testing.assert_array_equal(a.inverse_mass_matrix, b.inverse_mass_matrix)
+
+
+@pytest.fixture(scope="module")
+def nuts_chains():
+    return inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts"), progress=False)
+
+
+def test_backend_primitives():
+    x = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    value, grad = backend.value_and_gradient(lambda t: ops.sum(ops.exp(t) * t, axis=-1), backend.constant(x))
+    # float64 throughout (float32 would miss these tolerances by 1e6).
+    np.testing.assert_allclose(backend.to_numpy(value), (np.exp(x) * x).sum(axis=1), rtol=1e-13)
+    np.testing.assert_allclose(backend.to_numpy(grad), np.exp(x) * (x + 1.0), rtol=1e-13)
+    # The Python value at a static position fixes the trace; each value gives its own result.
+    f = backend.jit(lambda t, n: t * n, static_argnums=(1,))
+    assert [float(backend.to_numpy(f(backend.constant(1.5), n))) for n in (2, 3)] == [3.0, 4.5]
+    words = np.array([7, 2**32 - 1], np.uint32)
+    seed = backend.to_numpy(backend.stateless_seed(words))
+    assert seed.dtype == (np.uint32 if backend.NAME == "jax" else np.int32)
+    np.testing.assert_array_equal(seed.view(np.uint32), words)
+    with pytest.raises(ValueError, match="words must be two 32-bit integers"):
+        backend.stateless_seed(np.arange(3))
+
+
+def test_batched_equals_the_per_chain_values():
+    f = inf.batched(lambda t: ops.sum(t**2) + t[0], 3)
+    x = np.arange(6.0).reshape(3, 2)
+    out = f(backend.constant(x))
+    np.testing.assert_allclose(backend.to_numpy(out), (x**2).sum(axis=1) + x[:, 0], rtol=1e-15)
+    # batched targets are sampled as any (C, P) -> (C,) target.
+    lp = inf.batched(lambda t: -0.5 * ops.sum(t**2), 4)
+    ch = inf.sample(lp, np.zeros((4, 2)), _config(kernel="hmc", num_warmup=0, num_samples=4, num_leapfrog_steps=2,
+                                                  init_step_size=0.5), progress=False)
+    assert ch.samples.shape == (4, 4, 2) and np.all(np.isfinite(ch.samples))
+
+
+def test_nuts_recovers_correlated_gaussian(nuts_chains):
+    ch = nuts_chains
+    assert ch.samples.shape == (400, 4, P) and ch.samples.dtype == np.float64
+    _check_gaussian(ch.samples, MEAN, COV)
+    assert not ch.sample_stats["diverging"].any()
+    np.testing.assert_allclose(ch.inverse_mass_matrix, np.diag(COV), rtol=0.5)
+    s = ch.sample_stats
+    lp = np.stack([backend.to_numpy(LOG_PROB(backend.constant(x))) for x in ch.samples])
+    np.testing.assert_allclose(s["lp"], lp, rtol=1e-10, atol=1e-10)
+    assert np.all(s["n_steps"] <= 2 ** s["tree_depth"] - 1) and np.all(s["n_steps"] >= 2 ** (s["tree_depth"] - 1))
+    assert 0.6 < s["acceptance_rate"].mean() < 0.97
+
+
+def test_hmc_with_affine_preconditioner_recovers_the_same_gaussian():
+    bij = inf.affine_preconditioner(MEAN, np.linalg.inv(COV))
+    ch = inf.sample(LOG_PROB, _starts(3), _config(kernel="hmc", num_leapfrog_steps=2), bijector=bij, progress=False)
+    _check_gaussian(ch.samples, MEAN, COV)
+    np.testing.assert_array_equal(ch.sample_stats["n_steps"], 2)
+    np.testing.assert_allclose(ch.inverse_mass_matrix, 1.0, rtol=0.5)
+    # lp includes ln|d theta / d z| = ln det chol(COV), a constant for the affine map.
+    lp = np.stack([backend.to_numpy(LOG_PROB(backend.constant(x))) for x in ch.samples])
+    np.testing.assert_allclose(ch.sample_stats["lp"] - lp, np.log(np.diag(np.linalg.cholesky(COV))).sum(), atol=1e-8)
+    assert ch.n_gradient_evaluations == 1 + 200 * 2 + 4 * (1 + 100 * 2)
+
+
+def test_same_seed_same_chains_other_seed_other_chains(nuts_chains):
+    _assert_same_chains(nuts_chains, inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts"), progress=False))
+    other = inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts", seed=2), progress=False)
+    assert not np.allclose(other.samples, nuts_chains.samples)
+
+
+def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
+    cfg = _config(kernel="nuts")
+    full = inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
+    _assert_same_chains(nuts_chains, full)
+    # An interruption after two sampling blocks leaves exactly these files.
+    for name in ("block_00002.npz", "block_00003.npz"):
+        (tmp_path / name).unlink()
+    resumed = inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
+    _assert_same_chains(nuts_chains, resumed)
+    assert sorted(os.listdir(tmp_path)) == ["block_00000.npz", "block_00001.npz", "block_00002.npz",
+                                            "block_00003.npz", "warmup.npz"]
+    # A checkpoint of the other backend (another random stream, so another fingerprint) is refused.
+    with np.load(tmp_path / "warmup.npz") as f:
+        warm = {k: f[k] for k in f.files}
+    assert str(warm["backend"]) == backend.NAME
+    other = "tensorflow" if backend.NAME == "jax" else "jax"
+    np.savez(tmp_path / "warmup.npz", **dict(warm, backend=np.array(other), fingerprint=np.array("0" * 64)))
+    with pytest.raises(ValueError, match=f"checkpoint_dir.*written on the {other} backend, this run is on "
+                                         f"{backend.NAME}"):
+        inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
+
+
+def test_bad_bijector_and_start_are_refused_before_sampling():
+    with pytest.raises(ValueError, match=f"bijector must be a tfp.bijectors.Bijector .TFP's {backend.NAME}"):
+        inf.sample(LOG_PROB, _starts(2), _config(), bijector="exp")
+    with pytest.raises(ValueError, match="initial_state must lie in the bijector's image"):
+        inf.sample(LOG_PROB, -np.ones((4, P)), _config(), bijector=backend.tfp.bijectors.Exp())
+    with pytest.raises(ValueError, match="float64"):
+        inf.sample(lambda x: ops.cast(LOG_PROB(x), "float32"), _starts(2), _config())
+
+
+_NO_TF_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from keras import ops
+    import tfhalo.inference as inf
+
+    cfg = inf.SamplerConfig(kernel="hmc", num_chains=2, num_warmup=20, num_samples=4, num_leapfrog_steps=2,
+                            block_size=10, seed=3)
+    bij = inf.affine_preconditioner(np.zeros(2), np.eye(2))
+    ch = inf.sample(lambda x: -0.5 * ops.sum(x**2, axis=-1), np.zeros((2, 2)), cfg, bijector=bij, progress=False)
+    summary = inf.convergence_summary(ch.to_inference_data())
+    tf_modules = sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow."))
+    print(json.dumps(dict(shape=list(ch.samples.shape), finite=bool(np.isfinite(ch.samples).all()),
+                          n_draws=summary["n_draws"], substrate=inf.sampler.tfp.__name__,
+                          tf_modules=tf_modules[:10])))
+""")
+
+
+def _jax_substrate_imports():
+    if importlib.util.find_spec("jax") is None:
+        return False
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    probe = subprocess.run([sys.executable, "-c", "import tensorflow_probability.substrates.jax.mcmc"],
+                           env=env, capture_output=True, timeout=300)
+    return probe.returncode == 0
+
+
+def test_jax_backend_loads_no_tensorflow():
+    if not _jax_substrate_imports():
+        pytest.skip("TFP's JAX substrate does not import here (it needs the pinned tfp-nightly of the jax extra)")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _NO_TF_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [4, 2, 2] and result["finite"] and result["n_draws"] == 4
+    assert result["substrate"] == "tensorflow_probability.substrates.jax"
+    assert result["tf_modules"] == [], f"TensorFlow modules loaded under JAX: {result['tf_modules']}"

@@ -1,0 +1,238 @@
+"""The array backend of the sampler: TFP's substrate, compilation, gradients, constants and seeds.
+
+The Keras backend (``KERAS_BACKEND``, or ``keras.json``) picks one of two
+implementations, and code written against this module runs on either:
+
+================  ==========================================  ==============================================
+                  ``tensorflow``                              ``jax``
+================  ==========================================  ==============================================
+:data:`tfp`       ``tensorflow_probability``                  ``tensorflow_probability.substrates.jax``
+:func:`jit`       ``tf.function(jit_compile=...)``            ``jax.jit`` (always XLA: JAX has no graph mode)
+gradient          ``tf.GradientTape``                         ``jax.vjp``
+:func:`constant`  ``tf.constant``                             ``jnp.asarray``
+seeds             ``(2,)`` int32 tensor (TF stateless ops)    ``(2,)`` uint32 array (a raw ``PRNGKey``)
+:func:`map_chains`  one graph copy per chain, stacked         ``jax.vmap``
+================  ==========================================  ==============================================
+
+Under JAX, float64 is switched on (``jax_enable_x64``) when this module is
+imported: the sampler's states, step sizes and mass-matrix estimates are
+float64, and without the flag JAX silently makes float64 arrays float32.
+Importing this module under JAX loads no TensorFlow module, even where
+TensorFlow is installed (see :func:`_import_jax_substrate`).
+
+Elementwise array code inside compiled functions uses ``keras.ops``, which
+follows the same Keras backend.
+
+References:
+    Lao, Suter, Langmore, Chimisov, Saxena, Sountsov, Moore, Saurous, Hoffman &
+    Dillon (2020), "tfp.mcmc: Modern Markov Chain Monte Carlo Tools Built for
+    Modern Hardware", arXiv:2002.01184 (TFP's substrates).
+    Bradbury, Frostig, Hawkins, Johnson, Leary, Maclaurin, Necula, Paszke,
+    VanderPlas, Wanderman-Milne & Zhang (2018), "JAX: composable transformations
+    of Python+NumPy programs", http://github.com/jax-ml/jax.
+
+Example:
+    >>> from tfhalo import backend
+    >>> backend.NAME in ("tensorflow", "jax")
+    True
+    >>> from keras import ops
+    >>> value, grad = backend.value_and_gradient(lambda x: ops.sum(x**2, axis=-1), backend.constant([[1.0, 2.0]]))
+    >>> backend.to_numpy(grad)
+    array([[2., 4.]])
+"""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+import numpy as np
+
+__all__ = ["ARGUMENT_ERRORS", "NAME", "constant", "flatten", "jit", "map_chains", "stateless_seed", "tfp",
+           "to_numpy", "value_and_gradient"]
+
+#: Keras backends this module implements.
+BACKENDS = ("tensorflow", "jax")
+
+NAME = keras.backend.backend()
+if NAME not in BACKENDS:
+    raise ImportError(f"tfhalo.backend needs the Keras backend to be one of {BACKENDS} (set KERAS_BACKEND). "
+                      f"Received: Keras backend {NAME!r}")
+
+
+def _import_jax_substrate():
+    """``tensorflow_probability.substrates.jax``, with its first import kept off TensorFlow.
+
+    Where TensorFlow is installed, two modules of TFP's JAX substrate
+    (``internal/backend/jax/_utils.py`` and ``tf_inspect.py``) import it only to
+    copy docstrings and fall back to the standard library on ``ImportError``.
+    Loading TensorFlow costs seconds and memory on a machine that runs JAX, so
+    ``import tensorflow`` is made to fail while those modules are first imported
+    (unless the caller has already loaded TensorFlow); TensorFlow stays importable
+    afterwards.
+    """
+    block = "tensorflow" not in sys.modules
+    if block:
+        sys.modules["tensorflow"] = None  # `import tensorflow` then raises ImportError
+    try:
+        from tensorflow_probability.substrates import jax as substrate
+
+        # Attribute access loads these lazily: do it now, inside the block.
+        for module in (substrate.bijectors, substrate.distributions, substrate.mcmc, substrate.experimental.mcmc,
+                       substrate.experimental.stats, substrate.math):
+            del module
+    except (ImportError, AttributeError) as err:
+        # TFP releases lag JAX: an older TFP's JAX substrate reaches for JAX internals that are gone.
+        raise ImportError(f"TFP's JAX substrate does not import with this JAX: install the tfp-nightly that "
+                          f"tfhalo's `jax` extra pins (pip install 'tfhalo[jax]'). Received: {type(err).__name__}: "
+                          f"{err}") from err
+    finally:
+        if block and sys.modules.get("tensorflow", 0) is None:
+            del sys.modules["tensorflow"]
+    return substrate
+
+
+if NAME == "jax":
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    tfp = _import_jax_substrate()
+    try:
+        from tensorflow_probability.python.internal.backend.jax import errors as _substrate_errors
+
+        ARGUMENT_ERRORS = (ValueError, _substrate_errors.InvalidArgumentError)
+    except ImportError:  # a TFP layout without that module: its assertions still raise ValueError
+        ARGUMENT_ERRORS = (ValueError,)
+else:
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+
+    #: Errors a TFP bijector or assertion raises on an argument outside its domain.
+    ARGUMENT_ERRORS = (ValueError, tf.errors.InvalidArgumentError)
+
+
+def jit(fn, jit_compile: bool = True, static_argnums: tuple = ()):
+    """``fn`` compiled: ``tf.function(jit_compile=jit_compile)`` or ``jax.jit``.
+
+    Args:
+        fn: a function of tensors (and of the Python values at ``static_argnums``).
+        jit_compile: TensorFlow: compile with XLA (True) or run as a TF graph (False).
+            JAX ignores it (it always compiles with XLA).
+        static_argnums: positions of arguments that are Python values fixing the trace
+            (e.g. a loop length): ``jax.jit``'s ``static_argnums``; TensorFlow retraces for
+            each new Python value by itself.
+
+    Returns:
+        The compiled function; call it as ``fn``.
+
+    Example:
+        >>> f = jit(lambda x, n: x * n, static_argnums=(1,))
+        >>> float(to_numpy(f(constant(2.0), 3)))
+        6.0
+    """
+    if NAME == "jax":
+        return jax.jit(fn, static_argnums=tuple(static_argnums))
+    return tf.function(fn, jit_compile=bool(jit_compile), autograph=False)
+
+
+def value_and_gradient(fn, x):
+    """``(fn(x), d sum(fn(x)) / dx)``; the gradient is None where TensorFlow finds no path to ``x``.
+
+    For a batched log-density ``(C, P) -> (C,)`` whose chains do not interact, the
+    gradient of the sum is the per-chain gradient, ``(C, P)``.
+
+    Args:
+        fn: a differentiable function of one tensor.
+        x: a tensor (e.g. from :func:`constant`).
+
+    Returns:
+        ``(value, gradient)`` as backend tensors (``gradient`` may be None on TensorFlow;
+        JAX returns zeros where the value does not depend on ``x``).
+
+    Example:
+        >>> value, grad = value_and_gradient(lambda x: -0.5 * keras.ops.sum(x**2, axis=-1), constant([[1.0, -3.0]]))
+        >>> to_numpy(grad)
+        array([[-1.,  3.]])
+    """
+    if NAME == "jax":
+        value, pullback = jax.vjp(fn, x)
+        (grad,) = pullback(jnp.ones_like(value))
+        return value, grad
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = fn(x)
+    return value, tape.gradient(value, x)
+
+
+def constant(value, dtype="float64"):
+    """``value`` as a backend tensor of ``dtype`` (a name, a NumPy dtype, or the backend's own).
+
+    Example:
+        >>> tuple(constant(np.arange(3.0)).shape)
+        (3,)
+    """
+    if NAME == "jax":
+        return jnp.asarray(value, dtype=dtype)
+    return tf.constant(value, dtype=dtype)
+
+
+def convert(value):
+    """``value`` (a tensor, array or nested Python numbers) as a backend tensor, dtype kept or inferred."""
+    if NAME == "jax":
+        return jnp.asarray(value)
+    return tf.convert_to_tensor(value)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A backend tensor (eager) as a NumPy array."""
+    return np.asarray(x)
+
+
+def flatten(structure) -> list:
+    """The leaves of a nest of tensors (lists, tuples, namedtuples, dicts), in order."""
+    if NAME == "jax":
+        return jax.tree_util.tree_leaves(structure)
+    return tf.nest.flatten(structure)
+
+
+def stateless_seed(words):
+    """A stateless seed of the substrate's type from two 32-bit words.
+
+    Args:
+        words: ``(2,)`` unsigned 32-bit integers (e.g. ``np.random.SeedSequence(...).generate_state(2)``).
+
+    Returns:
+        TensorFlow: an int32 ``(2,)`` tensor of the same bits; JAX: a uint32 ``(2,)`` array (a raw
+        ``jax.random.PRNGKey``). Either is the ``seed=`` TFP's samplers take.
+
+    Example:
+        >>> to_numpy(stateless_seed(np.array([1, 2], np.uint32))).tolist()
+        [1, 2]
+    """
+    words = np.asarray(words, dtype=np.uint32)
+    if words.shape != (2,):
+        raise ValueError(f"words must be two 32-bit integers. Received: words.shape={words.shape}")
+    if NAME == "jax":
+        return jnp.asarray(words, dtype=jnp.uint32)
+    return tf.constant(words.view(np.int32))
+
+
+def map_chains(fn, num_chains: int):
+    """``theta (P,) -> ()`` as ``(C, P) -> (C,)``: ``jax.vmap``, or on TensorFlow one call per chain, stacked.
+
+    TensorFlow unrolls (rather than ``tf.vectorized_map``) because that works for any
+    traceable ``fn``, XLA included; the cost is one graph copy of ``fn`` per chain.
+
+    Example:
+        >>> f = map_chains(lambda x: keras.ops.sum(x**2), 2)
+        >>> to_numpy(f(constant(np.ones((2, 3))))).tolist()
+        [3.0, 3.0]
+    """
+    if NAME == "jax":
+        return jax.vmap(fn)
+
+    def stacked(states):
+        return tf.stack([fn(states[i]) for i in range(num_chains)])
+
+    return stacked
