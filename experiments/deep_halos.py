@@ -7,6 +7,7 @@ anything is written; Ctrl-C exits with 130; rerun the same command to resume.
 Example:
     python experiments/deep_halos.py --preset quick --suite runs/demo/suite --out runs/demo/deep_halos
     python experiments/deep_halos.py --preset paper --suite /data/suite --out runs/paper
+    python experiments/deep_halos.py --preset paper --suite /data/suite --out runs/paper --devices 4
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tfhalo.studies import common, deep_halos  # noqa: E402
 
 #: command-line flag -> Config field, for the flags that override a preset value when given.
 OVERRIDES = ("epochs", "batch_size", "learning_rate", "n_sims", "n_train", "n_validation", "n_test", "subbox_size",
-             "patience", "workers", "balanced", "n_boot", "log_mass_range", "configs")
+             "patience", "workers", "balanced", "n_boot", "log_mass_range", "configs", "devices")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("patience", int), ("workers", int), ("n-boot", int)):
         p.add_argument(f"--{flag}", type=kind, default=None)
     p.add_argument("--log-mass-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
+    p.add_argument("--devices", type=int, default=None,
+                   help="train each CNN data parallel on this many devices (GPUs, or CPUs without GPUs; "
+                        "default 1). Batch sizes and the last batches must split evenly over them")
     p.add_argument("--balanced", action="store_true", default=None, help="balanced sampling across mass")
     p.add_argument("--use-multiprocessing", action="store_true")
     p.add_argument("--no-gbt", action="store_true", help="skip the GBT baseline")

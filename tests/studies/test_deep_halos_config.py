@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # One bad value per field, and the message it must give (field and value named).
 BAD = {
+    "devices": (0, r"devices must be at least 1. Received: devices=0"),
     "preset_name": ("huge", r"preset_name must be one of .*Received: preset_name='huge'"),
     "sim_preset": ("tiny", r"sim_preset must be one of .*Received: sim_preset='tiny'"),
     "n_sims": (2, r"n_sims must be at least 3. Received: n_sims=2"),

@@ -109,6 +109,13 @@ class Config:
         gbt: fit the GBT baseline on spherical overdensities.
         export: also export each model as a TF SavedModel.
         n_boot: bootstrap replicates of the 68% intervals.
+        devices: devices to train each CNN on, data parallel (:func:`tfhalo.distribute.data_parallel`:
+            the backend's GPUs, or its CPUs without GPUs); 1 (default): no distribution. With more,
+            every training and validation batch must split evenly over them: ``batch_size`` and
+            ``predict_batch_size`` multiples of ``devices``, and so the last, partial batches
+            (``n_train % batch_size``, ``n_validation % predict_batch_size``). A training step on
+            ``n`` devices is the one-device step on the same (global) batch up to float rounding,
+            so ``devices`` is not part of the cache key: a run may resume on another number of devices.
     """
 
     preset_name: str = "quick"
@@ -138,6 +145,7 @@ class Config:
     gbt: bool = True
     export: bool = True
     n_boot: int = 500
+    devices: int = 1
 
     def __post_init__(self):
         from tfhalo.sim.suite import PRESETS as SIM_PRESETS
@@ -174,6 +182,8 @@ class Config:
         set_("configs", tuple(configs))
         if self.log_mass_range is not None:
             set_("log_mass_range", check_range("log_mass_range", self.log_mass_range))
+        set_("devices", check_int("devices", self.devices, minimum=1))
+        _check_batch_splits(self, self.n_train, self.n_validation)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "Config":
@@ -196,6 +206,15 @@ class Config:
     def to_dict(self) -> dict:
         """The settings as a JSON-able dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _check_batch_splits(config: "Config", n_train: int, n_validation: int) -> None:
+    """Every training and validation batch must split evenly over ``config.devices`` (ValueError)."""
+    from tfhalo.distribute import check_batch_split
+
+    check_batch_split(config.devices, n_train, config.batch_size, "n_train", "batch_size")
+    check_batch_split(config.devices, n_validation, config.predict_batch_size, "n_validation",
+                      "predict_batch_size")
 
 
 def _int_tuple(name, value) -> tuple:
@@ -495,6 +514,7 @@ def train_config(name: str, sims, sets, label_scaler, config: Config, suite, out
         ``(history dict, (n_test,) predicted log10 M)``.
     """
     from tfhalo.data import HaloDataset, load_trained, predict_log_mass, save_trained
+    from tfhalo.distribute import data_parallel
     from tfhalo.evaluation.report import write_results_json
 
     out = Path(out)
@@ -517,11 +537,14 @@ def train_config(name: str, sims, sets, label_scaler, config: Config, suite, out
         val_ds = HaloDataset(inputs, sets["validation"], label_scaler, batch_size=config.predict_batch_size,
                              **loading)
         models.save("SETTINGS.json", {})  # before training, so an interrupted run is checked on resume
-        model = build_model(name, config, inputs.input_shape)
-        _log(progress, f"{name}: training {model.count_params():,} parameters on {len(sets['train'])} particles, "
-                       f"{inputs.input_shape[:3]} boxes")
-        hist = fit_resumable(model, train_ds, val_ds, run_dir, config.epochs, config.patience,
-                             verbose=2 if progress else 0)
+        # The weights must be created inside the scope to exist on every device.
+        with data_parallel(config.devices):
+            model = build_model(name, config, inputs.input_shape)
+            on = f" on {config.devices} devices" if config.devices > 1 else ""
+            _log(progress, f"{name}: training {model.count_params():,} parameters{on} on {len(sets['train'])} "
+                           f"particles, {inputs.input_shape[:3]} boxes")
+            hist = fit_resumable(model, train_ds, val_ds, run_dir, config.epochs, config.patience,
+                                 verbose=2 if progress else 0)
         save_trained(model, run_dir, inputs.standardizer, label_scaler, inputs.config(), export=config.export,
                      config=name, alpha=ALPHA[name])
         write_results_json(history_path, hist)
@@ -728,7 +751,10 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     Raises:
         ValueError: ``config`` is not a :class:`Config`.
         StudyInputError: ``out`` or ``suite`` is a file, a cache in ``out`` is stale
-            (:class:`StaleCacheError`), or the suite is too small; all before any work.
+            (:class:`StaleCacheError`), the suite is too small, or the backend sees fewer than
+            ``config.devices`` devices; all before any work. Also when the suite has too few
+            particles for ``n_train`` or ``n_validation`` and the shortened set's last batch does not
+            split evenly over ``config.devices`` (before any training).
 
     Example:
         >>> results = run(Config.preset("quick"), "runs/demo/suite", "runs/demo/deep_halos")  # doctest: +SKIP
@@ -745,6 +771,13 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     for name, path in (("out", out), ("suite", suite)):
         if path.exists() and not path.is_dir():
             raise StudyInputError(f"{name} must be a directory. Received: {name}={str(path)!r} (a file)")
+    if config.devices > 1:
+        from tfhalo.distribute import check_devices
+
+        try:
+            check_devices(config.devices)
+        except ValueError as err:  # reported like a bad argument (exit 2 from the script)
+            raise StudyInputError(str(err)) from None
     check_caches(config, suite, out, overwrite=overwrite, progress=progress)  # a stale out fails in seconds
     from tfhalo.sim import load
 
@@ -754,6 +787,10 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     _log(progress, f"{len(sims)} simulations ready ({time.time() - t0:.0f} s)")
     out.mkdir(parents=True, exist_ok=True)
     sets, lmr = particle_sets(sims, config, suite, out)
+    try:  # fewer eligible particles than asked for shorten a set, and with it the last batch
+        _check_batch_splits(config, len(sets["train"]), len(sets["validation"]))
+    except ValueError as err:
+        raise StudyInputError(f"the suite has fewer eligible particles than asked for: {err}") from None
     split = sets["split"]
     _log(progress, f"log10 M range {lmr[0]:.2f}-{lmr[1]:.2f}; particles train/val/test {len(sets['train'])}/"
                    f"{len(sets['validation'])}/{len(sets['test'])} from simulations {list(split.train)}/"
