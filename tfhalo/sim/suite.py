@@ -139,15 +139,11 @@ class SimulationPreset:
 #: in 50 Mpc/h); "charnock2020": the volume of Charnock et al. (2020), "Neural physical engines
 #: for inferring the halo mass distribution function", MNRAS 494, 50, arXiv:1909.06379,
 #: (250 Mpc/h)^3, at a particle mass (3.7e10 Msun/h) that puts its halo threshold
-#: M_th = 2e12 Msun/h at 54 particles (FoF masses are noisy below ~50); it needs ~15 GB;
-#: "bias_quick": the quick neural-bias study's volume, eight "quick" boxes per simulation
-#: at the same particle mass, so that 4 Mpc/h voxels (20^3 per box) hold thousands of halos
-#: above 50 particles in a few simulations (tens of seconds each on 2 cores).
+#: M_th = 2e12 Msun/h at 54 particles (FoF masses are noisy below ~50); it needs ~15 GB.
 PRESETS: Dict[str, SimulationPreset] = {
     "quick": SimulationPreset(n_side=64, box_size=40.0, n_steps=10, mesh_factor=2),
     "paper": SimulationPreset(n_side=256, box_size=50.0, z_initial=99.0, n_steps=10, mesh_factor=2),
     "charnock2020": SimulationPreset(n_side=320, box_size=250.0, n_steps=10, mesh_factor=2),
-    "bias_quick": SimulationPreset(n_side=128, box_size=80.0, n_steps=10, mesh_factor=2),
 }
 
 
