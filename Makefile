@@ -13,6 +13,8 @@ export PYTHONUNBUFFERED := 1
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	# tfp-nightly (setup.cfg) and tensorflow-probability share one package directory.
+	$(BIN)/python -m pip uninstall -y -q tensorflow-probability 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
