@@ -21,14 +21,27 @@ prior is ``v ~ N(0, I)`` and the data ``y = H d = A v + sigma H n`` with
 Statistical checks compare Monte Carlo means with exact values in units of
 their Monte Carlo standard error ``sd / sqrt(ESS)`` (ArviZ bulk ESS per
 coordinate), so they hold on any machine whatever the rounding.
+
+Everything runs on the active Keras backend (``KERAS_BACKEND=tensorflow`` or ``jax``):
+targets are ``keras.ops``, the bijector is TFP's substrate of that backend
+(:mod:`tfhalo.backend`).  The two backends' random streams differ, so the sampler
+checks are statistical on both.
 """
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import arviz as az
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 import tfhalo.inference as inf
+from tfhalo import backend
 from tfhalo.field.fft import hartley3, irfft3, rfft3
 from tfhalo.field.precondition import (
     PRIOR_CURVATURE,
@@ -45,6 +58,25 @@ from tfhalo.sim.grid import rfft_wavenumbers
 from tfhalo.sim.ics import white_noise
 
 N_SIGMA = 4.5
+
+
+def _np(x):
+    return backend.to_numpy(x)
+
+
+def _fresh(x):
+    """A new backend tensor of ``x``'s values, so that TFP's bijector cache cannot hand back a stored input."""
+    return backend.constant(np.array(_np(x)))
+
+
+def _jacobian_rows(fn, u):
+    """``(B, Q, P)`` Jacobians of ``fn: (B, P) -> (B, Q)`` (rows independent) by one compiled VJP per output."""
+    u = backend.constant(u)
+    q = int(fn(u).shape[-1])
+    vjp = backend.jit(lambda x, e: backend.value_and_gradient(lambda y: ops.sum(fn(y) * e, axis=-1), x)[1],
+                      jit_compile=False)
+    rows = [_np(vjp(u, backend.constant(np.tile(np.eye(q)[i], (u.shape[0], 1))))) for i in range(q)]
+    return np.stack(rows, axis=1)
 
 
 def _hartley_np(x):
@@ -64,16 +96,20 @@ def test_bijector_forward_matches_numpy_and_round_trips():
     bij = FourierPreconditioner(n, n_bias=nb, field_scale=scale, bias_loc=loc, bias_scale=bscale)
     assert (bij.n_field, bij.n_bias, bij.size) == (64, 2, 66)
     u = rng.normal(size=(c, n**3 + nb))
+    assert isinstance(bij, backend.tfp.bijectors.Bijector)
     x = bij.forward(u)
-    assert x.shape == (c, 66) and x.dtype == tf.float64
+    assert tuple(x.shape) == (c, 66) and _np(x).dtype == np.float64
     want_field = _hartley_np(scale * u[:, :64].reshape(c, n, n, n)).reshape(c, 64)
-    np.testing.assert_allclose(x.numpy()[:, :64], want_field, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(x.numpy()[:, 64:], loc + bscale * u[:, 64:], rtol=1e-15)
+    np.testing.assert_allclose(_np(x)[:, :64], want_field, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(_np(x)[:, 64:], loc + bscale * u[:, 64:], rtol=1e-15)
     # Fresh tensors, so TFP's bijector cache cannot hand back the input.
-    np.testing.assert_allclose(bij.inverse(tf.constant(x.numpy())).numpy(), u, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(bij.forward(bij.inverse(tf.constant(u))).numpy(), u, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_np(bij.inverse(_fresh(x))), u, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_np(bij.forward(bij.inverse(backend.constant(u)))), u, rtol=0, atol=1e-12)
     # Extra batch axes pass through.
-    assert bij.forward(u.reshape(1, c, 66)).shape == (1, c, 66)
+    assert tuple(bij.forward(u.reshape(1, c, 66)).shape) == (1, c, 66)
+    # Inside a compiled function (the sampler's setting) the maps are the same.
+    round_trip = backend.jit(lambda t: bij.inverse(bij.forward(t)), jit_compile=False)
+    np.testing.assert_allclose(_np(round_trip(backend.constant(u))), u, rtol=0, atol=1e-12)
 
 
 def test_bijector_log_det_is_exact_against_autodiff_jacobian():
@@ -82,20 +118,17 @@ def test_bijector_log_det_is_exact_against_autodiff_jacobian():
     scale = rng.uniform(0.2, 1.5, (n, n, n))
     bscale = np.array([2.0, 0.1])
     bij = FourierPreconditioner(n, n_bias=nb, field_scale=scale, bias_loc=[1.0, 2.0], bias_scale=bscale)
-    u = tf.constant(rng.normal(size=(2, 66)))
-    with tf.GradientTape() as tape:
-        tape.watch(u)
-        x = bij.forward(u)
-    jac = tape.batch_jacobian(x, u).numpy()  # (2, 66, 66)
+    u = backend.constant(rng.normal(size=(2, 66)))
+    x = bij.forward(u)
+    jac = _jacobian_rows(bij.forward, _np(u))  # (2, 66, 66)
     expected = np.sum(np.log(scale)) + np.sum(np.log(bscale))
     for j in jac:
         sign, logdet = np.linalg.slogdet(j)
         assert sign != 0
         np.testing.assert_allclose(logdet, expected, rtol=1e-12)
-    fldj = bij.forward_log_det_jacobian(u, event_ndims=1).numpy()
+    fldj = _np(bij.forward_log_det_jacobian(u, event_ndims=1))
     np.testing.assert_allclose(fldj, expected, rtol=1e-14)
-    np.testing.assert_allclose(bij.inverse_log_det_jacobian(tf.constant(x.numpy()), event_ndims=1).numpy(),
-                               -expected, rtol=1e-14)
+    np.testing.assert_allclose(_np(bij.inverse_log_det_jacobian(_fresh(x), event_ndims=1)), -expected, rtol=1e-14)
     # The field block of J is H diag(scale): orthogonal columns of norm scale.
     block = jac[0, :64, :64]
     np.testing.assert_allclose(block.T @ block, np.diag(scale.ravel() ** 2), atol=1e-12)
@@ -106,9 +139,9 @@ def test_bijector_defaults_are_the_hartley_transform():
     bij = FourierPreconditioner(n)
     np.testing.assert_array_equal(bij.field_scale, np.ones((n, n, n)))
     assert bij.n_bias == 0 and bij.size == 64
-    assert float(bij.forward_log_det_jacobian(tf.zeros((5, 64), tf.float64), event_ndims=1)) == 0.0
+    assert float(_np(bij.forward_log_det_jacobian(backend.constant(np.zeros((5, 64))), event_ndims=1))) == 0.0
     x = np.random.default_rng(2).normal(size=(2, 64))
-    np.testing.assert_allclose(bij.forward(x).numpy(), bij.inverse(tf.constant(x)).numpy(), atol=1e-14)
+    np.testing.assert_allclose(_np(bij.forward(x)), _np(bij.inverse(backend.constant(x))), atol=1e-14)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -179,12 +212,12 @@ def test_shell_average_and_isotropic_scales():
 def _fourier_gaussian(h, n_bias=0):
     """ln p of a field with precision diag(h) in Hartley coordinates, and extras of precision 7 (held fixed)."""
     n = h.shape[0]
-    ht = tf.constant(h)
+    ht = backend.constant(h)
 
     def log_prob(x):
-        v = hartley3(tf.reshape(x[:, : n**3], (-1, n, n, n)))
-        lp = -0.5 * tf.reduce_sum(tf.reshape(ht * v**2, (-1, n**3)), -1)
-        return lp - 0.5 * tf.reduce_sum(x[:, n**3:] ** 2, -1) * 7.0 if n_bias else lp
+        v = hartley3(ops.reshape(x[:, : n**3], (-1, n, n, n)))
+        lp = -0.5 * ops.sum(ops.reshape(ht * v**2, (-1, n**3)), -1)
+        return lp - 0.5 * ops.sum(x[:, n**3:] ** 2, -1) * 7.0 if n_bias else lp
 
     return log_prob
 
@@ -213,11 +246,11 @@ def test_hutchinson_is_seeded_and_unbiased_for_a_coupled_hessian():
     rng = np.random.default_rng(8)
     b = rng.normal(size=(n**3, n**3)) / n**1.5
     m = np.eye(n**3) * 3.0 + b @ b.T
-    mt = tf.constant(m)
+    mt = backend.constant(m)
 
     def log_prob(x):
-        v = tf.reshape(hartley3(tf.reshape(x, (-1, n, n, n))), (-1, n**3))
-        return -0.5 * tf.reduce_sum(v * tf.linalg.matvec(mt, v), -1)
+        v = ops.reshape(hartley3(ops.reshape(x, (-1, n, n, n))), (-1, n**3))
+        return -0.5 * ops.sum(v * ops.matmul(v, mt), -1)  # M symmetric: v M = M v
 
     x0 = np.zeros((1, n**3))
     a = hutchinson_curvature(log_prob, x0, n, n_probes=3, seed=9)
@@ -254,7 +287,7 @@ def test_curvature_scales_refuses_bad_arguments(kwargs, match):
 
 def test_curvature_refuses_a_non_finite_target():
     with pytest.raises(ValueError, match="log_prob_fn must be finite and differentiable"):
-        hutchinson_curvature(lambda x: tf.reduce_sum(tf.math.log(x), -1), -np.ones((1, 64)), 4)
+        hutchinson_curvature(lambda x: ops.sum(ops.log(x), -1), -np.ones((1, 64)), 4)
 
 
 # ---------------------------------------------------------------- the Wiener filter
@@ -299,14 +332,14 @@ class Wiener:
         prec = 1 + self.amp**2 / self.sigma**2
         self.mean = self.amp / self.sigma**2 * _hartley_np(self.data) / prec  # Hartley coordinates
         self.var = 1 / prec
-        amp_half = tf.constant(self.amp[..., : n // 2 + 1])
-        data = tf.constant(self.data)
+        amp_half = backend.constant(self.amp[..., : n // 2 + 1])
+        data = backend.constant(self.data)
 
         def log_prob(x):  # (C, n^3) -> (C,)
-            omega = tf.reshape(x, (-1, n, n, n))
+            omega = ops.reshape(x, (-1, n, n, n))
             re, im = rfft3(omega)
             r = (irfft3(re * amp_half, im * amp_half, n) - data) / self.sigma
-            return -0.5 * tf.reduce_sum(x**2, -1) - 0.5 * tf.reduce_sum(tf.reshape(r, (-1, n**3)) ** 2, -1)
+            return -0.5 * ops.sum(x**2, -1) - 0.5 * ops.sum(ops.reshape(r, (-1, n**3)) ** 2, -1)
 
         self.log_prob = log_prob
 
@@ -376,7 +409,7 @@ def test_wiener_target_matches_its_numpy_definition(wiener):
     x = np.random.default_rng(21).normal(size=(3, w.n**3))
     r = (_linear_np(x.reshape(3, w.n, w.n, w.n), w.amp) - w.data).reshape(3, -1) / w.sigma
     want = -0.5 * np.sum(x**2, -1) - 0.5 * np.sum(r**2, -1)
-    np.testing.assert_allclose(w.log_prob(tf.constant(x)).numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(_np(w.log_prob(backend.constant(x))), want, rtol=1e-12)
     # The data constrain the low-k modes (A^2 / sigma^2 > 10), the prior the highest ones (< 0.3).
     snr = (w.amp / w.sigma) ** 2
     assert snr.max() > 10 and snr[mode_wavenumbers(w.n, w.box) > 1.2].max() < 0.3
@@ -397,3 +430,68 @@ def test_preconditioned_hmc_recovers_the_wiener_posterior(wiener_chains, wiener)
     # (each entry a variance estimate from ~300 correlated warm-up draws).
     assert abs(np.median(ch.inverse_mass_matrix) - 1) < 0.15
     assert 0.4 < ch.inverse_mass_matrix.min() and ch.inverse_mass_matrix.max() < 2.5
+
+
+# ---------------------------------------------------------------- JAX without TensorFlow
+
+_NO_TF_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+
+    import tfhalo.inference as inf
+    from tfhalo import backend
+    from tfhalo.bias import build_model
+    from tfhalo.field import (FieldCatalogue, FieldLevelPosterior, FourierPreconditioner, LPTForwardModel,
+                              curvature_scales)
+
+    n, box, m_th = 4, 64.0, 1e12
+    rng = np.random.default_rng(0)
+    cat = FieldCatalogue.from_halos(rng.uniform(0.0, box, (12, 3)), m_th * np.exp(rng.exponential(1.0, 12)),
+                                    box, n, m_th)
+    post = FieldLevelPosterior(LPTForwardModel(n, box), build_model(cat.log_mass_threshold, n, dtype="float64"), cat)
+    # ~0.2 halos per voxel, density-dependent amplitudes (as tests/field/test_posterior.py's _theta).
+    amp = np.log(0.2 / (box / n) ** 3) - np.log(1e-3) - 0.8
+    theta = np.array([0.5, 0.2, 0.1, 0.05, 0.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.1, amp, amp - 1.0, 0.5, 1.0, -6.8, -6.5])
+    state = np.concatenate([rng.standard_normal((2, n**3)), np.tile(theta, (2, 1))], axis=1)
+    # Compiled once: JAX's eager mode compiles every primitive of the forward model separately.
+    log_prob = backend.jit(post.log_prob)
+    scale = curvature_scales(log_prob, state, n, n_probes=1, seed=0)
+    bias_scale = np.full(17, 0.05)
+    bij = FourierPreconditioner(n, post.n_bias, field_scale=scale, bias_loc=theta, bias_scale=bias_scale)
+    cfg = inf.SamplerConfig(kernel="hmc", num_chains=2, num_warmup=0, num_samples=4, num_leapfrog_steps=2,
+                            init_step_size=0.1, seed=3)
+    ch = inf.sample(log_prob, state, cfg, bijector=bij, progress=False)
+    lp = np.stack([backend.to_numpy(log_prob(backend.constant(x))) for x in ch.samples])
+    tf_modules = sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow."))
+    print(json.dumps(dict(shape=list(ch.samples.shape), finite=bool(np.isfinite(ch.samples).all()),
+                          lp_minus_target=(ch.sample_stats["lp"] - lp).ravel().tolist(),
+                          log_det=float(np.log(scale).sum() + np.log(bias_scale).sum()),
+                          scale=[float(scale.min()), float(scale.max())],
+                          bijector_module=type(bij).__mro__[1].__module__, tf_modules=tf_modules[:10])))
+""")
+
+
+def _jax_substrate_imports():
+    if importlib.util.find_spec("jax") is None:
+        return False
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    probe = subprocess.run([sys.executable, "-c", "import tensorflow_probability.substrates.jax.mcmc"],
+                           env=env, capture_output=True, timeout=300)
+    return probe.returncode == 0
+
+
+def test_field_posterior_sampled_under_jax_loads_no_tensorflow():
+    if not _jax_substrate_imports():
+        pytest.skip("TFP's JAX substrate does not import here (it needs the pinned tfp-nightly of the jax extra)")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _NO_TF_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [4, 2, 64 + 17] and result["finite"]
+    assert result["bijector_module"].startswith("tensorflow_probability.substrates.jax.")
+    assert result["tf_modules"] == [], f"TensorFlow modules loaded under JAX: {result['tf_modules']}"
+    # Curvature widths are floored at the prior's (1).
+    assert 0.0 < result["scale"][0] <= result["scale"][1] <= 1.0
+    # The sampler's lp is the target plus the preconditioner's constant log-Jacobian.
+    np.testing.assert_allclose(result["lp_minus_target"], result["log_det"], rtol=1e-10)

@@ -11,8 +11,9 @@ BORG-like inference (Jasche & Wandelt 2013, arXiv:1203.3639).
   the truth's truncation to an inference grid;
 * :mod:`tfhalo.field.posterior`: :class:`FieldCatalogue`, :class:`FieldLevelPosterior`;
 * :mod:`tfhalo.field.mock`: catalogues drawn from the model itself;
-* :mod:`tfhalo.field.precondition`: the Fourier-space preconditioner (a TFP bijector; loaded on
-  first use, so that importing :mod:`tfhalo.field` needs no TensorFlow);
+* :mod:`tfhalo.field.precondition`: the Fourier-space preconditioner (a bijector of TFP's substrate
+  of the Keras backend, TensorFlow or JAX; loaded on first use, so that importing
+  :mod:`tfhalo.field` imports no TFP);
 * :mod:`tfhalo.field.analysis`: power spectra, cross-correlation and coverage of posterior draws.
 
 The derivation and the files a run writes are in ``docs/field_level.md``.

@@ -31,8 +31,10 @@ differences of gradients, averaged over the modes of each ``|k|`` shell
 (:func:`shell_average`), floored at the prior's curvature and turned into
 widths by :func:`isotropic_scales`.
 
-The transforms run through ``keras.ops`` with the TensorFlow backend, the
-substrate of :func:`tfhalo.inference.sample`.
+The transforms run in ``keras.ops`` and the bijector belongs to TFP's
+substrate of the Keras backend (:mod:`tfhalo.backend`: TensorFlow or JAX), the
+one :func:`tfhalo.inference.sample` runs on; under JAX no TensorFlow module is
+loaded.
 
 References:
     Hutchinson (1990), "A stochastic estimator of the trace of the influence
@@ -55,23 +57,23 @@ References:
 Example:
     >>> scale = isotropic_scales(8, lambda k: 1.0 + 10.0 * (k < 0.3), box_size=32.0)
     >>> bij = FourierPreconditioner(8, n_bias=2, field_scale=scale)
-    >>> bij.forward(np.zeros((4, 8**3 + 2))).shape
-    TensorShape([4, 514])
+    >>> tuple(bij.forward(np.zeros((4, 8**3 + 2))).shape)
+    (4, 514)
     >>> chains = sample(log_prob, start, config, bijector=bij)            # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
+from tfhalo import backend
 from tfhalo.field.fft import hartley3
 from tfhalo.sim.grid import fft_wavenumber_magnitude
 from tfhalo.validation import check_finite_array, check_float, check_int, check_seed
 
-tfb = tfp.bijectors
+# TFP's substrate of the Keras backend (TensorFlow or JAX): see tfhalo.backend.
+tfb = backend.tfp.bijectors
 
 __all__ = [
     "FourierPreconditioner",
@@ -86,13 +88,6 @@ __all__ = [
 
 #: Curvature of the white-noise prior ``omega ~ N(0, I)`` per Hartley mode (``H`` is orthogonal).
 PRIOR_CURVATURE = 1.0
-
-
-def _check_backend():
-    # TFP's kernels run on TensorFlow; keras.ops on another backend would hand them foreign arrays.
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError("tfhalo.field.precondition needs KERAS_BACKEND=tensorflow (TFP's sampler runs on "
-                           f"TensorFlow). Received: Keras backend {keras.backend.backend()!r}")
 
 
 def _check_grid(n_grid):
@@ -159,12 +154,11 @@ class FourierPreconditioner(tfb.Bijector):
 
     Raises:
         ValueError: an argument of the wrong type, shape, sign or not finite, naming it.
-        RuntimeError: the Keras backend is not TensorFlow.
 
     Example:
         >>> bij = FourierPreconditioner(4, n_bias=2, bias_loc=[1.0, 2.0], bias_scale=[0.5, 0.5])
         >>> x = bij.forward(np.zeros((3, 66)))               # (C, n^3 + n_bias)
-        >>> x.numpy()[0, -2:]
+        >>> np.asarray(x)[0, -2:]
         array([1., 2.])
         >>> float(bij.forward_log_det_jacobian(np.zeros((3, 66)), event_ndims=1))   # 2 log 0.5
         -1.3862943611198906
@@ -180,16 +174,14 @@ class FourierPreconditioner(tfb.Bijector):
         scale = _field_scale(field_scale, n)
         loc = _vector("bias_loc", bias_loc, n_bias, 0.0)
         bscale = _vector("bias_scale", bias_scale, n_bias, 1.0, positive=True)
-        _check_backend()
         self._n, self._n_bias, self._n_field = n, n_bias, n**3
         self._field_scale_np, self._bias_loc_np, self._bias_scale_np = scale, loc, bscale
         self._log_det = float(np.sum(np.log(scale)) + np.sum(np.log(bscale)))
-        with tf.name_scope(name) as scope:
-            self._scale_t = tf.constant(scale)
-            self._loc_t = tf.constant(loc)
-            self._bscale_t = tf.constant(bscale)
-            super().__init__(forward_min_event_ndims=1, is_constant_jacobian=True, validate_args=False,
-                             dtype=tf.float64, parameters=parameters, name=scope)
+        self._scale_t = backend.constant(scale)
+        self._loc_t = backend.constant(loc)
+        self._bscale_t = backend.constant(bscale)
+        super().__init__(forward_min_event_ndims=1, is_constant_jacobian=True, validate_args=False,
+                         dtype=self._scale_t.dtype, parameters=parameters, name=name)
 
     @classmethod
     def _parameter_properties(cls, dtype=None, num_classes=None):
@@ -232,18 +224,19 @@ class FourierPreconditioner(tfb.Bijector):
         return self._bias_scale_np.copy()
 
     def _split(self, x):
-        x = tf.convert_to_tensor(x, tf.float64)
-        if x.shape.rank is not None and x.shape[-1] is not None and x.shape[-1] != self.size:
+        x = ops.convert_to_tensor(x, "float64")
+        if len(x.shape) < 1 or (x.shape[-1] is not None and x.shape[-1] != self.size):
             raise ValueError(f"states must have last axis n_grid^3 + n_bias = {self.size}. "
                              f"Received: shape {tuple(x.shape)}")
         n = self._n
-        batch = tf.shape(x)[:-1]
-        field = tf.reshape(x[..., :self._n_field], tf.concat([batch, [n, n, n]], 0))
+        # Static sizes where known; a TensorFlow graph's unknown batch sizes come back as scalar tensors.
+        batch = tuple(ops.shape(x)[:-1])
+        field = ops.reshape(x[..., :self._n_field], batch + (n, n, n))
         return field, x[..., self._n_field:], batch
 
     def _join(self, field, bias, batch):
-        flat = tf.reshape(field, tf.concat([batch, [self._n_field]], 0))
-        return tf.concat([flat, bias], axis=-1) if self._n_bias else flat
+        flat = ops.reshape(field, batch + (self._n_field,))
+        return ops.concatenate([flat, bias], axis=-1) if self._n_bias else flat
 
     def _forward(self, u):
         field, bias, batch = self._split(u)
@@ -255,10 +248,10 @@ class FourierPreconditioner(tfb.Bijector):
 
     def _forward_log_det_jacobian(self, u):
         # Constant: a scalar broadcasts against the (C,) log-density in the sampler.
-        return tf.constant(self._log_det, tf.float64)
+        return backend.constant(self._log_det)
 
     def _inverse_log_det_jacobian(self, x):
-        return tf.constant(-self._log_det, tf.float64)
+        return backend.constant(-self._log_det)
 
 
 def mode_wavenumbers(n_grid, box_size) -> np.ndarray:
@@ -401,14 +394,15 @@ def hutchinson_curvature(log_prob_fn, state, n_grid, n_probes: int = 4, eps: flo
     With ``v = H omega`` the field's Hartley coefficients (``omega = H v``) and Rademacher
     probes ``z`` in ``v``, ``-Hess_v ln p  z ~ -(g(omega + eps H z) - g(omega - eps H z))
     / (2 eps)`` mapped by ``H``, with ``g`` the gradient of ``ln p`` in ``omega``
-    (``tf.GradientTape``); ``z * (that)`` averaged over the probes and the ``C`` states is
-    Hutchinson's estimate of the diagonal: unbiased, and exact for a diagonal Hessian
-    (up to the finite-difference error, nil for a quadratic ``ln p`` but rounding).  The
-    parameters after the field are held fixed.
+    (:func:`tfhalo.backend.value_and_gradient`, compiled); ``z * (that)`` averaged over
+    the probes and the ``C`` states is Hutchinson's estimate of the diagonal: unbiased,
+    and exact for a diagonal Hessian (up to the finite-difference error, nil for a
+    quadratic ``ln p`` but rounding).  The parameters after the field are held fixed.
 
     Args:
-        log_prob_fn: ``(C, P) float64 tf.Tensor -> (C,)`` log-density (as for
-            :func:`tfhalo.inference.sample`); the field is ``state[:, :n^3]`` in C order.
+        log_prob_fn: ``(C, P) float64 -> (C,)`` log-density of the Keras backend's tensors,
+            traceable (as for :func:`tfhalo.inference.sample`); the field is ``state[:, :n^3]``
+            in C order.
         state: ``(P,)`` or ``(C, P)`` finite point(s) where the curvature is measured, e.g. a
             MAP, a draw from the prior, or the chains' current states.
         n_grid: field cells per side ``n``.
@@ -433,39 +427,38 @@ def hutchinson_curvature(log_prob_fn, state, n_grid, n_probes: int = 4, eps: flo
     eps = check_float("eps", eps, positive=True)
     seed = check_seed("seed", seed, allow_none=False)
     x0 = _check_state(state, n)
-    _check_backend()
     c, p = x0.shape
     n3 = n**3
     rng = np.random.default_rng(seed)
+    # Compiled once per call: under JAX an eager gradient of the forward model runs op by op.
+    value_and_grad = backend.jit(lambda x: backend.value_and_gradient(log_prob_fn, x), jit_compile=False)
 
     def grad_field(x):
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            lp = tf.convert_to_tensor(log_prob_fn(x))
-        g = tape.gradient(lp, x)
-        lp = lp.numpy()
+        lp, g = value_and_grad(backend.constant(x))
+        lp = backend.to_numpy(lp)
         if g is None or not np.all(np.isfinite(lp)):
             raise ValueError("log_prob_fn must be finite and differentiable at state +- eps probes. Received: "
                              f"log_prob_fn values {lp.tolist()[:4]}{'...' if lp.size > 4 else ''}, "
                              f"gradient {'missing' if g is None else 'present'} (try a smaller eps)")
-        g = g.numpy()[:, :n3]
+        g = backend.to_numpy(g)[:, :n3]
         if not np.all(np.isfinite(g)):
             raise ValueError("the gradient of log_prob_fn must be finite at state +- eps probes. Received: "
                              f"non-finite gradient in states {np.flatnonzero(~np.all(np.isfinite(g), 1)).tolist()}")
         return g
 
+    def hartley(a):
+        return backend.to_numpy(hartley3(backend.constant(a)))
+
     total = np.zeros((n, n, n))
     for _ in range(n_probes):
         z = rng.choice(np.array([-1.0, 1.0]), size=(c, n, n, n))
-        step = eps * hartley3(tf.constant(z)).numpy().reshape(c, n3)
+        step = eps * hartley(z).reshape(c, n3)
         plus, minus = x0.copy(), x0.copy()
         plus[:, :n3] += step
         minus[:, :n3] -= step
         # -Hess_omega z' in omega, then H to Hartley coordinates (H symmetric: H^T = H).
         hz = -(grad_field(plus) - grad_field(minus)) / (2.0 * eps)
-        hz = hartley3(tf.constant(hz.reshape(c, n, n, n))).numpy()
-        total += np.sum(z * hz, axis=0)
+        total += np.sum(z * hartley(hz.reshape(c, n, n, n)), axis=0)
     return total / (n_probes * c)
 
 

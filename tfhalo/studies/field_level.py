@@ -346,15 +346,16 @@ def _conditional_bias_scale(posterior, state) -> np.ndarray:
 
     Floored at the prior's precision (width at most the prior's 10) and at 1e-4.
     """
-    import tensorflow as tf
+    from keras import ops
 
+    from tfhalo import backend
     from tfhalo.bias.fit import hessian_of
 
     n_field = posterior.n_field
-    field = tf.constant(np.asarray(state[None, :n_field], np.float64))
+    field = backend.constant(np.asarray(state[None, :n_field], np.float64))
 
     def log_prob_theta(theta):
-        return posterior.log_prob(tf.concat([field, theta[None, :]], axis=1))[0]
+        return posterior.log_prob(ops.concatenate([field, theta[None, :]], axis=1))[0]
 
     curvature = np.diag(hessian_of(log_prob_theta, np.asarray(state[n_field:], np.float64)))
     floor = 1.0 / posterior.prior_scale**2
@@ -376,30 +377,32 @@ def _catalogue(config: Config, setting: str, sim, forward, model, omega_true, th
 def _map_field(posterior, state, steps: int, progress: bool) -> np.ndarray:
     """Adam on the white noise (bias fixed) from ``state``: the ``start="map"`` starting points."""
     import keras
-    import tensorflow as tf
+    from keras import ops
     from tqdm.auto import tqdm
+
+    from tfhalo import backend
 
     n_field = posterior.n_field
     var = keras.Variable(state[:, :n_field], dtype="float64", name="omega")
-    theta = tf.constant(state[:, n_field:], tf.float64)
+    theta = backend.constant(state[:, n_field:])
     opt = keras.optimizers.Adam(learning_rate=0.05)
 
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = -tf.reduce_sum(posterior.log_prob(tf.concat([var.value, theta], axis=1)))
-        grad = tape.gradient(loss, var.value)
-        opt.apply_gradients([(grad, var)])
-        return loss
+    def loss(omega):
+        return -ops.sum(posterior.log_prob(ops.concatenate([omega, theta], axis=1)))
 
+    # The gradient is compiled (tf.function or jax.jit); Adam's update of the Keras variable runs
+    # eagerly, since a JAX-compiled function cannot assign to a variable.
+    value_and_grad = backend.jit(lambda omega: backend.value_and_gradient(loss, omega), jit_compile=False)
     for _ in tqdm(range(steps), desc="field MAP (Adam)", disable=not progress, mininterval=1.0):
-        step()
-    return np.concatenate([np.asarray(var.numpy(), np.float64), state[:, n_field:]], axis=1)
+        _, grad = value_and_grad(var.value)
+        opt.apply_gradients([(grad, var)])
+    return np.concatenate([backend.to_numpy(var.value).astype(np.float64), state[:, n_field:]], axis=1)
 
 
 def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Path, progress: bool):
     """Chains of one setting's joint posterior, with the sampler's cost and the starting method."""
     import tfhalo.inference as inf
+    from tfhalo import backend
     from tfhalo.field.precondition import FourierPreconditioner, curvature_scales
 
     n, n_field, n_bias = config.n_grid, posterior.n_field, posterior.n_bias
@@ -431,9 +434,7 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Pat
             bijector = FourierPreconditioner(n, n_bias, field_scale=scales, bias_loc=theta_fit,
                                              bias_scale=bias_scale)
         else:
-            import tensorflow_probability as tfp
-
-            bijector = tfp.bijectors.Blockwise(
+            bijector = backend.tfp.bijectors.Blockwise(
                 [FourierPreconditioner(n, 0, field_scale=scales), _local_linear_bias_bijector(posterior, state0[0])],
                 block_sizes=[n_field, n_bias])
     setup_s = time.perf_counter() - t0
@@ -452,10 +453,8 @@ def _local_linear_bias_bijector(posterior, state):
     bias posterior given a typical field nearly Gaussian), ``H_v`` the Hessian of its
     Jacobian-corrected conditional at the start, curvatures floored at 1 (the scale of ``v``).
     """
-    import tensorflow as tf
-    import tensorflow_probability as tfp
-
     import tfhalo.inference as inf
+    from tfhalo import backend
     from tfhalo.bias.fit import hessian_of
     from tfhalo.bias.likelihood import NeuralBiasLikelihood
     from tfhalo.bias.reparam import LocalLinearReparametrization
@@ -465,13 +464,13 @@ def _local_linear_bias_bijector(posterior, state):
                                 prior_scale=posterior.prior_scale)
     theta = np.asarray(state[posterior.n_field:], np.float64)
     rep = LocalLinearReparametrization(like, theta)
-    v0 = np.asarray(rep.inverse(tf.constant(theta)), np.float64)
+    v0 = backend.to_numpy(rep.inverse(backend.constant(theta))).astype(np.float64)
 
     def target_v(v):
         return like.log_posterior(rep.forward(v)) + rep.forward_log_det_jacobian(v, event_ndims=1)
 
     h_v = hessian_of(target_v, v0)
-    return tfp.bijectors.Chain([rep, inf.affine_preconditioner(v0, hessian=h_v, floor=1.0)])
+    return backend.tfp.bijectors.Chain([rep, inf.affine_preconditioner(v0, hessian=h_v, floor=1.0)])
 
 
 def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omega_true, out: Path) -> dict:
