@@ -1,7 +1,7 @@
 """tfhalo.inference.sample recovers analytic posteriors; seeds, checkpoints and bad inputs behave.
 
 Statistical checks compare a Monte Carlo estimate of E[f] with its exact value
-within ``N_SIGMA`` Monte Carlo standard errors ``sd(f) / sqrt(ESS(f))`` (ArviZ's
+within ``tests.helpers.mcmc.N_SIGMA`` Monte Carlo standard errors ``sd(f) / sqrt(ESS(f))`` (ArviZ's
 bulk ESS of ``f``), so they hold on any machine whatever the rounding.
 Tracing TFP's kernels dominates the cost, so each sampler run is a module
 fixture shared by several tests.
@@ -20,10 +20,10 @@ if keras.backend.backend() != "tensorflow":
 import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 
-import tfhalo.inference as inf  # noqa: E402
+import tfhalo.inference as inf
+from tests.helpers.mcmc import check_expectation, check_gaussian  # noqa: E402
 
 tfb = tfp.bijectors
-N_SIGMA = 4.5
 P = 4
 
 
@@ -44,27 +44,6 @@ def _gaussian(seed=0, p=P):
 
 MEAN, COV, LOG_PROB = _gaussian()
 
-
-def _ess(values):
-    """Bulk ESS of (S, C) values."""
-    return float(az.ess(np.asarray(values).T, method="bulk"))
-
-
-def _check_expectation(values, truth, name):
-    """|mean(f) - E f| within N_SIGMA MCSE of ``(S, C)`` draws of f."""
-    values = np.asarray(values, np.float64)
-    mcse = values.std(ddof=1) / np.sqrt(_ess(values))
-    err = values.mean() - truth
-    assert abs(err) < N_SIGMA * mcse, f"{name}: estimate {values.mean():.5g} vs {truth:.5g} (MCSE {mcse:.3g})"
-
-
-def _check_gaussian(samples, mean, cov):
-    """Whitened draws y = L^-1 (x - mean) must be N(0, I): every mean, variance and covariance of x."""
-    chol = np.linalg.cholesky(cov)
-    y = np.linalg.solve(chol, (samples - mean).reshape(-1, mean.size).T).T.reshape(samples.shape)
-    for i in range(mean.size):
-        _check_expectation(y[..., i], 0.0, f"mean of whitened coordinate {i}")
-        _check_expectation(y[..., i] ** 2, 1.0, f"variance of whitened coordinate {i}")
 
 
 def _config(**kw):
@@ -93,7 +72,7 @@ def hmc_affine_chains():
 def test_nuts_recovers_correlated_gaussian(nuts_chains):
     ch = nuts_chains
     assert ch.samples.shape == (400, 4, P) and ch.samples.dtype == np.float64
-    _check_gaussian(ch.samples, MEAN, COV)
+    check_gaussian(ch.samples, MEAN, COV)
     assert not ch.sample_stats["diverging"].any()
     # The adapted diagonal inverse mass is the posterior variance (pooled warm-up draws).
     np.testing.assert_allclose(ch.inverse_mass_matrix, np.diag(COV), rtol=0.5)
@@ -101,7 +80,7 @@ def test_nuts_recovers_correlated_gaussian(nuts_chains):
 
 def test_hmc_with_affine_preconditioner_recovers_the_same_gaussian(hmc_affine_chains):
     ch, _ = hmc_affine_chains
-    _check_gaussian(ch.samples, MEAN, COV)
+    check_gaussian(ch.samples, MEAN, COV)
     assert not ch.sample_stats["diverging"].any()
     # In the whitened coordinates the adapted inverse mass is ~1.
     np.testing.assert_allclose(ch.inverse_mass_matrix, 1.0, rtol=0.5)
@@ -151,10 +130,10 @@ def test_constrained_target_through_bijectors():
     ch = inf.sample(log_prob, init, _config(kernel="nuts", num_samples=500), bijector=bij, progress=False)
     x = ch.samples
     assert np.all(x[..., 0] > 0) and np.all((x[..., 1] > 0) & (x[..., 1] < 1))
-    _check_expectation(x[..., 0], 1.5, "Gamma mean")
-    _check_expectation((x[..., 0] - 1.5) ** 2, 0.75, "Gamma variance")
-    _check_expectation(x[..., 1], 2 / 7, "Beta mean")
-    _check_expectation((x[..., 1] - 2 / 7) ** 2, 10 / (49 * 8), "Beta variance")
+    check_expectation(x[..., 0], 1.5, "Gamma mean")
+    check_expectation((x[..., 0] - 1.5) ** 2, 0.75, "Gamma variance")
+    check_expectation(x[..., 1], 2 / 7, "Beta mean")
+    check_expectation((x[..., 1] - 2 / 7) ** 2, 10 / (49 * 8), "Beta variance")
     assert ch.sample_stats["diverging"].mean() < 0.01
 
 

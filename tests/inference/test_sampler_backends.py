@@ -3,7 +3,7 @@
 The targets are written in ``keras.ops``, so the same test runs on TFP's
 TensorFlow substrate and on its JAX substrate (:mod:`tfhalo.backend`).
 Statistical checks compare a Monte Carlo estimate of E[f] with its exact value
-within ``N_SIGMA`` Monte Carlo standard errors ``sd(f) / sqrt(ESS(f))`` (ArviZ's
+within ``tests.helpers.mcmc.N_SIGMA`` Monte Carlo standard errors ``sd(f) / sqrt(ESS(f))`` (ArviZ's
 bulk ESS), so they hold on any machine whatever the rounding.  The two
 backends' random streams differ: the same seed gives the same chains within a
 backend, which is what is tested.
@@ -16,15 +16,14 @@ import subprocess
 import sys
 import textwrap
 
-import arviz as az
 import numpy as np
 import pytest
 from keras import ops
 
 import tfhalo.inference as inf
+from tests.helpers.mcmc import check_gaussian
 from tfhalo import backend
 
-N_SIGMA = 4.5
 P = 3
 
 
@@ -54,23 +53,6 @@ def _config(**kw):
 
 def _starts(seed, c=4):
     return MEAN + np.random.default_rng(seed).normal(size=(c, P))
-
-
-def _check_expectation(values, truth, name):
-    """|mean(f) - E f| within N_SIGMA MCSE of ``(S, C)`` draws of f."""
-    values = np.asarray(values, np.float64)
-    mcse = values.std(ddof=1) / np.sqrt(float(az.ess(values.T, method="bulk")))
-    err = values.mean() - truth
-    assert abs(err) < N_SIGMA * mcse, f"{name}: estimate {values.mean():.5g} vs {truth:.5g} (MCSE {mcse:.3g})"
-
-
-def _check_gaussian(samples, mean, cov):
-    """Whitened draws y = L^-1 (x - mean) must be N(0, I) in every mean and variance."""
-    chol = np.linalg.cholesky(cov)
-    y = np.linalg.solve(chol, (samples - mean).reshape(-1, mean.size).T).T.reshape(samples.shape)
-    for i in range(mean.size):
-        _check_expectation(y[..., i], 0.0, f"mean of whitened coordinate {i}")
-        _check_expectation(y[..., i] ** 2, 1.0, f"variance of whitened coordinate {i}")
 
 
 def _assert_same_chains(a, b):
@@ -119,7 +101,7 @@ def test_batched_equals_the_per_chain_values():
 def test_nuts_recovers_correlated_gaussian(nuts_chains):
     ch = nuts_chains
     assert ch.samples.shape == (400, 4, P) and ch.samples.dtype == np.float64
-    _check_gaussian(ch.samples, MEAN, COV)
+    check_gaussian(ch.samples, MEAN, COV)
     assert not ch.sample_stats["diverging"].any()
     np.testing.assert_allclose(ch.inverse_mass_matrix, np.diag(COV), rtol=0.5)
     s = ch.sample_stats
@@ -132,7 +114,7 @@ def test_nuts_recovers_correlated_gaussian(nuts_chains):
 def test_hmc_with_affine_preconditioner_recovers_the_same_gaussian():
     bij = inf.affine_preconditioner(MEAN, np.linalg.inv(COV))
     ch = inf.sample(LOG_PROB, _starts(3), _config(kernel="hmc", num_leapfrog_steps=2), bijector=bij, progress=False)
-    _check_gaussian(ch.samples, MEAN, COV)
+    check_gaussian(ch.samples, MEAN, COV)
     np.testing.assert_array_equal(ch.sample_stats["n_steps"], 2)
     np.testing.assert_allclose(ch.inverse_mass_matrix, 1.0, rtol=0.5)
     # lp includes ln|d theta / d z| = ln det chol(COV), a constant for the affine map.
