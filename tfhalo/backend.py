@@ -9,6 +9,7 @@ implementations, and code written against this module runs on either:
 :data:`tfp`       ``tensorflow_probability``                  ``tensorflow_probability.substrates.jax``
 :func:`jit`       ``tf.function(jit_compile=...)``            ``jax.jit`` (always XLA: JAX has no graph mode)
 gradient          ``tf.GradientTape``                         ``jax.vjp``
+:func:`hessian`   nested ``tf.GradientTape``                  ``jax.hessian``
 :func:`constant`  ``tf.constant``                             ``jnp.asarray``
 seeds             ``(2,)`` int32 tensor (TF stateless ops)    ``(2,)`` uint32 array (a raw ``PRNGKey``)
 :func:`map_chains`  one graph copy per chain, stacked         ``jax.vmap``
@@ -48,8 +49,8 @@ import sys
 import keras
 import numpy as np
 
-__all__ = ["ARGUMENT_ERRORS", "NAME", "constant", "flatten", "jit", "map_chains", "stateless_seed", "tfp",
-           "to_numpy", "value_and_gradient"]
+__all__ = ["ARGUMENT_ERRORS", "NAME", "assert_positive", "constant", "flatten", "hessian", "hessian_fn", "jit", "map_chains",
+           "static_value", "stateless_seed", "tfp", "to_numpy", "value_and_gradient"]
 
 #: Keras backends this module implements.
 BACKENDS = ("tensorflow", "jax")
@@ -236,3 +237,85 @@ def map_chains(fn, num_chains: int):
         return tf.stack([fn(states[i]) for i in range(num_chains)])
 
     return stacked
+
+
+def hessian(fn, x):
+    """``(P, P)`` Hessian of a scalar ``fn`` at ``x (P,)``: nested ``tf.GradientTape`` or ``jax.hessian``.
+
+    ``hessian(fn, x)`` is ``hessian_fn(fn)(x)``; to evaluate the Hessian of one
+    ``fn`` at several points, make :func:`hessian_fn` once (JAX compiles it once).
+
+    Args:
+        fn: a twice-differentiable function of one ``(P,)`` tensor, returning a scalar.
+        x: a ``(P,)`` tensor (e.g. from :func:`constant`).
+
+    Returns:
+        The ``(P, P)`` backend tensor ``d^2 fn / dx_i dx_j``, not symmetrised
+        (autodiff's two orders of differentiation round differently).
+
+    Example:
+        >>> h = hessian(lambda t: keras.ops.sum(t**3), constant([1.0, 2.0]))
+        >>> to_numpy(h).tolist()
+        [[6.0, 0.0], [0.0, 12.0]]
+    """
+    return hessian_fn(fn)(x)
+
+
+def hessian_fn(fn):
+    """``x (P,) -> (P, P)`` Hessian of a scalar ``fn``: nested ``tf.GradientTape``, or ``jax.jit(jax.hessian(fn))``.
+
+    JAX compiles it: run op by op, its first call would compile each of the many
+    small operations of the second derivative on its own, several times slower
+    than compiling the whole.  TensorFlow evaluates the tapes eagerly.
+
+    Example:
+        >>> h = hessian_fn(lambda t: keras.ops.sum(keras.ops.exp(t)))
+        >>> to_numpy(h(constant([0.0, 0.0]))).tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+    if NAME == "jax":
+        return jax.jit(jax.hessian(fn))
+
+    def tapes(x):
+        with tf.GradientTape() as outer:
+            outer.watch(x)
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                value = fn(x)
+            grad = inner.gradient(value, x)
+        return outer.jacobian(grad, x)
+
+    return tapes
+
+
+def static_value(x):
+    """``x`` as a NumPy array where its value is known now (eager), else None (inside a trace).
+
+    TensorFlow: ``tf.get_static_value`` (eager tensors, and constants a graph can
+    fold); JAX: any array that is not a tracer (``jax.jit``, ``jax.grad``,
+    ``jax.vmap`` and the like trace their arguments).  Input checks that raise
+    ``ValueError`` on a concrete value use it, and skip what only a trace sees.
+
+    Example:
+        >>> static_value(constant([1.0, 2.0])).tolist()
+        [1.0, 2.0]
+    """
+    if NAME == "jax":
+        if isinstance(x, jax.core.Tracer):
+            return None
+        return np.asarray(x)
+    return tf.get_static_value(x)
+
+
+def assert_positive(x, message: str):
+    """``x``, asserted elementwise positive when it runs: in a TensorFlow graph the assertion is an op.
+
+    A JAX trace cannot raise on the values it will see, so under JAX ``x`` is
+    returned unchecked: check concrete values first (:func:`static_value`).
+    On TensorFlow a failed assertion raises ``tf.errors.InvalidArgumentError``
+    (one of :data:`ARGUMENT_ERRORS`) carrying ``message``.
+    """
+    if NAME == "jax":
+        return x
+    with tf.control_dependencies([tf.debugging.assert_positive(x, message=message)]):
+        return tf.identity(x)

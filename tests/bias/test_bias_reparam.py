@@ -1,16 +1,22 @@
 """The local-linear sampling coordinates: an exact bijection with the right Jacobian,
-whose coordinates mean what they say."""
+whose coordinates mean what they say.
+
+Runs on the Keras backend's TFP substrate (``KERAS_BACKEND=tensorflow`` or ``jax``):
+autodiff Jacobians come from ``tf.GradientTape.batch_jacobian`` or ``jax.jacfwd``.
+"""
 
 import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
+from tfhalo import backend
 from tfhalo.bias import NeuralBiasLikelihood, build_model, make_bias_data
 from tfhalo.bias.fit import informed_start
 from tfhalo.bias.reparam import LocalLinearReparametrization, _shell_sums
+
+tfp = backend.tfp
 
 M_TH = 1e12
 
@@ -30,13 +36,29 @@ def _likelihood(n_kernels=1, n_grids=2, ells=(0,), **model_kwargs):
     return like, theta
 
 
+def _np(x) -> np.ndarray:
+    """A backend tensor as a float64 NumPy array."""
+    return np.asarray(backend.to_numpy(x), np.float64)
+
+
+def _compiled(fn):
+    """``fn`` compiled on JAX (op by op, its first calls compile every small operation on its own); as is on TF."""
+    return backend.jit(fn) if backend.NAME == "jax" else fn
+
+
 def _jacobians(fn, xs):
     """``(n, P, P)`` autodiff Jacobians of ``fn`` (which maps each row on its own) at the rows of ``xs (n, P)``."""
-    x_t = tf.constant(xs)
+    x_t = backend.constant(xs)
+    if backend.NAME == "jax":
+        import jax
+
+        return _np(jax.jit(jax.vmap(jax.jacfwd(fn)))(x_t))
+    import tensorflow as tf
+
     with tf.GradientTape() as tape:
         tape.watch(x_t)
         out = fn(x_t)
-    return tape.batch_jacobian(out, x_t).numpy()
+    return _np(tape.batch_jacobian(out, x_t))
 
 
 def _posterior_like_points(like, n=3, seed=1):
@@ -48,7 +70,7 @@ def _posterior_like_points(like, n=3, seed=1):
     """
     theta = informed_start(like, np.random.default_rng(seed), jitter=0.5)
     rep = LocalLinearReparametrization(like, theta)
-    v = rep.inverse(theta).numpy()
+    v = _np(rep.inverse(theta))
     return rep, theta, v + 0.3 * np.random.default_rng(seed + 1).normal(size=(n, v.size))
 
 
@@ -59,10 +81,10 @@ MODELS = [(1, "softplus", 2), (2, "softplus", 2), (1, "relu", 3), (1, "softplus"
 def test_log_det_jacobians_are_the_exact_log_abs_det_of_the_autodiff_jacobians(n_kernels, increment, components):
     like, _ = _likelihood(n_kernels, mean_increment=increment, n_components=components)
     rep, _, points = _posterior_like_points(like)
-    thetas = rep.forward(points).numpy()
-    fldj = rep.forward_log_det_jacobian(points, event_ndims=1).numpy()
-    ildj = rep.inverse_log_det_jacobian(thetas, event_ndims=1).numpy()
-    # The inverse is its own TensorFlow code: its autodiff Jacobian checks ildj independently.
+    thetas = _np(rep.forward(points))
+    fldj = _np(rep.forward_log_det_jacobian(points, event_ndims=1))
+    ildj = _np(rep.inverse_log_det_jacobian(thetas, event_ndims=1))
+    # The inverse is its own code: its autodiff Jacobian checks ildj independently.
     for jacobians, log_dets in ((_jacobians(rep.forward, points), fldj), (_jacobians(rep.inverse, thetas), ildj)):
         for jac, log_det in zip(jacobians, log_dets):
             # Compare only where the Jacobian is well conditioned (slogdet is exact to ~cond * eps
@@ -82,8 +104,8 @@ def test_log_det_stays_exact_where_a_runaway_first_component_makes_the_jacobian_
     # degenerate there: with its rows equilibrated the Jacobian is well conditioned.
     like, theta = _likelihood(1, mean_increment="softplus", n_components=2)
     rep = LocalLinearReparametrization(like, theta)
-    point = rep.inverse(theta).numpy() + 0.3 * np.random.default_rng(1).normal(size=(3, theta.size))[1]
-    assert np.abs(rep.forward(point).numpy()).max() > 1e15
+    point = _np(rep.inverse(theta)) + 0.3 * np.random.default_rng(1).normal(size=(3, theta.size))[1]
+    assert np.abs(_np(rep.forward(point))).max() > 1e15
     jac = _jacobians(rep.forward, point[None])[0]
     rows = np.abs(jac).max(axis=1)
     assert rows.max() / rows.min() > 1e15
@@ -97,22 +119,22 @@ def test_round_trips_both_ways_with_batch_shapes():
     like, _ = _likelihood(2)
     rep, theta, points = _posterior_like_points(like, n=6)
     v = points.reshape(2, 3, -1)
-    assert rep.forward(v).shape == (2, 3, theta.size) and rep.forward(v).dtype == tf.float64
-    np.testing.assert_allclose(rep.inverse(rep.forward(v)).numpy(), v, rtol=1e-10, atol=1e-10)
+    assert rep.forward(v).shape == (2, 3, theta.size) and backend.to_numpy(rep.forward(v)).dtype == np.float64
+    np.testing.assert_allclose(_np(rep.inverse(rep.forward(v))), v, rtol=1e-10, atol=1e-10)
     thetas = theta + 0.05 * np.random.default_rng(3).normal(size=(2, 3, theta.size))
     assert np.all(rep.half_space(thetas) > 0)
-    np.testing.assert_allclose(rep.forward(rep.inverse(thetas)).numpy(), thetas, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(rep.forward(rep.inverse(theta)).numpy(), theta, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_np(rep.forward(rep.inverse(thetas))), thetas, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(_np(rep.forward(rep.inverse(theta))), theta, rtol=1e-12, atol=1e-12)
     assert rep.forward_log_det_jacobian(v, event_ndims=1).shape == (2, 3)
     # A batch is the same map applied to each member.
-    np.testing.assert_allclose(rep.forward(v).numpy()[1, 2], rep.forward(v[1, 2]).numpy(), rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(_np(rep.forward(v))[1, 2], _np(rep.forward(v[1, 2])), rtol=1e-14, atol=1e-14)
     # One map (batch shape []) that composes with TFP's bijectors, log-dets adding.
     assert rep.experimental_batch_shape() == []
-    chain = tfp.bijectors.Chain([rep, tfp.bijectors.Shift(tf.constant(v[0, 0]))])
+    chain = tfp.bijectors.Chain([rep, tfp.bijectors.Shift(backend.constant(v[0, 0]))])
     z = v - v[0, 0]
-    np.testing.assert_allclose(chain.forward(z).numpy(), rep.forward(v).numpy(), rtol=1e-14, atol=1e-14)
-    np.testing.assert_allclose(chain.forward_log_det_jacobian(z, event_ndims=1).numpy(),
-                               rep.forward_log_det_jacobian(v, event_ndims=1).numpy(), rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(_np(chain.forward(z)), _np(rep.forward(v)), rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(_np(chain.forward_log_det_jacobian(z, event_ndims=1)),
+                               _np(rep.forward_log_det_jacobian(v, event_ndims=1)), rtol=1e-14, atol=1e-14)
 
 
 def test_tiny_amplitudes_and_widths_stay_finite_and_exact():
@@ -121,20 +143,21 @@ def test_tiny_amplitudes_and_widths_stay_finite_and_exact():
     rep, _, points = _posterior_like_points(like, n=2)
     k = rep.n_components
     points[:, rep.d_index[0]] = [-60.0, -800.0]  # c0 ~ ln alpha_1
-    theta = rep.forward(points).numpy()
+    theta = _np(rep.forward(points))
     assert np.all(np.isfinite(theta))
-    np.testing.assert_allclose(rep.inverse(theta).numpy(), points, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_np(rep.inverse(theta)), points, rtol=1e-12, atol=1e-12)
     jac = _jacobians(rep.forward, points)
     assert np.all(np.linalg.cond(jac) < 1e8)
-    np.testing.assert_allclose(rep.forward_log_det_jacobian(points, event_ndims=1).numpy(),
+    np.testing.assert_allclose(_np(rep.forward_log_det_jacobian(points, event_ndims=1)),
                                np.linalg.slogdet(jac)[1], rtol=1e-10, atol=1e-10)
     # A width of e^-800 in ln M: values and gradients stay finite (no inf/NaN for a sampler to trip on).
     points[:, rep.d_index[2 * k]] = -800.0
-    v = tf.constant(points)
-    with tf.GradientTape() as tape:
-        tape.watch(v)
-        total = tf.reduce_sum(rep.forward(v)) + tf.reduce_sum(rep.forward_log_det_jacobian(v, event_ndims=1))
-    assert np.isfinite(float(total)) and np.all(np.isfinite(tape.gradient(total, v).numpy()))
+
+    def total(v):
+        return ops.sum(rep.forward(v)) + ops.sum(rep.forward_log_det_jacobian(v, event_ndims=1))
+
+    value, grad = _compiled(lambda v: backend.value_and_gradient(total, v))(backend.constant(points))
+    assert np.isfinite(float(value)) and np.all(np.isfinite(_np(grad)))
 
 
 def test_transformed_transition_kernel_runs_on_the_jacobian_corrected_target():
@@ -143,18 +166,22 @@ def test_transformed_transition_kernel_runs_on_the_jacobian_corrected_target():
     kernel = tfp.mcmc.TransformedTransitionKernel(
         tfp.mcmc.HamiltonianMonteCarlo(like.log_posterior, step_size=0.01, num_leapfrog_steps=2), bijector=rep)
 
+    @_compiled
+    def target(theta):
+        return like.log_posterior(theta) + rep.forward_log_det_jacobian(rep.inverse(theta), event_ndims=1)
+
     def target_in_v(theta):
-        v = rep.inverse(theta)
-        return float(like.log_posterior(theta)) + float(rep.forward_log_det_jacobian(v, event_ndims=1))
+        return float(target(theta))
 
     theta = rep.forward(points[0])
-    results = kernel.bootstrap_results(theta)
+    results = _compiled(kernel.bootstrap_results)(theta)
     assert float(results.inner_results.accepted_results.target_log_prob) == pytest.approx(
         target_in_v(theta), rel=1e-12)
-    new_theta, new_results = kernel.one_step(theta, results, seed=(1, 2))
-    assert not np.allclose(new_theta.numpy(), theta.numpy())  # the chain moved (and stayed in the domain)
+    one_step = _compiled(lambda state, previous, seed: kernel.one_step(state, previous, seed=seed))
+    new_theta, new_results = one_step(theta, results, backend.stateless_seed(np.array([1, 2], np.uint32)))
+    assert not np.allclose(_np(new_theta), _np(theta))  # the chain moved (and stayed in the domain)
     # The chain state is theta; the HMC state is v = rep.inverse(theta), with the corrected target.
-    np.testing.assert_allclose(new_results.transformed_state.numpy(), rep.inverse(new_theta).numpy(),
+    np.testing.assert_allclose(_np(new_results.transformed_state), _np(rep.inverse(new_theta)),
                                rtol=1e-9, atol=1e-9)
     assert float(new_results.inner_results.accepted_results.target_log_prob) == pytest.approx(
         target_in_v(new_theta), rel=1e-9)
@@ -168,14 +195,14 @@ def test_the_bijection_compiles_with_xla_and_agrees_with_eager():
         theta = rep.forward(v)
         return theta, rep.forward_log_det_jacobian(v, event_ndims=1), rep.inverse(theta)
 
-    for compiled, eager in zip(tf.function(both_ways, jit_compile=True)(tf.constant(points)), both_ways(points)):
-        np.testing.assert_allclose(compiled.numpy(), eager.numpy(), rtol=1e-12, atol=1e-12)
+    for compiled, eager in zip(backend.jit(both_ways)(backend.constant(points)), both_ways(points)):
+        np.testing.assert_allclose(_np(compiled), _np(eager), rtol=1e-12, atol=1e-12)
 
 
 def test_coordinates_are_the_mean_spread_value_and_slope_of_the_npe_summary():
     like, theta = _likelihood()
     rep = LocalLinearReparametrization(like, theta)
-    v = rep.inverse(theta).numpy()
+    v = _np(rep.inverse(theta))
     # u = w . S + b over the training voxels, from a float64 NumPy shell sum.
     shells = _shell_sums(like)
     w, b = theta[rep.w_index][:, 0], theta[rep.b_index][0]
@@ -235,8 +262,8 @@ def test_anchor_moves_only_the_tail_stage_values():
     at_halos = LocalLinearReparametrization(like, theta)
     assert abs(at_halos.anchor[0]) > 0.05  # this catalogue's halos are not at the mean environment
     for rep in (at_mean, at_halos):
-        np.testing.assert_allclose(rep.forward(rep.inverse(theta)).numpy(), theta, rtol=1e-12, atol=1e-12)
-    v0, v1 = at_mean.inverse(theta).numpy(), at_halos.inverse(theta).numpy()
+        np.testing.assert_allclose(_np(rep.forward(rep.inverse(theta))), theta, rtol=1e-12, atol=1e-12)
+    v0, v1 = _np(at_mean.inverse(theta)), _np(at_halos.inverse(theta))
     moved = np.flatnonzero(~np.isclose(v0, v1, rtol=1e-12, atol=1e-12))
     assert set(moved) <= set(at_mean.d_index) and len(moved) > 0
     m = v0[at_mean.b_index][0]
@@ -258,7 +285,7 @@ def test_the_psi_scale_symmetry_is_one_coordinate():
     scaled[rep.w_index] *= k
     scaled[rep.b_index] *= k
     scaled[rep.c_index] /= k
-    v, v_scaled = rep.inverse(theta).numpy(), rep.inverse(scaled).numpy()
+    v, v_scaled = _np(rep.inverse(theta)), _np(rep.inverse(scaled))
     fixed = np.concatenate([rep.w_index[1:].ravel(), rep.c_index.ravel(), rep.d_index])
     np.testing.assert_allclose(v_scaled[fixed], v[fixed], rtol=1e-9, atol=1e-9)
     assert float(like.log_likelihood(scaled)) == pytest.approx(float(like.log_likelihood(theta)), rel=1e-9)
@@ -275,10 +302,15 @@ def test_outside_the_domain_and_bad_inputs_raise_naming_the_argument():
     bad[3] = np.nan
     with pytest.raises(ValueError, match=r"theta must be finite. Received: .*theta\[3\]=nan"):
         rep.inverse(bad)
-    # In a compiled graph the domain is asserted when validate_args is set.
     checked = LocalLinearReparametrization(like, theta, validate_args=True)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="domain"):
-        tf.function(checked.inverse)(tf.constant(flipped))
+    if backend.NAME == "tensorflow":
+        # In a compiled graph the domain is asserted when validate_args is set (a JAX trace cannot raise).
+        import tensorflow as tf
+
+        with pytest.raises(tf.errors.InvalidArgumentError, match="domain"):
+            tf.function(checked.inverse)(tf.constant(flipped))
+    with pytest.raises(ValueError, match="reparametrisation's domain"):
+        checked.inverse(backend.constant(flipped))
     with pytest.raises(ValueError, match=r"theta_ref must have shape \(17,\). Received: theta_ref.shape=\(16,\)"):
         LocalLinearReparametrization(like, theta[:-1])
     with pytest.raises(ValueError, match=r"theta_ref must be finite. Received: .*theta_ref\[2\]=inf"):
@@ -320,9 +352,9 @@ def test_mirror_is_an_involution_into_the_other_half_that_keeps_a_linear_npe_fit
     for f in range(n_kernels):
         u = shells @ theta[rep.w_index[:, f]] + theta[rep.b_index[f]]
         linear[rep.b_index[f]] += 40.0 - u.min()  # every voxel's u >= 40
-    lnl = float(like.log_likelihood(tf.constant(linear)))
+    lnl = float(like.log_likelihood(backend.constant(linear)))
     for f in range(n_kernels):
-        assert float(like.log_likelihood(tf.constant(rep.mirror(linear, f)))) == pytest.approx(lnl, rel=1e-9)
+        assert float(like.log_likelihood(backend.constant(rep.mirror(linear, f)))) == pytest.approx(lnl, rel=1e-9)
     with pytest.raises(ValueError, match=f"feature must be at most {n_kernels - 1}. Received: feature={n_kernels}"):
         rep.mirror(theta, n_kernels)
     short = rf"theta must have {theta.size} entries. Received: theta.shape=\({theta.size - 1},\)"
@@ -343,4 +375,25 @@ def test_fit_map_reports_the_other_half_and_keeps_the_better_one():
     w_other = other["theta"][rep.w_index[:, 0]]
     assert float(rep.w_hat[:, 0] @ rep.shell_cov @ w_other) < 0  # it is in the other half
     # The returned optimum is one: L-BFGS from it gains nothing.
-    assert float(like.log_posterior(tf.constant(other["theta"]))) == pytest.approx(other["log_posterior"], rel=1e-12)
+    assert float(like.log_posterior(backend.constant(other["theta"]))) == pytest.approx(other["log_posterior"],
+                                                                                      rel=1e-12)
+
+
+def test_inference_sample_runs_through_the_bijector_with_the_corrected_target():
+    # A few HMC steps of tfhalo.inference in the local-linear coordinates: the draws stay in
+    # the map's half-space and the recorded lp is ln p(theta) + ln|d theta / d v| at v = rep^-1(theta).
+    import tfhalo.inference as inf
+
+    like, _ = _likelihood()
+    rep, _, points = _posterior_like_points(like, n=2)
+    config = inf.SamplerConfig(kernel="hmc", num_chains=2, num_warmup=0, num_samples=4, num_leapfrog_steps=2,
+                               init_step_size=0.01, block_size=4, jit_compile=False, seed=3)
+    chains = inf.sample(inf.batched(like.log_posterior, 2), _np(rep.forward(points)), config, bijector=rep,
+                        progress=False)
+    draws = chains.samples.reshape(-1, rep.size)
+    assert chains.samples.shape == (4, 2, rep.size) and np.all(np.isfinite(draws))
+    assert np.all(rep.half_space(draws) > 0)
+    assert len({tuple(x) for x in draws}) > 1  # the chains moved
+    target = _compiled(lambda x: inf.batched(like.log_posterior, len(draws))(x)
+                       + rep.forward_log_det_jacobian(rep.inverse(x), event_ndims=1))(backend.constant(draws))
+    np.testing.assert_allclose(chains.sample_stats["lp"].reshape(-1), _np(target), rtol=1e-9, atol=1e-9)

@@ -28,11 +28,6 @@ targets are ``keras.ops``, the bijector is TFP's substrate of that backend
 checks are statistical on both.
 """
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import arviz as az
@@ -41,6 +36,7 @@ import pytest
 from keras import ops
 
 import tfhalo.inference as inf
+from tests.helpers.backend import run_under_jax_without_tensorflow
 from tfhalo import backend
 from tfhalo.field.fft import hartley3, irfft3, rfft3
 from tfhalo.field.precondition import (
@@ -471,26 +467,10 @@ _NO_TF_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _jax_substrate_imports():
-    if importlib.util.find_spec("jax") is None:
-        return False
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    probe = subprocess.run([sys.executable, "-c", "import tensorflow_probability.substrates.jax.mcmc"],
-                           env=env, capture_output=True, timeout=300)
-    return probe.returncode == 0
-
-
 def test_field_posterior_sampled_under_jax_loads_no_tensorflow():
-    if not _jax_substrate_imports():
-        pytest.skip("TFP's JAX substrate does not import here (it needs the pinned tfp-nightly of the jax extra)")
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _NO_TF_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_under_jax_without_tensorflow(_NO_TF_SCRIPT)
     assert result["shape"] == [4, 2, 64 + 17] and result["finite"]
     assert result["bijector_module"].startswith("tensorflow_probability.substrates.jax.")
-    assert result["tf_modules"] == [], f"TensorFlow modules loaded under JAX: {result['tf_modules']}"
     # Curvature widths are floored at the prior's (1).
     assert 0.0 < result["scale"][0] <= result["scale"][1] <= 1.0
     # The sampler's lp is the target plus the preconditioner's constant log-Jacobian.

@@ -47,3 +47,36 @@ def gradient(fn, x, jit: bool = False) -> np.ndarray:
             value = fn(v)
         return tape.gradient(value, v).numpy()
     pytest.skip(f"no gradient helper for backend {BACKEND}")
+
+
+def run_under_jax_without_tensorflow(script: str, timeout: float = 600.0) -> dict:
+    """Run ``script`` in a fresh Python under ``KERAS_BACKEND=jax``; return the JSON of its last line.
+
+    The script must print, as its last line, a JSON object with ``"tf_modules"``:
+    the TensorFlow modules it found in ``sys.modules``, which must be none.  Runs
+    in the JAX test session only (the TensorFlow session has TensorFlow loaded
+    already), and skips where TFP's JAX substrate does not import (it needs the
+    pinned tfp-nightly).
+    """
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    if BACKEND != "jax":
+        pytest.skip("checked in the JAX test session")
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("JAX is not installed")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    probe = subprocess.run([sys.executable, "-c", "import tensorflow_probability.substrates.jax.mcmc"],
+                           env=env, capture_output=True, timeout=300)
+    if probe.returncode != 0:
+        pytest.skip("TFP's JAX substrate does not import here (it needs the pinned tfp-nightly)")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["tf_modules"] == [], f"TensorFlow modules loaded under JAX: {result['tf_modules']}"
+    return result

@@ -9,11 +9,7 @@ backends' random streams differ: the same seed gives the same chains within a
 backend, which is what is tested.
 """
 
-import importlib.util
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -22,6 +18,7 @@ from keras import ops
 
 import tfhalo.inference as inf
 from tests.helpers.mcmc import check_gaussian
+from tests.helpers.backend import run_under_jax_without_tensorflow
 from tfhalo import backend
 
 P = 3
@@ -178,23 +175,7 @@ _NO_TF_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _jax_substrate_imports():
-    if importlib.util.find_spec("jax") is None:
-        return False
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    probe = subprocess.run([sys.executable, "-c", "import tensorflow_probability.substrates.jax.mcmc"],
-                           env=env, capture_output=True, timeout=300)
-    return probe.returncode == 0
-
-
 def test_jax_backend_loads_no_tensorflow():
-    if not _jax_substrate_imports():
-        pytest.skip("TFP's JAX substrate does not import here (it needs the pinned tfp-nightly of the jax extra)")
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _NO_TF_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_under_jax_without_tensorflow(_NO_TF_SCRIPT)
     assert result["shape"] == [4, 2, 2] and result["finite"] and result["n_draws"] == 4
     assert result["substrate"] == "tensorflow_probability.substrates.jax"
-    assert result["tf_modules"] == [], f"TensorFlow modules loaded under JAX: {result['tf_modules']}"

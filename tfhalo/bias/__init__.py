@@ -6,8 +6,10 @@
 * :class:`NeyrinckBias`: 4-parameter count model x a global mass distribution.
 * :func:`fit_map` (Adam + L-BFGS) and the sampling coordinates
   :class:`LocalLinearReparametrization` (a ``tfp.bijectors.Bijector``): these
-  import TensorFlow Probability, so they load on first use.  Posterior
-  sampling and its diagnostics are :mod:`tfhalo.inference`.
+  import TensorFlow Probability's substrate for the Keras backend
+  (:mod:`tfhalo.backend`), so they load on first use.  Everything here runs on
+  TensorFlow and on JAX.  Posterior sampling and its diagnostics are
+  :mod:`tfhalo.inference`.
 
 Example:
     >>> from tfhalo.bias import bias_data_from_simulation, build_model, NeuralBiasLikelihood, fit_map
@@ -15,6 +17,13 @@ Example:
     >>> like = NeuralBiasLikelihood(build_model(data.log_mass_threshold, 10, dtype="float64"), data)
     >>> fit = fit_map(like)
 """
+
+import keras
+
+if keras.backend.backend() == "jax":
+    # The bias model and its likelihood compute in float64, which JAX gives only with jax_enable_x64
+    # (without it float64 requests silently become float32); tfhalo.backend switches it on.
+    import tfhalo.backend  # noqa: F401
 
 from tfhalo.bias.fields import BiasData, bias_data_from_simulation, density_field, make_bias_data
 from tfhalo.bias.likelihood import NeuralBiasLikelihood, ParameterLayout, log_prior

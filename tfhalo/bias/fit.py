@@ -4,7 +4,8 @@ The paper pre-trains the parameters by gradient descent before sampling.  Here
 Adam runs on the flat parameter vector (the Keras model evaluated with
 ``stateless_call``), from a few seeded starts, and the best run is polished by
 L-BFGS so that the Hessian at the optimum (the sampler's preconditioner) is
-taken at a true stationary point.
+taken at a true stationary point.  Compilation and derivatives come from
+:mod:`tfhalo.backend`, so the fit runs on TensorFlow or on JAX.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 from scipy import optimize
 from tqdm.auto import tqdm
 
+from tfhalo import backend
 from tfhalo.bias.likelihood import NeuralBiasLikelihood
 
 
@@ -51,20 +54,17 @@ class MapResult:
 
 
 def value_and_gradient_fn(likelihood: NeuralBiasLikelihood, jit_compile: bool = False):
-    """A compiled ``theta (P,) -> (ln posterior, gradient)`` in the model's dtype.
+    """A compiled ``theta (P,) -> (ln posterior, gradient)`` in the model's dtype (:func:`tfhalo.backend.jit`).
 
-    ``jit_compile=True`` compiles with XLA: ~4x faster on CPU for the small
-    default model (the many tiny ops of the mixture head fuse).
+    On TensorFlow ``jit_compile=True`` compiles with XLA: ~4x faster on CPU for
+    the small default model (the many tiny ops of the mixture head fuse); JAX
+    always compiles with XLA.
     """
 
-    @tf.function(reduce_retracing=True, jit_compile=jit_compile)
     def value_and_grad(theta):
-        with tf.GradientTape() as tape:
-            tape.watch(theta)
-            value = likelihood.log_posterior(theta)
-        return value, tape.gradient(value, theta)
+        return backend.value_and_gradient(likelihood.log_posterior, theta)
 
-    return value_and_grad
+    return backend.jit(value_and_grad, jit_compile=jit_compile)
 
 
 def hessian(likelihood: NeuralBiasLikelihood, theta) -> np.ndarray:
@@ -83,15 +83,18 @@ def hessian_of(log_prob_fn, x, dtype="float64") -> np.ndarray:
         >>> log_prob_v = lambda v: like.log_posterior(rep.forward(v)) + rep.forward_log_det_jacobian(v, 1)
         >>> h_v = hessian_of(log_prob_v, rep.inverse(fit.theta))   # (P, P)
     """
-    theta = tf.constant(np.asarray(x), dtype=dtype)
-    with tf.GradientTape() as outer:
-        outer.watch(theta)
-        with tf.GradientTape() as inner:
-            inner.watch(theta)
-            value = -log_prob_fn(theta)
-        grad = inner.gradient(value, theta)
-    h = np.asarray(outer.jacobian(grad, theta), np.float64)
-    return 0.5 * (h + h.T)
+    return _negative_hessian_fn(log_prob_fn, dtype)(x)
+
+
+def _negative_hessian_fn(log_prob_fn, dtype="float64"):
+    """``x (P,) -> (P, P)`` float64 symmetrised Hessian of ``-log_prob_fn`` (:func:`tfhalo.backend.hessian_fn`)."""
+    hess = backend.hessian_fn(lambda t: -log_prob_fn(t))
+
+    def negative_hessian(x):
+        h = np.asarray(backend.to_numpy(hess(backend.constant(np.asarray(x), dtype=dtype))), np.float64)
+        return 0.5 * (h + h.T)
+
+    return negative_hessian
 
 
 def informed_start(likelihood: NeuralBiasLikelihood, rng: np.random.Generator, jitter: float = 0.1) -> np.ndarray:
@@ -165,8 +168,6 @@ def fit_map(
             raise ValueError(f"{name} must be a positive integer. Received: {name}={value}")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive. Received: learning_rate={learning_rate}")
-    import keras
-
     dtype = likelihood.layout.dtype
     value_and_grad = value_and_gradient_fn(likelihood, jit_compile=jit_compile)
     rng = np.random.default_rng(seed)
@@ -175,25 +176,10 @@ def fit_map(
     bar = tqdm(total=int(steps) * int(n_starts), desc="MAP (Adam)", disable=not progress, mininterval=1.0)
     for _ in range(int(n_starts)):
         theta0 = informed_start(likelihood, rng)
-        var = keras.Variable(theta0.astype(dtype), dtype=dtype, name="theta")
-        opt = keras.optimizers.Adam(learning_rate=learning_rate)
-
-        @tf.function
-        def step():
-            value, grad = value_and_grad(tf.convert_to_tensor(var.value))
-            # Guard against a non-finite gradient from a wild step: skip it.
-            finite = tf.reduce_all(tf.math.is_finite(grad))
-            grad = tf.where(finite, -grad, tf.zeros_like(grad))
-            opt.apply_gradients([(grad, var)])
-            return value
-
         history = np.empty(int(steps))
-        for i in range(int(steps)):
-            history[i] = float(step())
-            bar.update(1)
+        theta = _adam(value_and_grad, theta0.astype(dtype), dtype, learning_rate, history, bar)
         n_eval += int(steps)
-        theta = np.asarray(var.numpy(), np.float64)
-        value = float(value_and_grad(tf.constant(theta, dtype))[0])
+        value = float(value_and_grad(backend.constant(theta, dtype))[0])
         if not np.isfinite(value):
             continue
         if best is None or value > best[1]:
@@ -204,7 +190,7 @@ def fit_map(
     theta, value, history = best
 
     def objective(x):
-        v, g = value_and_grad(tf.constant(x, dtype))
+        v, g = value_and_grad(backend.constant(x, dtype))
         return -float(v), -np.asarray(g, np.float64)
 
     def polished(x, v):
@@ -215,10 +201,12 @@ def fit_map(
 
     if polish:
         theta, value = polished(theta, value)
-    hess = hessian(likelihood, theta)
+    # One Hessian function for the MAP and the other half's optimum: JAX compiles it once.
+    hessian_at = _negative_hessian_fn(likelihood.log_posterior, dtype)
+    hess = hessian_at(theta)
     other = None
     if mirror:
-        other = _other_half(likelihood, theta, value, hess, objective, polished)
+        other = _other_half(likelihood, theta, value, hess, objective, polished, hessian_at)
         for _ in range(3):
             if other is None or other["log_posterior"] <= value:
                 break
@@ -226,15 +214,67 @@ def fit_map(
             # half just left becomes the "other" one (searched again from the new MAP,
             # which can find a better point there still).
             theta, value, hess = other["theta"], other["log_posterior"], other["hessian"]
-            other = _other_half(likelihood, theta, value, hess, objective, polished)
+            other = _other_half(likelihood, theta, value, hess, objective, polished, hessian_at)
     if other is not None:
         other.pop("hessian", None)
     likelihood.layout.set(likelihood.model, theta)
-    log_like = float(likelihood.log_likelihood(tf.constant(theta, dtype)))
+    log_like = _evaluate(likelihood.log_likelihood, backend.constant(theta, dtype))
     return MapResult(
         theta=theta, log_posterior=value, log_likelihood=log_like,
         hessian=hess, history=history, n_evaluations=n_eval, other_half=other,
     )
+
+
+def _evaluate(fn, x) -> float:
+    """``float(fn(x))``, compiled on JAX: op by op, its first call compiles every small operation on its own."""
+    if backend.NAME == "jax":
+        fn = backend.jit(fn)
+    return float(fn(x))
+
+
+def _ascent_direction(grad):
+    """``-grad`` (Adam minimises ``-ln posterior``), or zeros where a wild step made it non-finite: skip it."""
+    finite = ops.all(ops.isfinite(grad))
+    return ops.where(finite, -grad, ops.zeros_like(grad))
+
+
+def _adam(value_and_grad, theta0: np.ndarray, dtype, learning_rate: float, history: np.ndarray, bar) -> np.ndarray:
+    """``len(history)`` Keras Adam steps from ``theta0`` on ``-ln posterior``; fills ``history``, returns theta.
+
+    TensorFlow applies the gradients to a variable inside a ``tf.function``;
+    JAX, whose compiled functions cannot update a variable, compiles the
+    optimiser's ``stateless_apply`` and carries its state through the loop (the
+    compiled ``value_and_grad`` is called on its own, so that the L-BFGS polish
+    reuses its compilation).
+    """
+    var = keras.Variable(theta0, dtype=dtype, name="theta")
+    opt = keras.optimizers.Adam(learning_rate=learning_rate)
+    if backend.NAME == "jax":
+        opt.build([var])
+
+        def update(theta, grad, opt_values):
+            (theta,), opt_values = opt.stateless_apply(opt_values, [_ascent_direction(grad)], [theta])
+            return theta, opt_values
+
+        update = backend.jit(update)
+        theta, opt_values = var.value, [v.value for v in opt.variables]
+        for i in range(history.size):
+            value, grad = value_and_grad(theta)
+            theta, opt_values = update(theta, grad, opt_values)
+            history[i] = float(value)
+            bar.update(1)
+        return np.asarray(backend.to_numpy(theta), np.float64)
+
+    def step():
+        value, grad = value_and_grad(ops.convert_to_tensor(var.value))
+        opt.apply_gradients([(_ascent_direction(grad), var)])
+        return value
+
+    step = backend.jit(step, jit_compile=False)
+    for i in range(history.size):
+        history[i] = float(step())
+        bar.update(1)
+    return np.asarray(var.numpy(), np.float64)
 
 
 def _laplace_log_mass(log_posterior: float, hess: np.ndarray, floor: float) -> float:
@@ -247,7 +287,7 @@ def _laplace_log_mass(log_posterior: float, hess: np.ndarray, floor: float) -> f
     return log_posterior - 0.5 * float(np.sum(np.log(np.maximum(eig, floor))))
 
 
-def _other_half(likelihood, theta, value, hess, objective, polished):
+def _other_half(likelihood, theta, value, hess, objective, polished, hessian_at):
     """The optimum reached from the reflected ``theta`` if it lies in the other half-space, else None."""
     from tfhalo.bias.reparam import LocalLinearReparametrization
 
@@ -266,6 +306,6 @@ def _other_half(likelihood, theta, value, hess, objective, polished):
             best = (x, v)
     if best is None:
         return None
-    h = hessian(likelihood, best[0])
+    h = hessian_at(best[0])
     return {"log_posterior": best[1], "hessian": h, "theta": best[0],
             "log_laplace_mass_ratio": _laplace_log_mass(best[1], h, floor) - _laplace_log_mass(value, hess, floor)}

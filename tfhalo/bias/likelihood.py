@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -70,6 +71,7 @@ class ParameterLayout:
 
     def flatten(self, values) -> np.ndarray:
         """List of arrays -> ``(P,)`` float64 vector."""
+        values = [v.value if isinstance(v, keras.Variable) else v for v in values]
         return np.concatenate([np.asarray(ops.convert_to_numpy(v), np.float64).reshape(-1) for v in values])
 
     def get(self, model) -> np.ndarray:
@@ -154,6 +156,15 @@ class NeuralBiasLikelihood:
                 volume,
             ))
             self._where.update({i: (g, j) for j, i in enumerate(members)})
+        # terms() is a pure function of theta (the model is called with stateless_call).  JAX runs an
+        # uncompiled call op by op, compiling each small operation of the mixture head on its first call;
+        # one compiled function is several times faster there, and traces into its callers' jit/grad/vmap.
+        self._terms = self._grid_terms_sum
+        if keras.backend.backend() == "jax":
+            import jax
+
+            compiled = jax.jit(self._grid_terms_sum)
+            self._terms = lambda theta: compiled(jax.numpy.asarray(theta))  # lists too, as eager ops take them
 
     @property
     def n_halos(self) -> int:
@@ -167,6 +178,9 @@ class NeuralBiasLikelihood:
 
     def terms(self, theta):
         """``(halo_term, expected_count)``: ``ln L = halo_term - expected_count``."""
+        return self._terms(theta)
+
+    def _grid_terms_sum(self, theta):
         halo_total, expected_total = 0.0, 0.0
         for x, voxel, ln_mass, volume in self._groups:
             halo, expected = _grid_terms(self.model.head, self._params(theta, x), voxel, ln_mass, volume)

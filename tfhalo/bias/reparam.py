@@ -22,20 +22,24 @@ arXiv:1903.03704; here the map is derived from the model's structure.
 The derivation (the near-symmetries, each coordinate, the anchor, the tail
 coordinates, the domain and the Jacobian) is in ``docs/sampling_coordinates.md``.
 
+The map is written in ``keras.ops`` and subclasses the bijector of TFP's
+substrate for the Keras backend (:mod:`tfhalo.backend`), so the same class runs
+on TensorFlow and on JAX.
+
 Example:
-    >>> import tensorflow_probability as tfp
+    >>> from tfhalo import backend
     >>> rep = LocalLinearReparametrization(like, fit.theta)
-    >>> v = rep.inverse(fit.theta)                      # (P,) tf.float64
-    >>> kernel = tfp.mcmc.TransformedTransitionKernel(
-    ...     tfp.mcmc.HamiltonianMonteCarlo(like.log_posterior, 0.1, 10), bijector=rep)
+    >>> v = rep.inverse(fit.theta)                      # (P,) float64 backend tensor
+    >>> kernel = backend.tfp.mcmc.TransformedTransitionKernel(
+    ...     backend.tfp.mcmc.HamiltonianMonteCarlo(like.log_posterior, 0.1, 10), bijector=rep)
 """
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
+from tfhalo import backend
 from tfhalo.validation import check_finite_array, check_int
 
 # Below this log-argument softplus(x) = e^x (1 - e^x / 2 + ...) and its inverse are
@@ -54,8 +58,8 @@ def _log_sigmoid_np(x):
 
 def _log_softplus(x):
     """``ln softplus(x)``, finite for every finite ``x``."""
-    series = x - 0.5 * tf.exp(tf.minimum(x, _SERIES_BELOW))
-    return tf.where(x < _SERIES_BELOW, series, tf.math.log(tf.math.softplus(tf.maximum(x, _SERIES_BELOW))))
+    series = x - 0.5 * ops.exp(ops.minimum(x, _SERIES_BELOW))
+    return ops.where(x < _SERIES_BELOW, series, ops.log(ops.softplus(ops.maximum(x, _SERIES_BELOW))))
 
 
 def _softplus_inverse_of_exp(log_y):
@@ -64,16 +68,16 @@ def _softplus_inverse_of_exp(log_y):
     ``softplus^-1(y) = y + ln(1 - e^-y)`` and its log-derivative in ``ln y`` is
     ``ln y - ln(1 - e^-y)``; for tiny ``y`` both are their series in ``y``.
     """
-    y = tf.exp(tf.maximum(log_y, _SERIES_BELOW))
-    log1mexp = tf.math.log(-tf.math.expm1(-y))
-    y_small = tf.exp(tf.minimum(log_y, _SERIES_BELOW))
+    y = ops.exp(ops.maximum(log_y, _SERIES_BELOW))
+    log1mexp = ops.log(-ops.expm1(-y))
+    y_small = ops.exp(ops.minimum(log_y, _SERIES_BELOW))
     small = log_y < _SERIES_BELOW
-    value = tf.where(small, log_y + 0.5 * y_small, y + log1mexp)
-    log_slope = tf.where(small, 0.5 * y_small, log_y - log1mexp)
+    value = ops.where(small, log_y + 0.5 * y_small, y + log1mexp)
+    log_slope = ops.where(small, 0.5 * y_small, log_y - log1mexp)
     return value, log_slope
 
 
-class LocalLinearReparametrization(tfp.bijectors.Bijector):
+class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
     """``theta = forward(v)`` for a neural bias model with an ``l = 0`` NPE, as a TFP bijector.
 
     ``v`` reuses ``theta``'s slots: per NPE feature ``f`` the first radial weight
@@ -100,8 +104,10 @@ class LocalLinearReparametrization(tfp.bijectors.Bijector):
         anchor: ``(F,)`` finite environment, in slope units ``g_f``, at which the
             head's values are read (default: the mean over the catalogue's halos
             at ``theta_ref``; 0 is the mean voxel).
-        validate_args: check in graph mode that :meth:`inverse`'s argument lies in
-            the domain (eager calls are always checked).
+        validate_args: check inside a compiled TensorFlow function that
+            :meth:`inverse`'s argument lies in the domain.  Concrete (eager)
+            arguments are always checked, on either backend; a traced JAX
+            argument cannot raise, so there it is not checked.
         name: the bijector's name.
 
     Attributes:
@@ -116,7 +122,7 @@ class LocalLinearReparametrization(tfp.bijectors.Bijector):
     Shapes:
         ``forward``: ``(..., P)`` v -> ``(..., P)`` theta; ``inverse`` the reverse;
         ``forward_log_det_jacobian(v, event_ndims=1)``: ``(...)``, the exact
-        ``ln |det d theta / d v|``.  All ``tf.float64``.
+        ``ln |det d theta / d v|``.  All float64 tensors of the Keras backend.
 
     Raises:
         ValueError: ``likelihood`` is not a neural bias likelihood, its NPE is not
@@ -129,7 +135,7 @@ class LocalLinearReparametrization(tfp.bijectors.Bijector):
         >>> v = rep.inverse(fit.theta)
         >>> np.allclose(rep.forward(v), fit.theta)
         True
-        >>> rep.forward_log_det_jacobian(v, event_ndims=1)   # scalar tf.float64
+        >>> rep.forward_log_det_jacobian(v, event_ndims=1)   # scalar float64
     """
 
     def __init__(self, likelihood, theta_ref, anchor=None, validate_args=False,
@@ -205,7 +211,7 @@ class LocalLinearReparametrization(tfp.bijectors.Bijector):
         blocks = np.concatenate([self.w_index.ravel(), self.b_index, self.c_index.ravel(), self.d_index])
         self._rest = np.setdiff1d(np.arange(self.size), blocks)
         self._unpermute = np.argsort(np.concatenate([blocks, self._rest]))
-        super().__init__(forward_min_event_ndims=1, inverse_min_event_ndims=1, dtype=tf.float64,
+        super().__init__(forward_min_event_ndims=1, inverse_min_event_ndims=1, dtype=np.float64,
                          validate_args=validate_args, parameters=parameters, name=name)
 
     @classmethod
@@ -258,26 +264,25 @@ class LocalLinearReparametrization(tfp.bijectors.Bijector):
     # -- the bijection -------------------------------------------------------
     def _assemble(self, blocks, x):
         """Blocks in the shared order, each ``(..., *)`` -> ``(..., P)`` in the slot layout of ``x (..., P)``."""
-        flat_shape = tf.concat([tf.shape(x)[:-1], [-1]], axis=0)
-        flat = [tf.reshape(t, flat_shape) for t in blocks]
+        flat = [_flatten_last(t, rank) for t, rank in zip(blocks, (2, 1, 2, 1))]
         if self._rest.size:
-            flat.append(tf.gather(x, self._rest, axis=-1))
-        return tf.gather(tf.concat(flat, axis=-1), self._unpermute, axis=-1)
+            flat.append(ops.take(x, self._rest, axis=-1))
+        return ops.take(ops.concatenate(flat, axis=-1), self._unpermute, axis=-1)
 
     def _npe_coordinates(self, v):
         """``(xi, eta, m, lam, log_s)`` from v: ``(..., F)``, ``(..., R-1, F)``, three ``(..., F)``."""
-        xi = tf.gather(v, self.w_index[0], axis=-1)
-        eta = tf.gather(v, self.w_index[1:], axis=-1)
-        m = tf.gather(v, self.b_index, axis=-1)
-        lam = xi + tf.math.softplus(m)
-        log_s = lam + 0.5 * tf.math.log1p(tf.reduce_sum(tf.square(eta), axis=-2))
+        xi = ops.take(v, self.w_index[0], axis=-1)
+        eta = ops.take(v, self.w_index[1:], axis=-1)
+        m = ops.take(v, self.b_index, axis=-1)
+        lam = xi + ops.softplus(m)
+        log_s = lam + 0.5 * ops.log1p(ops.sum(ops.square(eta), axis=-2))
         return xi, eta, m, lam, log_s
 
     def _undo_tail(self, tail):
         """``(..., J)`` tail-stage values -> head pre-activations at the anchor, and ln|Jacobian|."""
         k = self.n_components
         c0, c1, ell = tail[..., 0], tail[..., k], tail[..., 2 * k]
-        sigma_sq = tf.exp(2.0 * ell)
+        sigma_sq = ops.exp(2.0 * ell)
         dist = c1 * sigma_sq
         log_alpha = c0 + dist + ell + 0.5 * c1 * dist
         pre_alpha, log_slope_alpha = _softplus_inverse_of_exp(log_alpha)
@@ -290,7 +295,7 @@ class LocalLinearReparametrization(tfp.bijectors.Bijector):
             columns[k + 1] = tail[..., k + 1] - dist  # unit diagonal: no Jacobian term
         # d(pre_alpha, dist, pre_sigma) / d(c0, c1, ln sigma_1) is upper triangular.
         log_det = log_slope_alpha + 2.0 * ell + log_slope_sigma
-        return tf.stack(columns, axis=-1), log_det
+        return ops.stack(columns, axis=-1), log_det
 
     def _tail(self, at_anchor):
         """``(..., J)`` head pre-activations at the anchor -> tail-stage values (inverse of :meth:`_undo_tail`)."""
@@ -298,61 +303,61 @@ class LocalLinearReparametrization(tfp.bijectors.Bijector):
         log_alpha = _log_softplus(at_anchor[..., 0] + self.amplitude_shift)
         ell = _log_softplus(at_anchor[..., 2 * k] + self.width_shift)
         dist = at_anchor[..., k]
-        scaled = dist * tf.exp(-ell)  # D / sigma_1
+        scaled = dist * ops.exp(-ell)  # D / sigma_1
         columns = [at_anchor[..., j] for j in range(3 * k)]
-        columns[0] = log_alpha - dist - ell - 0.5 * tf.square(scaled)
-        columns[k] = scaled * tf.exp(-ell)
+        columns[0] = log_alpha - dist - ell - 0.5 * ops.square(scaled)
+        columns[k] = scaled * ops.exp(-ell)
         columns[2 * k] = ell
         if k > 1:
             columns[k + 1] = at_anchor[..., k + 1] + dist  # ~ mu_2 - ln M_th where the increment is large
-        return tf.stack(columns, axis=-1)
+        return ops.stack(columns, axis=-1)
 
     def _forward(self, v):
         xi, eta, m, lam, log_s = self._npe_coordinates(v)
         dt = v.dtype
-        direction = tf.constant(self.w_hat, dt) + tf.einsum("frk,...kf->...rf", tf.constant(self.q, dt), eta)
-        w = tf.exp(lam)[..., None, :] * direction  # (..., R, F)
-        b = m - tf.einsum("r,...rf->...f", tf.constant(self.shell_mean, dt), w)
-        big_b = tf.gather(v, self.c_index, axis=-1)  # (..., F, J)
-        at_anchor, _ = self._undo_tail(tf.gather(v, self.d_index, axis=-1))
-        big_a = at_anchor - tf.einsum("...fj,f->...j", big_b, tf.constant(self.anchor, dt))
-        c = big_b * tf.exp(-tf.math.log_sigmoid(m) - log_s)[..., None]
-        d = big_a - tf.einsum("...fj,...f->...j", c, tf.math.softplus(m))
+        direction = _const(self.w_hat, dt) + ops.einsum("frk,...kf->...rf", _const(self.q, dt), eta)
+        w = ops.exp(lam)[..., None, :] * direction  # (..., R, F)
+        b = m - ops.einsum("r,...rf->...f", _const(self.shell_mean, dt), w)
+        big_b = ops.take(v, self.c_index, axis=-1)  # (..., F, J)
+        at_anchor, _ = self._undo_tail(ops.take(v, self.d_index, axis=-1))
+        big_a = at_anchor - ops.einsum("...fj,f->...j", big_b, _const(self.anchor, dt))
+        c = big_b * ops.exp(-ops.log_sigmoid(m) - log_s)[..., None]
+        d = big_a - ops.einsum("...fj,...f->...j", c, ops.softplus(m))
         return self._assemble([w, b, c, d], v)
 
     def _forward_log_det_jacobian(self, v):
         # Block-triangular in the order (NPE: xi, eta, m), (B), (tail) -> (w, b), (c), (d):
         # the product of the diagonal blocks' determinants.
         _, _, m, lam, log_s = self._npe_coordinates(v)
-        per_feature = self.n_radial * lam - self.n_out * (tf.math.log_sigmoid(m) + log_s)
-        _, log_det_tail = self._undo_tail(tf.gather(v, self.d_index, axis=-1))
-        return tf.reduce_sum(per_feature, axis=-1) + log_det_tail + self._log_det_const
+        per_feature = self.n_radial * lam - self.n_out * (ops.log_sigmoid(m) + log_s)
+        _, log_det_tail = self._undo_tail(ops.take(v, self.d_index, axis=-1))
+        return ops.sum(per_feature, axis=-1) + log_det_tail + self._log_det_const
 
     def _inverse(self, theta):
         dt = theta.dtype
-        w = tf.gather(theta, self.w_index, axis=-1)  # (..., R, F)
-        b = tf.gather(theta, self.b_index, axis=-1)
-        sigma_w = tf.einsum("rq,...qf->...rf", tf.constant(self.shell_cov, dt), w)
-        scale = tf.einsum("rf,...rf->...f", tf.constant(self.w_hat, dt), sigma_w)  # e^lambda
+        w = ops.take(theta, self.w_index, axis=-1)  # (..., R, F)
+        b = ops.take(theta, self.b_index, axis=-1)
+        sigma_w = ops.einsum("rq,...qf->...rf", _const(self.shell_cov, dt), w)
+        scale = ops.einsum("rf,...rf->...f", _const(self.w_hat, dt), sigma_w)  # e^lambda
         scale = self._check_domain(theta, scale)
-        lam = tf.math.log(scale)
-        eta = tf.einsum("frk,...rf->...kf", tf.constant(self.q, dt), sigma_w) / scale[..., None, :]
-        log_s = lam + 0.5 * tf.math.log1p(tf.reduce_sum(tf.square(eta), axis=-2))
-        m = tf.einsum("r,...rf->...f", tf.constant(self.shell_mean, dt), w) + b
-        xi = lam - tf.math.softplus(m)
-        c = tf.gather(theta, self.c_index, axis=-1)  # (..., F, J)
-        d = tf.gather(theta, self.d_index, axis=-1)  # (..., J)
-        big_b = c * tf.exp(tf.math.log_sigmoid(m) + log_s)[..., None]
-        big_a = d + tf.einsum("...fj,...f->...j", c, tf.math.softplus(m))
-        tail = self._tail(big_a + tf.einsum("...fj,f->...j", big_b, tf.constant(self.anchor, dt)))
-        radial = tf.concat([xi[..., None, :], eta], axis=-2)  # slot r = 0 holds xi
+        lam = ops.log(scale)
+        eta = ops.einsum("frk,...rf->...kf", _const(self.q, dt), sigma_w) / scale[..., None, :]
+        log_s = lam + 0.5 * ops.log1p(ops.sum(ops.square(eta), axis=-2))
+        m = ops.einsum("r,...rf->...f", _const(self.shell_mean, dt), w) + b
+        xi = lam - ops.softplus(m)
+        c = ops.take(theta, self.c_index, axis=-1)  # (..., F, J)
+        d = ops.take(theta, self.d_index, axis=-1)  # (..., J)
+        big_b = c * ops.exp(ops.log_sigmoid(m) + log_s)[..., None]
+        big_a = d + ops.einsum("...fj,...f->...j", c, ops.softplus(m))
+        tail = self._tail(big_a + ops.einsum("...fj,f->...j", big_b, _const(self.anchor, dt)))
+        radial = ops.concatenate([xi[..., None, :], eta], axis=-2)  # slot r = 0 holds xi
         return self._assemble([radial, m, big_b, tail], theta)
 
     def _check_domain(self, theta, scale):
-        """Refuse a concrete theta outside the half-space (or non-finite); assert in graph mode if validating."""
-        value = tf.get_static_value(scale)
+        """Refuse a concrete theta outside the half-space (or non-finite); assert in a TF graph if validating."""
+        value = backend.static_value(scale)
         if value is not None:
-            check_finite_array("theta", tf.get_static_value(theta))
+            check_finite_array("theta", backend.static_value(theta))
             if not np.all(value > 0):
                 raise ValueError(
                     "theta must lie in the reparametrisation's domain: every NPE feature's radial weights within "
@@ -360,17 +365,34 @@ class LocalLinearReparametrization(tfp.bijectors.Bijector):
                     f"{float(value.min())!r}")
             return scale
         if self.validate_args:
-            with tf.control_dependencies([tf.debugging.assert_positive(
-                    scale, message="theta outside the reparametrisation's domain (w_hat^T Sigma w <= 0)")]):
-                return tf.identity(scale)
+            return backend.assert_positive(scale, "theta outside the reparametrisation's domain (w_hat^T Sigma w <= 0)")
         return scale
+
+
+def _const(value, dtype):
+    """A NumPy constant of the map as a tensor of the input's dtype."""
+    return ops.convert_to_tensor(value, dtype=dtype)
+
+
+def _flatten_last(t, rank: int):
+    """``(..., A, B)`` -> ``(..., A * B)`` row-major (``rank = 2``); ``rank = 1`` returns ``t``.
+
+    Built from slices rather than a reshape so that unknown leading dimensions
+    (a TensorFlow graph) need no dynamic shape arithmetic.
+    """
+    if rank == 1:
+        return t
+    return ops.concatenate([t[..., a, :] for a in range(int(t.shape[-2]))], axis=-1)
 
 
 def _shell_sums(likelihood) -> np.ndarray:
     """``(N_voxels, R)``: the NPE pre-activation with each radial weight set to 1 alone, bias 0."""
     npe = likelihood.model.npe
-    config = dict(npe.get_config(), activation=None, filters=1, name="shell_sums")
-    linear = type(npe).from_config(config)
+    # The NPE's own settings, linear and with one filter.  Built from attributes rather than
+    # get_config(): Keras serialisation imports TensorFlow wherever it is installed, also under JAX.
+    linear = type(npe)(filters=1, ells=npe.ells, kernel_size=npe.kernel_size, strides=npe.strides,
+                       padding=npe.padding, equivariant=npe.equivariant, use_bias=npe.use_bias, activation=None,
+                       dtype=npe.dtype_policy, name="shell_sums")
     linear.build((None,) + likelihood.data[0].log_density.shape + (1,))
     radial = [v for v in linear.trainable_variables if "radial" in v.path][0]
     non_trainable = [v.value for v in linear.non_trainable_variables]

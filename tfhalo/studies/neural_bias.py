@@ -377,7 +377,7 @@ def _map_key(config: Config, data: StudyData) -> dict:
     return dict(step="map", data=data_fingerprint(data.train), n_components=config.n_components, n_grid=config.n_grid,
                 mass_threshold=data.mass_threshold, field=config.field, map_steps=config.map_steps,
                 map_starts=config.map_starts, seed=config.seed,
-                mean_increment=data.model.get_config().get("mean_increment"))
+                mean_increment=data.model.mean_increment)
 
 
 MAP_FILE = "map.npz"
@@ -589,8 +589,7 @@ def sampler_setup(config: Config, data: StudyData, theta_map):
         along the flattest directions (a floored direction would otherwise throw
         a chain several prior widths away, into a region with no halos).
     """
-    import tensorflow as tf
-    import tensorflow_probability as tfp
+    from tfhalo import backend
 
     import tfhalo.inference as inf
     from tfhalo.bias.fit import hessian_of
@@ -599,7 +598,7 @@ def sampler_setup(config: Config, data: StudyData, theta_map):
     like = data.like_sample
     theta_map = np.asarray(theta_map, np.float64)
     rep = LocalLinearReparametrization(like, theta_map)
-    v_map = np.asarray(rep.inverse(tf.constant(theta_map)), np.float64)
+    v_map = np.asarray(rep.inverse(backend.constant(theta_map)), np.float64)
 
     def target_v(v):
         return like.log_posterior(rep.forward(v)) + rep.forward_log_det_jacobian(v, event_ndims=1)
@@ -609,12 +608,12 @@ def sampler_setup(config: Config, data: StudyData, theta_map):
     # posterior is not Gaussian) are floored at 1, the scale of the v coordinates: a floor
     # at the prior's precision would make the pilot's first steps 10 times too long there.
     floor = 1.0 if config.n_pilot else 1.0 / like.prior_scale**2
-    bijector = tfp.bijectors.Chain([rep, inf.affine_preconditioner(v_map, hessian=h_v, floor=floor)])
+    bijector = backend.tfp.bijectors.Chain([rep, inf.affine_preconditioner(v_map, hessian=h_v, floor=floor)])
     eig, vec = np.linalg.eigh(h_v)
     rng = np.random.default_rng(config.chains_seed + 1)
     z = rng.normal(size=(config.n_chains, theta_map.size))
     v0 = v_map + 0.5 * (z / np.sqrt(np.maximum(eig, 1.0))) @ vec.T
-    initial = np.asarray(rep.forward(tf.constant(v0)), np.float64)
+    initial = np.asarray(rep.forward(backend.constant(v0)), np.float64)
     return inf.batched(like.log_posterior, config.n_chains), initial, bijector, rep
 
 
@@ -645,8 +644,7 @@ def sample_chains(config: Config, data: StudyData, fit: MapFit, out, progress: b
         in ``constant_data``), ``{"seconds", "n_gradient_evaluations"}``, and
         whether it was read back.
     """
-    import tensorflow as tf
-    import tensorflow_probability as tfp
+    from tfhalo import backend
 
     import tfhalo.inference as inf
 
@@ -665,8 +663,8 @@ def sample_chains(config: Config, data: StudyData, fit: MapFit, out, progress: b
         # dense metric fitted to the bulk of the posterior rather than to the MAP's curvature.
         pilot = inf.sample(log_prob_fn, initial, config.pilot_config(), bijector=bijector, progress=progress,
                            checkpoint_dir=checkpoint / "pilot")
-        draws_v = np.asarray(rep.inverse(tf.constant(pilot.samples.reshape(-1, pilot.samples.shape[-1]))))
-        bijector = tfp.bijectors.Chain([rep, inf.preconditioner_from_draws(draws_v)])
+        draws_v = np.asarray(rep.inverse(backend.constant(pilot.samples.reshape(-1, pilot.samples.shape[-1]))))
+        bijector = backend.tfp.bijectors.Chain([rep, inf.preconditioner_from_draws(draws_v)])
         initial = pilot.samples[-1]
         seconds, n_grad = pilot.seconds, pilot.n_gradient_evaluations
     chains = inf.sample(log_prob_fn, initial, config.sampler_config(), bijector=bijector, progress=progress,
