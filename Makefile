@@ -20,15 +20,16 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# The whole suite on TensorFlow, then the backend-agnostic layers and field-level forward model on JAX.
+# The whole suite on TensorFlow, then on JAX the backend-agnostic parts: layers, device-side
+# sub-boxes, the sampler, the neural bias model and the field-level inference (TFP's JAX substrate).
 test: test-tf test-jax
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/layers tests/data/test_device_subboxes.py tests/field/test_fft.py tests/field/test_forward.py \
-		tests/field/test_posterior.py tests/field/test_mock.py
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/layers tests/data/test_device_subboxes.py tests/inference \
+		tests/bias tests/field tests/studies/test_field_level_config.py tests/studies/test_neural_bias_config.py
 
 # The quick deep-halo study, then the quick neural-bias study (the paper's
 # 17-parameter model) on the same suite, then the quick field-level inference

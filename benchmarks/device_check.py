@@ -347,33 +347,10 @@ def synthetic_bias_data(seed, n):
 
 
 def informed_start(likelihood, rng, jitter=0.1):
-    """``tfhalo.bias.fit.informed_start``; a copy of it where that module cannot be imported.
+    """``(theta, source)``: the library's seeded start (:func:`tfhalo.bias.fit.informed_start`)."""
+    from tfhalo.bias.fit import informed_start as library
 
-    ``tfhalo.bias.fit`` imports TensorFlow at module level (for ``fit_map``'s
-    ``tf.function`` and ``GradientTape``), so on a machine without TensorFlow
-    its seeded start is rebuilt here: small random weights, and MDN biases
-    that give every voxel the catalogue's mean halo number density.
-    """
-    try:
-        from tfhalo.bias.fit import informed_start as library
-
-        return library(likelihood, rng, jitter=jitter), "tfhalo.bias.fit.informed_start"
-    except ImportError as err:
-        reason = f"tfhalo.bias.fit not importable ({type(err).__name__}: {err}); local copy"
-    model, head = likelihood.model, likelihood.model.head
-    k = head.n_components
-    volume = sum(d.voxel_volume * d.n_grid**3 for d in likelihood.data)
-    theta = rng.normal(scale=jitter, size=likelihood.layout.size)
-    offset = 0
-    for var, size in zip(model.trainable_variables, likelihood.layout.sizes):
-        if var is head.bias:
-            alpha0 = likelihood.n_halos / volume / (k * math.exp(0.5) * 0.76)
-            pre_alpha = math.log(math.expm1(alpha0)) - head.amplitude_shift
-            pre_sigma = math.log(math.expm1(1.0)) - head.width_shift
-            bias = np.concatenate([np.full(k, pre_alpha), [-0.5] + [1.0] * (k - 1), np.full(k, pre_sigma)])
-            theta[offset:offset + size] = bias + rng.normal(scale=jitter * 0.1, size=size)
-        offset += size
-    return theta, reason
+    return library(likelihood, rng, jitter=jitter), "tfhalo.bias.fit.informed_start"
 
 
 def map_start(like, theta0, args):
@@ -398,7 +375,7 @@ def map_start(like, theta0, args):
                           jit_compile=True, mirror=False)
             return (np.asarray(fit.theta, np.float64), np.asarray(fit.hessian, np.float64),
                     f"tfhalo.bias.fit.fit_map ({args.bias_map_steps} Adam steps + L-BFGS)")
-        except Exception as err:  # e.g. a tfhalo.bias.fit that needs TensorFlow: report it, use L-BFGS
+        except Exception as err:  # report it, and fall back to L-BFGS
             reason = f"fit_map failed ({type(err).__name__}: {str(err)[:200]})"
             say(f"  bias: {reason}; SciPy L-BFGS instead")
     neg = backend.jit(lambda t: backend.value_and_gradient(lambda u: -like.log_posterior(u), t))
