@@ -319,3 +319,47 @@ def assert_positive(x, message: str):
         return x
     with tf.control_dependencies([tf.debugging.assert_positive(x, message=message)]):
         return tf.identity(x)
+
+
+def shard_chains(x, devices: int, replicate: bool = False):
+    """``x`` placed on the first ``devices`` JAX devices: split along its leading (chain) axis, or replicated.
+
+    A ``jax.sharding.NamedSharding`` over a 1-D mesh named ``"chains"``; ``jax.jit``
+    then compiles the functions ``x`` flows into SPMD (GSPMD partitions the program
+    along that axis and inserts the cross-device reductions, e.g. a mean over the
+    chains).  Sharding changes where values live, not what they are: the chains'
+    random draws do not depend on it (``jax_threefry_partitionable``, the default).
+
+    Args:
+        x: an array; with ``replicate=False`` its leading axis (``C``) must be a
+            multiple of ``devices``.
+        devices: positive integer; 1 returns ``x`` unchanged (on either backend).
+        replicate: place a full copy of ``x`` on each device (e.g. a shared step size
+            or inverse mass matrix) instead of splitting it.
+
+    Returns:
+        ``x``, sharded (JAX) or unchanged (``devices == 1``).
+
+    Raises:
+        ValueError: ``devices > 1`` on TensorFlow, more devices than JAX sees, or a
+            leading axis that does not split evenly.
+
+    Example:
+        >>> to_numpy(shard_chains(constant([1.0, 2.0]), 1)).tolist()
+        [1.0, 2.0]
+    """
+    if devices == 1:
+        return x
+    if NAME != "jax":
+        raise ValueError(f"devices > 1 (sharding the chains) needs the JAX backend (KERAS_BACKEND=jax). "
+                         f"Received: devices={devices} on the {NAME} backend")
+    found = jax.devices()
+    if devices > len(found):
+        raise ValueError(f"devices must be at most the {len(found)} JAX device(s) available. "
+                         f"Received: devices={devices}")
+    if not replicate and (x.ndim == 0 or x.shape[0] % devices != 0):
+        raise ValueError(f"the leading axis of x must split evenly over devices={devices}. "
+                         f"Received: x.shape={tuple(x.shape)}")
+    mesh = jax.sharding.Mesh(np.array(found[:devices]), ("chains",))
+    spec = jax.sharding.PartitionSpec() if replicate else jax.sharding.PartitionSpec("chains")
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))

@@ -145,6 +145,15 @@ class SamplerConfig:
             Under JAX every block is compiled with XLA whatever this says (JAX has no
             uncompiled graph mode).
         block_size: steps per compiled call: progress and checkpoint granularity.
+        devices: devices the chains are sharded over (JAX only): the chain axis is split
+            over a 1-D ``jax.sharding`` mesh of the first ``devices`` devices (step size and
+            inverse mass matrix replicated), so each compiled block runs SPMD, ``C / devices``
+            chains per device.  ``num_chains`` must be a multiple of it.  Sharding moves the
+            chains, it does not change them: the same seed gives the same draws (to float
+            rounding of the cross-device means) for any ``devices``, so ``devices`` is left out
+            of the checkpoint fingerprint and a checkpoint resumes on another device count.
+            Checked against the devices JAX sees (``XLA_FLAGS=--xla_force_host_platform_device_count``
+            fakes CPU ones) when :func:`sample` starts; TensorFlow takes only 1.
 
     Raises:
         ValueError: a field out of range, naming the field and its value.
@@ -167,6 +176,7 @@ class SamplerConfig:
     seed: int = 0
     jit_compile: bool = True
     block_size: int = 100
+    devices: int = 1
 
     def __post_init__(self):
         def put(name, value):
@@ -194,6 +204,10 @@ class SamplerConfig:
         put("seed", check_int("seed", self.seed, minimum=0, maximum=2**63 - 1))
         put("jit_compile", check_bool("jit_compile", self.jit_compile))
         put("block_size", check_int("block_size", self.block_size, minimum=1))
+        put("devices", check_int("devices", self.devices, minimum=1))
+        if self.num_chains % self.devices != 0:
+            raise ValueError(f"num_chains must be a multiple of devices={self.devices} (each device runs as many "
+                             f"chains). Received: num_chains={self.num_chains}")
 
     def to_dict(self) -> dict:
         """JSON-ready copy of the fields."""
@@ -371,8 +385,17 @@ def _check_target(log_prob_fn, bijector, init):
     return z0_np, target
 
 
+# Config fields that place the chains without changing them: not part of a run's identity.
+_PLACEMENT_FIELDS = ("devices",)
+
+
+def _chain_config(config) -> dict:
+    """The config fields that determine the chains (the checkpoint's identity)."""
+    return {k: v for k, v in config.to_dict().items() if k not in _PLACEMENT_FIELDS}
+
+
 def _fingerprint(config, init, z0, lp0, bijector) -> str:
-    fields = dict(config=config.to_dict(), bijector=type(bijector).__name__, lp0=[f"{v:.10g}" for v in lp0])
+    fields = dict(config=_chain_config(config), bijector=type(bijector).__name__, lp0=[f"{v:.10g}" for v in lp0])
     # The backends' random streams differ, so a checkpoint resumes only on its own backend.  TensorFlow's
     # fingerprint leaves the backend out: checkpoints written without one stay valid there.
     if backend.NAME != "tensorflow":
@@ -391,7 +414,7 @@ class _Checkpoint:
     def __init__(self, directory, fingerprint, config):
         self.dir = None if directory is None else Path(directory)
         self.fingerprint = fingerprint
-        self.config_json = json.dumps(config.to_dict(), sort_keys=True)
+        self.config_json = json.dumps(_chain_config(config), sort_keys=True)
 
     def _check(self, path, data):
         if str(data["fingerprint"]) == self.fingerprint:
@@ -460,6 +483,18 @@ def _num_steps(n, config):
     return n
 
 
+def _check_devices(config):
+    """Refuse a ``config.devices`` this backend / machine cannot shard the chains over."""
+    if config.devices == 1:
+        return
+    if backend.NAME != "jax":
+        raise ValueError(f"devices > 1 (chain sharding) needs the JAX backend (KERAS_BACKEND=jax). "
+                         f"Received: devices={config.devices} on the {backend.NAME} backend")
+    from tfhalo.distribute import check_devices
+
+    check_devices(config.devices)
+
+
 def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, progress: bool = True,
            checkpoint_dir=None) -> Chains:
     """Sample ``exp(log_prob_fn)`` with ``C`` chains of NUTS or HMC after windowed warm-up.
@@ -506,6 +541,7 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
         raise ValueError(f"bijector must be a tfp.bijectors.Bijector (TFP's {backend.NAME} substrate) or None. "
                          f"Received: bijector={bijector!r}")
     progress = check_bool("progress", progress)
+    _check_devices(config)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
     init = _check_initial_state(initial_state, config.num_chains)
     bijector = _IDENTITY if bijector is None else bijector
@@ -542,7 +578,9 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
         if block is None:
             t1 = time.perf_counter()
             draws, stats, z_next = compiled.sampling_block(
-                backend.constant(z), backend.constant(step_size, "float64"), backend.constant(inverse_mass),
+                backend.shard_chains(backend.constant(z), config.devices),
+                backend.shard_chains(backend.constant(step_size, "float64"), config.devices, replicate=True),
+                backend.shard_chains(backend.constant(inverse_mass), config.devices, replicate=True),
                 _block_seed(config.seed, 1, index), _num_steps(n, config))
             block = dict(draws=backend.to_numpy(draws), z=backend.to_numpy(z_next),
                          **{k: backend.to_numpy(v) for k, v in stats.items()})
@@ -644,8 +682,9 @@ _COMPILED_SIZE = 4
 
 
 def _compiled(log_prob_fn, bijector, config) -> _Compiled:
-    # Seed, draws, block size and chain count do not enter the traced graphs.
-    static = dataclasses.replace(config, seed=0, num_samples=MIN_SAMPLES, block_size=1, num_chains=1)
+    # Seed, draws, block size, chain count and devices do not enter the traced graphs (jax.jit
+    # compiles once per input sharding by itself).
+    static = dataclasses.replace(config, seed=0, num_samples=MIN_SAMPLES, block_size=1, num_chains=1, devices=1)
     key = (log_prob_fn, id(bijector), static)
     try:
         hit = _COMPILED.get(key)
@@ -665,7 +704,8 @@ def _warmup(compiled, config, z0, bar):
     c, q = z0.shape
     if config.num_warmup == 0:
         return z0, config.init_step_size, np.ones(q), 0.0, 0
-    pkr = compiled.warmup_start(backend.constant(z0))
+    # The kernel results inherit the chain sharding of z0 (XLA propagates it through each block).
+    pkr = compiled.warmup_start(backend.shard_chains(backend.constant(z0), config.devices))
     n_grad, n_div = 1.0, 0
     for index, n in enumerate(_blocks(config.num_warmup, config.block_size)):
         pkr, trace = compiled.warmup_block(pkr, _block_seed(config.seed, 0, index), _num_steps(n, config))
