@@ -45,7 +45,6 @@ def _gaussian(seed=0, p=P):
 MEAN, COV, LOG_PROB = _gaussian()
 
 
-
 def _config(**kw):
     base = dict(num_chains=4, num_warmup=200, num_samples=400, block_size=100, jit_compile=False, seed=1)
     base.update(kw)
