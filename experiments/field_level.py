@@ -25,6 +25,7 @@ OVERRIDES = {
     "n_grid": "n_grid", "n_side": "n_side", "box_size": "box_size", "threshold_mass": "threshold_mass",
     "order": "order", "start": "start", "preconditioner": "preconditioner", "leapfrog_steps": "leapfrog_steps",
     "target_accept": "target_accept", "map_steps": "map_steps", "bias_coordinates": "bias_coordinates",
+    "devices": "devices",
 }
 
 
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-accept", type=float, default=None)
     parser.add_argument("--map-steps", type=int, default=None, help="Adam steps of the bias fit")
     parser.add_argument("--no-xla", action="store_true", help="run the chains without XLA")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="JAX devices to split the chains over (KERAS_BACKEND=jax)")
     parser.add_argument("--overwrite", action="store_true", help="discard cached steps made with other settings")
     parser.add_argument("--no-progress", action="store_true")
     return parser

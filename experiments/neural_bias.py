@@ -25,7 +25,7 @@ OVERRIDES = {
     "n_grid": "n_grid", "n_sims": "n_sims", "components": "n_components", "map_steps": "map_steps",
     "map_starts": "map_starts", "threshold_particles": "threshold_particles", "threshold_mass": "threshold_mass",
     "field": "field", "sample_field": "sample_field", "kernel": "kernel", "leapfrog_steps": "leapfrog_steps",
-    "max_tree_depth": "max_tree_depth", "target_accept": "target_accept",
+    "max_tree_depth": "max_tree_depth", "target_accept": "target_accept", "devices": "devices",
 }
 
 
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tree-depth", type=int, default=None, help="NUTS tree depth limit")
     parser.add_argument("--target-accept", type=float, default=None, help="dual-averaging target acceptance")
     parser.add_argument("--no-xla", action="store_true", help="run the MAP fit and the chains without XLA")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="JAX devices to split the chains over (KERAS_BACKEND=jax)")
     parser.add_argument("--overwrite", action="store_true", help="discard cached steps made with other settings")
     parser.add_argument("--no-progress", action="store_true")
     return parser

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
     ("n_probes", 0, "n_probes must be at least 1. Received: n_probes=0"),
     ("sim_preset", "huge", "sim_preset must be one of .* Received: sim_preset='huge'"),
     ("jit_compile", "yes", "jit_compile must be True or False. Received: jit_compile='yes'"),
+    ("devices", 0, "devices must be at least 1. Received: devices=0"),
+    ("devices", 3, r"n_chains must be a multiple of devices=3"),
 ])
 def test_every_field_is_checked_on_construction(field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -124,6 +124,10 @@ def test_bad_arguments_are_refused(tmp_path):
         field_level.run(object(), tmp_path / "suite", tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="suite must be a non-empty directory path"):
         field_level.run(config, "", tmp_path / "out", progress=False)
+    # More chain devices than the backend can give: refused before the suite is made.
+    many = field_level.Config.preset("quick", **{**TINY, "n_chains": 64, "devices": 64})
+    with pytest.raises(ValueError, match=r"devices.*Received: devices=64"):
+        field_level.run(many, tmp_path / "suite", tmp_path / "out", progress=False)
     assert not (tmp_path / "suite").exists()
 
 

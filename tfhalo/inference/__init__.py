@@ -44,11 +44,12 @@ from tfhalo.inference.diagnostics import (
     save_inference_data,
     to_inference_data,
 )
-from tfhalo.inference.sampler import Chains, SamplerConfig, batched, sample
+from tfhalo.inference.sampler import Chains, SamplerConfig, batched, check_chain_devices, sample
 
 __all__ = [
     "Chains",
     "SamplerConfig",
+    "check_chain_devices",
     "affine_preconditioner",
     "batched",
     "preconditioner_from_draws",

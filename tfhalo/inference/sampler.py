@@ -483,8 +483,14 @@ def _num_steps(n, config):
     return n
 
 
-def _check_devices(config):
-    """Refuse a ``config.devices`` this backend / machine cannot shard the chains over."""
+def check_chain_devices(config) -> None:
+    """Refuse a ``config.devices`` this backend / machine cannot shard the chains over.
+
+    :func:`sample` calls it first; a study calls it before any of its own work.
+
+    Raises:
+        ValueError: ``devices > 1`` on TensorFlow, or more devices than JAX sees (named).
+    """
     if config.devices == 1:
         return
     if backend.NAME != "jax":
@@ -541,7 +547,7 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
         raise ValueError(f"bijector must be a tfp.bijectors.Bijector (TFP's {backend.NAME} substrate) or None. "
                          f"Received: bijector={bijector!r}")
     progress = check_bool("progress", progress)
-    _check_devices(config)
+    check_chain_devices(config)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
     init = _check_initial_state(initial_state, config.num_chains)
     bijector = _IDENTITY if bijector is None else bijector

@@ -115,6 +115,9 @@ class Config:
         n_field_draws: draws pushed through the forward model for the final-density and
             ``psi`` maps.
         jit_compile: XLA for the chains.
+        devices: JAX devices the chains are split over (``n_chains`` must be a
+            multiple); sharding does not change the chains, so it is not part of
+            the cache keys.
     """
 
     name: str = "custom"
@@ -144,6 +147,7 @@ class Config:
     thin: int = 5
     n_field_draws: int = 24
     jit_compile: bool = True
+    devices: int = 1
 
     def __post_init__(self):
         from tfhalo.studies.common import check_config_header, check_sampler_settings
@@ -207,7 +211,7 @@ class Config:
         return inf.SamplerConfig(kernel="hmc", num_chains=self.n_chains, num_warmup=self.n_warmup,
                                  num_samples=self.n_samples, target_accept=self.target_accept,
                                  num_leapfrog_steps=self.leapfrog_steps, seed=self.chains_seed + seed_offset,
-                                 jit_compile=self.jit_compile)
+                                 jit_compile=self.jit_compile, devices=self.devices)
 
     @classmethod
     def preset(cls, name: str = "quick", seed: int = 0, **overrides) -> "Config":
@@ -695,7 +699,7 @@ def _setting_figures(out, setting, bins, prior_power, power, power_true, r, cove
 
 
 def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
-    keep = {k: v for k, v in config.to_dict().items() if k not in ("name", "settings")}
+    keep = {k: v for k, v in config.to_dict().items() if k not in ("name", "settings", "devices")}
     return dict(step="setting", setting=setting, simulation=sim_fp, config=keep)
 
 
@@ -725,6 +729,9 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out must be a directory. Received: out={str(out)!r} (a file)")
+    from tfhalo.inference import check_chain_devices
+
+    check_chain_devices(config.sampler_config())  # the backend and the machine can hold config.devices
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     t_start = time.perf_counter()
     timings = {}

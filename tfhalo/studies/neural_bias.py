@@ -127,6 +127,9 @@ class Config:
         max_tree_depth: largest NUTS tree depth (``kernel="nuts"``).
         target_accept: dual-averaging target acceptance probability, in (0, 1).
         jit_compile: compile the MAP fit and the chains with XLA.
+        devices: JAX devices the chains are split over (``n_chains`` must be a
+            multiple); sharding does not change the chains, so it is not part of
+            the cache keys.
 
     Example:
         >>> Config.preset("quick", seed=1, n_samples=500).n_samples
@@ -159,6 +162,7 @@ class Config:
     max_tree_depth: int = 10
     target_accept: float = 0.9
     jit_compile: bool = True
+    devices: int = 1
 
     def __post_init__(self):
         from tfhalo.studies.common import check_config_header, check_sampler_settings
@@ -246,7 +250,8 @@ class Config:
         return inf.SamplerConfig(
             kernel=self.kernel, num_chains=self.n_chains, num_warmup=self.n_warmup, num_samples=self.n_samples,
             target_accept=self.target_accept, max_tree_depth=self.max_tree_depth,
-            num_leapfrog_steps=self.leapfrog_steps, seed=self.chains_seed, jit_compile=self.jit_compile)
+            num_leapfrog_steps=self.leapfrog_steps, seed=self.chains_seed, jit_compile=self.jit_compile,
+            devices=self.devices)
 
     def pilot_config(self):
         """The pilot run's :class:`tfhalo.inference.SamplerConfig` (``n_pilot`` warm-up and draws), or None."""
@@ -626,7 +631,8 @@ def chains_cache(config: Config, data: StudyData, directory, overwrite: bool = F
     from tfhalo.studies import common
 
     key = dict(step="chains", map=_map_key(config, data), data=data.fingerprint(), sample_field=config.chains_field,
-               sampler=dataclasses.asdict(config.sampler_config()), n_pilot=config.n_pilot)
+               sampler={k: v for k, v in dataclasses.asdict(config.sampler_config()).items() if k != "devices"},
+               n_pilot=config.n_pilot)
     return common.Cache(directory, key, overwrite=overwrite)
 
 
@@ -717,6 +723,9 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out must be a directory. Received: out={str(out)!r} (a file)")
+    from tfhalo.inference import check_chain_devices
+
+    check_chain_devices(config.sampler_config())  # the backend and the machine can hold config.devices
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     t_start = time.perf_counter()
     timings = {}
