@@ -17,6 +17,8 @@ import functools
 import numpy as np
 import scipy.sparse
 
+from tfhalo.validation import check_float_array
+
 PAPER_BOX_SIZE = 75
 PAPER_SHELL_RADII = np.linspace(2.0, 37.5, 20)
 
@@ -56,6 +58,15 @@ def _shell_index(size: int, radii: tuple):
     return index, onehot_t
 
 
+def check_radii(radii, size: int) -> np.ndarray:
+    """``radii`` (default ``shell_radii(size)``) as a non-empty increasing 1-D float64 array of finite numbers."""
+    radii = shell_radii(size) if radii is None else check_float_array("radii", radii)
+    if radii.ndim != 1 or radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(np.diff(radii) <= 0):
+        raise ValueError(f"radii must be a non-empty increasing 1-D array of finite numbers. "
+                         f"Received: radii={radii}")
+    return radii
+
+
 def shell_average(boxes, radii=None) -> np.ndarray:
     """Replace each voxel by the mean of its shell around the box centre.
 
@@ -85,9 +96,7 @@ def shell_average(boxes, radii=None) -> np.ndarray:
     if len(set(cube)) != 1:
         raise ValueError(f"boxes must be cubes. Received: boxes.shape={shape}")
     size = cube[0]
-    radii = shell_radii(size) if radii is None else np.asarray(radii, dtype=np.float64)
-    if radii.ndim != 1 or radii.size == 0 or np.any(np.diff(radii) <= 0):
-        raise ValueError(f"radii must be a non-empty increasing 1-D array. Received: radii={radii}")
+    radii = check_radii(radii, size)
     n_shells = radii.size
     index, onehot_t = _shell_index(size, tuple(float(r) for r in radii))
     flat = boxes.reshape(shape[0], size**3).astype(np.float64, copy=False)

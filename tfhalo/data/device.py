@@ -24,10 +24,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfhalo.data.averaging import _shell_index, shell_radii
+from tfhalo.data.averaging import _shell_index, check_radii
 from tfhalo.data.scalers import InputStandardizer
 from tfhalo.data.subboxes import _check_field, _check_sites, _check_size
-from tfhalo.validation import check_bool, check_choice, check_finite_array, check_float_array
+from tfhalo.validation import check_bool, check_choice, check_finite_array
 
 DEVICE_DTYPES = ("float16", "float32", "float64")
 
@@ -60,14 +60,6 @@ def _check_dtype(dtype) -> str:
             f"(it returns {got}; enable jax_enable_x64 for float64). Received: dtype={name!r}"
         )
     return name
-
-
-def _check_radii(radii, size: int) -> np.ndarray:
-    radii = shell_radii(size) if radii is None else check_float_array("radii", radii)
-    if radii.ndim != 1 or radii.size == 0 or not np.all(np.isfinite(radii)) or np.any(np.diff(radii) <= 0):
-        raise ValueError(f"radii must be a non-empty increasing 1-D array of finite numbers. "
-                         f"Received: radii={radii}")
-    return radii
 
 
 class _ShellPlan:
@@ -147,7 +139,7 @@ def device_shell_average(boxes, radii=None):
         raise ValueError(f"boxes must be floating ({', '.join(DEVICE_DTYPES)}) and computable by the "
                          f"{keras.backend.backend()} backend. Received: boxes.dtype={dtype}") from None
     size = int(cube[0])
-    radii = _check_radii(radii, size)
+    radii = check_radii(radii, size)
     plan = _ShellPlan(size, radii, _index_dtype())
     flat = ops.reshape(ops.convert_to_tensor(boxes), (-1, size**3))
     values = ops.take(flat, plan.order_inside, axis=1)
@@ -203,7 +195,7 @@ class DeviceSubboxes:
                                          or standardizer.mean is None):
             raise ValueError(f"standardizer must be a fitted InputStandardizer or None. "
                              f"Received: standardizer={standardizer!r}")
-        radii = _check_radii(radii, self.size)
+        radii = check_radii(radii, self.size)
         # One non-finite voxel would spread into every box and shell mean containing it.
         check_finite_array("field", field)
         self.half = self.size // 2
