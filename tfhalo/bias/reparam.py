@@ -315,12 +315,12 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
     def _forward(self, v):
         xi, eta, m, lam, log_s = self._npe_coordinates(v)
         dt = v.dtype
-        direction = _const(self.w_hat, dt) + ops.einsum("frk,...kf->...rf", _const(self.q, dt), eta)
+        direction = backend.constant(self.w_hat, dt) + ops.einsum("frk,...kf->...rf", backend.constant(self.q, dt), eta)
         w = ops.exp(lam)[..., None, :] * direction  # (..., R, F)
-        b = m - ops.einsum("r,...rf->...f", _const(self.shell_mean, dt), w)
+        b = m - ops.einsum("r,...rf->...f", backend.constant(self.shell_mean, dt), w)
         big_b = ops.take(v, self.c_index, axis=-1)  # (..., F, J)
         at_anchor, _ = self._undo_tail(ops.take(v, self.d_index, axis=-1))
-        big_a = at_anchor - ops.einsum("...fj,f->...j", big_b, _const(self.anchor, dt))
+        big_a = at_anchor - ops.einsum("...fj,f->...j", big_b, backend.constant(self.anchor, dt))
         c = big_b * ops.exp(-ops.log_sigmoid(m) - log_s)[..., None]
         d = big_a - ops.einsum("...fj,...f->...j", c, ops.softplus(m))
         return self._assemble([w, b, c, d], v)
@@ -337,19 +337,19 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
         dt = theta.dtype
         w = ops.take(theta, self.w_index, axis=-1)  # (..., R, F)
         b = ops.take(theta, self.b_index, axis=-1)
-        sigma_w = ops.einsum("rq,...qf->...rf", _const(self.shell_cov, dt), w)
-        scale = ops.einsum("rf,...rf->...f", _const(self.w_hat, dt), sigma_w)  # e^lambda
+        sigma_w = ops.einsum("rq,...qf->...rf", backend.constant(self.shell_cov, dt), w)
+        scale = ops.einsum("rf,...rf->...f", backend.constant(self.w_hat, dt), sigma_w)  # e^lambda
         scale = self._check_domain(theta, scale)
         lam = ops.log(scale)
-        eta = ops.einsum("frk,...rf->...kf", _const(self.q, dt), sigma_w) / scale[..., None, :]
+        eta = ops.einsum("frk,...rf->...kf", backend.constant(self.q, dt), sigma_w) / scale[..., None, :]
         log_s = lam + 0.5 * ops.log1p(ops.sum(ops.square(eta), axis=-2))
-        m = ops.einsum("r,...rf->...f", _const(self.shell_mean, dt), w) + b
+        m = ops.einsum("r,...rf->...f", backend.constant(self.shell_mean, dt), w) + b
         xi = lam - ops.softplus(m)
         c = ops.take(theta, self.c_index, axis=-1)  # (..., F, J)
         d = ops.take(theta, self.d_index, axis=-1)  # (..., J)
         big_b = c * ops.exp(ops.log_sigmoid(m) + log_s)[..., None]
         big_a = d + ops.einsum("...fj,...f->...j", c, ops.softplus(m))
-        tail = self._tail(big_a + ops.einsum("...fj,f->...j", big_b, _const(self.anchor, dt)))
+        tail = self._tail(big_a + ops.einsum("...fj,f->...j", big_b, backend.constant(self.anchor, dt)))
         radial = ops.concatenate([xi[..., None, :], eta], axis=-2)  # slot r = 0 holds xi
         return self._assemble([radial, m, big_b, tail], theta)
 
@@ -367,11 +367,6 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
         if self.validate_args:
             return backend.assert_positive(scale, "theta outside the reparametrisation's domain (w_hat^T Sigma w <= 0)")
         return scale
-
-
-def _const(value, dtype):
-    """A NumPy constant of the map as a tensor of the input's dtype."""
-    return ops.convert_to_tensor(value, dtype=dtype)
 
 
 def _flatten_last(t, rank: int):
