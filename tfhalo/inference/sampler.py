@@ -213,6 +213,10 @@ class SamplerConfig:
         """JSON-ready copy of the fields."""
         return dataclasses.asdict(self)
 
+    def chain_fields(self) -> dict:
+        """The run's identity, for checkpoints and caches: :meth:`to_dict` less ``devices`` (placement only)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _PLACEMENT_FIELDS}
+
 
 @dataclasses.dataclass
 class Chains:
@@ -389,13 +393,8 @@ def _check_target(log_prob_fn, bijector, init):
 _PLACEMENT_FIELDS = ("devices",)
 
 
-def _chain_config(config) -> dict:
-    """The config fields that determine the chains (the checkpoint's identity)."""
-    return {k: v for k, v in config.to_dict().items() if k not in _PLACEMENT_FIELDS}
-
-
 def _fingerprint(config, init, z0, lp0, bijector) -> str:
-    fields = dict(config=_chain_config(config), bijector=type(bijector).__name__, lp0=[f"{v:.10g}" for v in lp0])
+    fields = dict(config=config.chain_fields(), bijector=type(bijector).__name__, lp0=[f"{v:.10g}" for v in lp0])
     # The backends' random streams differ, so a checkpoint resumes only on its own backend.  TensorFlow's
     # fingerprint leaves the backend out: checkpoints written without one stay valid there.
     if backend.NAME != "tensorflow":
@@ -414,7 +413,7 @@ class _Checkpoint:
     def __init__(self, directory, fingerprint, config):
         self.dir = None if directory is None else Path(directory)
         self.fingerprint = fingerprint
-        self.config_json = json.dumps(_chain_config(config), sort_keys=True)
+        self.config_json = json.dumps(config.chain_fields(), sort_keys=True)
 
     def _check(self, path, data):
         if str(data["fingerprint"]) == self.fingerprint:

@@ -631,7 +631,7 @@ def chains_cache(config: Config, data: StudyData, directory, overwrite: bool = F
     from tfhalo.studies import common
 
     key = dict(step="chains", map=_map_key(config, data), data=data.fingerprint(), sample_field=config.chains_field,
-               sampler={k: v for k, v in dataclasses.asdict(config.sampler_config()).items() if k != "devices"},
+               sampler=config.sampler_config().chain_fields(),
                n_pilot=config.n_pilot)
     return common.Cache(directory, key, overwrite=overwrite)
 
