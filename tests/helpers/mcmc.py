@@ -27,3 +27,12 @@ def check_gaussian(samples, mean, cov, n_sigma=N_SIGMA):
     for i in range(mean.size):
         check_expectation(y[..., i], 0.0, f"mean of whitened coordinate {i}", n_sigma)
         check_expectation(y[..., i] ** 2, 1.0, f"variance of whitened coordinate {i}", n_sigma)
+
+
+def sampler_config(**overrides):
+    """A small :class:`tfhalo.inference.SamplerConfig` for tests: 4 chains, 200 + 400 steps, seed 1, no XLA."""
+    import tfhalo.inference as inf
+
+    base = dict(num_chains=4, num_warmup=200, num_samples=400, block_size=100, jit_compile=False, seed=1)
+    base.update(overrides)
+    return inf.SamplerConfig(**base)

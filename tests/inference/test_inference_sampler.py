@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 
 import tfhalo.inference as inf
-from tests.helpers.mcmc import check_expectation, check_gaussian  # noqa: E402
+from tests.helpers.mcmc import check_expectation, check_gaussian, sampler_config  # noqa: E402
 
 tfb = tfp.bijectors
 P = 4
@@ -45,26 +45,20 @@ def _gaussian(seed=0, p=P):
 MEAN, COV, LOG_PROB = _gaussian()
 
 
-def _config(**kw):
-    base = dict(num_chains=4, num_warmup=200, num_samples=400, block_size=100, jit_compile=False, seed=1)
-    base.update(kw)
-    return inf.SamplerConfig(**base)
-
-
 def _starts(seed, c=4, p=P):
     return MEAN + np.random.default_rng(seed).normal(size=(c, p))
 
 
 @pytest.fixture(scope="module")
 def nuts_chains():
-    return inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts"), progress=False)
+    return inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts"), progress=False)
 
 
 @pytest.fixture(scope="module")
 def hmc_affine_chains():
     # The exact Laplace map whitens this target; HMC then needs few leapfrog steps.
     bij = inf.affine_preconditioner(MEAN, np.linalg.inv(COV))
-    cfg = _config(kernel="hmc", num_leapfrog_steps=2)
+    cfg = sampler_config(kernel="hmc", num_leapfrog_steps=2)
     return inf.sample(LOG_PROB, _starts(3), cfg, bijector=bij, progress=False), bij
 
 
@@ -126,7 +120,7 @@ def test_constrained_target_through_bijectors():
 
     bij = tfb.Blockwise([tfb.Softplus(), tfb.Sigmoid()], block_sizes=[1, 1])
     init = np.column_stack([np.linspace(0.5, 3.0, 4), np.linspace(0.1, 0.6, 4)])
-    ch = inf.sample(log_prob, init, _config(kernel="nuts", num_samples=500), bijector=bij, progress=False)
+    ch = inf.sample(log_prob, init, sampler_config(kernel="nuts", num_samples=500), bijector=bij, progress=False)
     x = ch.samples
     assert np.all(x[..., 0] > 0) and np.all((x[..., 1] > 0) & (x[..., 1] < 1))
     check_expectation(x[..., 0], 1.5, "Gamma mean")
@@ -146,7 +140,7 @@ def test_high_dimensional_diagonal_target_stays_linear_in_memory():
         return -0.5 * tf.reduce_sum(tf.square(x / scale_t), axis=-1)
 
     init = np.random.default_rng(0).normal(size=(4, p)) * scale
-    cfg = _config(kernel="hmc", num_warmup=40, num_samples=4, num_leapfrog_steps=4, block_size=40)
+    cfg = sampler_config(kernel="hmc", num_warmup=40, num_samples=4, num_leapfrog_steps=4, block_size=40)
     ch = inf.sample(log_prob, init, cfg, progress=False)
     assert ch.samples.shape == (4, 4, p) and np.all(np.isfinite(ch.samples))
     assert ch.inverse_mass_matrix.shape == (p,)
@@ -156,16 +150,16 @@ def test_high_dimensional_diagonal_target_stays_linear_in_memory():
 
 
 def test_same_seed_same_chains_other_seed_other_chains(nuts_chains):
-    again = inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts"), progress=False)
+    again = inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts"), progress=False)
     np.testing.assert_array_equal(again.samples, nuts_chains.samples)
     for k, v in nuts_chains.sample_stats.items():
         np.testing.assert_array_equal(again.sample_stats[k], v)
-    other = inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts", seed=2), progress=False)
+    other = inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts", seed=2), progress=False)
     assert not np.allclose(other.samples, nuts_chains.samples)
 
 
 def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
-    cfg = _config(kernel="nuts")
+    cfg = sampler_config(kernel="nuts")
     full = inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
     np.testing.assert_array_equal(full.samples, nuts_chains.samples)
     assert sorted(os.listdir(tmp_path)) == ["block_00000.npz", "block_00001.npz", "block_00002.npz",
@@ -189,7 +183,7 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
 
     # A checkpoint of another config or start is refused.
     with pytest.raises(ValueError, match="checkpoint_dir.*num_samples: 400 there, 500 here"):
-        inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts", num_samples=500), progress=False,
+        inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts", num_samples=500), progress=False,
                    checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="checkpoint_dir.*initial_state"):
         inf.sample(LOG_PROB, _starts(5), cfg, progress=False, checkpoint_dir=tmp_path)
@@ -244,7 +238,7 @@ def _scalar_log_prob(x):
 ])
 def test_bad_inputs_raise_before_sampling(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        inf.sample(*args, _config(), **kwargs)
+        inf.sample(*args, sampler_config(), **kwargs)
 
 
 def test_bad_config_object_and_checkpoint_file(tmp_path):
@@ -253,7 +247,7 @@ def test_bad_config_object_and_checkpoint_file(tmp_path):
     path = tmp_path / "file.txt"
     path.write_text("x")
     with pytest.raises(ValueError, match="checkpoint_dir must be a directory, not a file"):
-        inf.sample(LOG_PROB, np.zeros((4, P)), _config(), checkpoint_dir=path)
+        inf.sample(LOG_PROB, np.zeros((4, P)), sampler_config(), checkpoint_dir=path)
     assert path.read_text() == "x"
 
 

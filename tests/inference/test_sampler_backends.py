@@ -17,7 +17,7 @@ import pytest
 from keras import ops
 
 import tfhalo.inference as inf
-from tests.helpers.mcmc import check_gaussian
+from tests.helpers.mcmc import check_gaussian, sampler_config
 from tests.helpers.backend import run_under_jax_without_tensorflow
 from tfhalo import backend
 
@@ -42,12 +42,6 @@ def _gaussian(seed=0, p=P):
 MEAN, COV, LOG_PROB = _gaussian()
 
 
-def _config(**kw):
-    base = dict(num_chains=4, num_warmup=200, num_samples=400, block_size=100, jit_compile=False, seed=1)
-    base.update(kw)
-    return inf.SamplerConfig(**base)
-
-
 def _starts(seed, c=4):
     return MEAN + np.random.default_rng(seed).normal(size=(c, P))
 
@@ -63,7 +57,7 @@ def _assert_same_chains(a, b):
 
 @pytest.fixture(scope="module")
 def nuts_chains():
-    return inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts"), progress=False)
+    return inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts"), progress=False)
 
 
 def test_backend_primitives():
@@ -90,8 +84,8 @@ def test_batched_equals_the_per_chain_values():
     np.testing.assert_allclose(backend.to_numpy(out), (x**2).sum(axis=1) + x[:, 0], rtol=1e-15)
     # batched targets are sampled as any (C, P) -> (C,) target.
     lp = inf.batched(lambda t: -0.5 * ops.sum(t**2), 4)
-    ch = inf.sample(lp, np.zeros((4, 2)), _config(kernel="hmc", num_warmup=0, num_samples=4, num_leapfrog_steps=2,
-                                                  init_step_size=0.5), progress=False)
+    config = sampler_config(kernel="hmc", num_warmup=0, num_samples=4, num_leapfrog_steps=2, init_step_size=0.5)
+    ch = inf.sample(lp, np.zeros((4, 2)), config, progress=False)
     assert ch.samples.shape == (4, 4, 2) and np.all(np.isfinite(ch.samples))
 
 
@@ -110,7 +104,8 @@ def test_nuts_recovers_correlated_gaussian(nuts_chains):
 
 def test_hmc_with_affine_preconditioner_recovers_the_same_gaussian():
     bij = inf.affine_preconditioner(MEAN, np.linalg.inv(COV))
-    ch = inf.sample(LOG_PROB, _starts(3), _config(kernel="hmc", num_leapfrog_steps=2), bijector=bij, progress=False)
+    ch = inf.sample(LOG_PROB, _starts(3), sampler_config(kernel="hmc", num_leapfrog_steps=2), bijector=bij,
+                    progress=False)
     check_gaussian(ch.samples, MEAN, COV)
     np.testing.assert_array_equal(ch.sample_stats["n_steps"], 2)
     np.testing.assert_allclose(ch.inverse_mass_matrix, 1.0, rtol=0.5)
@@ -121,13 +116,13 @@ def test_hmc_with_affine_preconditioner_recovers_the_same_gaussian():
 
 
 def test_same_seed_same_chains_other_seed_other_chains(nuts_chains):
-    _assert_same_chains(nuts_chains, inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts"), progress=False))
-    other = inf.sample(LOG_PROB, _starts(2), _config(kernel="nuts", seed=2), progress=False)
+    _assert_same_chains(nuts_chains, inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts"), progress=False))
+    other = inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts", seed=2), progress=False)
     assert not np.allclose(other.samples, nuts_chains.samples)
 
 
 def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
-    cfg = _config(kernel="nuts")
+    cfg = sampler_config(kernel="nuts")
     full = inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
     _assert_same_chains(nuts_chains, full)
     # An interruption after two sampling blocks leaves exactly these files.
@@ -150,11 +145,11 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
 
 def test_bad_bijector_and_start_are_refused_before_sampling():
     with pytest.raises(ValueError, match=f"bijector must be a tfp.bijectors.Bijector .TFP's {backend.NAME}"):
-        inf.sample(LOG_PROB, _starts(2), _config(), bijector="exp")
+        inf.sample(LOG_PROB, _starts(2), sampler_config(), bijector="exp")
     with pytest.raises(ValueError, match="initial_state must lie in the bijector's image"):
-        inf.sample(LOG_PROB, -np.ones((4, P)), _config(), bijector=backend.tfp.bijectors.Exp())
+        inf.sample(LOG_PROB, -np.ones((4, P)), sampler_config(), bijector=backend.tfp.bijectors.Exp())
     with pytest.raises(ValueError, match="float64"):
-        inf.sample(lambda x: ops.cast(LOG_PROB(x), "float32"), _starts(2), _config())
+        inf.sample(lambda x: ops.cast(LOG_PROB(x), "float32"), _starts(2), sampler_config())
 
 
 _NO_TF_SCRIPT = textwrap.dedent("""
