@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
     ("jit_compile", "yes", "jit_compile must be True or False. Received: jit_compile='yes'"),
     ("devices", 0, "devices must be at least 1. Received: devices=0"),
     ("devices", 3, r"n_chains must be a multiple of devices=3"),
+    ("sampler", "nuts", "sampler must be one of .* Received: sampler='nuts'"),
+    ("bias_steps", 0, "bias_steps must be at least 1. Received: bias_steps=0"),
 ])
 def test_every_field_is_checked_on_construction(field, value, match):
     with pytest.raises(ValueError, match=match):

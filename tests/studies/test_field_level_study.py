@@ -131,8 +131,8 @@ def test_bad_arguments_are_refused(tmp_path):
     assert not (tmp_path / "suite").exists()
 
 
-def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study):
-    from tfhalo import backend
+def _nbody_posterior(study):
+    """The study's N-body posterior, its truth + fitted-bias state ``(P,)`` and the fitted ``theta``."""
     from tfhalo.bias.model import build_model
     from tfhalo.field.forward import LPTForwardModel
     from tfhalo.field.posterior import FieldCatalogue, FieldLevelPosterior
@@ -149,6 +149,44 @@ def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study
                                           sim.box_size, config.n_grid, config.threshold_mass)
     posterior = FieldLevelPosterior(forward, model, catalogue)
     state = np.concatenate([field_level.truth_white_noise(sim, config.n_grid).reshape(-1), theta])
+    return posterior, state, theta
+
+
+def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
+    from tfhalo import backend
+
+    posterior, state, _ = _nbody_posterior(study)
+    rng = np.random.default_rng(4)
+    states = np.stack([state, state + 0.05 * rng.normal(size=state.size)])
+    n, n_field = study[0].n_grid, posterior.n_field
+    joint = backend.to_numpy(posterior.log_prob(backend.constant(states)))
+    omega = backend.constant(states[:, :n_field].reshape(2, n, n, n))
+    conditional = backend.to_numpy(posterior.bias_log_prob(posterior.log_density(omega),
+                                                           backend.constant(states[:, n_field:])))
+    field_prior = -0.5 * np.sum(states[:, :n_field] ** 2, axis=1) - 0.5 * n_field * np.log(2 * np.pi)
+    np.testing.assert_allclose(conditional, joint - field_prior, rtol=1e-10)
+
+
+def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path):
+    config, root, _ = study
+    gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_steps": 2})
+    results = field_level.run(gibbs, root / "suite", tmp_path / "out", progress=False)
+    s = results["settings"]["mock"]["sampler"]
+    sweeps = gibbs.n_warmup + gibbs.n_samples
+    assert s["n_gradient_evaluations"] == sweeps * (gibbs.leapfrog_steps + 1) * gibbs.n_chains
+    assert 0.0 < s["acceptance_rate"] <= 1.0
+    with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
+        omega, theta = f["omega"][...], f["theta"][...]
+    assert np.all(np.isfinite(theta)) and np.all(np.isfinite(omega))
+    # both blocks move: every chain visits more than one value of the bias and of the field
+    assert np.all(np.ptp(theta, axis=0) > 0) and np.all(np.ptp(omega.reshape(gibbs.n_samples, gibbs.n_chains, -1),
+                                                                axis=0).max(axis=-1) > 0)
+
+
+def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study):
+    from tfhalo import backend
+
+    posterior, state, theta = _nbody_posterior(study)
     bijector = field_level._local_linear_bias_bijector(posterior, state)
     assert isinstance(bijector, backend.tfp.bijectors.Bijector)
     z = backend.to_numpy(bijector.inverse(backend.constant(theta[None])))

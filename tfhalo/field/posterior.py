@@ -433,6 +433,22 @@ class FieldLevelPosterior:
         halo, expected = self._chain_terms(self.log_density(omega), theta)
         return ops.cast(halo - expected, omega.dtype)
 
+    def bias_log_prob(self, log_density, theta):
+        """``(C,)`` ln p(theta | field) up to a constant: the bias prior plus eq. 16 given the field.
+
+        The bias parameters see the white noise only through the model input
+        ``log_density = self.log_density(omega)``, so a blocked sampler computes it once
+        per sweep and then moves ``theta`` without running the forward model.  Equals
+        :meth:`log_prob` less the white noise's prior term.
+
+        Args:
+            log_density: ``(C, n, n, n)`` model input of each chain's field.
+            theta: ``(C, n_bias)``.
+        """
+        theta = ops.convert_to_tensor(theta)
+        halo, expected = self._chain_terms(ops.convert_to_tensor(log_density), theta)
+        return log_prior(theta, self.prior_scale) + ops.cast(halo - expected, theta.dtype)
+
     def log_prob(self, state):
         """``(C,)`` normalised log prior + ln L at ``state (C, size)`` (unnormalised posterior)."""
         state = self._check_state(state)

@@ -8,6 +8,10 @@
   checkpointed blocks.  Memory is ``O(P)`` per chain and draw.
 * :func:`affine_preconditioner`: ``theta = theta_MAP + chol(H^-1) z`` as a bijector
   (the one dense, ``O(P^2)``, option).
+* :class:`GibbsKernel`, :class:`GibbsConfig`, :func:`sample_gibbs`: blocked
+  (Metropolis-within-Gibbs) sampling, each block moved by its own TFP kernel
+  (HMC, slice sampling, ...) given the others, as BORG alternates the initial
+  conditions and the bias parameters.
 * :func:`batched`: a ``(P,) -> ()`` log-density as ``(C, P) -> (C,)``.
 * :func:`to_inference_data` (also :meth:`Chains.to_inference_data`),
   :func:`save_inference_data`, :func:`load_inference_data`,
@@ -44,10 +48,13 @@ from tfhalo.inference.diagnostics import (
     save_inference_data,
     to_inference_data,
 )
+from tfhalo.inference.gibbs import GibbsConfig, GibbsKernel, sample_gibbs
 from tfhalo.inference.sampler import Chains, SamplerConfig, batched, check_chain_devices, sample
 
 __all__ = [
     "Chains",
+    "GibbsConfig",
+    "GibbsKernel",
     "SamplerConfig",
     "check_chain_devices",
     "affine_preconditioner",
@@ -56,6 +63,7 @@ __all__ = [
     "convergence_summary",
     "load_inference_data",
     "sample",
+    "sample_gibbs",
     "save_inference_data",
     "to_inference_data",
 ]

@@ -65,6 +65,7 @@ SETTINGS = ("mock", "nbody")
 STARTS = ("prior", "map")
 PRECONDITIONERS = ("curvature", "prior", "none")
 BIAS_COORDINATES = ("local_linear", "diagonal")
+SAMPLERS = ("joint", "gibbs")
 LEVELS = (0.68, 0.95)
 # A bin's coverage passes when it is within this many binomial standard errors of
 # nominal; with 2 levels x ~8 bins, 3 sigma keeps the chance of a false alarm for a
@@ -108,8 +109,17 @@ class Config:
             (:class:`~tfhalo.bias.reparam.LocalLinearReparametrization` on the start's LPT density,
             then its Laplace map: the neural bias study's coordinates, in which the bias posterior
             given a field is nearly Gaussian; the bias then mixes faster, the low-k power no faster).
+        sampler: ``"joint"`` (one HMC kernel on the white noise and the bias together,
+            with windowed step-size and mass-matrix adaptation) or ``"gibbs"`` (each sweep
+            moves the white noise by HMC given the bias, then the bias by ``bias_steps``
+            hit-and-run slice-sampling transitions given the field, as BORG alternates
+            them; :class:`~tfhalo.inference.GibbsKernel`).  The bias block then reuses
+            the sweep's LPT density and needs no gradient.
+        bias_steps: slice-sampling transitions of the bias per sweep (``sampler="gibbs"``).
         n_probes: Hutchinson probes of the curvature estimate.
-        n_chains, n_warmup, n_samples, leapfrog_steps, target_accept: HMC settings.
+        n_chains, n_warmup, n_samples, leapfrog_steps, target_accept: HMC settings (of the
+            field block with ``sampler="gibbs"``, whose step size adapts by dual averaging
+            over the first 80% of the warm-up sweeps).
         n_bins: ``|k|`` bins (default: width ``2 pi / L``).
         thin: every ``thin``-th draw of the white noise is saved.
         n_field_draws: draws pushed through the forward model for the final-density and
@@ -137,6 +147,8 @@ class Config:
     map_field_steps: int = 200
     preconditioner: str = "curvature"
     bias_coordinates: str = "diagonal"
+    sampler: str = "joint"
+    bias_steps: int = 10
     n_probes: int = 8
     n_chains: int = 2
     n_warmup: int = 150
@@ -181,6 +193,11 @@ class Config:
         set_("map_field_steps", check_int("map_field_steps", self.map_field_steps, minimum=1))
         check_choice("preconditioner", self.preconditioner, PRECONDITIONERS)
         check_choice("bias_coordinates", self.bias_coordinates, BIAS_COORDINATES)
+        check_choice("sampler", self.sampler, SAMPLERS)
+        set_("bias_steps", check_int("bias_steps", self.bias_steps, minimum=1))
+        if self.sampler == "gibbs" and self.devices != 1:
+            raise ValueError(f"devices must be 1 with sampler='gibbs' (its chains run on one device). "
+                             f"Received: devices={self.devices}")
         set_("n_probes", check_int("n_probes", self.n_probes, minimum=1))
         set_("n_chains", check_int("n_chains", self.n_chains, minimum=1))
         set_("n_warmup", check_int("n_warmup", self.n_warmup, minimum=0))
@@ -425,15 +442,19 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Pat
     # Chains start at the fit, dispersed by a tenth of those widths, so that R-hat can see a
     # chain that does not leave its start.
     state0[:, n_field:] += 0.1 * bias_scale[None, :] * rng.standard_normal((config.n_chains, n_bias))
+    if config.preconditioner == "curvature":
+        scales = curvature_scales(posterior.log_prob, state0, n, n_probes=config.n_probes,
+                                  seed=config.chains_seed + offset)
+    else:
+        scales = np.ones((n, n, n))
+    if config.sampler == "gibbs":
+        chains = _gibbs_chains(config, posterior, state0, scales, bias_scale, theta_fit, offset, progress)
+        return chains, {"setup_s": time.perf_counter() - t0 - chains.seconds,
+                        "field_scale_min": float(np.min(scales)), "field_scale_max": float(np.max(scales)),
+                        "bias_scale": bias_scale.tolist()}
     if config.preconditioner == "none":
         bijector = None
-        scales = np.ones((n, n, n))
     else:
-        if config.preconditioner == "curvature":
-            scales = curvature_scales(posterior.log_prob, state0, n, n_probes=config.n_probes,
-                                      seed=config.chains_seed + offset)
-        else:
-            scales = np.ones((n, n, n))
         if config.bias_coordinates == "diagonal":
             bijector = FourierPreconditioner(n, n_bias, field_scale=scales, bias_loc=theta_fit,
                                              bias_scale=bias_scale)
@@ -446,6 +467,58 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Pat
                         progress=progress, checkpoint_dir=out / "checkpoint")
     return chains, {"setup_s": setup_s, "field_scale_min": float(np.min(scales)),
                     "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()}
+
+
+def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, theta_fit, offset: int,
+                  progress: bool):
+    """Blocked chains: HMC on the white noise given the bias, then slice sampling of the bias given the field.
+
+    The white noise moves in the Fourier-preconditioned coordinates (``field_scale``)
+    by HMC whose step size adapts by dual averaging; the bias moves by TFP's hit-and-run
+    ``SliceSampler`` (Neal 2003) in its sampling coordinates (``bias_coordinates``),
+    on a conditional that reuses the sweep's LPT density.  Every move leaves the joint
+    posterior invariant.
+    """
+    import dataclasses
+
+    from keras import ops
+
+    import tfhalo.inference as inf
+    from tfhalo import backend
+    from tfhalo.field.precondition import FourierPreconditioner
+
+    tfp = backend.tfp
+    n, n_field = config.n_grid, posterior.n_field
+    field_bijector = None if config.preconditioner == "none" else FourierPreconditioner(n, 0, field_scale=field_scale)
+    if config.bias_coordinates == "diagonal":
+        bias_bijector = tfp.bijectors.Chain([tfp.bijectors.Shift(backend.constant(theta_fit)),
+                                             tfp.bijectors.Scale(backend.constant(bias_scale))])
+    else:
+        bias_bijector = _local_linear_bias_bijector(posterior, state0[0])
+    n_adapt = max(1, int(0.8 * config.n_warmup))
+
+    def field_kernel(f):
+        hmc = tfp.mcmc.HamiltonianMonteCarlo(f, step_size=backend.constant(0.1),
+                                             num_leapfrog_steps=config.leapfrog_steps)
+        return tfp.mcmc.DualAveragingStepSizeAdaptation(
+            hmc, num_adaptation_steps=n_adapt, target_accept_prob=backend.constant(config.target_accept))
+
+    def bias_kernel(f):
+        return tfp.mcmc.SliceSampler(f, step_size=backend.constant(1.0), max_doublings=5)
+
+    def bias_conditional(blocks):
+        log_density = posterior.log_density(ops.reshape(blocks[0], (-1, n, n, n)))
+        return lambda theta: posterior.bias_log_prob(log_density, theta)
+
+    kernel = inf.GibbsKernel(posterior.log_prob, [n_field, posterior.n_bias], [field_kernel, bias_kernel],
+                             conditional_fns=[None, bias_conditional], bijectors=[field_bijector, bias_bijector],
+                             steps_per_sweep=[1, config.bias_steps])
+    gibbs = inf.GibbsConfig(num_chains=config.n_chains, num_warmup=config.n_warmup, num_samples=config.n_samples,
+                            seed=config.chains_seed + offset, jit_compile=config.jit_compile)
+    chains = inf.sample_gibbs(kernel, state0, gibbs, progress=progress)
+    # Per chain and sweep: the gradient at the refreshed start and one per leapfrog step.
+    sweeps = config.n_warmup + config.n_samples
+    return dataclasses.replace(chains, n_gradient_evaluations=sweeps * (config.leapfrog_steps + 1))
 
 
 def _local_linear_bias_bijector(posterior, state):
