@@ -64,7 +64,7 @@ import numpy as np
 from keras import ops
 
 from tfhalo import backend
-from tfhalo.inference.sampler import MAX_ENERGY_ERROR, Chains, _block_seed, _blocks
+from tfhalo.inference.sampler import MAX_ENERGY_ERROR, Chains, _block_seed, _blocks, _check_initial_state
 from tfhalo.validation import check_bool, check_int
 
 __all__ = ["GibbsConfig", "GibbsKernel", "sample_gibbs"]
@@ -110,10 +110,6 @@ class GibbsConfig:
     def to_dict(self) -> dict:
         """JSON-ready copy of the fields (with ``kernel="gibbs"``)."""
         return dict(kernel="gibbs", **dataclasses.asdict(self))
-
-    def chain_fields(self) -> dict:
-        """The run's identity, for caches (every field)."""
-        return self.to_dict()
 
 
 def _refresh(kernel, results, x):
@@ -252,9 +248,8 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
         out, diverging, lp = {}, None, None
         for i, r in enumerate(results):
             lar = _find(r, "log_accept_ratio")
+            # MH-based kernels keep the current state's value in their accepted results
             target = _find(_find(r, "accepted_results") or r, "target_log_prob")
-            if target is None:
-                target = _find(r, "target_log_prob")
             if target is not None:
                 lp = target
             if lar is not None:
@@ -301,11 +296,11 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     if not isinstance(config, GibbsConfig):
         raise ValueError(f"config must be a GibbsConfig. Received: config={config!r}")
     progress = check_bool("progress", progress)
-    theta0 = np.asarray(initial_state, np.float64)
+    theta0 = _check_initial_state(initial_state, config.num_chains)
     p = sum(kernel.block_sizes)
-    if theta0.shape != (config.num_chains, p) or not np.all(np.isfinite(theta0)):
+    if theta0.shape[1] != p:
         raise ValueError(f"initial_state must be finite with shape (num_chains, P) = ({config.num_chains}, {p}). "
-                         f"Received: shape {theta0.shape}, finite: {bool(np.all(np.isfinite(theta0)))}")
+                         f"Received: shape {theta0.shape}")
     lp0 = backend.to_numpy(kernel.parameters["target_log_prob_fn"](backend.constant(theta0)))
     if not np.all(np.isfinite(lp0)):
         raise ValueError(f"the target log density must be finite at initial_state. Received: {lp0.tolist()}")

@@ -449,22 +449,20 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Pat
         scales = np.ones((n, n, n))
     if config.sampler == "gibbs":
         chains = _gibbs_chains(config, posterior, state0, scales, bias_scale, theta_fit, offset, progress)
-        return chains, {"setup_s": time.perf_counter() - t0 - chains.seconds,
-                        "field_scale_min": float(np.min(scales)), "field_scale_max": float(np.max(scales)),
-                        "bias_scale": bias_scale.tolist()}
-    if config.preconditioner == "none":
-        bijector = None
+        setup_s = time.perf_counter() - t0 - chains.seconds
     else:
-        if config.bias_coordinates == "diagonal":
+        if config.preconditioner == "none":
+            bijector = None
+        elif config.bias_coordinates == "diagonal":
             bijector = FourierPreconditioner(n, n_bias, field_scale=scales, bias_loc=theta_fit,
                                              bias_scale=bias_scale)
         else:
             bijector = backend.tfp.bijectors.Blockwise(
                 [FourierPreconditioner(n, 0, field_scale=scales), _local_linear_bias_bijector(posterior, state0[0])],
                 block_sizes=[n_field, n_bias])
-    setup_s = time.perf_counter() - t0
-    chains = inf.sample(posterior.log_prob, state0, config.sampler_config(seed_offset=offset), bijector=bijector,
-                        progress=progress, checkpoint_dir=out / "checkpoint")
+        setup_s = time.perf_counter() - t0
+        chains = inf.sample(posterior.log_prob, state0, config.sampler_config(seed_offset=offset),
+                            bijector=bijector, progress=progress, checkpoint_dir=out / "checkpoint")
     return chains, {"setup_s": setup_s, "field_scale_min": float(np.min(scales)),
                     "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()}
 
