@@ -49,8 +49,8 @@ import sys
 import keras
 import numpy as np
 
-__all__ = ["ARGUMENT_ERRORS", "NAME", "assert_positive", "constant", "flatten", "hessian", "hessian_fn", "jit", "map_chains",
-           "static_value", "stateless_seed", "tfp", "to_numpy", "value_and_gradient"]
+__all__ = ["ARGUMENT_ERRORS", "NAME", "assert_positive", "constant", "flatten", "hessian", "hessian_fn", "jit",
+           "leaf_from_numpy", "leaf_to_numpy", "map_chains", "static_value", "stateless_seed", "tfp", "to_numpy", "value_and_gradient"]
 
 #: Keras backends this module implements.
 BACKENDS = ("tensorflow", "jax")
@@ -188,6 +188,22 @@ def convert(value):
 def to_numpy(x) -> np.ndarray:
     """A backend tensor (eager) as a NumPy array."""
     return np.asarray(x)
+
+
+def leaf_to_numpy(x) -> np.ndarray:
+    """A kernel-results leaf as a NumPy array; a JAX typed PRNG key becomes its raw key data."""
+    if NAME == "jax":
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return np.asarray(jax.random.key_data(x))
+    return to_numpy(x)
+
+
+def leaf_from_numpy(array, like):
+    """Inverse of :func:`leaf_to_numpy`: ``array`` as a tensor of the kind of ``like`` (a key where it is one)."""
+    if NAME == "jax":
+        if jax.dtypes.issubdtype(like.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(jnp.asarray(array), impl=jax.random.key_impl(like))
+    return convert(np.asarray(array))
 
 
 def flatten(structure) -> list:

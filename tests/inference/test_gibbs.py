@@ -105,6 +105,40 @@ def test_same_seed_same_chains_and_another_seed_other_chains():
     assert not np.allclose(a, c)
 
 
+def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path):
+    # The HMC block adapts its step size during warm-up (150 sweeps here), so a resume in
+    # warm-up must restore the adaptation state as well as the chains' state.
+    _, _, _, log_prob = _gaussian()
+    kernel = GibbsKernel(log_prob, [3, 2], [_hmc(30), _slice])
+    cfg = _config(num_warmup=40, num_samples=20, block_size=10)
+    plain = sample_gibbs(kernel, np.zeros((4, P)), cfg, progress=False)
+    ckpt = tmp_path / "ckpt"
+    full = sample_gibbs(kernel, np.zeros((4, P)), cfg, progress=False, checkpoint_dir=ckpt)
+    np.testing.assert_array_equal(full.samples, plain.samples)
+    files = sorted(ckpt.glob("block_*.npz"))
+    assert len(files) == 6
+    # Interrupted after the second warm-up block: the later blocks are missing.
+    for f in files[2:]:
+        f.unlink()
+    resumed = sample_gibbs(kernel, np.zeros((4, P)), cfg, progress=False, checkpoint_dir=ckpt)
+    np.testing.assert_array_equal(resumed.samples, plain.samples)
+    for k in plain.sample_stats:
+        np.testing.assert_array_equal(resumed.sample_stats[k], plain.sample_stats[k])
+    assert resumed.step_size == plain.step_size
+    # A finished run is read back without sampling.
+    again = sample_gibbs(kernel, np.zeros((4, P)), cfg, progress=False, checkpoint_dir=ckpt)
+    np.testing.assert_array_equal(again.samples, plain.samples)
+    # Another seed or start is another run: refused, not mixed in.
+    with pytest.raises(ValueError, match="checkpoint_dir holds a checkpoint of another run: block_00000.npz: "
+                                         "the config differs \\(seed: 2 there, 5 here\\)"):
+        sample_gibbs(kernel, np.zeros((4, P)), _config(num_warmup=40, num_samples=20, block_size=10, seed=5),
+                     progress=False, checkpoint_dir=ckpt)
+    with pytest.raises(ValueError, match="checkpoint_dir holds a checkpoint of another run"):
+        sample_gibbs(kernel, np.full((4, P), 0.1), cfg, progress=False, checkpoint_dir=ckpt)
+    with pytest.raises(ValueError, match="checkpoint_dir must be a directory, not a file"):
+        sample_gibbs(kernel, np.zeros((4, P)), cfg, progress=False, checkpoint_dir=files[0])
+
+
 def test_bad_arguments_are_named_before_any_sweep():
     _, _, _, log_prob = _gaussian()
     with pytest.raises(ValueError, match="kernel_fns needs one entry per block"):

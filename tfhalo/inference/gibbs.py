@@ -57,14 +57,25 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from typing import Callable, Optional, Sequence
 
+import keras
 import numpy as np
 from keras import ops
 
 from tfhalo import backend
-from tfhalo.inference.sampler import MAX_ENERGY_ERROR, Chains, _block_seed, _blocks, _check_initial_state
+from tfhalo.inference.sampler import (
+    MAX_ENERGY_ERROR,
+    Chains,
+    _block_seed,
+    _blocks,
+    _check_checkpoint_dir,
+    _check_initial_state,
+    _Checkpoint,
+)
 from tfhalo.validation import check_bool, check_int
 
 __all__ = ["GibbsConfig", "GibbsKernel", "sample_gibbs"]
@@ -110,6 +121,10 @@ class GibbsConfig:
     def to_dict(self) -> dict:
         """JSON-ready copy of the fields (with ``kernel="gibbs"``)."""
         return dict(kernel="gibbs", **dataclasses.asdict(self))
+
+    def chain_fields(self) -> dict:
+        """The run's identity, for checkpoints: :meth:`to_dict`."""
+        return self.to_dict()
 
 
 def _refresh(kernel, results, x):
@@ -268,8 +283,19 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
         return out
 
 
+def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, lp0: np.ndarray) -> str:
+    p = kernel.parameters
+    fields = dict(config=config.chain_fields(), block_sizes=p["block_sizes"], steps=p["steps_per_sweep"],
+                  bijectors=[type(b).__name__ for b in p["bijectors"]], lp0=[f"{v:.10g}" for v in lp0],
+                  backend=backend.NAME)
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    h.update(str(theta0.shape).encode())
+    h.update(np.ascontiguousarray(theta0, np.float64).tobytes())
+    return h.hexdigest()
+
+
 def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = GibbsConfig(),
-                 progress: bool = True) -> Chains:
+                 progress: bool = True, checkpoint_dir=None) -> Chains:
     """Run ``config.num_warmup + config.num_samples`` sweeps of ``kernel``; keep the last ``num_samples``.
 
     Args:
@@ -277,6 +303,11 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
         initial_state: ``(C, P)`` finite starting points in the target's coordinates.
         config: a :class:`GibbsConfig` (``num_chains`` must equal ``C``).
         progress: a tqdm bar per compiled block of sweeps.
+        checkpoint_dir: optional directory.  After each compiled block of sweeps (warm-up
+            or kept) the state and every block kernel's results (adapted step sizes
+            included) are saved there (atomic ``.npz``).  Calling again with the same
+            arguments resumes and returns the chains an uninterrupted run returns; a
+            checkpoint of another config, kernel layout or start raises ``ValueError``.
 
     Returns:
         :class:`~tfhalo.inference.Chains` with ``samples (S, C, P)`` in the target's
@@ -296,6 +327,7 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     if not isinstance(config, GibbsConfig):
         raise ValueError(f"config must be a GibbsConfig. Received: config={config!r}")
     progress = check_bool("progress", progress)
+    ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
     theta0 = _check_initial_state(initial_state, config.num_chains)
     p = sum(kernel.block_sizes)
     if theta0.shape[1] != p:
@@ -321,18 +353,39 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     run_c = backend.jit(run, jit_compile=jit, static_argnums=(3,))
     z = backend.convert(kernel.inverse(backend.constant(theta0)))
     results = start_c(z)
-    t0 = time.perf_counter()
+    ckpt = _Checkpoint(ckpt_dir, _fingerprint(kernel, config, theta0, lp0), config)
+    # The kernels' results are nested named tuples; a checkpoint stores their leaves in order and
+    # packs them back into the structure a fresh start has.
+    template = results
+    seconds = 0.0
     kept, traces = [], []
     bar = tqdm(total=config.num_warmup + config.num_samples, desc="Gibbs", disable=not progress, mininterval=1.0)
+    number = 0
     for phase, total in ((0, config.num_warmup), (1, config.num_samples)):
         for index, n in enumerate(_blocks(total, config.block_size)):
-            draws, trace, z, results = run_c(z, results, _block_seed(config.seed, phase, index), n)
+            saved = ckpt.load_block(number)
+            if saved is None:
+                t1 = time.perf_counter()
+                draws, trace, z, results = run_c(z, results, _block_seed(config.seed, phase, index), n)
+                saved = dict(z=backend.to_numpy(z), seconds=np.array(time.perf_counter() - t1))
+                saved.update({f"r{i:04d}": backend.leaf_to_numpy(leaf)
+                              for i, leaf in enumerate(keras.tree.flatten(results))})
+                if phase == 1:
+                    saved["draws"] = backend.to_numpy(draws)
+                    saved.update({f"t_{k}": backend.to_numpy(v) for k, v in trace.items()})
+                ckpt.save_block(number, **saved)
+            else:
+                like = keras.tree.flatten(template)
+                results = keras.tree.pack_sequence_as(
+                    template, [backend.leaf_from_numpy(saved[f"r{i:04d}"], leaf) for i, leaf in enumerate(like)])
+                z = backend.convert(saved["z"])
             if phase == 1:
-                kept.append(backend.to_numpy(draws))
-                traces.append({k: backend.to_numpy(v) for k, v in trace.items()})
+                kept.append(np.asarray(saved["draws"]))
+                traces.append({k[2:]: np.asarray(v) for k, v in saved.items() if k.startswith("t_")})
+            seconds += float(saved["seconds"])
+            number += 1
             bar.update(n)
     bar.close()
-    seconds = time.perf_counter() - t0
     samples = np.concatenate(kept)
     stats = {k: np.concatenate([t[k] for t in traces]) for k in traces[0]}
     stats["diverging"] = stats["diverging"].astype(bool)
