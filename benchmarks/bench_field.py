@@ -30,7 +30,14 @@ in one run:
    * ``prior``: Hartley coordinates with unit scales (the prior's), only the
      sampler's diagonal mass-matrix adaptation;
    * ``none``: plain ``omega`` and ``theta``, HMC with the sampler's
-     mass-matrix adaptation only; the baseline of the ratios.
+     mass-matrix adaptation only; the baseline of the ratios;
+   * ``gibbs`` (joint target only): the study's blocked sampler
+     (``sampler="gibbs"``, :class:`tfhalo.inference.GibbsKernel`): per sweep one
+     HMC transition of the white noise given the bias in the ``curvature``
+     coordinates, its step size adapted by dual averaging, then ``--bias-steps``
+     slice-sampling moves of the bias given the field.  Its gradient count is the
+     field block's; the slice moves evaluate the bias model on the sweep's
+     density, without the forward model or a gradient, and are not counted.
 
    The target is a self-consistent mock (``--sample-grid`` 16^3 in a 64 Mpc/h
    box by default): halos drawn from the model's own Poisson process
@@ -63,7 +70,7 @@ through the halo count.
 
 Usage:
     python benchmarks/bench_field.py [--quick] [--grids 32,64] [--seeds 0,1] [--field-given-bias]
-                                     [--variants curvature,prior,none] [--out bench_field.json]
+                                     [--variants curvature,prior,none,gibbs] [--out bench_field.json]
     python benchmarks/bench_field.py --quick          # smoke run, ~2 minutes on 2 cores
 
 The default run takes about 6 minutes on 2 CPU cores (each seed of
@@ -107,19 +114,20 @@ from tfhalo.sim.grid import wrap_periodic  # noqa: E402
 from tfhalo.sim.ics import white_noise  # noqa: E402
 from tfhalo.studies.common import machine_info  # noqa: E402
 # Private helpers of the study, imported so that the chains start exactly as the study's do.
+from tfhalo.studies import field_level  # noqa: E402
 from tfhalo.studies.field_level import N_LOW_K_BINS, _conditional_bias_scale, _map_field, linear_fields  # noqa: E402
 from tfhalo.validation import check_float, check_int, check_output_path  # noqa: E402
 
-VARIANTS = ("curvature", "prior", "none")
+VARIANTS = ("curvature", "prior", "none", "gibbs")
 BASELINE = "none"
 N_CHAINS = 2  # the study's chains, and the batch of the timing
 
 # Settings of the default run and of --quick; any flag given explicitly overrides them.
 DEFAULTS = dict(grids="32,64", repeats=5, sample_grid=16, seeds="0", warmup=150, samples=300, leapfrog_steps=20,
-                map_field_steps=200, n_probes=8, fit_steps=300, sampler_xla=1)
+                map_field_steps=200, n_probes=8, fit_steps=300, sampler_xla=1, bias_steps=10)
 # The smoke run's chains and fit are too short to repay XLA's compilation (~40 s per sampler variant).
 QUICK = dict(grids="8", repeats=2, sample_grid=8, seeds="0", warmup=40, samples=30, leapfrog_steps=5,
-             map_field_steps=20, n_probes=2, fit_steps=40, sampler_xla=0)
+             map_field_steps=20, n_probes=2, fit_steps=40, sampler_xla=0, bias_steps=3)
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -285,6 +293,22 @@ def bijector_for(variant, target, state0, bias_scale, seed, n_probes):
     return bij, scales, setup, time.perf_counter() - t0
 
 
+def gibbs_chains(args, target, state0, bias_scale, seed):
+    """The study's blocked sampler on the joint target: ``(chains, field scales, setup gradients, setup s)``."""
+    posterior = target.posterior
+    n = posterior.forward.n_grid
+    t0 = time.perf_counter()
+    scales = curvature_scales(target.log_prob, state0, n, n_probes=args.n_probes, seed=seed)
+    setup_s = time.perf_counter() - t0
+    config = field_level.Config.preset(
+        "quick", seed=args.data_seed, sampler_seed=seed, n_side=2 * n, box_size=posterior.forward.box_size, n_grid=n,
+        sampler="gibbs", bias_steps=args.bias_steps, n_chains=N_CHAINS, n_warmup=args.warmup,
+        n_samples=args.samples, leapfrog_steps=args.leapfrog_steps, target_accept=args.target_accept,
+        jit_compile=bool(args.sampler_xla))
+    chains = field_level._gibbs_chains(config, posterior, state0, scales, bias_scale, target.theta, 0, None, False)
+    return chains, scales, 2 * args.n_probes, setup_s
+
+
 def low_k_power(samples, posterior):
     """``(C, S, N_LOW_K_BINS)`` power of the linear field in the lowest k bins (the study's bins), and their k."""
     n, box = posterior.forward.n_grid, posterior.forward.box_size
@@ -339,18 +363,23 @@ def sampling_table(args, theta, posterior, starts, joint):
               f"{'setup':>5} {'sec':>5}")
     print(header)
     rows = []
+    # The blocked sampler has no field-alone form: it is the joint sampler with the bias moved apart.
+    variants = [v for v in args.variants if joint or v != "gibbs"]
     for seed in args.seeds:
         state0, bias_scale, start_s = starts[seed]
         seed_rows = {}
-        for variant in args.variants:
-            bij, scales, setup, setup_s = bijector_for(variant, target, target.start(state0), bias_scale, seed,
-                                                       args.n_probes)
-            config = inf.SamplerConfig(kernel="hmc", num_chains=N_CHAINS, num_warmup=args.warmup,
-                                       num_samples=args.samples, target_accept=args.target_accept,
-                                       num_leapfrog_steps=args.leapfrog_steps, seed=seed,
-                                       jit_compile=bool(args.sampler_xla),
-                                       block_size=max(args.warmup, args.samples))
-            chains = inf.sample(target.log_prob, target.start(state0), config, bijector=bij, progress=False)
+        for variant in variants:
+            if variant == "gibbs":
+                chains, scales, setup, setup_s = gibbs_chains(args, target, state0, bias_scale, seed)
+            else:
+                bij, scales, setup, setup_s = bijector_for(variant, target, target.start(state0), bias_scale, seed,
+                                                           args.n_probes)
+                config = inf.SamplerConfig(kernel="hmc", num_chains=N_CHAINS, num_warmup=args.warmup,
+                                           num_samples=args.samples, target_accept=args.target_accept,
+                                           num_leapfrog_steps=args.leapfrog_steps, seed=seed,
+                                           jit_compile=bool(args.sampler_xla),
+                                           block_size=max(args.warmup, args.samples))
+                chains = inf.sample(target.log_prob, target.start(state0), config, bijector=bij, progress=False)
             seed_rows[variant] = dict(
                 seed=seed, variant=variant, step_size=float(chains.step_size),
                 acceptance=float(np.mean(chains.sample_stats["acceptance_rate"])),
@@ -369,7 +398,7 @@ def sampling_table(args, theta, posterior, starts, joint):
             print(_row_line(row), flush=True)
     if len(args.seeds) > 1:
         print("median over seeds (divergences: total):")
-        for variant in args.variants:
+        for variant in variants:
             mine = [r for r in rows if r["variant"] == variant]
             med = {k: _median(mine, k) for k in _MEDIAN_KEYS}
             med.update(seed="all", variant=variant, n_divergent=sum(r["n_divergent"] for r in mine),
@@ -448,6 +477,8 @@ def parse_args(argv=None):
     parser.add_argument("--fit-steps", type=int, help="Adam steps of the bias fit (default 300)")
     parser.add_argument("--sampler-xla", type=int, choices=(0, 1),
                         help="compile the bias fit and the chains with XLA (default 1; quick 0)")
+    parser.add_argument("--bias-steps", type=int,
+                        help="slice-sampling moves of the bias per sweep of the gibbs variant (default 10; quick 3)")
     parser.add_argument("--field-given-bias", action="store_true",
                         help="also sample the white noise alone, the bias fixed at its true values (2b)")
     parser.add_argument("--skip-timing", action="store_true")
@@ -473,6 +504,7 @@ def parse_args(argv=None):
         args.map_field_steps = check_int("map_field_steps", args.map_field_steps, minimum=1)
         args.n_probes = check_int("n_probes", args.n_probes, minimum=1)
         args.fit_steps = check_int("fit_steps", args.fit_steps, minimum=1)
+        args.bias_steps = check_int("bias_steps", args.bias_steps, minimum=1)
         # The sampler's own checks (warm-up 0 or >= 20, samples >= 4, ...), before any work.
         inf.SamplerConfig(kernel="hmc", num_chains=N_CHAINS, num_warmup=args.warmup, num_samples=args.samples,
                           num_leapfrog_steps=args.leapfrog_steps, target_accept=args.target_accept)

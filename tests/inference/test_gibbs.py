@@ -125,6 +125,7 @@ def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path):
     for k in plain.sample_stats:
         np.testing.assert_array_equal(resumed.sample_stats[k], plain.sample_stats[k])
     assert resumed.step_size == plain.step_size
+    assert resumed.n_warmup_divergent == plain.n_warmup_divergent
     # A finished run is read back without sampling.
     again = sample_gibbs(kernel, np.zeros((4, P)), cfg, progress=False, checkpoint_dir=ckpt)
     np.testing.assert_array_equal(again.samples, plain.samples)

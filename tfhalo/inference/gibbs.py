@@ -314,8 +314,9 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
         coordinates and ``sample_stats``: ``diverging`` (any HMC block's energy error
         above 1000), ``lp`` (the last block's conditional), ``acceptance_rate`` (the
         mean of the blocks that report one) and per block ``acceptance_rate_i`` and
-        ``step_size_i``.  ``n_gradient_evaluations`` is 0: the blocks' kernels do
-        not all report them (count them from the kernels' settings).
+        ``step_size_i``; ``n_warmup_divergent`` counts the warm-up sweeps' divergences.
+        ``n_gradient_evaluations`` is 0: the blocks' kernels do not all report them
+        (count them from the kernels' settings).
 
     Raises:
         ValueError: a bad argument or a non-finite target at ``initial_state``, before any sweep.
@@ -360,7 +361,7 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     seconds = 0.0
     kept, traces = [], []
     bar = tqdm(total=config.num_warmup + config.num_samples, desc="Gibbs", disable=not progress, mininterval=1.0)
-    number = 0
+    number, warmup_divergent = 0, 0
     for phase, total in ((0, config.num_warmup), (1, config.num_samples)):
         for index, n in enumerate(_blocks(total, config.block_size)):
             saved = ckpt.load_block(number)
@@ -370,9 +371,9 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
                 saved = dict(z=backend.to_numpy(z), seconds=np.array(time.perf_counter() - t1))
                 saved.update({f"r{i:04d}": backend.leaf_to_numpy(leaf)
                               for i, leaf in enumerate(keras.tree.flatten(results))})
+                saved.update({f"t_{k}": backend.to_numpy(v) for k, v in trace.items()})
                 if phase == 1:
                     saved["draws"] = backend.to_numpy(draws)
-                    saved.update({f"t_{k}": backend.to_numpy(v) for k, v in trace.items()})
                 ckpt.save_block(number, **saved)
             else:
                 like = keras.tree.flatten(template)
@@ -382,6 +383,8 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
             if phase == 1:
                 kept.append(np.asarray(saved["draws"]))
                 traces.append({k[2:]: np.asarray(v) for k, v in saved.items() if k.startswith("t_")})
+            else:
+                warmup_divergent += int(np.sum(saved["t_diverging"]))
             seconds += float(saved["seconds"])
             number += 1
             bar.update(n)
@@ -397,4 +400,4 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     if steps:
         stats["step_size"] = stats[steps[0]]
     return Chains(samples=samples, sample_stats=stats, seconds=seconds, n_gradient_evaluations=0, config=config,
-                  step_size=step_size, inverse_mass_matrix=np.ones(p), n_warmup_divergent=0)
+                  step_size=step_size, inverse_mass_matrix=np.ones(p), n_warmup_divergent=warmup_divergent)

@@ -467,8 +467,8 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Pat
                     "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()}
 
 
-def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, theta_fit, offset: int, out: Path,
-                  progress: bool):
+def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, theta_fit, offset: int,
+                  out: Optional[Path], progress: bool):
     """Blocked chains: HMC on the white noise given the bias, then slice sampling of the bias given the field.
 
     The white noise moves in the Fourier-preconditioned coordinates (``field_scale``)
@@ -513,7 +513,8 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, th
                              steps_per_sweep=[1, config.bias_steps])
     gibbs = inf.GibbsConfig(num_chains=config.n_chains, num_warmup=config.n_warmup, num_samples=config.n_samples,
                             seed=config.chains_seed + offset, jit_compile=config.jit_compile)
-    chains = inf.sample_gibbs(kernel, state0, gibbs, progress=progress, checkpoint_dir=out / "checkpoint")
+    chains = inf.sample_gibbs(kernel, state0, gibbs, progress=progress,
+                              checkpoint_dir=None if out is None else out / "checkpoint")
     # Per chain and sweep: the gradient at the refreshed start and one per leapfrog step.
     sweeps = config.n_warmup + config.n_samples
     return dataclasses.replace(chains, n_gradient_evaluations=sweeps * (config.leapfrog_steps + 1))
