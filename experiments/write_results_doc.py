@@ -1,7 +1,7 @@
 """Write docs/results.md from the studies' results.json files.
 
     python experiments/write_results_doc.py runs/demo/deep_halos runs/demo/neural_bias \
-        [--robustness runs/robustness.json] --out docs/results.md
+        [--robustness runs/robustness.json ...] --out docs/results.md
 
 A thin shell over :func:`tfhalo.studies.results_doc.write_results_doc`. A bad
 argument or a missing / malformed results.json is reported as a usage error
@@ -17,7 +17,8 @@ from tfhalo.studies.results_doc import write_results_doc
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="study run directories or their results.json files")
-    parser.add_argument("--robustness", default=None, help="JSON table written by benchmarks/bias_robustness.py")
+    parser.add_argument("--robustness", nargs="+", default=None,
+                        help="JSON tables written by benchmarks/bias_robustness.py (one section each)")
     parser.add_argument("--out", default="docs/results.md", help="Markdown file to write (default docs/results.md)")
     parser.add_argument("--no-copy-figures", action="store_true",
                         help="link the figures where they are instead of copying them next to --out")

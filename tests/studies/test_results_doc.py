@@ -179,6 +179,26 @@ def test_robustness_file_in_the_benchmark_layout(tmp_path):
     assert "14 of 15 runs converged, 14 without divergences (divergent transitions: 1)." in section
 
 
+def test_several_robustness_files_get_one_table_each_titled_by_their_settings(tmp_path):
+    row = {"catalogue": 0, "sampler_seed": 0, "blas": "inherited", "max_rhat": 1.003, "min_ess_bulk": 900.0,
+           "min_ess_tail": 700.0, "n_divergent": 0, "converged": True, "seconds": 250.0}
+    nuts, hmc = tmp_path / "nuts" / "results.json", tmp_path / "hmc" / "results.json"
+    for path, overrides, rhat in ((nuts, {"kernel": "nuts", "target_accept": 0.99}, 1.003),
+                                  (hmc, {"kernel": "hmc", "leapfrog_steps": 60}, 1.091)):
+        path.parent.mkdir()
+        path.write_text(json.dumps({"runs": [dict(row, max_rhat=rhat, converged=rhat < 1.01)],
+                                    "overrides": overrides, "machine": "cpu X"}))
+    text = render_results_doc([_write_run(tmp_path / "nb", ROWS)], robustness=[nuts, hmc], out_dir=tmp_path)
+    section = text[text.index("## Convergence across"):]
+    assert section.count("## Convergence across") == 1
+    first, second = section.index("### kernel=nuts, target_accept=0.99"), section.index("### kernel=hmc, leapfrog_steps=60")
+    assert first < section.index("| 0 | 0 | 1.003 |") < second < section.index("| 0 | 0 | 1.091 |")
+    # One file keeps the single-table layout; a bad list is named.
+    assert "### kernel" not in render_results_doc([tmp_path / "nb"], robustness=[nuts], out_dir=tmp_path)
+    with pytest.raises(ValueError, match="robustness must be a path or a list of paths"):
+        render_results_doc([tmp_path / "nb"], robustness=3, out_dir=tmp_path)
+
+
 def test_cli_writes_the_document_and_reports_bad_input_as_usage_error(tmp_path, capsys):
     cli = _load_cli()
     run = _write_run(tmp_path / "neural_bias", ROWS)

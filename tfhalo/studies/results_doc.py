@@ -347,9 +347,9 @@ def render_results_doc(runs, robustness=None, out_dir=".", figure_paths=None, ti
 
     Args:
         runs: sequence of ``results.json`` files or run directories, one per study.
-        robustness: optional path of a JSON file from ``benchmarks/bias_robustness.py``
-            (a list of rows, or an object with ``robustness`` rows plus
-            ``machine`` / ``date`` / ``note``).
+        robustness: optional path (or list of paths, one table each, titled by their
+            ``overrides``) of JSON files from ``benchmarks/bias_robustness.py`` (a list of
+            rows, or an object with ``robustness`` rows plus ``machine`` / ``date`` / ``note``).
         out_dir: directory the document will live in; figure links are relative to it.
         figure_paths: optional ``{source PNG: path it will have}`` (e.g. copies
             next to the document); figures not in it are linked where they are.
@@ -361,8 +361,20 @@ def render_results_doc(runs, robustness=None, out_dir=".", figure_paths=None, ti
     Raises:
         ValueError, FileNotFoundError: as :func:`load_results`, before any text is made.
     """
-    return _render(_load_all(runs), _load_robustness(robustness) if robustness is not None else None,
-                   Path(out_dir), figure_paths or {}, title)
+    return _render(_load_all(runs), _load_robustness_all(robustness), Path(out_dir), figure_paths or {}, title)
+
+
+def _load_robustness_all(robustness) -> list:
+    """``[]`` for None, else one loaded table per path (a path, or a list of paths)."""
+    if robustness is None:
+        return []
+    paths = [robustness] if isinstance(robustness, (str, os.PathLike)) else robustness
+    try:
+        paths = list(paths)
+    except TypeError:
+        raise ValueError(f"robustness must be a path or a list of paths to JSON files. "
+                         f"Received: robustness={robustness!r}") from None
+    return [_load_robustness(p) for p in paths]
 
 
 def _load_all(runs) -> list:
@@ -409,15 +421,21 @@ def _render(loaded, robustness, out_dir: Path, figure_paths: dict, title: str) -
             lines += [f"![{_cell(caption)}]({_relative(shown, out_dir)})", ""]
             if caption != png.stem:
                 lines += [f"*{_cell(caption)}*", ""]
-    if robustness is not None:
-        rpath = robustness["_path"]
+    if robustness:
         lines += ["## Convergence across catalogues and seeds (`benchmarks/bias_robustness.py`)", ""]
-        meta = [("file", f"`{rpath.as_posix()}`"), ("date", _run_date(robustness, rpath)),
-                ("machine", str(robustness.get("machine") or "n/a"))]
-        lines += [f"* {key}: {_cell(value)}" for key, value in meta]
-        if robustness.get("note"):
-            lines.append(f"* note: {_cell(robustness['note'])}")
-        lines += [""] + _robustness_table(robustness["robustness"]) + [""]
+        for table in robustness:
+            rpath = table["_path"]
+            if len(robustness) > 1:
+                overrides = table.get("overrides")
+                settings = (", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+                            if isinstance(overrides, dict) and overrides else rpath.parent.name)
+                lines += [f"### {_cell(settings)}", ""]
+            meta = [("file", f"`{rpath.as_posix()}`"), ("date", _run_date(table, rpath)),
+                    ("machine", str(table.get("machine") or "n/a"))]
+            lines += [f"* {key}: {_cell(value)}" for key, value in meta]
+            if table.get("note"):
+                lines.append(f"* note: {_cell(table['note'])}")
+            lines += [""] + _robustness_table(table["robustness"]) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -431,7 +449,7 @@ def write_results_doc(runs, out="docs/results.md", robustness=None, copy_figures
         runs: sequence of ``results.json`` files or run directories (e.g.
             ``["runs/demo/deep_halos", "runs/demo/neural_bias"]``).
         out: the Markdown file to write; never one of the inputs.
-        robustness: optional JSON file of ``benchmarks/bias_robustness.py``.
+        robustness: optional JSON file of ``benchmarks/bias_robustness.py``, or a list of them.
         copy_figures: copy each study's PNGs to ``<out dir>/figures/<study>/``
             so the document does not point into ``runs/`` (which is not
             committed); ``False`` links them where they are.
@@ -457,8 +475,8 @@ def write_results_doc(runs, out="docs/results.md", robustness=None, copy_figures
     if out.is_dir():
         raise ValueError(f"out must be a file path, not a directory. Received: out={str(out)!r}")
     loaded = _load_all(runs)
-    rob = _load_robustness(robustness) if robustness is not None else None
-    inputs = [path for _, path in loaded] + ([rob["_path"]] if rob is not None else [])
+    rob = _load_robustness_all(robustness)
+    inputs = [path for _, path in loaded] + [table["_path"] for table in rob]
     if out.exists() and any(out.resolve() == p.resolve() for p in inputs):
         raise ValueError(f"out must not be one of the input files. Received: out={str(out)!r}")
 
