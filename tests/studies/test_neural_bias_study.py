@@ -95,11 +95,16 @@ def test_rerun_skips_the_map_and_the_chains(study, suite, monkeypatch):
     monkeypatch.setattr(neural_bias, "_figures", refuse)
     again = neural_bias.run(config, suite, out, progress=False)
     assert (out / "posterior.nc").stat().st_mtime_ns == mtime
-    assert again["map"]["theta"] == first["map"]["theta"]
-    assert again["convergence"]["max_rhat"] == first["convergence"]["max_rhat"]
-    assert again["heldout_log_predictive"] == first["heldout_log_predictive"]
-    assert again["log_likelihood"] == first["log_likelihood"]
-    assert again["summary"] == first["summary"]
+    np.testing.assert_equal(again["map"]["theta"], first["map"]["theta"])
+    # The diagnostics are recomputed from posterior.nc (ArviZ), so they agree to rounding; a
+    # 20-draw chain of this tiny posterior may give no R-hat at all (None) on some machines.
+    rhat = (again["convergence"]["max_rhat"], first["convergence"]["max_rhat"])
+    assert rhat[0] is rhat[1] is None or np.isclose(*rhat, rtol=1e-12, atol=0, equal_nan=True)
+    # Read back, not recomputed: equal to the bit, NaN included (a 20-draw chain of this tiny
+    # posterior can reach held-out ln L = -inf, whose between-chain error is NaN on some machines).
+    np.testing.assert_equal(again["heldout_log_predictive"], first["heldout_log_predictive"])
+    np.testing.assert_equal(again["log_likelihood"], first["log_likelihood"])
+    np.testing.assert_equal(again["summary"], first["summary"])
 
 
 def test_other_sampler_settings_in_the_same_out_are_refused_before_any_work(study, suite, monkeypatch):
