@@ -23,7 +23,9 @@ a finished run is skipped when the command is repeated):
 
     WORKDIR/map_cat{seed}[_blas-...]/map.npz          MAP per catalogue (and per BLAS setting)
     WORKDIR/<settings>/cat{seed}_s{sampler seed}[_blas-...]/{posterior.nc, run.json}
-    WORKDIR/<settings>/results.json, table.md         every run and the table
+    WORKDIR/<settings>/results.json, table.md         every finished run and the table, rewritten as runs
+                                                      finish ("complete": false until all have;
+                                                      --report-only writes them without starting a run)
 
 ``<settings>`` names the sampler settings, so runs with other settings do not mix.
 """
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind = str if field == "kernel" else float if field == "target_accept" else int
         parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None,
                             help=f"the quick preset's {field}")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write results.json and table.md from the runs finished so far; start none")
     parser.add_argument("--no-xla", action="store_true")
     parser.add_argument("--task", default=None, help=argparse.SUPPRESS)  # a worker subprocess's task (JSON)
     return parser
@@ -159,7 +163,7 @@ def make_plan(args) -> dict:
     for task in maps + chains:
         task.config()  # every setting checked now
     return {"maps": maps, "chains": chains, "threads": threads, "parallel": args.parallel, "runs_dir": runs_dir,
-            "overrides": overrides}
+            "overrides": overrides, "report_only": bool(args.report_only)}
 
 
 # -- worker ------------------------------------------------------------------------------------------------------
@@ -217,8 +221,12 @@ def _finished(task: Task) -> bool:
     return (Path(task.run_dir) / "run.json").is_file()
 
 
-def _launch(tasks, threads: int, parallel: int) -> None:
-    """Run ``tasks`` as subprocesses, ``parallel`` at a time; raise if one fails."""
+def _launch(tasks, threads: int, parallel: int, on_done=None) -> None:
+    """Run ``tasks`` as subprocesses, ``parallel`` at a time; raise if one fails.
+
+    ``on_done()`` is called after each run that finishes, so that the table on disk
+    grows with the runs and an interrupted benchmark still reports what it finished.
+    """
     pending = [t for t in tasks if not _finished(t)]
     for t in tasks:
         if _finished(t):
@@ -243,6 +251,8 @@ def _launch(tasks, threads: int, parallel: int) -> None:
                     print(f"{task.label}: {status} in {time.perf_counter() - t0:.0f} s", flush=True)
                     if proc.returncode != 0:
                         failed.append(task.label)
+                    elif on_done is not None:
+                        on_done()
     finally:
         for _, proc, _ in running:  # interrupted: stop this run's own workers
             proc.terminate()
@@ -251,8 +261,8 @@ def _launch(tasks, threads: int, parallel: int) -> None:
         raise RuntimeError(f"{len(failed)} run(s) failed: {'; '.join(failed)}")
 
 
-def table(records) -> str:
-    """Markdown table of the runs."""
+def table(records, planned=None) -> str:
+    """Markdown table of the runs (``planned``: how many the plan holds, to flag a partial table)."""
     lines = ["| catalogue | sampler seed | OPENBLAS_CORETYPE | max R-hat | min bulk ESS | min tail ESS | divergences "
              "| seconds | converged |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -263,12 +273,17 @@ def table(records) -> str:
     main = [r for r in records if r["blas"] == "inherited"]
     lines += ["", f"{sum(r['converged'] for r in main)} of {len(main)} catalogue x seed runs converged; "
                   f"{sum(r['n_divergent'] == 0 for r in main)} of {len(main)} without divergences."]
+    if planned is not None and len(records) < planned:
+        lines.append(f"Partial: {len(records)} of the {planned} planned runs have finished.")
     return "\n".join(lines) + "\n"
 
 
 def run_plan(plan: dict, args) -> None:
     if "worker" in plan:
         work(plan["worker"])
+        return
+    if plan["report_only"]:
+        write_report(plan)
         return
     # Suites first, one at a time: several MAP workers may read one catalogue.
     for task in plan["maps"]:
@@ -277,16 +292,25 @@ def run_plan(plan: dict, args) -> None:
     # A MAP whose chains are all finished is not needed again.
     needed = {t.map_dir for t in plan["chains"] if not _finished(t)}
     _launch([t for t in plan["maps"] if t.map_dir in needed], plan["threads"], plan["parallel"])
-    _launch(plan["chains"], plan["threads"], plan["parallel"])
-    records = [json.loads((Path(t.run_dir) / "run.json").read_text()) for t in plan["chains"]]
-    text = table(records)
+    _launch(plan["chains"], plan["threads"], plan["parallel"], on_done=lambda: write_report(plan, quiet=True))
+    write_report(plan)
+
+
+def write_report(plan: dict, quiet: bool = False) -> None:
+    """``results.json`` and ``table.md`` of the runs finished so far (atomic); ``complete`` says if all are."""
+    records = [json.loads((Path(t.run_dir) / "run.json").read_text()) for t in plan["chains"] if _finished(t)]
+    planned = len(plan["chains"])
+    text = table(records, planned)
     runs_dir = Path(plan["runs_dir"])
+    runs_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(runs_dir / "results.json", {
-        "runs": records, "overrides": plan["overrides"], "machine": common.machine_info(),
+        "runs": records, "overrides": plan["overrides"], "planned": planned, "complete": len(records) == planned,
+        "machine": common.machine_info(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     write_text_atomic(runs_dir / "table.md", text)
-    print(text, flush=True)
-    print(f"wrote {runs_dir / 'results.json'} and {runs_dir / 'table.md'}", flush=True)
+    if not quiet:
+        print(text, flush=True)
+        print(f"wrote {runs_dir / 'results.json'} and {runs_dir / 'table.md'}", flush=True)
 
 
 def main(argv=None) -> int:

@@ -193,6 +193,10 @@ def test_several_robustness_files_get_one_table_each_titled_by_their_settings(tm
     assert section.count("## Convergence across") == 1
     first, second = section.index("### kernel=nuts, target_accept=0.99"), section.index("### kernel=hmc, leapfrog_steps=60")
     assert first < section.index("| 0 | 0 | 1.003 |") < second < section.index("| 0 | 0 | 1.091 |")
+    # A partial table (the benchmark rewrites its file as runs finish) says so.
+    hmc.write_text(json.dumps({"runs": [row], "overrides": {"kernel": "hmc"}, "planned": 17, "complete": False}))
+    assert "* runs finished: 1 of the 17 planned (partial table" in render_results_doc(
+        [tmp_path / "nb"], robustness=[hmc], out_dir=tmp_path)
     # One file keeps the single-table layout; a bad list is named.
     assert "### kernel" not in render_results_doc([tmp_path / "nb"], robustness=[nuts], out_dir=tmp_path)
     with pytest.raises(ValueError, match="robustness must be a path or a list of paths"):

@@ -433,6 +433,11 @@ def _render(loaded, robustness, out_dir: Path, figure_paths: dict, title: str) -
             meta = [("file", f"`{rpath.as_posix()}`"), ("date", _run_date(table, rpath)),
                     ("machine", str(table.get("machine") or "n/a"))]
             lines += [f"* {key}: {_cell(value)}" for key, value in meta]
+            planned = table.get("planned")
+            if isinstance(planned, int) and not isinstance(planned, bool):
+                done = len(table["robustness"])
+                lines.append(f"* runs finished: {done} of the {planned} planned"
+                             + (" (partial table: the benchmark was stopped before the end)" if done < planned else ""))
             if table.get("note"):
                 lines.append(f"* note: {_cell(table['note'])}")
             lines += [""] + _robustness_table(table["robustness"]) + [""]
