@@ -193,6 +193,10 @@ def test_several_robustness_files_get_one_table_each_titled_by_their_settings(tm
     assert section.count("## Convergence across") == 1
     first, second = section.index("### kernel=nuts, target_accept=0.99"), section.index("### kernel=hmc, leapfrog_steps=60")
     assert first < section.index("| 0 | 0 | 1.003 |") < second < section.index("| 0 | 0 | 1.091 |")
+    # The kernel a preset chose (in each row's config) titles the table as a flag would.
+    hmc.write_text(json.dumps({"runs": [dict(row, config={"kernel": "hmc"})], "overrides": {"leapfrog_steps": 60}}))
+    assert "### kernel=hmc, leapfrog_steps=60" in render_results_doc([tmp_path / "nb"], robustness=[nuts, hmc],
+                                                                     out_dir=tmp_path)
     # A partial table (the benchmark rewrites its file as runs finish) says so.
     hmc.write_text(json.dumps({"runs": [row], "overrides": {"kernel": "hmc"}, "planned": 17, "complete": False}))
     assert "* runs finished: 1 of the 17 planned (partial table" in render_results_doc(

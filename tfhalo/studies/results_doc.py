@@ -426,9 +426,13 @@ def _render(loaded, robustness, out_dir: Path, figure_paths: dict, title: str) -
         for table in robustness:
             rpath = table["_path"]
             if len(robustness) > 1:
-                overrides = table.get("overrides")
+                overrides = dict(table["overrides"]) if isinstance(table.get("overrides"), dict) else {}
+                # The kernel is part of the title even where the preset, not a flag, chose it.
+                first = table["robustness"][0] if table["robustness"] else {}
+                if "kernel" not in overrides and isinstance(first.get("config"), dict) and "kernel" in first["config"]:
+                    overrides["kernel"] = first["config"]["kernel"]
                 settings = (", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-                            if isinstance(overrides, dict) and overrides else rpath.parent.name)
+                            if overrides else rpath.parent.name)
                 lines += [f"### {_cell(settings)}", ""]
             meta = [("file", f"`{rpath.as_posix()}`"), ("date", _run_date(table, rpath)),
                     ("machine", str(table.get("machine") or "n/a"))]
