@@ -50,7 +50,8 @@ import keras
 import numpy as np
 
 __all__ = ["ARGUMENT_ERRORS", "NAME", "assert_positive", "constant", "flatten", "hessian", "hessian_fn", "jit",
-           "leaf_from_numpy", "leaf_to_numpy", "map_chains", "static_value", "stateless_seed", "tfp", "to_numpy", "value_and_gradient"]
+           "leaf_from_numpy", "leaf_to_numpy", "map_chains", "static_value", "stateless_seed", "tfp", "to_numpy",
+           "value_and_gradient"]
 
 #: Keras backends this module implements.
 BACKENDS = ("tensorflow", "jax")

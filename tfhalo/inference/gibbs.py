@@ -357,6 +357,7 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     ckpt = _Checkpoint(ckpt_dir, _fingerprint(kernel, config, theta0, lp0), config)
     # The kernels' results are nested named tuples; a checkpoint stores their leaves in order and
     # packs them back into the structure a fresh start has.
+    template_leaves = keras.tree.flatten(results)
     template = results
     seconds = 0.0
     kept, traces = [], []
@@ -369,16 +370,17 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
                 t1 = time.perf_counter()
                 draws, trace, z, results = run_c(z, results, _block_seed(config.seed, phase, index), n)
                 saved = dict(z=backend.to_numpy(z), seconds=np.array(time.perf_counter() - t1))
-                saved.update({f"r{i:04d}": backend.leaf_to_numpy(leaf)
-                              for i, leaf in enumerate(keras.tree.flatten(results))})
+                if ckpt_dir is not None:  # the kernels' results are only needed to resume
+                    saved.update({f"r{i:04d}": backend.leaf_to_numpy(leaf)
+                                  for i, leaf in enumerate(keras.tree.flatten(results))})
                 saved.update({f"t_{k}": backend.to_numpy(v) for k, v in trace.items()})
                 if phase == 1:
                     saved["draws"] = backend.to_numpy(draws)
                 ckpt.save_block(number, **saved)
             else:
-                like = keras.tree.flatten(template)
                 results = keras.tree.pack_sequence_as(
-                    template, [backend.leaf_from_numpy(saved[f"r{i:04d}"], leaf) for i, leaf in enumerate(like)])
+                    template, [backend.leaf_from_numpy(saved[f"r{i:04d}"], leaf)
+                               for i, leaf in enumerate(template_leaves)])
                 z = backend.convert(saved["z"])
             if phase == 1:
                 kept.append(np.asarray(saved["draws"]))

@@ -308,6 +308,17 @@ def _robustness_table(rows) -> list[str]:
     return lines
 
 
+def _robustness_title(table: dict) -> str:
+    """The benchmark's settings (``overrides``, plus the rows' kernel where the preset chose it), else the folder."""
+    overrides = dict(table["overrides"]) if isinstance(table.get("overrides"), dict) else {}
+    first = table["robustness"][0] if table["robustness"] else {}
+    if "kernel" not in overrides and isinstance(first.get("config"), dict) and "kernel" in first["config"]:
+        overrides["kernel"] = first["config"]["kernel"]
+    if not overrides:
+        return table["_path"].parent.name
+    return ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+
+
 def _run_date(results: dict, path: Path) -> str:
     for key in _DATE_KEYS:
         if isinstance(results.get(key), str) and results[key]:
@@ -426,14 +437,7 @@ def _render(loaded, robustness, out_dir: Path, figure_paths: dict, title: str) -
         for table in robustness:
             rpath = table["_path"]
             if len(robustness) > 1:
-                overrides = dict(table["overrides"]) if isinstance(table.get("overrides"), dict) else {}
-                # The kernel is part of the title even where the preset, not a flag, chose it.
-                first = table["robustness"][0] if table["robustness"] else {}
-                if "kernel" not in overrides and isinstance(first.get("config"), dict) and "kernel" in first["config"]:
-                    overrides["kernel"] = first["config"]["kernel"]
-                settings = (", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-                            if overrides else rpath.parent.name)
-                lines += [f"### {_cell(settings)}", ""]
+                lines += [f"### {_cell(_robustness_title(table))}", ""]
             meta = [("file", f"`{rpath.as_posix()}`"), ("date", _run_date(table, rpath)),
                     ("machine", str(table.get("machine") or "n/a"))]
             lines += [f"* {key}: {_cell(value)}" for key, value in meta]
