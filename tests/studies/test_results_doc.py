@@ -197,6 +197,11 @@ def test_several_robustness_files_get_one_table_each_titled_by_their_settings(tm
     hmc.write_text(json.dumps({"runs": [dict(row, config={"kernel": "hmc"})], "overrides": {"leapfrog_steps": 60}}))
     assert "### kernel=hmc, leapfrog_steps=60" in render_results_doc([tmp_path / "nb"], robustness=[nuts, hmc],
                                                                      out_dir=tmp_path)
+    # The rows' config completes the title; the length setting the kernel ignores is left out.
+    nuts.write_text(json.dumps({"runs": [dict(row, config={"kernel": "nuts", "max_tree_depth": 7, "n_samples": 600,
+                                                           "leapfrog_steps": 16})], "overrides": {}}))
+    assert "### kernel=nuts, max_tree_depth=7, n_samples=600\n" in render_results_doc(
+        [tmp_path / "nb"], robustness=[nuts, hmc], out_dir=tmp_path)
     # A partial table (the benchmark rewrites its file as runs finish) says so.
     hmc.write_text(json.dumps({"runs": [row], "overrides": {"kernel": "hmc"}, "planned": 17, "complete": False}))
     assert "* runs finished: 1 of the 17 planned (partial table" in render_results_doc(

@@ -308,15 +308,27 @@ def _robustness_table(rows) -> list[str]:
     return lines
 
 
+#: The rows' config fields that define a robustness table's sampler, said in its title.
+_SAMPLER_TITLE_FIELDS = ("kernel", "n_chains", "n_pilot", "n_warmup", "n_samples", "target_accept")
+
+
 def _robustness_title(table: dict) -> str:
-    """The benchmark's settings (``overrides``, plus the rows' kernel where the preset chose it), else the folder."""
+    """The benchmark's sampler settings: its ``overrides`` and the rows' config, else the folder.
+
+    The length setting the kernel ignores (``leapfrog_steps`` for NUTS, ``max_tree_depth``
+    for HMC) is left out, so two tables that differ only in the preset's tree depth
+    do not share a title.
+    """
     overrides = dict(table["overrides"]) if isinstance(table.get("overrides"), dict) else {}
     first = table["robustness"][0] if table["robustness"] else {}
-    if "kernel" not in overrides and isinstance(first.get("config"), dict) and "kernel" in first["config"]:
-        overrides["kernel"] = first["config"]["kernel"]
-    if not overrides:
+    config = first.get("config") if isinstance(first.get("config"), dict) else {}
+    settings = {k: config[k] for k in (*_SAMPLER_TITLE_FIELDS, "max_tree_depth", "leapfrog_steps") if k in config}
+    settings.update(overrides)
+    ignored = {"nuts": "leapfrog_steps", "hmc": "max_tree_depth"}.get(settings.get("kernel"))
+    settings.pop(ignored, None)
+    if not settings:
         return table["_path"].parent.name
-    return ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    return ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
 def _run_date(results: dict, path: Path) -> str:
