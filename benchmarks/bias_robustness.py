@@ -49,7 +49,7 @@ from tfhalo.studies import common, neural_bias  # noqa: E402
 from tfhalo.validation import check_int  # noqa: E402
 
 #: Config fields a command-line flag may override (MAP and sampler settings).
-OVERRIDES = ("n_warmup", "n_samples", "n_chains", "kernel", "target_accept", "max_tree_depth", "leapfrog_steps",
+OVERRIDES = ("n_pilot", "n_warmup", "n_samples", "n_chains", "kernel", "target_accept", "max_tree_depth", "leapfrog_steps",
              "map_steps", "map_starts")
 #: The BLAS settings of the check: a value for OPENBLAS_CORETYPE, or None for unset.
 BLAS_SETTINGS = (("Haswell", "Haswell"), ("unset", None))

@@ -80,7 +80,7 @@ def test_quick_preset_is_the_agreed_sampler_and_paper_preset_the_papers_set_up()
     from tfhalo.sim import PRESETS as SIM_PRESETS
 
     quick = neural_bias.Config.preset("quick")
-    assert (quick.kernel, quick.max_tree_depth, quick.n_chains, quick.target_accept) == ("nuts", 7, 4, 0.99)
+    assert (quick.kernel, quick.max_tree_depth, quick.n_chains, quick.target_accept) == ("nuts", 10, 4, 0.99)
     # Every parameter's bulk and tail ESS must be able to reach 400 from the kept draws.
     assert quick.n_pilot >= 20 and quick.n_chains * quick.n_samples >= 4 * 400
     assert quick.n_components == 2

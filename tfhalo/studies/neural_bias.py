@@ -219,17 +219,16 @@ class Config:
                 grid (4 Mpc/h voxels, the paper's 3.9 Mpc/h, so the 3^3 kernel
                 sees the same ~12 Mpc/h patch), threshold 50 particles
                 (~9.5e11 Msun/h: FoF masses are noisy below ~50 particles), the
-                paper's 17-parameter model; NUTS at a target acceptance of 0.99 with
-                trees of at most 2^7 - 1 leapfrog steps, 4 chains: a pilot of
-                150 + 150 iterations whose draws' covariance preconditions 200
-                warm-up iterations and 600 kept draws.  The small step keeps
-                trajectories stable where they reach the extreme-density voxels,
-                whose expected halo count grows like ``exp(sigma^2 / 2)`` in the
-                mixture width, and NUTS lengthens the trajectory to match the step,
-                which varies between catalogues. Depth 7 caps the trajectory near
-                its U-turn length (depth 6 left R-hat 1.018; depth 10 cost 1.5 times
-                as much for no better ESS); see ``docs/sampling_coordinates.md``,
-                "Divergences".
+                paper's 17-parameter model; NUTS at a target acceptance of 0.99, 4
+                chains: a pilot of 200 + 200 iterations whose draws' covariance
+                preconditions 200 warm-up iterations and 1000 kept draws.  The small
+                step keeps trajectories stable where they reach the extreme-density
+                voxels, whose expected halo count grows like ``exp(sigma^2 / 2)`` in
+                the mixture width, and NUTS lengthens the trajectory to match the
+                step, which varies between catalogues. Trees are not capped below
+                depth 10: at depth 7 with 600 draws, the catalogue-0, seed-3 chains
+                (step 0.020) hit the cap in 99% of transitions and failed R-hat
+                (see ``docs/sampling_coordinates.md``, "Divergences").
             paper: the paper's set-up, 64^3 voxels over (250 Mpc/h)^3 and
                 M_th = 2e12 Msun/h on four ``"charnock2020"`` simulations
                 (three train, one held out).
@@ -271,8 +270,8 @@ class Config:
 
 PRESETS = {
     "quick": dict(sim_preset="quick", n_sims=6, n_grid=10, threshold_particles=50.0, threshold_mass=None,
-                  n_components=2, map_steps=1500, map_starts=3, kernel="nuts", max_tree_depth=7, n_chains=4,
-                  n_pilot=150, n_warmup=200, n_samples=600, target_accept=0.99),
+                  n_components=2, map_steps=1500, map_starts=3, kernel="nuts", n_chains=4,
+                  n_pilot=200, n_warmup=200, n_samples=1000, target_accept=0.99),
     # ~0.8M voxels and ~87k halos per gradient evaluation.
     "paper": dict(sim_preset="charnock2020", n_sims=4, n_grid=64, threshold_particles=None, threshold_mass=2e12,
                   n_components=2, map_steps=5000, map_starts=4, kernel="hmc", leapfrog_steps=30, n_chains=4, n_pilot=500, n_warmup=1000,
