@@ -226,8 +226,8 @@ class Config:
                 voxels, whose expected halo count grows like ``exp(sigma^2 / 2)`` in
                 the mixture width, and NUTS lengthens the trajectory to match the
                 step, which varies between catalogues. Trees are not capped below
-                depth 10: at depth 7 with 600 draws, 2 of 5 runs failed R-hat, whose
-                chains (step 0.020) hit the cap in 99% of transitions (see
+                depth 10: at depth 7 with 600 draws, 2 of 5 runs failed R-hat (in
+                one, the chains' step of 0.020 hit the cap in 99% of transitions; see
                 ``docs/sampling_coordinates.md``, "Divergences").
             paper: the paper's set-up, 64^3 voxels over (250 Mpc/h)^3 and
                 M_th = 2e12 Msun/h on four ``"charnock2020"`` simulations
