@@ -117,6 +117,44 @@ def test_flat_layout_round_trip_and_stateless_call_agree_with_model_call():
     assert prior == pytest.approx(np.sum(stats.norm.logpdf(theta, 0, 10)), rel=1e-12)
 
 
+@pytest.mark.parametrize("kwargs", [{}, dict(ells=(0, 1), n_kernels=2, n_components=3)])
+def test_precomputed_npe_gives_the_convolution_path_value_and_gradient(kwargs):
+    from tfhalo import backend
+    from tfhalo.bias.fit import value_and_gradient_fn
+
+    data = [_data(seed=s, n=5, n_halos=20) for s in (0, 1)]
+    model = build_model(data[0].log_mass_threshold, n_grid=5, dtype="float64", **kwargs)
+    fast = NeuralBiasLikelihood(model, data)
+    conv = NeuralBiasLikelihood(model, data, precompute_npe=False)
+    assert fast.precomputed_npe and not conv.precomputed_npe
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        theta = rng.normal(scale=0.3, size=fast.layout.size)
+        value, grad = (np.asarray(backend.to_numpy(t)) for t in value_and_gradient_fn(fast)(theta))
+        ref_value, ref_grad = (np.asarray(backend.to_numpy(t)) for t in value_and_gradient_fn(conv)(theta))
+        assert value == pytest.approx(ref_value, rel=1e-11)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-9 * np.abs(ref_grad).max())
+        np.testing.assert_allclose(fast.component_shares(theta), conv.component_shares(theta), rtol=1e-9)
+
+
+def test_a_model_with_its_own_call_is_evaluated_by_that_call():
+    from tfhalo.bias.model import NeuralBiasModel
+
+    class Doubled(NeuralBiasModel):
+        def call(self, log_density):
+            return super().call(2.0 * self._with_channel(log_density))
+
+    data = _data()
+    model = Doubled(data.log_mass_threshold, dtype="float64")
+    model.build((None, data.n_grid, data.n_grid, data.n_grid, 1))
+    like = NeuralBiasLikelihood(model, data)
+    assert not like.precomputed_npe
+    theta = like.layout.get(model)
+    x = data.log_density[None, ..., None]
+    np.testing.assert_allclose(like.per_voxel(theta)["params"], np.asarray(model(x))[0], rtol=1e-12)
+    assert float(like.log_likelihood(theta)) == pytest.approx(like.voxel_log_likelihood(theta).sum(), rel=1e-12)
+
+
 def test_mismatched_threshold_is_rejected():
     model = build_model(math.log(2 * M_TH), n_grid=4)
     with pytest.raises(ValueError, match="log_mass_threshold"):

@@ -266,6 +266,51 @@ def test_convolution_matches_scipy_reference(padding, stride, n):
     np.testing.assert_allclose(out, expected, rtol=RTOL, atol=RTOL * np.abs(expected).max())
 
 
+@pytest.mark.parametrize(
+    "padding, stride, equivariant, ells, filters",
+    [("periodic", 1, False, (0,), 1), ("periodic", 1, True, (0, 1), 2), ("same", 2, False, (0, 1), (2, 3)),
+     ("valid", 1, True, (0, 2), (1, 2))],
+)
+def test_basis_responses_reproduce_the_convolution(padding, stride, equivariant, ells, filters):
+    # The layer is linear in its radial weights: contracting the input's responses to each basis
+    # kernel with the weights is the convolution, for the layer's weights and for weights passed in.
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 7, 7, 7, 2)).astype(PRECISE)
+    layer = MultipoleConv3D(filters, ells=ells, padding=padding, strides=stride, equivariant=equivariant,
+                            activation="softplus", dtype=PRECISE)
+    layer.build(x.shape)
+    _randomize_weights(layer, 3)
+    responses = layer.basis_responses(x)
+    for l, r, basis_rows in zip(ells, responses, [multipole_basis(3, (l,), equivariant).shape[0] for l in ells]):
+        assert tuple(r.shape[4:]) == (2, basis_rows, 2 * l + 1)
+    expected = _to_numpy(layer(x))
+    out = _to_numpy(layer.call_on_responses(responses))
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=RTOL, atol=RTOL * np.abs(expected).max())
+    # Other weights, passed explicitly, give what the layer gives once it holds them.
+    other = [rng.normal(size=w.shape).astype(PRECISE) for w in layer.radial_weights]
+    bias = rng.normal(size=layer.bias.shape).astype(PRECISE)
+    out = _to_numpy(layer.call_on_responses(responses, other, bias))
+    for w, v in zip(layer.radial_weights, other):
+        w.assign(v)
+    layer.bias.assign(bias)
+    expected = _to_numpy(layer(x))
+    np.testing.assert_allclose(out, expected, rtol=RTOL, atol=RTOL * np.abs(expected).max())
+
+
+def test_call_on_responses_checks_its_arguments():
+    layer = MultipoleConv3D(1, ells=(0, 1), padding="periodic")
+    x = np.zeros((1, 4, 4, 4, 1), "float32")
+    layer.build(x.shape)
+    responses = layer.basis_responses(x)
+    with pytest.raises(ValueError, match="responses must hold one tensor per l"):
+        layer.call_on_responses(responses[:1])
+    with pytest.raises(ValueError, match="radial_weights must hold one tensor per l"):
+        layer.call_on_responses(responses, layer.radial_weights[:1])
+    with pytest.raises(ValueError, match=r"inputs must have shape \(batch, X, Y, Z, C_in\)"):
+        layer.basis_responses(np.zeros((4, 4, 4), "float32"))
+
+
 def test_activation_applied():
     x = np.random.default_rng(0).normal(size=(1, 5, 5, 5, 1)).astype("float32")
     lin = MultipoleConv3D(3, ells=(0, 1), padding="periodic")

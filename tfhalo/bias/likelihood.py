@@ -23,6 +23,8 @@ import numpy as np
 from keras import ops
 
 from tfhalo.bias.fields import as_data_list
+from tfhalo.bias.model import NeuralBiasModel
+from tfhalo.layers import MultipoleConv3D
 
 DEFAULT_PRIOR_SCALE = 10.0
 
@@ -113,6 +115,12 @@ class NeuralBiasLikelihood:
         data: a :class:`~tfhalo.bias.fields.BiasData` or a sequence (one per
             simulation; their log-likelihoods add).
         prior_scale: width of the Normal prior on every parameter.
+        precompute_npe: evaluate the NPE from its basis responses to the fixed
+            density grids (:meth:`MultipoleConv3D.basis_responses`), computed
+            once, instead of convolving at every call.  Exact up to rounding,
+            and it removes the convolution and its kernel gradient from every
+            gradient evaluation.  Used only for a :class:`NeuralBiasModel`
+            whose ``call`` is the stock ``head(npe(x))``.
 
     Example:
         >>> like = NeuralBiasLikelihood(model, data)
@@ -120,7 +128,7 @@ class NeuralBiasLikelihood:
         >>> float(like.log_likelihood(theta))
     """
 
-    def __init__(self, model, data, prior_scale: float = DEFAULT_PRIOR_SCALE):
+    def __init__(self, model, data, prior_scale: float = DEFAULT_PRIOR_SCALE, precompute_npe: bool = True):
         if not prior_scale > 0:
             raise ValueError(f"prior_scale must be positive. Received: prior_scale={prior_scale}")
         self.data = as_data_list(data)
@@ -156,6 +164,9 @@ class NeuralBiasLikelihood:
                 volume,
             ))
             self._where.update({i: (g, j) for j, i in enumerate(members)})
+        self._n_npe = _stock_npe_variables(model) if precompute_npe else None
+        self._responses = (
+            [self.model.npe.basis_responses(group[0]) for group in self._groups] if self._n_npe is not None else None)
         # terms() is a pure function of theta (the model is called with stateless_call).  JAX runs an
         # uncompiled call op by op, compiling each small operation of the mixture head on its first call;
         # one compiled function is several times faster there, and traces into its callers' jit/grad/vmap.
@@ -170,10 +181,29 @@ class NeuralBiasLikelihood:
     def n_halos(self) -> int:
         return sum(d.n_halos for d in self.data)
 
+    @property
+    def precomputed_npe(self) -> bool:
+        """Whether the NPE is evaluated from precomputed basis responses (see ``precompute_npe``)."""
+        return self._responses is not None
+
     def _params(self, theta, x):
         trainable = self.layout.unflatten(theta)
         non_trainable = [v.value for v in self.model.non_trainable_variables]
         params, _ = self.model.stateless_call(trainable, non_trainable, x)
+        return params
+
+    def _group_params(self, theta, g):
+        """Mixture parameters ``(B, n, n, n, 3K)`` of data group ``g``."""
+        if self._responses is None:
+            return self._params(theta, self._groups[g][0])
+        trainable = self.layout.unflatten(theta)
+        npe, head = self.model.npe, self.model.head
+        n_radial = len(npe.ells)
+        weights = trainable[:self._n_npe]
+        psi = npe.call_on_responses(
+            self._responses[g], weights[:n_radial], weights[n_radial] if self._n_npe > n_radial else None)
+        params, _ = head.stateless_call(
+            trainable[self._n_npe:], [v.value for v in head.non_trainable_variables], psi)
         return params
 
     def terms(self, theta):
@@ -182,8 +212,8 @@ class NeuralBiasLikelihood:
 
     def _grid_terms_sum(self, theta):
         halo_total, expected_total = 0.0, 0.0
-        for x, voxel, ln_mass, volume in self._groups:
-            halo, expected = _grid_terms(self.model.head, self._params(theta, x), voxel, ln_mass, volume)
+        for g, (_, voxel, ln_mass, volume) in enumerate(self._groups):
+            halo, expected = _grid_terms(self.model.head, self._group_params(theta, g), voxel, ln_mass, volume)
             halo_total = halo_total + halo
             expected_total = expected_total + expected
         return halo_total, expected_total
@@ -232,8 +262,8 @@ class NeuralBiasLikelihood:
         head = self.model.head
         k = head.n_components
         totals = np.zeros(k)
-        for x, _, _, volume in self._groups:
-            params = self._params(theta, x)
+        for g, (_, _, _, volume) in enumerate(self._groups):
+            params = self._group_params(theta, g)
             for j in range(k):
                 one = ops.take(params, [j, k + j, 2 * k + j], axis=-1)
                 totals[j] += volume * float(ops.sum(head.integral_above_threshold(one)))
@@ -257,3 +287,18 @@ class NeuralBiasLikelihood:
             "params": ops.convert_to_numpy(params)[0],
             "expected": ops.convert_to_numpy(expected)[0],
         }
+
+
+def _stock_npe_variables(model):
+    """Number of NPE variables leading ``model.trainable_variables`` when ``model`` computes
+    ``head(npe(x))`` with a :class:`MultipoleConv3D` NPE (so that it can be evaluated from basis
+    responses), else None."""
+    if not (isinstance(model, NeuralBiasModel) and type(model).call is NeuralBiasModel.call
+            and type(model.npe).call is MultipoleConv3D.call and isinstance(model.npe, MultipoleConv3D)):
+        return None
+    npe_vars, head_vars = list(model.npe.trainable_variables), list(model.head.trainable_variables)
+    if [id(v) for v in model.trainable_variables] != [id(v) for v in npe_vars + head_vars]:
+        return None
+    if model.npe.non_trainable_variables or len(npe_vars) != len(model.npe.ells) + (model.npe.bias is not None):
+        return None
+    return len(npe_vars)

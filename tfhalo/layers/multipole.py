@@ -421,16 +421,16 @@ class MultipoleConv3D(keras.layers.Layer):
             pieces.append(ops.reshape(block, (k, k, k, -1, (2 * l + 1) * f)))
         return ops.concatenate(pieces, axis=-1)
 
-    def _full_bias(self):
-        if not self.equivariant or self.bias is None:
-            return self.bias
+    def _full_bias(self, bias):
+        if not self.equivariant or bias is None:
+            return bias
         pieces, start = [], 0
         for l, f in zip(self.ells, self._filters_per_l):
             if l == 0:
-                pieces.append(self.bias[start : start + f])
+                pieces.append(bias[start : start + f])
                 start += f
             else:
-                pieces.append(ops.zeros(((2 * l + 1) * f,), dtype=self.bias.dtype))
+                pieces.append(ops.zeros(((2 * l + 1) * f,), dtype=bias.dtype))
         return pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=0)
 
     def _wrap_pad(self, inputs):
@@ -450,22 +450,110 @@ class MultipoleConv3D(keras.layers.Layer):
             inputs = ops.concatenate([tail, inputs, head], axis=axis)
         return inputs
 
-    def call(self, inputs):
-        kernel = self.assembled_kernel()
+    def _padded(self, inputs):
         if self.padding == "periodic":
-            inputs = self._wrap_pad(inputs)
-            padding = "valid"
-        else:
-            padding = self.padding
-        outputs = ops.conv(
-            inputs, kernel, strides=self.strides, padding=padding, data_format="channels_last"
-        )
-        bias = self._full_bias()
+            return self._wrap_pad(inputs), "valid"
+        return inputs, self.padding
+
+    def _finish(self, outputs, bias):
+        bias = self._full_bias(bias)
         if bias is not None:
             outputs = outputs + bias
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
+
+    def call(self, inputs):
+        inputs, padding = self._padded(inputs)
+        outputs = ops.conv(
+            inputs, self.assembled_kernel(), strides=self.strides, padding=padding,
+            data_format="channels_last",
+        )
+        return self._finish(outputs, self.bias)
+
+    def basis_responses(self, inputs):
+        """The input convolved with every basis kernel: the layer's output is linear in these.
+
+        The convolution is linear in the radial weights,
+        ``conv(x, sum_r w_r B_r) = sum_r w_r conv(x, B_r)``.  When one input is
+        evaluated under many weight values (a sampler exploring the weights of
+        a bias model on a fixed density field), computing these responses once
+        turns every later evaluation into the small contraction of
+        :meth:`call_on_responses`, with no convolution or its kernel gradient.
+
+        Args:
+            inputs: ``(batch, X, Y, Z, C_in)``.
+
+        Returns:
+            One tensor per ``l`` of ``ells``, shaped
+            ``(batch, X', Y', Z', C_in, n_weights_l, 2l + 1)`` (the output's
+            spatial shape; ``n_weights_l`` rows of that degree's basis).
+
+        Example:
+            >>> layer = MultipoleConv3D(2, ells=(0, 1), padding="periodic")
+            >>> x = np.random.default_rng(0).normal(size=(1, 6, 6, 6, 1)).astype("float32")
+            >>> y = layer.call_on_responses(layer.basis_responses(x))
+            >>> bool(np.allclose(y, layer(x), atol=1e-5))
+            True
+        """
+        inputs = ops.convert_to_tensor(inputs, dtype=self.compute_dtype)
+        if len(inputs.shape) != 5 or inputs.shape[-1] is None:
+            raise ValueError(
+                "inputs must have shape (batch, X, Y, Z, C_in) with a known C_in. "
+                f"Received: inputs.shape={tuple(inputs.shape)}"
+            )
+        inputs, padding = self._padded(inputs)
+        c_in = int(inputs.shape[-1])
+        # Each input channel is convolved on its own: move the channels into the batch.
+        single = ops.reshape(ops.transpose(inputs, (0, 4, 1, 2, 3)), (-1,) + tuple(inputs.shape[1:4]) + (1,))
+        k = self.kernel_size
+        responses = []
+        for basis in self._bases:
+            rows, harmonics = basis.shape[0], basis.shape[-1]
+            kernel = np.transpose(basis, (1, 2, 3, 0, 4)).reshape(k, k, k, 1, rows * harmonics)
+            out = ops.conv(
+                single, ops.convert_to_tensor(kernel, dtype=inputs.dtype), strides=self.strides,
+                padding=padding, data_format="channels_last",
+            )
+            spatial = tuple(out.shape[1:4])
+            out = ops.reshape(out, (-1, c_in) + spatial + (rows, harmonics))
+            responses.append(ops.transpose(out, (0, 2, 3, 4, 1, 5, 6)))
+        return responses
+
+    def call_on_responses(self, responses, radial_weights=None, bias=None):
+        """The layer's output from :meth:`basis_responses`, equal to ``self(inputs)`` up to rounding.
+
+        Args:
+            responses: the list returned by :meth:`basis_responses`.
+            radial_weights: one tensor per ``l`` shaped like the layer's
+                ``radial_weights`` (default: the layer's own), e.g. values of a
+                stateless evaluation.
+            bias: the bias vector (default: the layer's own; ignored without
+                ``use_bias``).
+
+        Returns:
+            ``(batch, X', Y', Z', output_channels)``, as :meth:`call`.
+        """
+        if len(responses) != len(self.ells):
+            raise ValueError(
+                f"responses must hold one tensor per l of ells={self.ells}. Received: {len(responses)} tensors"
+            )
+        radial_weights = self.radial_weights if radial_weights is None else list(radial_weights)
+        if len(radial_weights) != len(self.ells):
+            raise ValueError(
+                f"radial_weights must hold one tensor per l of ells={self.ells}. "
+                f"Received: {len(radial_weights)} tensors"
+            )
+        pieces = []
+        for response, weights in zip(responses, radial_weights):
+            block = ops.einsum("bxyzirm,rif->bxyzmf", response, ops.cast(weights, response.dtype))
+            pieces.append(ops.reshape(block, (-1,) + tuple(block.shape[1:4]) + (block.shape[4] * block.shape[5],)))
+        outputs = pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=-1)
+        if not self.use_bias:
+            bias = None
+        elif bias is None:
+            bias = self.bias
+        return self._finish(outputs, None if bias is None else ops.cast(bias, outputs.dtype))
 
     def compute_output_shape(self, input_shape):
         spatial = []
