@@ -50,7 +50,7 @@ from tfhalo.validation import check_int  # noqa: E402
 
 #: Config fields a command-line flag may override (MAP and sampler settings).
 OVERRIDES = ("n_pilot", "n_warmup", "n_samples", "n_chains", "kernel", "target_accept", "max_tree_depth", "leapfrog_steps",
-             "map_steps", "map_starts")
+             "map_steps", "map_starts", "chain_groups")
 #: The BLAS settings of the check: a value for OPENBLAS_CORETYPE, or None for unset.
 BLAS_SETTINGS = (("Haswell", "Haswell"), ("unset", None))
 
@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_name(overrides: dict) -> str:
     """A directory name for the sampler settings (MAP settings are keyed by the MAP cache)."""
     cfg = neural_bias.Config.preset("quick", **overrides)
-    return (f"{cfg.kernel}_c{cfg.n_chains}_w{cfg.n_warmup}_s{cfg.n_samples}_t{cfg.target_accept:g}"
+    groups = f"_g{cfg.chain_groups}" if cfg.chain_groups > 1 else ""
+    return (f"{cfg.kernel}_c{cfg.n_chains}{groups}_w{cfg.n_warmup}_s{cfg.n_samples}_t{cfg.target_accept:g}"
             f"_{common.fingerprint(cfg.to_dict())[:8]}")
 
 

@@ -189,6 +189,43 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
         inf.sample(LOG_PROB, _starts(5), cfg, progress=False, checkpoint_dir=tmp_path)
 
 
+def test_chain_groups_are_independent_runs_joined(tmp_path):
+    # Two groups of two chains: each is exactly the run of its own config (its seed, its warm-up),
+    # run in its own thread; the joined chains recover the target.
+    cfg = sampler_config(kernel="nuts", chain_groups=2)
+    starts = _starts(4)
+    ch = inf.sample(LOG_PROB, starts, cfg, progress=False, checkpoint_dir=tmp_path)
+    groups = cfg.group_configs()
+    assert [g.num_chains for g in groups] == [2, 2] and groups[0].seed != groups[1].seed
+    assert ch.samples.shape == (400, 4, P) and np.shape(ch.step_size) == (2,)
+    assert ch.inverse_mass_matrix.shape == (2, P)
+    for g, group in enumerate(groups):
+        alone = inf.sample(LOG_PROB, starts[2 * g:2 * g + 2], group, progress=False)
+        np.testing.assert_array_equal(ch.samples[:, 2 * g:2 * g + 2], alone.samples)
+        np.testing.assert_array_equal(ch.sample_stats["n_steps"][:, 2 * g:2 * g + 2], alone.sample_stats["n_steps"])
+        assert ch.step_size[g] == alone.step_size
+        np.testing.assert_array_equal(ch.inverse_mass_matrix[g], alone.inverse_mass_matrix)
+    assert sorted(os.listdir(tmp_path)) == ["group0", "group1"]
+    check_gaussian(ch.samples, MEAN, COV)
+    # A resumed run reads every group back.
+    again = inf.sample(LOG_PROB, starts, cfg, progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(again.samples, ch.samples)
+    idata = ch.to_inference_data()
+    assert idata.constant_data["inverse_mass_matrix"].dims == ("chain_group", "sampling_coordinate")
+    # chain_groups is part of a run's identity, and absent from it when 1 (older checkpoints stay valid).
+    assert cfg.chain_fields()["chain_groups"] == 2 and "chain_groups" not in sampler_config().chain_fields()
+
+
+def test_chain_groups_raise_a_group_error_in_the_caller():
+    def log_prob(x):  # finite at the starts of group 0 only
+        return tf.where(x[:, 0] > 100.0, tf.constant(np.nan, tf.float64), -0.5 * tf.reduce_sum(x**2, axis=-1))
+
+    init = np.zeros((4, 2))
+    init[3, 0] = 200.0
+    with pytest.raises(ValueError, match="log_prob_fn must be finite at initial_state"):
+        inf.sample(log_prob, init, sampler_config(chain_groups=2), progress=False)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(kernel="mala"), "kernel must be one of"),
     (dict(num_chains=0), "num_chains must be at least 1"),
@@ -205,6 +242,9 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
     (dict(seed=2**64), "seed must be at most"),
     (dict(jit_compile="yes"), "jit_compile must be True or False"),
     (dict(block_size=0), "block_size must be at least 1"),
+    (dict(chain_groups=0), "chain_groups must be at least 1"),
+    (dict(num_chains=4, chain_groups=3), "num_chains must be a multiple of chain_groups=3"),
+    (dict(num_chains=4, chain_groups=2, devices=2), "use one of them"),
 ])
 def test_bad_config_raises_naming_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
     ("jit_compile", "yes", "jit_compile must be True or False. Received: jit_compile='yes'"),
     ("devices", 0, "devices must be at least 1. Received: devices=0"),
     ("devices", 3, r"n_chains must be a multiple of devices=3"),
+    ("chain_groups", 0, "chain_groups must be at least 1. Received: chain_groups=0"),
+    ("chain_groups", 3, r"n_chains must be a multiple of chain_groups=3"),
+    ("devices", 2, r"chain_groups > 1 .* use one of them"),
 ])
 def test_every_field_is_checked_on_construction(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -81,6 +84,8 @@ def test_quick_preset_is_the_agreed_sampler_and_paper_preset_the_papers_set_up()
 
     quick = neural_bias.Config.preset("quick")
     assert (quick.kernel, quick.max_tree_depth, quick.n_chains, quick.target_accept) == ("nuts", 10, 4, 0.99)
+    # Two groups of two chains: one CPU core each on the 2-core machines the quick preset is sized for.
+    assert quick.chain_groups == 2 and quick.sampler_config().group_configs()[0].num_chains == 2
     # Every parameter's bulk and tail ESS must be able to reach 400 from the kept draws.
     assert quick.n_pilot >= 20 and quick.n_chains * quick.n_samples >= 4 * 400
     assert quick.n_components == 2

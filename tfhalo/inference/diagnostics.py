@@ -125,7 +125,9 @@ def to_inference_data(chains, parameter_names=None, variables=None, map_estimate
         for name, (index, shape) in _variables(variables, p).items():
             posterior[name] = samples[:, :, index].transpose(1, 0, 2).reshape((c, s) + shape)
     constant = {"inverse_mass_matrix": np.asarray(chains.inverse_mass_matrix, np.float64)}
-    dims["inverse_mass_matrix"] = ["sampling_coordinate"]
+    # One adapted mass matrix, or one per chain group (SamplerConfig.chain_groups).
+    dims["inverse_mass_matrix"] = (["sampling_coordinate"] if constant["inverse_mass_matrix"].ndim == 1
+                                   else ["chain_group", "sampling_coordinate"])
     if map_estimate is not None:
         m = np.asarray(map_estimate, np.float64)
         if m.shape != (p,) or not np.all(np.isfinite(m)):
@@ -137,12 +139,18 @@ def to_inference_data(chains, parameter_names=None, variables=None, map_estimate
                          coords={"parameter": names}, dims=dims)
     attrs = {"inference_library": "tensorflow_probability", "sampler": "tfhalo.inference.sample",
              "sampler_config": json.dumps(chains.config.to_dict(), sort_keys=True),
-             "step_size": float(chains.step_size), "sampling_seconds": float(chains.seconds),
+             "step_size": _attr_value(chains.step_size), "sampling_seconds": float(chains.seconds),
              "n_gradient_evaluations": int(chains.n_gradient_evaluations),
              "n_warmup_divergent": int(chains.n_warmup_divergent)}
     for group in ("posterior", "sample_stats"):
         getattr(idata, group).attrs.update(attrs)
     return idata
+
+
+def _attr_value(x):
+    # NetCDF attributes take a number or a 1-D array (a step size per chain group).
+    x = np.asarray(x, np.float64)
+    return float(x) if x.ndim == 0 else x.reshape(-1)
 
 
 def _check_path(name, path):

@@ -98,6 +98,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -154,6 +155,14 @@ class SamplerConfig:
             of the checkpoint fingerprint and a checkpoint resumes on another device count.
             Checked against the devices JAX sees (``XLA_FLAGS=--xla_force_host_platform_device_count``
             fakes CPU ones) when :func:`sample` starts; TensorFlow takes only 1.
+        chain_groups: independent groups the chains are split into, ``C / chain_groups`` chains
+            each, run concurrently in threads, each with its own warm-up (step size and mass
+            matrix) and seed.  One batch of chains runs on one CPU core and moves in lockstep
+            (every step waits for the chain with the longest NUTS trajectory); groups use as many
+            cores and wait only within themselves.  ``log_prob_fn`` then takes
+            ``(C / chain_groups, P)`` batches.  Group ``g``'s seed derives from ``seed`` and ``g``,
+            so a run with groups is reproducible but differs from one without.  1 (default): one
+            batch.  Not combined with ``devices > 1``.
 
     Raises:
         ValueError: a field out of range, naming the field and its value.
@@ -177,6 +186,7 @@ class SamplerConfig:
     jit_compile: bool = True
     block_size: int = 100
     devices: int = 1
+    chain_groups: int = 1
 
     def __post_init__(self):
         def put(name, value):
@@ -208,14 +218,45 @@ class SamplerConfig:
         if self.num_chains % self.devices != 0:
             raise ValueError(f"num_chains must be a multiple of devices={self.devices} (each device runs as many "
                              f"chains). Received: num_chains={self.num_chains}")
+        put("chain_groups", check_int("chain_groups", self.chain_groups, minimum=1))
+        if self.num_chains % self.chain_groups != 0:
+            raise ValueError(f"num_chains must be a multiple of chain_groups={self.chain_groups} (each group runs "
+                             f"as many chains). Received: num_chains={self.num_chains}")
+        if self.chain_groups > 1 and self.devices > 1:
+            raise ValueError(f"chain_groups > 1 runs groups in threads and devices > 1 shards one batch: use one "
+                             f"of them. Received: chain_groups={self.chain_groups}, devices={self.devices}")
 
     def to_dict(self) -> dict:
         """JSON-ready copy of the fields."""
         return dataclasses.asdict(self)
 
     def chain_fields(self) -> dict:
-        """The run's identity, for checkpoints and caches: :meth:`to_dict` less ``devices`` (placement only)."""
-        return {k: v for k, v in self.to_dict().items() if k not in _PLACEMENT_FIELDS}
+        """The run's identity, for checkpoints and caches: :meth:`to_dict` less ``devices`` (placement only).
+
+        ``chain_groups`` changes the chains, so it is part of the identity when above 1.
+        """
+        fields = {k: v for k, v in self.to_dict().items() if k not in _PLACEMENT_FIELDS}
+        if fields["chain_groups"] == 1:
+            del fields["chain_groups"]
+        return fields
+
+    def group_configs(self) -> list:
+        """The configs of the ``chain_groups`` groups: ``C / chain_groups`` chains, one seed each.
+
+        Example:
+            >>> [g.seed for g in SamplerConfig(chain_groups=1, seed=3).group_configs()]
+            [3]
+        """
+        if self.chain_groups == 1:
+            return [self]
+        n = self.num_chains // self.chain_groups
+        return [dataclasses.replace(self, num_chains=n, chain_groups=1, seed=_group_seed(self.seed, g))
+                for g in range(self.chain_groups)]
+
+
+def _group_seed(seed: int, group: int) -> int:
+    # Spawn key (2, g): phases 0 and 1 are the warm-up and sampling blocks of _block_seed.
+    return int(np.random.SeedSequence(seed, spawn_key=(2, group)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 @dataclasses.dataclass
@@ -232,8 +273,9 @@ class Chains:
         seconds: wall time of warm-up and sampling (compilation included; summed over resumed runs).
         n_gradient_evaluations: gradient evaluations per chain (mean over chains), warm-up included.
         config: the :class:`SamplerConfig`.
-        step_size: the adapted (frozen) step size.
-        inverse_mass_matrix: ``(Q,)`` adapted diagonal inverse mass matrix in the sampling coordinates.
+        step_size: the adapted (frozen) step size; ``(G,)``, one per group, with ``G = chain_groups > 1``.
+        inverse_mass_matrix: ``(Q,)`` adapted diagonal inverse mass matrix in the sampling coordinates;
+            ``(G, Q)`` with chain groups.
         n_warmup_divergent: divergent transitions during warm-up (all chains).
     """
 
@@ -242,7 +284,7 @@ class Chains:
     seconds: float
     n_gradient_evaluations: int
     config: SamplerConfig
-    step_size: float
+    step_size: object
     inverse_mass_matrix: np.ndarray
     n_warmup_divergent: int = 0
 
@@ -521,7 +563,7 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
         progress: show a tqdm bar (one update per block).
         checkpoint_dir: optional directory.  After warm-up the adapted step size, inverse mass
             matrix and state are saved there, then each completed sampling block (atomic
-            ``.npz`` files).  Calling again with the same arguments resumes and returns
+            ``.npz`` files; with chain groups, in one subdirectory ``group<g>`` per group).  Calling again with the same arguments resumes and returns
             the chains an uninterrupted run returns; a checkpoint of another config, target,
             bijector or start raises ``ValueError``.  Files are left in place (a finished run
             is then read back without sampling).
@@ -549,6 +591,8 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     check_chain_devices(config)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
     init = _check_initial_state(initial_state, config.num_chains)
+    if config.chain_groups > 1:
+        return _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir)
     bijector = _IDENTITY if bijector is None else bijector
     z0, lp0 = _check_target(log_prob_fn, bijector, init)
     compiled = _compiled(log_prob_fn, bijector, config)
@@ -611,6 +655,40 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     return Chains(samples=samples, sample_stats={k: stats[k] for k in names}, seconds=seconds,
                   n_gradient_evaluations=int(round(n_grad)), config=config, step_size=step_size,
                   inverse_mass_matrix=inverse_mass, n_warmup_divergent=int(warm["n_divergent"]))
+
+
+def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> Chains:
+    """:func:`sample` for ``config.chain_groups > 1``: the groups run in threads, then are joined."""
+    groups = config.group_configs()
+    n = groups[0].num_chains
+    # Each group is validated (target shape, finiteness) before any thread starts sampling.
+    bij = _IDENTITY if bijector is None else bijector
+    for g, group in enumerate(groups):
+        _check_target(log_prob_fn, bij, init[g * n:(g + 1) * n])
+    results = [None] * len(groups)
+    errors = []
+
+    def run(g):
+        try:
+            results[g] = sample(log_prob_fn, init[g * n:(g + 1) * n], groups[g], bijector=bijector,
+                                progress=progress, checkpoint_dir=None if ckpt_dir is None else ckpt_dir / f"group{g}")
+        except BaseException as err:  # re-raised in the calling thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(g,), name=f"tfhalo-chain-group-{g}") for g in range(len(groups))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    stats = {k: np.concatenate([r.sample_stats[k] for r in results], axis=1) for k in results[0].sample_stats}
+    return Chains(samples=np.concatenate([r.samples for r in results], axis=1), sample_stats=stats,
+                  seconds=max(r.seconds for r in results),
+                  n_gradient_evaluations=int(round(np.mean([r.n_gradient_evaluations for r in results]))),
+                  config=config, step_size=np.array([r.step_size for r in results]),
+                  inverse_mass_matrix=np.stack([r.inverse_mass_matrix for r in results]),
+                  n_warmup_divergent=sum(r.n_warmup_divergent for r in results))
 
 
 def _warmup_kernel(log_prob_fn, bijector, config, z):

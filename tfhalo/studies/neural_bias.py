@@ -130,6 +130,11 @@ class Config:
         devices: JAX devices the chains are split over (``n_chains`` must be a
             multiple); sharding does not change the chains, so it is not part of
             the cache keys.
+        chain_groups: independent groups of chains run concurrently, each with its
+            own warm-up (:attr:`tfhalo.inference.SamplerConfig.chain_groups`);
+            ``n_chains`` must be a multiple.  On a CPU one batch of chains uses
+            one core and waits at every step for its longest trajectory; two
+            groups of two chains use two cores.
 
     Example:
         >>> Config.preset("quick", seed=1, n_samples=500).n_samples
@@ -163,6 +168,7 @@ class Config:
     target_accept: float = 0.9
     jit_compile: bool = True
     devices: int = 1
+    chain_groups: int = 1
 
     def __post_init__(self):
         from tfhalo.studies.common import check_config_header, check_sampler_settings
@@ -258,7 +264,7 @@ class Config:
             kernel=self.kernel, num_chains=self.n_chains, num_warmup=self.n_warmup, num_samples=self.n_samples,
             target_accept=self.target_accept, max_tree_depth=self.max_tree_depth,
             num_leapfrog_steps=self.leapfrog_steps, seed=self.chains_seed, jit_compile=self.jit_compile,
-            devices=self.devices)
+            devices=self.devices, chain_groups=self.chain_groups)
 
     def pilot_config(self):
         """The pilot run's :class:`tfhalo.inference.SamplerConfig` (``n_pilot`` warm-up and draws), or None."""
@@ -271,7 +277,7 @@ class Config:
 PRESETS = {
     "quick": dict(sim_preset="quick", n_sims=6, n_grid=10, threshold_particles=50.0, threshold_mass=None,
                   n_components=2, map_steps=1500, map_starts=3, kernel="nuts", n_chains=4,
-                  n_pilot=200, n_warmup=200, n_samples=1000, target_accept=0.99),
+                  n_pilot=200, n_warmup=200, n_samples=1000, target_accept=0.99, chain_groups=2),
     # ~0.8M voxels and ~87k halos per gradient evaluation.
     "paper": dict(sim_preset="charnock2020", n_sims=4, n_grid=64, threshold_particles=None, threshold_mass=2e12,
                   n_components=2, map_steps=5000, map_starts=4, kernel="hmc", leapfrog_steps=30, n_chains=4, n_pilot=500, n_warmup=1000,
@@ -626,7 +632,7 @@ def sampler_setup(config: Config, data: StudyData, theta_map):
     z = rng.normal(size=(config.n_chains, theta_map.size))
     v0 = v_map + 0.5 * (z / np.sqrt(np.maximum(eig, 1.0))) @ vec.T
     initial = np.asarray(rep.forward(backend.constant(v0)), np.float64)
-    return inf.batched(like.log_posterior, config.n_chains), initial, bijector, rep
+    return inf.batched(like.log_posterior, config.n_chains // config.chain_groups), initial, bijector, rep
 
 
 def chains_cache(config: Config, data: StudyData, directory, overwrite: bool = False):
