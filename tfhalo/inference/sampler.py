@@ -591,10 +591,15 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     check_chain_devices(config)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
     init = _check_initial_state(initial_state, config.num_chains)
+    bijector = _IDENTITY if bijector is None else bijector
     if config.chain_groups > 1:
         return _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir)
-    bijector = _IDENTITY if bijector is None else bijector
     z0, lp0 = _check_target(log_prob_fn, bijector, init)
+    return _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt_dir)
+
+
+def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt_dir) -> Chains:
+    """:func:`sample` for one batch of chains, after its arguments and start have been checked."""
     compiled = _compiled(log_prob_fn, bijector, config)
     ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector), config)
 
@@ -661,17 +666,16 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> C
     """:func:`sample` for ``config.chain_groups > 1``: the groups run in threads, then are joined."""
     groups = config.group_configs()
     n = groups[0].num_chains
-    # Each group is validated (target shape, finiteness) before any thread starts sampling.
-    bij = _IDENTITY if bijector is None else bijector
-    for g, group in enumerate(groups):
-        _check_target(log_prob_fn, bij, init[g * n:(g + 1) * n])
+    inits = [init[g * n:(g + 1) * n] for g in range(len(groups))]
+    # Every group's start is checked (target shape, finiteness) before any thread starts sampling.
+    starts = [_check_target(log_prob_fn, bijector, x) for x in inits]
     results = [None] * len(groups)
     errors = []
 
     def run(g):
         try:
-            results[g] = sample(log_prob_fn, init[g * n:(g + 1) * n], groups[g], bijector=bijector,
-                                progress=progress, checkpoint_dir=None if ckpt_dir is None else ckpt_dir / f"group{g}")
+            results[g] = _sample_checked(log_prob_fn, inits[g], *starts[g], groups[g], bijector, progress,
+                                         None if ckpt_dir is None else ckpt_dir / f"group{g}")
         except BaseException as err:  # re-raised in the calling thread
             errors.append(err)
 
