@@ -84,8 +84,11 @@ def test_quick_preset_is_the_agreed_sampler_and_paper_preset_the_papers_set_up()
 
     quick = neural_bias.Config.preset("quick")
     assert (quick.kernel, quick.max_tree_depth, quick.n_chains, quick.target_accept) == ("nuts", 10, 4, 0.995)
-    # Two groups of two chains: one CPU core each on the 2-core machines the quick preset is sized for.
-    assert quick.chain_groups == 2 and quick.sampler_config().group_configs()[0].num_chains == 2
+    # One chain per group, each with its own warm-up: no core waits for another chain's trajectory.
+    assert quick.chain_groups == 4 and [g.num_chains for g in quick.sampler_config().group_configs()] == [1] * 4
+    # ... and keeps one chain per group when only the number of chains changes.
+    assert neural_bias.Config.preset("quick", n_chains=2).chain_groups == 2
+    assert neural_bias.Config.preset("quick", n_chains=6, chain_groups=3).chain_groups == 3
     # Every parameter's bulk and tail ESS must be able to reach 400 from the kept draws.
     assert quick.n_pilot >= 20 and quick.n_chains * quick.n_samples >= 4 * 400
     assert quick.n_components == 2

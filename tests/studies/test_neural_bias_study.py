@@ -63,7 +63,7 @@ def test_run_writes_results_report_and_an_arviz_file(study):
     # 20 draws cannot give ESS >= 400: the report must say so and name the criterion.
     text = (out / "report.md").read_text()
     assert "NOT converged" in text and "bulk ESS" in text
-    # The quick preset's chain groups, here 2 groups of 1 chain, each adapting its own step.
+    # Chain groups as in the quick preset (one chain per group), each adapting its own step.
     assert config.chain_groups == 2 and "2 chains in 2 groups of 1 (each with its own warm-up), NUTS" in text
     assert idata.constant_data["inverse_mass_matrix"].dims == ("chain_group", "sampling_coordinate")
     shares = saved["component_shares"]

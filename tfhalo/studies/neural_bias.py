@@ -133,8 +133,9 @@ class Config:
         chain_groups: independent groups of chains run concurrently, each with its
             own warm-up (:attr:`tfhalo.inference.SamplerConfig.chain_groups`);
             ``n_chains`` must be a multiple.  On a CPU one batch of chains uses
-            one core and waits at every step for its longest trajectory; two
-            groups of two chains use two cores.
+            one core and waits at every step for its longest trajectory; one
+            chain per group (Stan's habit of adapting each chain on its own) keeps
+            every core busy until the last chain finishes.
 
     Example:
         >>> Config.preset("quick", seed=1, n_samples=500).n_samples
@@ -219,6 +220,8 @@ class Config:
         """A preset's settings with ``seed`` and any field replaced.
 
         Setting one of ``threshold_particles`` / ``threshold_mass`` clears the other.
+        A preset that runs one chain per group (``chain_groups == n_chains``) keeps
+        doing so when only ``n_chains`` is overridden.
 
         Presets:
             quick: 6 ``"quick"`` simulations (64^3 particles in 40 Mpc/h), a 10^3
@@ -226,7 +229,8 @@ class Config:
                 sees the same ~12 Mpc/h patch), threshold 50 particles
                 (~9.5e11 Msun/h: FoF masses are noisy below ~50 particles), the
                 paper's 17-parameter model; NUTS at a target acceptance of 0.995, 4
-                chains in 2 groups of 2 (one CPU core each): a pilot of 200 + 200
+                chains in 4 groups of 1 (threads sharing the CPU cores, each chain
+                adapting its own step size and mass matrix): a pilot of 200 + 200
                 iterations whose draws' covariance preconditions 200 warm-up
                 iterations and 1000 kept draws.  The small
                 step keeps trajectories stable where they reach the extreme-density
@@ -250,6 +254,9 @@ class Config:
             values["threshold_particles"] = None
         if overrides.get("threshold_particles") is not None and "threshold_mass" not in overrides:
             values["threshold_mass"] = None
+        if ("n_chains" in overrides and "chain_groups" not in overrides
+                and values.get("chain_groups", 1) > 1 and values["chain_groups"] == values.get("n_chains")):
+            values["chain_groups"] = overrides["n_chains"]
         values.update(overrides)
         return cls(name=name, seed=seed, **values)
 
@@ -278,7 +285,7 @@ class Config:
 PRESETS = {
     "quick": dict(sim_preset="quick", n_sims=6, n_grid=10, threshold_particles=50.0, threshold_mass=None,
                   n_components=2, map_steps=1500, map_starts=3, kernel="nuts", n_chains=4,
-                  n_pilot=200, n_warmup=200, n_samples=1000, target_accept=0.995, chain_groups=2),
+                  n_pilot=200, n_warmup=200, n_samples=1000, target_accept=0.995, chain_groups=4),
     # ~0.8M voxels and ~87k halos per gradient evaluation.
     "paper": dict(sim_preset="charnock2020", n_sims=4, n_grid=64, threshold_particles=None, threshold_mass=2e12,
                   n_components=2, map_steps=5000, map_starts=4, kernel="hmc", leapfrog_steps=30, n_chains=4, n_pilot=500, n_warmup=1000,
