@@ -50,7 +50,7 @@ from tfhalo.validation import check_int  # noqa: E402
 
 #: Config fields a command-line flag may override (MAP and sampler settings).
 OVERRIDES = ("n_pilot", "n_warmup", "n_samples", "n_chains", "kernel", "target_accept", "max_tree_depth", "leapfrog_steps",
-             "map_steps", "map_starts", "chain_groups")
+             "map_steps", "map_starts", "chain_groups", "chains_dtype")
 #: The BLAS settings of the check: a value for OPENBLAS_CORETYPE, or None for unset.
 BLAS_SETTINGS = (("Haswell", "Haswell"), ("unset", None))
 
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blas-catalogue", type=int, default=None,
                         help="catalogue seed of the BLAS check (default: the first)")
     for field in OVERRIDES:
-        kind = str if field == "kernel" else float if field == "target_accept" else int
+        kind = str if field in ("kernel", "chains_dtype") else float if field == "target_accept" else int
         parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None,
                             help=f"the quick preset's {field}")
     parser.add_argument("--report-only", action="store_true",
@@ -194,6 +194,7 @@ def work(spec: dict) -> None:
         "max_rhat": float(conv["max_rhat"]), "min_ess_bulk": float(conv["min_ess_bulk"]),
         "min_ess_tail": float(conv["min_ess_tail"]), "n_divergent": int(conv["n_divergent"]),
         "converged": bool(conv["converged"]), "seconds": float(info["seconds"]),
+        "precision_efficiency": info.get("precision_check", {}).get("importance_efficiency"),
         "wall_seconds": time.perf_counter() - t0, "threads": threads, "n_halos_train": sum(d.n_halos for d in data.train),
         "config": config.to_dict(), "machine": common.machine_info(),
     }
@@ -265,12 +266,13 @@ def _launch(tasks, threads: int, parallel: int, on_done=None) -> None:
 def table(records, planned=None) -> str:
     """Markdown table of the runs (``planned``: how many the plan holds, to flag a partial table)."""
     lines = ["| catalogue | sampler seed | OPENBLAS_CORETYPE | max R-hat | min bulk ESS | min tail ESS | divergences "
-             "| seconds | converged |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| seconds | converged | p64 / p32 efficiency |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
+        eff = r.get("precision_efficiency")
         lines.append(f"| {r['catalogue']} | {r['sampler_seed']} | {r['blas']} | {r['max_rhat']:.4f} | "
                      f"{r['min_ess_bulk']:.0f} | {r['min_ess_tail']:.0f} | {r['n_divergent']} | {r['seconds']:.0f} | "
-                     f"{'yes' if r['converged'] else 'NO'} |")
+                     f"{'yes' if r['converged'] else 'NO'} | {'-' if eff is None else f'{eff:.4f}'} |")
     main = [r for r in records if r["blas"] == "inherited"]
     lines += ["", f"{sum(r['converged'] for r in main)} of {len(main)} catalogue x seed runs converged; "
                   f"{sum(r['n_divergent'] == 0 for r in main)} of {len(main)} without divergences."]

@@ -26,7 +26,7 @@ OVERRIDES = {
     "map_starts": "map_starts", "threshold_particles": "threshold_particles", "threshold_mass": "threshold_mass",
     "field": "field", "sample_field": "sample_field", "kernel": "kernel", "leapfrog_steps": "leapfrog_steps",
     "max_tree_depth": "max_tree_depth", "target_accept": "target_accept", "devices": "devices",
-    "chain_groups": "chain_groups",
+    "chain_groups": "chain_groups", "chains_dtype": "chains_dtype",
 }
 
 
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JAX devices to split the chains over (KERAS_BACKEND=jax)")
     parser.add_argument("--chain-groups", type=int, default=None,
                         help="independent groups of chains run concurrently, one CPU core each")
+    parser.add_argument("--chains-dtype", default=None,
+                        help="precision of the chains' likelihood: float64 or float32 (checked against float64)")
     parser.add_argument("--overwrite", action="store_true", help="discard cached steps made with other settings")
     parser.add_argument("--no-progress", action="store_true")
     return parser

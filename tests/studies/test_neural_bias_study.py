@@ -1,5 +1,6 @@
 """tfhalo.studies.neural_bias end to end on tiny simulations: outputs, ArviZ file, resume, scores."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -78,6 +79,11 @@ def test_run_writes_results_report_and_an_arviz_file(study):
         assert (out / name).stat().st_size > 0
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     assert not (out / "chains_checkpoint").exists()
+    # The quick preset's chains evaluate a float32 likelihood; the study compares it with float64.
+    check = saved["sampler"]["precision_check"]
+    assert config.chains_dtype == "float32" and check["dtype"] == "float32" and check["n_draws"] == 40
+    assert 0.0 < check["importance_efficiency"] <= 1.0 and check["matches"] == (check["importance_efficiency"] >= 0.99)
+    assert "evaluated the likelihood in float32" in text
 
 
 def test_rerun_skips_the_map_and_the_chains(study, suite, monkeypatch):
@@ -192,3 +198,44 @@ def test_data_fingerprint_follows_the_content_not_the_path(suite, tmp_path):
     assert a.fingerprint() == neural_bias.load_data(config, moved).fingerprint()
     assert a.fingerprint() != neural_bias.load_data(config, paths[::-1]).fingerprint()  # another held out
     assert a.fingerprint() != neural_bias.load_data(tiny_config(threshold_particles=6.0), paths).fingerprint()
+
+
+def test_float32_chains_likelihood_and_precision_check_against_numpy(suite):
+    """The float32 twin agrees with float64 to float32 rounding; the check's efficiency is Kish's, in NumPy."""
+    config = tiny_config()
+    data = neural_bias.load_data(config, sorted(suite.glob("*.h5")))
+    assert neural_bias.chains_likelihood(dataclasses.replace(config, chains_dtype="float64"), data) is data.like_sample
+    like32 = neural_bias.chains_likelihood(config, data)
+    assert str(like32.layout.dtype) == "float32" and like32.n_halos == data.like_sample.n_halos
+    rng = np.random.default_rng(3)
+    theta0 = data.like.layout.get(data.model)
+    samples = theta0 + rng.normal(scale=0.05, size=(6, 2, 17))
+    lp64 = np.array([float(data.like_sample.log_posterior(t)) for t in samples.reshape(-1, 17)])
+    lp32 = np.array([float(like32.log_posterior(t)) for t in samples.reshape(-1, 17)])
+    np.testing.assert_allclose(lp32, lp64, rtol=1e-5)
+    d = lp64 - lp32
+    w = np.exp(d - d.max())
+    got = neural_bias.precision_check(data.like_sample, like32, samples, draws_per_chain=6)
+    assert got["n_draws"] == 12 and got["dtype"] == "float32"
+    assert got["importance_efficiency"] == pytest.approx(w.sum() ** 2 / (12 * (w**2).sum()), rel=1e-12)
+    assert got["sd_nats"] == pytest.approx(np.std(d, ddof=1), rel=1e-12)
+    # A likelihood that differs by a non-constant amount is flagged; a constant offset is not.
+    class Shifted:
+        layout = like32.layout
+
+        def __init__(self, slope):
+            self.slope = slope
+
+        def log_posterior(self, theta):
+            return float(data.like_sample.log_posterior(theta)) + 5.0 + self.slope * float(np.sum(theta))
+
+    assert neural_bias.precision_check(data.like_sample, Shifted(0.0), samples)["importance_efficiency"] == (
+        pytest.approx(1.0))
+    tilted = neural_bias.precision_check(data.like_sample, Shifted(20.0), samples)
+    assert not tilted["matches"] and tilted["importance_efficiency"] < 0.9
+
+
+def test_chains_dtype_is_validated_and_keys_the_chains_cache():
+    with pytest.raises(ValueError, match="chains_dtype.*Received: chains_dtype='float16'"):
+        tiny_config(chains_dtype="float16")
+    assert neural_bias.Config.preset("paper").chains_dtype == "float64"
