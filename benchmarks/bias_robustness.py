@@ -46,7 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfhalo.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from tfhalo.studies import common, neural_bias  # noqa: E402
-from tfhalo.validation import check_int  # noqa: E402
+from tfhalo.validation import check_int, path_argument  # noqa: E402
 
 #: Config fields a command-line flag may override (MAP and sampler settings).
 OVERRIDES = ("n_pilot", "n_warmup", "n_samples", "n_chains", "kernel", "target_accept", "max_tree_depth", "leapfrog_steps",
@@ -84,11 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalogue-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--suites", type=Path, nargs="+", default=None,
+    parser.add_argument("--suites", type=path_argument, nargs="+", default=None,
                         help="suite directories, one per catalogue seed (in the same order)")
-    parser.add_argument("--suites-root", type=Path, default=Path("runs"),
+    parser.add_argument("--suites-root", type=path_argument, default=Path("runs"),
                         help="where suite_seed{seed} directories are looked for when --suites is not given")
-    parser.add_argument("--workdir", type=Path, default=Path("runs/bias_robustness"))
+    parser.add_argument("--workdir", type=path_argument, default=Path("runs/bias_robustness"))
     parser.add_argument("--parallel", type=int, default=1, help="runs at once, each a subprocess")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per run (default: CPU cores / --parallel, at least 1)")

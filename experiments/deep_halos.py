@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfhalo.studies import common, deep_halos  # noqa: E402
+from tfhalo.validation import path_argument  # noqa: E402
 
 #: command-line flag -> Config field, for the flags that override a preset value when given.
 OVERRIDES = ("epochs", "batch_size", "learning_rate", "n_sims", "n_train", "n_validation", "n_test", "subbox_size",
@@ -30,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(deep_halos.PRESETS), default="quick")
-    p.add_argument("--suite", type=Path, default=None,
+    p.add_argument("--suite", type=path_argument, default=None,
                    help="suite directory; generated or extended there when it is a generated one (default OUT/suite)")
-    p.add_argument("--out", type=Path, default=None, help="study directory (default runs/deep_halos_PRESET)")
+    p.add_argument("--out", type=path_argument, default=None, help="study directory (default runs/deep_halos_PRESET)")
     p.add_argument("--configs", nargs="+", choices=deep_halos.CONFIGS, default=None)
     p.add_argument("--seed", type=int, default=0)
     for flag, kind in (("epochs", int), ("batch-size", int), ("learning-rate", float), ("n-sims", int),

@@ -18,6 +18,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfhalo.studies import common, neural_bias  # noqa: E402
+from tfhalo.validation import path_argument  # noqa: E402
 
 # CLI flag -> Config field, for the flags that override a preset's value.
 OVERRIDES = {
@@ -33,8 +34,8 @@ OVERRIDES = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quick", help=f"one of {sorted(neural_bias.PRESETS)}")
-    parser.add_argument("--suite", type=Path, default=Path("runs/demo/suite"))
-    parser.add_argument("--out", type=Path, default=Path("runs/demo/neural_bias"))
+    parser.add_argument("--suite", type=path_argument, default=Path("runs/demo/suite"))
+    parser.add_argument("--out", type=path_argument, default=Path("runs/demo/neural_bias"))
     parser.add_argument("--seed", type=int, default=0, help="suite, MAP and baseline seed")
     parser.add_argument("--sampler-seed", type=int, default=None, help="chains' seed (default: --seed)")
     parser.add_argument("--chains", type=int, default=None)

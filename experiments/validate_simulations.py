@@ -38,7 +38,7 @@ from tfhalo.sim.cosmology import WMAP5
 from tfhalo.sim.loader import load
 from tfhalo.sim.mesh import power_spectrum
 from tfhalo.sim.suite import SimulationPreset, generate_suite, read_manifest, simulation_seeds
-from tfhalo.validation import check_seed
+from tfhalo.validation import check_seed, path_argument
 
 MIN_PARTICLES = 20
 TARGET_PARTICLES = 200
@@ -103,7 +103,7 @@ def main(argv=None):
     p.add_argument("--n-steps", type=int, default=10)
     p.add_argument("--mesh-factor", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="master seed (one independent seed per simulation)")
-    p.add_argument("--out", type=Path, default=Path("runs/validate_simulations"))
+    p.add_argument("--out", type=path_argument, default=Path("runs/validate_simulations"))
     p.add_argument("--quick", action="store_true", help="tiny run: 2 simulations of 32^3 in 50 Mpc/h")
     p.add_argument("--verbose", action="store_true", help="print each simulation's halo count")
     args = p.parse_args(argv)

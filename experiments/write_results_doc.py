@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from tfhalo.studies.results_doc import write_results_doc
+from tfhalo.validation import path_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", help="study run directories or their results.json files")
     parser.add_argument("--robustness", nargs="+", default=None,
                         help="JSON tables written by benchmarks/bias_robustness.py (one section each)")
-    parser.add_argument("--out", default="docs/results.md", help="Markdown file to write (default docs/results.md)")
+    parser.add_argument("--out", type=path_argument, default="docs/results.md",
+                        help="Markdown file to write (default docs/results.md)")
     parser.add_argument("--no-copy-figures", action="store_true",
                         help="link the figures where they are instead of copying them next to --out")
     return parser

@@ -48,8 +48,13 @@ def _checked(convert, accept, description: str, name: str):
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer", "positive_int")
 _non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer", "non_negative_int")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number", "positive_float")  # nan > 0 is False
-# An empty path would mean the current directory.
-_path = _checked(str, lambda v: bool(v.strip()), "a non-empty path", "path")
+
+
+def _path(text: str) -> str:
+    """A non-empty path (:func:`tfhalo.validation.path_argument`), as a string."""
+    from tfhalo.validation import path_argument
+
+    return str(path_argument(text))
 
 
 def build_parser() -> argparse.ArgumentParser:

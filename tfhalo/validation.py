@@ -191,3 +191,31 @@ def check_float_array(name: str, value) -> np.ndarray:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be an array of numbers. Received: {name}={value!r:.200}") from None
+
+
+def path_argument(text: str):
+    """An ``argparse`` ``type`` for a file or directory argument: a non-empty path.
+
+    An empty path would mean the current directory, so a script given
+    ``--out ""`` would write its outputs there; it is refused as a usage error.
+
+    Returns:
+        The path as a :class:`pathlib.Path`.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is empty or blank.
+
+    Example:
+        >>> path_argument("runs/demo")
+        PosixPath('runs/demo')
+        >>> path_argument("")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a non-empty path, received ''
+    """
+    import argparse
+    from pathlib import Path
+
+    if not isinstance(text, str) or not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a non-empty path, received {text!r}")
+    return Path(text)

@@ -1,0 +1,52 @@
+"""Every script refuses an empty path argument, which would mean the current directory, before any work."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfhalo.validation import path_argument
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _main(script: str, monkeypatch):
+    name = Path(script).stem + "_under_test"
+    spec = importlib.util.spec_from_file_location(name, ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("script, argv, flag", [
+    ("experiments/neural_bias.py", ["--out", ""], "--out"),
+    ("experiments/neural_bias.py", ["--suite", " "], "--suite"),
+    ("experiments/field_level.py", ["--out", ""], "--out"),
+    ("experiments/field_level.py", ["--suite", ""], "--suite"),
+    ("experiments/deep_halos.py", ["--out", ""], "--out"),
+    ("experiments/deep_halos.py", ["--suite", ""], "--suite"),
+    ("experiments/validate_simulations.py", ["--out", ""], "--out"),
+    ("experiments/write_results_doc.py", ["run", "--out", ""], "--out"),
+    ("benchmarks/bias_robustness.py", ["--workdir", ""], "--workdir"),
+    ("benchmarks/bias_robustness.py", ["--suites-root", ""], "--suites-root"),
+])
+def test_an_empty_path_is_a_usage_error_and_nothing_is_written(tmp_path, monkeypatch, capsys, script, argv, flag):
+    main = _main(script, monkeypatch)
+    monkeypatch.chdir(tmp_path)  # where an empty path would have written
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected a non-empty path, received {argv[-1]!r}" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_path_argument_keeps_a_path_and_refuses_blank_text():
+    assert path_argument("runs/demo") == Path("runs/demo")
+    for text in ("", "  "):
+        with pytest.raises(Exception, match=f"expected a non-empty path, received {text!r}"):
+            path_argument(text)
