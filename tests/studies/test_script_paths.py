@@ -50,3 +50,31 @@ def test_path_argument_keeps_a_path_and_refuses_blank_text():
     for text in ("", "  "):
         with pytest.raises(Exception, match=f"expected a non-empty path, received {text!r}"):
             path_argument(text)
+
+
+@pytest.mark.parametrize("script, flag", [
+    ("experiments/neural_bias.py", "--out"),
+    ("experiments/neural_bias.py", "--suite"),
+    ("experiments/field_level.py", "--out"),
+    ("experiments/field_level.py", "--suite"),
+])
+def test_a_file_where_a_directory_belongs_is_a_usage_error(tmp_path, monkeypatch, capsys, script, flag):
+    main = _main(script, monkeypatch)
+    (tmp_path / "file").write_text("x")
+    other = "--suite" if flag == "--out" else "--out"
+    code = main([flag, str(tmp_path / "file"), other, str(tmp_path / "dir")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{flag[2:]} must be a directory. Received: {flag[2:]}={str(tmp_path / 'file')!r} (a file)" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_check_run_paths_returns_paths_and_names_the_bad_one(tmp_path):
+    from tfhalo.studies.common import StudyInputError, check_run_paths
+
+    assert check_run_paths(str(tmp_path / "s"), tmp_path / "o") == (tmp_path / "s", tmp_path / "o")
+    for args, match in [((None, "o"), "suite must be a non-empty directory path. Received: suite=None"),
+                        (("s", " "), "out must be a non-empty directory path. Received: out=' '")]:
+        with pytest.raises(StudyInputError, match=match):
+            check_run_paths(*args)

@@ -33,7 +33,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -373,6 +373,35 @@ def _preset_name_and_params(sim_preset):
         raise ValueError(f"sim_preset must be a preset name or a SimulationPreset. Received: sim_preset={sim_preset!r}")
     params = resolve_preset(sim_preset)
     return (sim_preset if isinstance(sim_preset, str) else "custom"), params
+
+
+def check_run_paths(suite, out) -> Tuple[Path, Path]:
+    """A study ``run``'s ``suite`` and ``out`` directories as paths, checked before any work.
+
+    Each must be a non-empty path (an empty one would mean the current directory)
+    that is not an existing file.
+
+    Returns:
+        ``(Path(suite), Path(out))``.
+
+    Raises:
+        StudyInputError: naming the argument and the value (a usage error, exit 2, from
+            :func:`run_cli`).
+
+    Example:
+        >>> check_run_paths("runs/demo/suite", "")
+        Traceback (most recent call last):
+        ...
+        tfhalo.studies.common.StudyInputError: out must be a non-empty directory path. Received: out=''
+    """
+    for name, value in (("suite", suite), ("out", out)):
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            raise StudyInputError(f"{name} must be a non-empty directory path. Received: {name}={value!r}")
+    paths = Path(suite), Path(out)
+    for name, path in zip(("suite", "out"), paths):
+        if path.exists() and not path.is_dir():
+            raise StudyInputError(f"{name} must be a directory. Received: {name}={str(path)!r} (a file)")
+    return paths
 
 
 def ensure_suite(suite_dir: PathLike, sim_preset, n_sims: int, seed: int, progress: bool = True) -> List[Path]:

@@ -764,13 +764,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     if not isinstance(config, Config):
         raise ValueError(f"config must be a deep_halos.Config. Received: config of type {type(config).__name__}")
     progress, overwrite = check_bool("progress", progress), check_bool("overwrite", overwrite)
-    for name, path in (("out", out), ("suite", suite)):
-        if not isinstance(path, (str, os.PathLike)) or str(path) == "":
-            raise StudyInputError(f"{name} must name a directory. Received: {name}={path!r}")
-    out, suite = Path(out), Path(suite)
-    for name, path in (("out", out), ("suite", suite)):
-        if path.exists() and not path.is_dir():
-            raise StudyInputError(f"{name} must be a directory. Received: {name}={str(path)!r} (a file)")
+    suite, out = common.check_run_paths(suite, out)
     if config.devices > 1:
         from tfhalo.distribute import check_devices
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -821,12 +820,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
 
     if not isinstance(config, Config):
         raise ValueError(f"config must be a neural_bias.Config. Received: config={type(config).__name__}")
-    for name, value in (("suite", suite), ("out", out)):
-        if not isinstance(value, (str, os.PathLike)) or not str(value):
-            raise ValueError(f"{name} must be a non-empty directory path. Received: {name}={value!r}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out must be a directory. Received: out={str(out)!r} (a file)")
+    suite, out = common.check_run_paths(suite, out)
     from tfhalo.inference import check_chain_devices
 
     check_chain_devices(config.sampler_config())  # the backend and the machine can hold config.devices
