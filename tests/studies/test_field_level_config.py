@@ -83,3 +83,22 @@ def test_particle_factor_needs_an_even_grid():
     with pytest.raises(ValueError, match="n_grid must be even when particle_factor > 1. Received: n_grid=5"):
         field_level.Config.preset("quick", n_side=40, n_grid=5, particle_factor=2)
     assert field_level.Config.preset("quick", n_side=40, n_grid=5, particle_factor=1).n_grid == 5
+
+
+def test_bias_spread_against_numpy_and_its_argument_checks():
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    draws = rng.normal(size=(50, 3, 4)) * np.array([1.0, 2.0, 3.0, 4.0])
+    scale = np.array([0.5, 1.0, 2.0, 8.0])
+    got = field_level.bias_spread(draws, scale)
+    want = draws.reshape(-1, 4).std(axis=0, ddof=1) / scale
+    np.testing.assert_allclose(got["per_parameter"], want, rtol=1e-12)
+    assert (got["median"], got["min"], got["max"]) == pytest.approx((np.median(want), want.min(), want.max()))
+    with pytest.raises(ValueError, match="conditional_scale must be positive"):
+        field_level.bias_spread(draws, -scale)
+    with pytest.raises(ValueError, match=r"Received: shapes \(50, 3, 4\) and \(3,\)"):
+        field_level.bias_spread(draws, scale[:3])
+    with pytest.raises(ValueError, match="theta_draws"):
+        field_level.bias_spread(np.full((5, 2, 4), np.nan), scale)
+

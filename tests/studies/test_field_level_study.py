@@ -55,6 +55,13 @@ def test_run_writes_results_report_figures_and_samples(study):
     assert "power_low_k" in idata.posterior
     assert set(s["sampler"]) >= {"n_gradient_evaluations", "gradients_per_ess_power_low_k", "n_divergent", "seconds"}
     assert results["summary"] and all("quantity" in row for row in results["summary"])
+    # The bias spread, recomputed from the saved draws and the chains' conditional widths.
+    theta = np.moveaxis(idata.posterior["bias"].values, 0, 1)               # (S, C, 17)
+    want = theta.reshape(-1, 17).std(axis=0, ddof=1) / np.asarray(s["sampler"]["bias_scale"])
+    np.testing.assert_allclose(s["sampler"]["bias_spread"]["per_parameter"], want, rtol=1e-6)
+    assert s["sampler"]["bias_spread"]["median"] == pytest.approx(np.median(want), rel=1e-6)
+    assert "of their conditional widths at the start" in (out / "report.md").read_text()
+    assert any("conditional width" in row["quantity"] for row in results["summary"])
 
 
 def test_coverage_and_power_recomputed_from_the_saved_samples_match_the_report(study):

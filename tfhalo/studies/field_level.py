@@ -58,7 +58,7 @@ from tfhalo.atomic import atomic_path, write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
 from tfhalo.validation import check_bool, check_choice, check_float, check_int
 
-__all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "report"]
+__all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread", "report"]
 
 SETTINGS = ("mock", "nbody")
 STARTS = ("prior", "map")
@@ -466,6 +466,47 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Pat
                     "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()}
 
 
+def bias_spread(theta_draws, conditional_scale) -> dict:
+    """How far the bias draws spread, in units of the bias's conditional widths at the chains' start.
+
+    The sampling coordinates scale each bias parameter by its width given the
+    starting field (the curvature of the joint target in ``theta`` alone).  The
+    pooled standard deviation of the draws over that width is at least the ratio
+    of the bias's posterior width given the catalogue to its width given a field,
+    and a lower bound of it while the chains have not spread.  A ratio far above
+    the length of one trajectory in those units means that the chains
+    random-walk across the bias posterior (see ``docs/field_level.md``, "Known
+    limitations").
+
+    Args:
+        theta_draws: ``(S, C, n_bias)`` bias draws (``S >= 2`` draws per chain).
+        conditional_scale: ``(n_bias,)`` positive widths the chains were scaled by.
+
+    Returns:
+        ``{"per_parameter": (n_bias,) list, "median", "min", "max"}``.
+
+    Raises:
+        ValueError: shapes that do not match, too few draws, or non-positive widths.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> round(bias_spread(rng.normal(scale=5.0, size=(4000, 2, 3)), np.ones(3))["median"], 1)
+        5.0
+    """
+    from tfhalo.validation import check_finite_array
+
+    draws = check_finite_array("theta_draws", np.asarray(theta_draws, np.float64))
+    scale = check_finite_array("conditional_scale", np.asarray(conditional_scale, np.float64))
+    if draws.ndim != 3 or draws.shape[0] * draws.shape[1] < 2 or scale.shape != draws.shape[-1:]:
+        raise ValueError(f"theta_draws must be (S, C, n_bias) with at least 2 draws and conditional_scale "
+                         f"(n_bias,). Received: shapes {draws.shape} and {scale.shape}")
+    if np.any(scale <= 0):
+        raise ValueError(f"conditional_scale must be positive. Received: conditional_scale={scale.tolist()}")
+    ratio = draws.reshape(-1, draws.shape[-1]).std(axis=0, ddof=1) / scale
+    return {"per_parameter": ratio.tolist(), "median": float(np.median(ratio)), "min": float(ratio.min()),
+            "max": float(ratio.max())}
+
+
 def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, theta_fit, offset: int,
                   out: Optional[Path], progress: bool):
     """Blocked chains: HMC on the white noise given the bias, then slice sampling of the bias given the field.
@@ -834,6 +875,8 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
             chains, setup = _sample_setting(config, setting, posterior, theta_fit, sdir, progress)
             result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir)
             result["sampler"].update(setup)
+            result["sampler"]["bias_spread"] = bias_spread(
+                np.asarray(chains.samples)[..., posterior.n_field:], setup["bias_scale"])
             result["start"] = config.start
             result["preconditioner"] = config.preconditioner
             result = jsonable(result)
@@ -895,6 +938,11 @@ def _summary_rows(r: dict) -> list:
         rows.append(summary_row(f"{setting}: min bulk ESS (bias, low-k power)", c["min_ess_bulk"]))
         rows.append(summary_row(f"{setting}: gradients per effective sample (low-k power)",
                                 s["sampler"]["gradients_per_ess_power_low_k"]))
+        spread = s["sampler"].get("bias_spread")
+        if spread is not None:
+            rows.append(summary_row(
+                f"{setting}: bias draws' sd / conditional width (median over parameters)", spread["median"],
+                note=f"range {spread['min']:.3g}-{spread['max']:.3g}; a lower bound while R-hat is high"))
     return rows
 
 
@@ -957,6 +1005,15 @@ def report(r: dict) -> str:
             f"{_fmt(c['min_ess_tail'], '.0f')}; gradient evaluations per effective sample: "
             f"{_fmt(smp['gradients_per_ess_power_low_k'], '.0f')} (low-k power), "
             f"{_fmt(smp['gradients_per_ess_bias'], '.0f')} (bias).",
+        ]
+        if smp.get("bias_spread") is not None:
+            spread = smp["bias_spread"]
+            lines.append(
+                f"- The bias draws spread over {spread['median']:.3g} of their conditional widths at the start "
+                f"(sd / width, median over the parameters; {spread['min']:.3g}-{spread['max']:.3g}). The catalogue "
+                "constrains the bias at least that much less than a fixed field does; chains whose trajectories "
+                "are much shorter random-walk across it (`docs/field_level.md`, \"Known limitations\").")
+        lines += [
             "",
             "Figures: " + ", ".join(f"`{setting}/{v}`" for v in s["figures"].values()) + ".",
             "",
