@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-field", default=None,
                         help="density the chains sample with (default: --field); the paper fits the N-body "
                              "field and samples with the LPT one")
-    parser.add_argument("--kernel", default=None, help="nuts or hmc")
+    parser.add_argument("--kernel", default=None, help="nuts, hmc or chees")
     parser.add_argument("--leapfrog-steps", type=int, default=None, help="leapfrog steps per HMC transition")
     parser.add_argument("--max-tree-depth", type=int, default=None, help="NUTS tree depth limit")
     parser.add_argument("--target-accept", type=float, default=None, help="dual-averaging target acceptance")

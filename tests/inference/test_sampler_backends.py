@@ -143,6 +143,52 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
         inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
 
 
+@pytest.fixture(scope="module")
+def chees_chains():
+    return inf.sample(LOG_PROB, _starts(5), sampler_config(kernel="chees", max_leapfrog_steps=64), progress=False)
+
+
+def test_chees_recovers_correlated_gaussian(chees_chains):
+    ch = chees_chains
+    check_gaussian(ch.samples, MEAN, COV)
+    assert not ch.sample_stats["diverging"].any()
+    np.testing.assert_allclose(ch.inverse_mass_matrix, np.diag(COV), rtol=0.5)
+    s = ch.sample_stats
+    assert "tree_depth" not in s
+    lp = np.stack([backend.to_numpy(LOG_PROB(backend.constant(x))) for x in ch.samples])
+    np.testing.assert_allclose(s["lp"], lp, rtol=1e-10, atol=1e-10)
+    # Every chain of a batch takes the same jittered number of steps, ceil(u T / step) with u in (0, 1].
+    assert np.all(s["n_steps"] == s["n_steps"][:, :1])
+    length, step = ch.trajectory_length, ch.step_size
+    assert np.isfinite(length) and length > step
+    assert s["n_steps"].min() >= 1 and s["n_steps"].max() <= min(np.ceil(length / step), 64)
+    assert len(np.unique(s["n_steps"][:, 0])) > 1
+    # Uniform jitter: the mean length is T / 2 (to within the ceil), over 400 independent draws of u.
+    mean_steps = s["n_steps"][:, 0].mean()
+    assert abs(mean_steps - (length / step / 2 + 0.5)) < 4 * (length / step) / np.sqrt(12 * 400) + 0.5
+    # Gradients: warm-up and sampling steps, plus one bootstrap per sampling block.
+    assert ch.n_gradient_evaluations > s["n_steps"][:, 0].sum() + 4
+    assert 0.6 < s["acceptance_rate"].mean() < 0.97
+
+
+def test_chees_resume_equals_uninterrupted_run(tmp_path, chees_chains):
+    cfg = sampler_config(kernel="chees", max_leapfrog_steps=64)
+    full = inf.sample(LOG_PROB, _starts(5), cfg, progress=False, checkpoint_dir=tmp_path)
+    _assert_same_chains(chees_chains, full)
+    with np.load(tmp_path / "warmup.npz") as f:
+        assert float(f["trajectory_length"]) == chees_chains.trajectory_length
+    for name in ("block_00001.npz", "block_00002.npz", "block_00003.npz"):
+        (tmp_path / name).unlink()
+    resumed = inf.sample(LOG_PROB, _starts(5), cfg, progress=False, checkpoint_dir=tmp_path)
+    _assert_same_chains(chees_chains, resumed)
+    assert resumed.trajectory_length == chees_chains.trajectory_length
+    # The cap is part of a ChEES run's identity only.
+    with pytest.raises(ValueError, match="checkpoint_dir.*max_leapfrog_steps: 64 there, 32 here"):
+        inf.sample(LOG_PROB, _starts(5), sampler_config(kernel="chees", max_leapfrog_steps=32), progress=False,
+                   checkpoint_dir=tmp_path)
+    assert "max_leapfrog_steps" not in sampler_config(kernel="nuts").chain_fields()
+
+
 def test_bad_bijector_and_start_are_refused_before_sampling():
     with pytest.raises(ValueError, match=f"bijector must be a tfp.bijectors.Bijector .TFP's {backend.NAME}"):
         inf.sample(LOG_PROB, _starts(2), sampler_config(), bijector="exp")

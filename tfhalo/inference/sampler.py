@@ -115,7 +115,7 @@ tfb = tfp.bijectors
 _windowed = tfp.experimental.mcmc.windowed_sampling
 _precondition = tfp.experimental.mcmc.preconditioning_utils
 
-KERNELS = ("nuts", "hmc")
+KERNELS = ("nuts", "hmc", "chees")
 # TFP's window schedule uses num_warmup // 20 as its base slow window.
 MIN_ADAPTIVE_WARMUP = 20
 # ESS and split R-hat (Vehtari et al. 2021) need at least 4 draws per chain.
@@ -131,7 +131,12 @@ class SamplerConfig:
     """Settings of :func:`sample`; validated on construction.
 
     Args:
-        kernel: ``"nuts"`` (Hoffman & Gelman 2014) or ``"hmc"`` (fixed trajectory length).
+        kernel: ``"nuts"`` (Hoffman & Gelman 2014), ``"hmc"`` (fixed trajectory length) or
+            ``"chees"``: HMC whose trajectory length is adapted during warm-up by TFP's
+            ``GradientBasedTrajectoryLengthAdaptation`` with the ChEES criterion (Hoffman, Radul &
+            Sountsov 2021) across the chains of a batch, then frozen and jittered uniformly in
+            ``(0, T]`` per transition.  All chains of a batch take the same number of leapfrog
+            steps, so none waits for another; it needs at least 2 chains per batch.
         num_chains: chains ``C``, run as one batch.
         num_warmup: warm-up steps per chain: 0 (no adaptation: ``init_step_size``
             and a unit mass matrix) or at least 20 (TFP's window schedule).
@@ -139,7 +144,9 @@ class SamplerConfig:
         target_accept: dual-averaging target of the acceptance probability, averaged over the
             chains, in (0, 1) (Stan's ``adapt_delta``).
         max_tree_depth: NUTS's limit: at most ``2**max_tree_depth - 1`` leapfrog steps per draw.
-        num_leapfrog_steps: HMC's leapfrog steps per draw.
+        num_leapfrog_steps: HMC's leapfrog steps per draw; ChEES's first trajectory length is
+            ``num_leapfrog_steps * init_step_size``.
+        max_leapfrog_steps: ChEES's cap on the leapfrog steps of one transition.
         init_step_size: step size at the start of warm-up (in the sampling coordinates).
         seed: non-negative integer; every random draw derives from it.
         jit_compile: compile each block with XLA (the log-density must be XLA-compatible).
@@ -181,6 +188,7 @@ class SamplerConfig:
     target_accept: float = 0.8
     max_tree_depth: int = 10
     num_leapfrog_steps: int = 16
+    max_leapfrog_steps: int = 1000
     init_step_size: float = 0.1
     seed: int = 0
     jit_compile: bool = True
@@ -210,6 +218,7 @@ class SamplerConfig:
         put("target_accept", accept)
         put("max_tree_depth", check_int("max_tree_depth", self.max_tree_depth, minimum=1, maximum=30))
         put("num_leapfrog_steps", check_int("num_leapfrog_steps", self.num_leapfrog_steps, minimum=1))
+        put("max_leapfrog_steps", check_int("max_leapfrog_steps", self.max_leapfrog_steps, minimum=1))
         put("init_step_size", check_float("init_step_size", self.init_step_size, positive=True))
         put("seed", check_int("seed", self.seed, minimum=0, maximum=2**63 - 1))
         put("jit_compile", check_bool("jit_compile", self.jit_compile))
@@ -222,6 +231,10 @@ class SamplerConfig:
         if self.num_chains % self.chain_groups != 0:
             raise ValueError(f"num_chains must be a multiple of chain_groups={self.chain_groups} (each group runs "
                              f"as many chains). Received: num_chains={self.num_chains}")
+        if self.kernel == "chees" and self.num_chains // self.chain_groups < 2:
+            raise ValueError(f"kernel='chees' adapts the trajectory length across the chains of a batch: it needs "
+                             f"at least 2 chains per batch (num_chains / chain_groups). Received: "
+                             f"num_chains={self.num_chains}, chain_groups={self.chain_groups}")
         if self.chain_groups > 1 and self.devices > 1:
             raise ValueError(f"chain_groups > 1 runs groups in threads and devices > 1 shards one batch: use one "
                              f"of them. Received: chain_groups={self.chain_groups}, devices={self.devices}")
@@ -238,6 +251,9 @@ class SamplerConfig:
         fields = {k: v for k, v in self.to_dict().items() if k not in _PLACEMENT_FIELDS}
         if fields["chain_groups"] == 1:
             del fields["chain_groups"]
+        # Only ChEES reads the cap: the identity of NUTS and HMC runs stays what it was without it.
+        if fields["kernel"] != "chees":
+            del fields["max_leapfrog_steps"]
         return fields
 
     def group_configs(self) -> list:
@@ -277,6 +293,9 @@ class Chains:
         inverse_mass_matrix: ``(Q,)`` adapted diagonal inverse mass matrix in the sampling coordinates;
             ``(G, Q)`` with chain groups.
         n_warmup_divergent: divergent transitions during warm-up (all chains).
+        trajectory_length: ``kernel="chees"``: the adapted (frozen) longest trajectory ``T`` in the
+            sampling coordinates, each transition integrating for ``u T``, ``u ~ U(0, 1]``; ``(G,)``
+            with chain groups.  ``None`` for NUTS and HMC.
     """
 
     samples: np.ndarray
@@ -287,6 +306,7 @@ class Chains:
     step_size: object
     inverse_mass_matrix: np.ndarray
     n_warmup_divergent: int = 0
+    trajectory_length: object = None
 
     def to_inference_data(self, parameter_names=None, variables=None, map_estimate=None):
         """These chains as an ``arviz.InferenceData``; see :func:`tfhalo.inference.to_inference_data`."""
@@ -330,6 +350,22 @@ def _base_kernel(target, config, step_size, momentum):
         momentum_distribution=momentum, store_parameters_in_results=True)
 
 
+def _chees(inner, config, num_adaptation_steps, halton):
+    """TFP's trajectory-length adaptation (ChEES criterion) around the HMC kernel ``inner``.
+
+    With ``num_adaptation_steps == 0`` it only jitters: each transition takes
+    ``ceil(u T / step)`` leapfrog steps, ``u`` uniform, ``T`` the results' averaged length.
+    """
+    return tfp.experimental.mcmc.GradientBasedTrajectoryLengthAdaptation(
+        inner, num_adaptation_steps=num_adaptation_steps, max_leapfrog_steps=config.max_leapfrog_steps,
+        use_halton_sequence_jitter=halton)
+
+
+def _core(results, config):
+    """The NUTS / Metropolis-Hastings results under ChEES's adaptation results."""
+    return results.inner_results if config.kernel == "chees" else results
+
+
 def _momentum(z, inverse_mass):
     # Momentum ~ N(0, M) with M^-1 = inverse_mass, broadcast over the chains.  A static
     # batch shape keeps the kernel results' shapes fixed inside the while loop.
@@ -351,13 +387,16 @@ def _stats(results, config):
         lar = results.log_accept_ratio
         acc, prop = results.accepted_results, results.proposed_results
         kinetic = lambda p: -prop.momentum_distribution.log_prob(p)  # noqa: E731
+        # ChEES sets the (jittered) number of steps of each transition in the results.
+        steps = (prop.num_leapfrog_steps if config.kernel == "chees"
+                 else ops.full((), config.num_leapfrog_steps, dtype="int32"))
         # The Hamiltonian of the state kept: the trajectory's end if accepted, its start if not
         # (accepted_results then still hold the current state).
         energy = -acc.target_log_prob + ops.where(results.is_accepted, kinetic(prop.final_momentum),
                                                   kinetic(prop.initial_momentum))
         out = dict(diverging=ops.logical_not(lar >= -MAX_ENERGY_ERROR),
                    energy=energy,
-                   n_steps=ops.full(ops.shape(lar), config.num_leapfrog_steps, dtype="int32"),
+                   n_steps=ops.broadcast_to(ops.cast(steps, "int32"), ops.shape(lar)),
                    lp=acc.target_log_prob,
                    step_size=prop.step_size)
     step = backend.flatten(out["step_size"])[0]
@@ -611,13 +650,16 @@ def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt
 
     warm = ckpt.load_warmup()
     if warm is None:
-        z, step_size, inverse_mass, n_grad, n_div = _warmup(compiled, config, z0, bar)
-        warm = dict(z=z, step_size=np.array(step_size), inverse_mass=inverse_mass, n_grad=np.array(n_grad),
+        z, step_size, inverse_mass, length, n_grad, n_div = _warmup(compiled, config, z0, bar)
+        warm = dict(z=z, step_size=np.array(step_size), inverse_mass=inverse_mass,
+                    trajectory_length=np.array(length), n_grad=np.array(n_grad),
                     n_divergent=np.array(n_div), seconds=np.array(time.perf_counter() - t0))
         ckpt.save_warmup(**warm)
     else:
         bar.update(config.num_warmup)
     step_size = float(warm["step_size"])
+    # Warm-ups saved before ChEES existed hold no length; NUTS and HMC do not read it.
+    length = float(warm["trajectory_length"]) if "trajectory_length" in warm else np.nan
     inverse_mass = np.asarray(warm["inverse_mass"], np.float64)
     seconds = float(warm["seconds"])
     n_grad = float(warm["n_grad"])
@@ -635,6 +677,8 @@ def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt
                 backend.shard_chains(backend.constant(z), config.devices),
                 backend.shard_chains(backend.constant(step_size, "float64"), config.devices, replicate=True),
                 backend.shard_chains(backend.constant(inverse_mass), config.devices, replicate=True),
+                backend.shard_chains(backend.constant(0.0 if np.isnan(length) else length, "float64"),
+                                     config.devices, replicate=True),
                 _block_seed(config.seed, 1, index), _num_steps(n, config))
             block = dict(draws=backend.to_numpy(draws), z=backend.to_numpy(z_next),
                          **{k: backend.to_numpy(v) for k, v in stats.items()})
@@ -659,7 +703,8 @@ def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt
         stats["tree_depth"] = np.ceil(np.log2(stats["n_steps"] + 1.0)).astype(np.int64)
     return Chains(samples=samples, sample_stats={k: stats[k] for k in names}, seconds=seconds,
                   n_gradient_evaluations=int(round(n_grad)), config=config, step_size=step_size,
-                  inverse_mass_matrix=inverse_mass, n_warmup_divergent=int(warm["n_divergent"]))
+                  inverse_mass_matrix=inverse_mass, n_warmup_divergent=int(warm["n_divergent"]),
+                  trajectory_length=length if config.kernel == "chees" else None)
 
 
 def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> Chains:
@@ -692,7 +737,9 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> C
                   n_gradient_evaluations=int(round(np.mean([r.n_gradient_evaluations for r in results]))),
                   config=config, step_size=np.array([r.step_size for r in results]),
                   inverse_mass_matrix=np.stack([r.inverse_mass_matrix for r in results]),
-                  n_warmup_divergent=sum(r.n_warmup_divergent for r in results))
+                  n_warmup_divergent=sum(r.n_warmup_divergent for r in results),
+                  trajectory_length=(np.array([r.trajectory_length for r in results]) if config.kernel == "chees"
+                                     else None))
 
 
 def _warmup_kernel(log_prob_fn, bijector, config, z):
@@ -700,6 +747,9 @@ def _warmup_kernel(log_prob_fn, bijector, config, z):
     q, dtype, w = z.shape[-1], z.dtype, config.num_warmup
     inner = _base_kernel(log_prob_fn, config, backend.constant(config.init_step_size, dtype),
                          _momentum(z, backend.constant(np.ones(q), dtype)))
+    if config.kernel == "chees":
+        # The length adapts through every window, following each new mass matrix and step size.
+        inner = _chees(inner, config, w, halton=True)
     kernel = tfp.mcmc.DualAveragingStepSizeAdaptation(
         inner, num_adaptation_steps=w, target_accept_prob=backend.constant(config.target_accept, dtype))
     # One (Q,) variance pooled over the chains: O(Q) memory, and C draws per step for the estimate.
@@ -713,8 +763,10 @@ def _warmup_kernel(log_prob_fn, bijector, config, z):
 
 
 def _sampling_kernel(log_prob_fn, bijector, config, z, step_size, inverse_mass):
-    return tfp.mcmc.TransformedTransitionKernel(
-        _base_kernel(log_prob_fn, config, step_size, _momentum(z, inverse_mass)), [bijector])
+    kernel = _base_kernel(log_prob_fn, config, step_size, _momentum(z, inverse_mass))
+    if config.kernel == "chees":
+        kernel = _chees(kernel, config, 0, halton=False)
+    return tfp.mcmc.TransformedTransitionKernel(kernel, [bijector])
 
 
 class _Compiled:
@@ -722,7 +774,8 @@ class _Compiled:
 
     * ``warmup_start(z) -> kernel results``;
     * ``warmup_block(results, seed, n) -> (results, (diverging, n_steps, step size) per step)``;
-    * ``sampling_block(z, step size, inverse mass, seed, n) -> (draws (n, C, P), stats, last z)``.
+    * ``sampling_block(z, step size, inverse mass, trajectory length, seed, n) -> (draws (n, C, P), stats,
+      last z)`` (the trajectory length is read by ChEES only).
 
     The kernels are built inside the traced functions from their tensor arguments, so one
     trace serves every block, seed and (without XLA) block length.
@@ -733,7 +786,7 @@ class _Compiled:
 
         def warm_stats(_, pkr):
             # TTK -> WindowedAdaptation -> DiagonalMassMatrixAdaptation -> DualAveraging -> NUTS / HMC
-            s = _stats(pkr.inner_results.inner_results.inner_results.inner_results, config)
+            s = _stats(_core(pkr.inner_results.inner_results.inner_results.inner_results, config), config)
             return s["diverging"], s["n_steps"], s["step_size"]
 
         def warmup_start(z):
@@ -746,19 +799,24 @@ class _Compiled:
                                         trace_fn=warm_stats, return_final_kernel_results=True, seed=seed)
             return res.final_kernel_results, res.trace
 
-        def sampling_block(z, step_size, inverse_mass, seed, n):
+        def sampling_block(z, step_size, inverse_mass, trajectory_length, seed, n):
             kernel = _sampling_kernel(log_prob_fn, bijector, config, z, step_size, inverse_mass)
             # Bootstrapping here, not carrying results over from the previous block, makes a block
             # resumed from a checkpoint (which stores z only) repeat an uninterrupted one exactly.
             pkr = kernel.bootstrap_results(transformed_init_state=[z])
+            if config.kernel == "chees":
+                # Past its (zero) adaptation steps the kernel integrates for u times this length.
+                pkr = pkr._replace(inner_results=pkr.inner_results._replace(
+                    averaged_max_trajectory_length=ops.cast(trajectory_length, z.dtype)))
             res = tfp.mcmc.sample_chain(n, current_state=[bijector.forward(z)], previous_kernel_results=pkr,
-                                        kernel=kernel, trace_fn=lambda _, r: _stats(r.inner_results, config),
+                                        kernel=kernel,
+                                        trace_fn=lambda _, r: _stats(_core(r.inner_results, config), config),
                                         return_final_kernel_results=True, seed=seed)
             return res.all_states[0], res.trace, res.final_kernel_results.transformed_state[0]
 
         self.warmup_start = backend.jit(warmup_start, jit_compile=jit)
         self.warmup_block = backend.jit(warmup_block, jit_compile=jit, static_argnums=(2,))
-        self.sampling_block = backend.jit(sampling_block, jit_compile=jit, static_argnums=(4,))
+        self.sampling_block = backend.jit(sampling_block, jit_compile=jit, static_argnums=(5,))
 
 
 # Tracing TFP's NUTS takes seconds to tens of seconds (XLA: longer), so the compiled functions
@@ -771,7 +829,8 @@ _COMPILED_SIZE = 4
 def _compiled(log_prob_fn, bijector, config) -> _Compiled:
     # Seed, draws, block size, chain count and devices do not enter the traced graphs (jax.jit
     # compiles once per input sharding by itself).
-    static = dataclasses.replace(config, seed=0, num_samples=MIN_SAMPLES, block_size=1, num_chains=1, devices=1)
+    static = dataclasses.replace(config, seed=0, num_samples=MIN_SAMPLES, block_size=1, num_chains=2, devices=1,
+                                 chain_groups=1)
     key = (log_prob_fn, id(bijector), static)
     try:
         hit = _COMPILED.get(key)
@@ -787,10 +846,12 @@ def _compiled(log_prob_fn, bijector, config) -> _Compiled:
 
 
 def _warmup(compiled, config, z0, bar):
-    """Windowed adaptation; returns ``(z, step size, inverse mass (Q,), gradients per chain, divergences)``."""
+    """Windowed adaptation: ``(z, step size, inverse mass (Q,), trajectory length, gradients per chain,
+    divergences)``; the trajectory length is ChEES's adapted one (``nan`` for NUTS and HMC)."""
     c, q = z0.shape
     if config.num_warmup == 0:
-        return z0, config.init_step_size, np.ones(q), 0.0, 0
+        return (z0, config.init_step_size, np.ones(q), config.num_leapfrog_steps * config.init_step_size,
+                0.0, 0)
     # The kernel results inherit the chain sharding of z0 (XLA propagates it through each block).
     pkr = compiled.warmup_start(backend.shard_chains(backend.constant(z0), config.devices))
     n_grad, n_div = 1.0, 0
@@ -805,4 +866,8 @@ def _warmup(compiled, config, z0, bar):
     inverse_mass = backend.to_numpy(dmma.running_variance[0].variance())
     # After the last window the dual averaging hands over its averaged step size.
     step_size = float(backend.to_numpy(backend.flatten(dmma.inner_results.new_step_size)[0]))
-    return backend.to_numpy(pkr.transformed_state[0]), step_size, inverse_mass, n_grad, n_div
+    length = np.nan
+    if config.kernel == "chees":
+        # The Polyak average of the adapted lengths, which the kernel itself uses once adaptation ends.
+        length = float(backend.to_numpy(dmma.inner_results.inner_results.averaged_max_trajectory_length))
+    return backend.to_numpy(pkr.transformed_state[0]), step_size, inverse_mass, length, n_grad, n_div

@@ -79,7 +79,7 @@ __all__ = [
 ]
 
 FIELDS = ("nbody", "lpt")
-KERNELS = ("nuts", "hmc")
+KERNELS = ("nuts", "hmc", "chees")
 #: Precisions the chains' likelihood may be evaluated in (the MAP, Hessian and diagnostics are float64).
 CHAINS_DTYPES = ("float64", "float32")
 #: The float32 chains are reported as matching the float64 posterior when the
@@ -123,7 +123,9 @@ class Config:
             paper fits the N-body field and samples with the LPT one.
         map_steps: Adam steps per MAP start.
         map_starts: seeded MAP starts (the best is kept).
-        kernel: ``"nuts"`` or ``"hmc"``.
+        kernel: ``"nuts"``, ``"hmc"`` or ``"chees"`` (HMC with its trajectory length adapted
+            across the chains of each group; at least 2 chains per group); see
+            :class:`tfhalo.inference.SamplerConfig`.
         n_chains: chains.
         n_pilot: warm-up iterations and draws per chain of the pilot run whose draws'
             covariance preconditions the final chains (0: precondition with the MAP

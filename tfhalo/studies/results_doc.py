@@ -325,7 +325,7 @@ def _robustness_title(table: dict) -> str:
     config = first.get("config") if isinstance(first.get("config"), dict) else {}
     settings = {k: config[k] for k in _SAMPLER_TITLE_FIELDS if k in config}
     settings.update(overrides)
-    ignored = {"nuts": "leapfrog_steps", "hmc": "max_tree_depth"}.get(settings.get("kernel"))
+    ignored = {"nuts": "leapfrog_steps", "hmc": "max_tree_depth", "chees": "max_tree_depth"}.get(settings.get("kernel"))
     settings.pop(ignored, None)
     if settings.get("chain_groups") == 1:  # one batch, the default: no groups to name
         del settings["chain_groups"]
