@@ -169,6 +169,10 @@ def test_chees_recovers_correlated_gaussian(chees_chains):
     # Gradients: warm-up and sampling steps, plus one bootstrap per sampling block.
     assert ch.n_gradient_evaluations > s["n_steps"][:, 0].sum() + 4
     assert 0.6 < s["acceptance_rate"].mean() < 0.97
+    idata = ch.to_inference_data()
+    assert idata.posterior.attrs["trajectory_length"] == length
+    assert "trajectory_length" not in inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="hmc", num_samples=4),
+                                                 progress=False).to_inference_data().posterior.attrs
 
 
 def test_chees_resume_equals_uninterrupted_run(tmp_path, chees_chains):

@@ -142,6 +142,9 @@ def to_inference_data(chains, parameter_names=None, variables=None, map_estimate
              "step_size": _attr_value(chains.step_size), "sampling_seconds": float(chains.seconds),
              "n_gradient_evaluations": int(chains.n_gradient_evaluations),
              "n_warmup_divergent": int(chains.n_warmup_divergent)}
+    if getattr(chains, "trajectory_length", None) is not None:
+        # ChEES's adapted longest trajectory (one per chain group), in the sampling coordinates.
+        attrs["trajectory_length"] = _attr_value(chains.trajectory_length)
     for group in ("posterior", "sample_stats"):
         getattr(idata, group).attrs.update(attrs)
     return idata
