@@ -178,3 +178,14 @@ def test_a_diagnostic_written_as_null_fails_its_criterion():
     c = dict(max_rhat=None, min_ess_bulk=None, min_ess_tail=500.0, n_divergent=0, n_draws=20, n_chains=2)
     failures = neural_bias._convergence_failures(neural_bias._convergence_numbers(c))
     assert [f.split(":")[0] for f in failures] == ["R-hat", "bulk ESS"]
+
+
+def test_kernels_are_the_samplers_and_chees_needs_two_chains_per_group():
+    from tfhalo.inference import sampler
+
+    assert neural_bias.KERNELS == sampler.KERNELS == tuple(sampler.KERNEL_NAMES)
+    cfg = neural_bias.Config.preset("quick", kernel="chees", chain_groups=2)
+    assert cfg.sampler_config().kernel == "chees" and cfg.sampler_config().num_chains == 4
+    # The quick preset runs one chain per group: ChEES adapts across the chains of a group.
+    with pytest.raises(ValueError, match="at least 2 chains per batch.*chain_groups=4"):
+        neural_bias.Config.preset("quick", kernel="chees")

@@ -116,6 +116,8 @@ _windowed = tfp.experimental.mcmc.windowed_sampling
 _precondition = tfp.experimental.mcmc.preconditioning_utils
 
 KERNELS = ("nuts", "hmc", "chees")
+#: How reports name each kernel.
+KERNEL_NAMES = {"nuts": "NUTS", "hmc": "HMC", "chees": "ChEES-HMC"}
 # TFP's window schedule uses num_warmup // 20 as its base slow window.
 MIN_ADAPTIVE_WARMUP = 20
 # ESS and split R-hat (Vehtari et al. 2021) need at least 4 draws per chain.

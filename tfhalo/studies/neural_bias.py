@@ -79,6 +79,7 @@ __all__ = [
 ]
 
 FIELDS = ("nbody", "lpt")
+# The sampler's kernels (tfhalo.inference.sampler.KERNELS, not imported here: it loads TFP).
 KERNELS = ("nuts", "hmc", "chees")
 #: Precisions the chains' likelihood may be evaluated in (the MAP, Hessian and diagnostics are float64).
 CHAINS_DTYPES = ("float64", "float32")
@@ -1051,6 +1052,8 @@ def _precision_lines(check) -> list:
 
 def report(r: dict) -> str:
     """``report.md`` of a results dict written by :func:`run`."""
+    from tfhalo.inference.sampler import KERNEL_NAMES
+
     cfg = r["config"]
     d = r["data"]
     ll = r["log_likelihood"]
@@ -1080,7 +1083,7 @@ def report(r: dict) -> str:
         f"{c['n_chains']} chains"
         + (f" in {groups} groups of {c['n_chains'] // groups} (each with its own warm-up)"
            if (groups := int(s['config'].get('chain_groups', 1))) > 1 else "")
-        + f", {s['config']['kernel'].upper()}, {s['config']['num_warmup']} warm-up + "
+        + f", {KERNEL_NAMES.get(s['config']['kernel'], s['config']['kernel'])}, {s['config']['num_warmup']} warm-up + "
         f"{c['n_draws']} draws each, target acceptance {s['config']['target_accept']}, in the local-linear "
         + (f"coordinates preconditioned by the covariance of a pilot run of {r['config']['n_pilot']} + "
            f"{r['config']['n_pilot']} iterations (itself preconditioned by the MAP Hessian)"
