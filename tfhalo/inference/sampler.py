@@ -9,12 +9,16 @@ bijector is given)::
       WindowedAdaptation(                     # Stan's fast / slow / fast windows
         DiagonalMassMatrixAdaptation(         # diagonal inverse mass = variance of z
           DualAveragingStepSizeAdaptation(    # step size for `target_accept`
-            PreconditionedNoUTurnSampler | PreconditionedHamiltonianMonteCarlo))),
-      bijector)
+            PreconditionedNoUTurnSampler | PreconditionedHamiltonianMonteCarlo
+            | GradientBasedTrajectoryLengthAdaptation(PreconditionedHamiltonianMonteCarlo)))),
+      bijector)                               # the last: kernel="chees", ChEES criterion
 
 and sampling runs ``TransformedTransitionKernel`` over the bare NUTS / HMC
 kernel with the adapted step size and mass matrix frozen, so every draw kept
-comes from one fixed, exactly invariant kernel.
+comes from one fixed, exactly invariant kernel.  For ChEES that kernel is HMC
+with the adapted (Polyak-averaged) trajectory length ``T`` jittered per
+transition, ``ceil(u T / step)`` leapfrog steps with ``u ~ U(0, 1)`` drawn
+independently of the state: a mixture of HMC kernels, each exactly invariant.
 
 Why not call ``windowed_adaptive_nuts`` itself: it takes a
 ``tfd.JointDistribution`` (not a plain batched log-density), draws its own
@@ -76,6 +80,9 @@ References:
     Stan Development Team, "Stan Reference Manual", section "HMC algorithm
     parameters: automatic parameter tuning" (the windowed warm-up),
     https://mc-stan.org/docs/reference-manual/mcmc.html.
+    Hoffman, Radul & Sountsov (2021), "An adaptive MCMC scheme for setting
+    trajectory lengths in Hamiltonian Monte Carlo", AISTATS 2021, PMLR 130, 3907
+    (ChEES).
     Lao, Suter, Langmore, Chimisov, Saxena, Sountsov, Moore, Saurous, Hoffman &
     Dillon (2020), "tfp.mcmc: Modern Markov Chain Monte Carlo Tools Built for
     Modern Hardware", arXiv:2002.01184.
