@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind = str if field in ("kernel", "chains_dtype") else float if field == "target_accept" else int
         parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None,
                             help=f"the quick preset's {field}")
+    parser.add_argument("--per-group-warmup", action="store_true",
+                        help="with --chain-groups, let every group adapt its own step size and mass matrix")
     parser.add_argument("--report-only", action="store_true",
                         help="write results.json and table.md from the runs finished so far; start none")
     parser.add_argument("--no-xla", action="store_true")
@@ -136,6 +138,8 @@ def make_plan(args) -> dict:
     overrides = {f: getattr(args, f) for f in OVERRIDES if getattr(args, f) is not None}
     if args.no_xla:
         overrides["jit_compile"] = False
+    if args.per_group_warmup:
+        overrides["pool_warmup"] = False
     workdir = Path(args.workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"workdir must be a directory. Received: workdir={str(workdir)!r} (a file)")

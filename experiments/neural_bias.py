@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JAX devices to split the chains over (KERAS_BACKEND=jax)")
     parser.add_argument("--chain-groups", type=int, default=None,
                         help="independent groups of chains run concurrently, one CPU core each")
+    parser.add_argument("--per-group-warmup", action="store_true",
+                        help="with --chain-groups, let every group adapt its own step size and mass matrix "
+                             "(default: one warm-up of all chains)")
     parser.add_argument("--chains-dtype", default=None,
                         help="precision of the chains' likelihood: float64 or float32 (checked against float64)")
     parser.add_argument("--overwrite", action="store_true", help="discard cached steps made with other settings")
@@ -77,6 +80,8 @@ def make_config(args) -> neural_bias.Config:
     overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items() if getattr(args, flag) is not None}
     if args.no_xla:
         overrides["jit_compile"] = False
+    if args.per_group_warmup:
+        overrides["pool_warmup"] = False
     return neural_bias.Config.preset(args.preset, seed=args.seed, **overrides)
 
 

@@ -7,6 +7,7 @@ Tracing TFP's kernels dominates the cost, so each sampler run is a module
 fixture shared by several tests.
 """
 
+import dataclasses
 import os
 
 import arviz as az
@@ -190,9 +191,9 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
 
 
 def test_chain_groups_are_independent_runs_joined(tmp_path):
-    # Two groups of two chains: each is exactly the run of its own config (its seed, its warm-up),
-    # run in its own thread; the joined chains recover the target.
-    cfg = sampler_config(kernel="nuts", chain_groups=2)
+    # Two groups of two chains, each warmed up alone: each is exactly the run of its own config
+    # (its seed, its warm-up), run in its own thread; the joined chains recover the target.
+    cfg = sampler_config(kernel="nuts", chain_groups=2, pool_warmup=False)
     starts = _starts(4)
     ch = inf.sample(LOG_PROB, starts, cfg, progress=False, checkpoint_dir=tmp_path)
     groups = cfg.group_configs()
@@ -212,8 +213,44 @@ def test_chain_groups_are_independent_runs_joined(tmp_path):
     np.testing.assert_array_equal(again.samples, ch.samples)
     idata = ch.to_inference_data()
     assert idata.constant_data["inverse_mass_matrix"].dims == ("chain_group", "sampling_coordinate")
-    # chain_groups is part of a run's identity, and absent from it when 1 (older checkpoints stay valid).
-    assert cfg.chain_fields()["chain_groups"] == 2 and "chain_groups" not in sampler_config().chain_fields()
+    # chain_groups and pool_warmup are part of a run's identity, and absent from it without groups
+    # (older checkpoints stay valid).
+    assert cfg.chain_fields()["chain_groups"] == 2 and cfg.chain_fields()["pool_warmup"] is False
+    assert not {"chain_groups", "pool_warmup"} & set(sampler_config().chain_fields())
+
+
+def _delete(path):
+    path.unlink()
+    return path
+
+
+def test_chain_groups_after_a_pooled_warmup_share_one_kernel(tmp_path):
+    # Four groups of one chain warmed up as one batch: every group samples with the same step size and
+    # mass matrix (adapted on the draws of all four chains), from its own chain's warmed-up state.
+    # The log-density is batched to one chain, as a study's is for chain_groups == num_chains.
+    def one_chain(x):
+        assert x.shape[0] == 1, x.shape
+        return LOG_PROB(x)
+
+    cfg = sampler_config(kernel="nuts", chain_groups=4)
+    starts = _starts(6)
+    ch = inf.sample(one_chain, starts, cfg, progress=False, checkpoint_dir=tmp_path)
+    assert cfg.pool_warmup and ch.samples.shape == (400, 4, P)
+    assert np.unique(ch.step_size).size == 1 and np.unique(ch.inverse_mass_matrix, axis=0).shape[0] == 1
+    # The mass matrix is the pooled variance of the warm-up draws: that of the target, to within its noise
+    # (per-chain estimates from 2 x 4 + ... draws would scatter far more; the whitened check below is exact).
+    assert np.all(np.abs(np.log(ch.inverse_mass_matrix[0] / np.diag(COV))) < np.log(3.0))
+    assert sorted(os.listdir(tmp_path)) == ["group0", "group1", "group2", "group3", "warmup"]
+    check_gaussian(ch.samples, MEAN, COV)
+    # Resuming after an interruption in sampling (one group lost a block) repeats the uninterrupted run.
+    _delete(tmp_path / "group2" / "block_00003.npz")
+    again = inf.sample(one_chain, starts, cfg, progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(again.samples, ch.samples)
+    np.testing.assert_array_equal(again.step_size, ch.step_size)
+    # A checkpoint of the same groups warmed up one by one is another run's.
+    with pytest.raises(ValueError, match="checkpoint_dir.*pool_warmup: True there, False here"):
+        inf.sample(one_chain, starts, dataclasses.replace(cfg, pool_warmup=False), progress=False,
+                   checkpoint_dir=tmp_path)
 
 
 def test_chain_groups_raise_a_group_error_in_the_caller():

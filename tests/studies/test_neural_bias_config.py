@@ -84,8 +84,10 @@ def test_quick_preset_is_the_agreed_sampler_and_paper_preset_the_papers_set_up()
 
     quick = neural_bias.Config.preset("quick")
     assert (quick.kernel, quick.max_tree_depth, quick.n_chains, quick.target_accept) == ("nuts", 10, 4, 0.995)
-    # One chain per group, each with its own warm-up: no core waits for another chain's trajectory.
+    # One chain per group: no core waits for another chain's trajectory; the warm-up pools all 4 chains.
     assert quick.chain_groups == 4 and [g.num_chains for g in quick.sampler_config().group_configs()] == [1] * 4
+    assert quick.pool_warmup and quick.sampler_config().pool_warmup
+    assert neural_bias.Config.preset("quick", pool_warmup=False).sampler_config().pool_warmup is False
     # ... and keeps one chain per group when only the number of chains changes.
     assert neural_bias.Config.preset("quick", n_chains=2).chain_groups == 2
     assert neural_bias.Config.preset("quick", n_chains=6, chain_groups=3).chain_groups == 3

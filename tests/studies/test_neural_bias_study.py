@@ -64,8 +64,8 @@ def test_run_writes_results_report_and_an_arviz_file(study):
     # 20 draws cannot give ESS >= 400: the report must say so and name the criterion.
     text = (out / "report.md").read_text()
     assert "NOT converged" in text and "bulk ESS" in text
-    # Chain groups as in the quick preset (one chain per group), each adapting its own step.
-    assert config.chain_groups == 2 and "2 chains in 2 groups of 1 (each with its own warm-up), NUTS" in text
+    # Chain groups as in the quick preset (one chain per group), warmed up together.
+    assert config.chain_groups == 2 and "2 chains in 2 groups of 1 (one warm-up of all chains), NUTS" in text
     assert idata.constant_data["inverse_mass_matrix"].dims == ("chain_group", "sampling_coordinate")
     shares = saved["component_shares"]
     assert sum(shares["map"]) == pytest.approx(1.0) and np.shape(shares["median_per_chain"]) == (2, 2)

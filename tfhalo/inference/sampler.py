@@ -171,14 +171,20 @@ class SamplerConfig:
             of the checkpoint fingerprint and a checkpoint resumes on another device count.
             Checked against the devices JAX sees (``XLA_FLAGS=--xla_force_host_platform_device_count``
             fakes CPU ones) when :func:`sample` starts; TensorFlow takes only 1.
-        chain_groups: independent groups the chains are split into, ``C / chain_groups`` chains
-            each, run concurrently in threads, each with its own warm-up (step size and mass
-            matrix) and seed.  One batch of chains runs on one CPU core and moves in lockstep
-            (every step waits for the chain with the longest NUTS trajectory); groups use as many
-            cores and wait only within themselves.  ``log_prob_fn`` then takes
-            ``(C / chain_groups, P)`` batches.  Group ``g``'s seed derives from ``seed`` and ``g``,
-            so a run with groups is reproducible but differs from one without.  1 (default): one
-            batch.  Not combined with ``devices > 1``.
+        chain_groups: groups the chains are split into for sampling, ``C / chain_groups`` chains
+            each, run concurrently in threads with their own seeds.  One batch of chains runs on
+            one CPU core and moves in lockstep (every step waits for the chain with the longest
+            NUTS trajectory); groups use as many cores and wait only within themselves.
+            ``log_prob_fn`` then takes ``(C / chain_groups, P)`` batches.  Group ``g``'s seed
+            derives from ``seed`` and ``g``, so a run with groups is reproducible but differs from
+            one without.  1 (default): one batch.  Not combined with ``devices > 1``.
+        pool_warmup: with ``chain_groups > 1``, warm all ``C`` chains up as one batch (one step
+            size for their mean acceptance, one mass matrix from the draws of all of them), then
+            sample the groups concurrently with that frozen kernel (default).  ``False``: every
+            group adapts its own step size and mass matrix from its own chains; with one chain per
+            group these rest on a single chain's few hundred warm-up draws and scatter from chain
+            to chain, and a chain whose step came out too long diverges in the tails.  Unused
+            without groups.
 
     Raises:
         ValueError: a field out of range, naming the field and its value.
@@ -204,6 +210,7 @@ class SamplerConfig:
     block_size: int = 100
     devices: int = 1
     chain_groups: int = 1
+    pool_warmup: bool = True
 
     def __post_init__(self):
         def put(name, value):
@@ -244,6 +251,7 @@ class SamplerConfig:
             raise ValueError(f"kernel='chees' adapts the trajectory length across the chains of a batch: it needs "
                              f"at least 2 chains per batch (num_chains / chain_groups). Received: "
                              f"num_chains={self.num_chains}, chain_groups={self.chain_groups}")
+        put("pool_warmup", check_bool("pool_warmup", self.pool_warmup))
         if self.chain_groups > 1 and self.devices > 1:
             raise ValueError(f"chain_groups > 1 runs groups in threads and devices > 1 shards one batch: use one "
                              f"of them. Received: chain_groups={self.chain_groups}, devices={self.devices}")
@@ -255,11 +263,12 @@ class SamplerConfig:
     def chain_fields(self) -> dict:
         """The run's identity, for checkpoints and caches: :meth:`to_dict` less ``devices`` (placement only).
 
-        ``chain_groups`` changes the chains, so it is part of the identity when above 1.
+        ``chain_groups`` and ``pool_warmup`` change the chains, so they are part of the identity
+        when there are groups.
         """
         fields = {k: v for k, v in self.to_dict().items() if k not in _PLACEMENT_FIELDS}
         if fields["chain_groups"] == 1:
-            del fields["chain_groups"]
+            del fields["chain_groups"], fields["pool_warmup"]
         # Only ChEES reads the cap: the identity of NUTS and HMC runs stays what it was without it.
         if fields["kernel"] != "chees":
             del fields["max_leapfrog_steps"]
@@ -483,8 +492,10 @@ def _check_target(log_prob_fn, bijector, init):
 _PLACEMENT_FIELDS = ("devices",)
 
 
-def _fingerprint(config, init, z0, lp0, bijector) -> str:
+def _fingerprint(config, init, z0, lp0, bijector, warmup=None) -> str:
     fields = dict(config=config.chain_fields(), bijector=type(bijector).__name__, lp0=[f"{v:.10g}" for v in lp0])
+    if warmup is not None:  # a group sampled after a pooled warm-up: its blocks belong to that warm-up
+        fields["warmup"] = warmup
     # The backends' random streams differ, so a checkpoint resumes only on its own backend.  TensorFlow's
     # fingerprint leaves the backend out: checkpoints written without one stay valid there.
     if backend.NAME != "tensorflow":
@@ -534,6 +545,16 @@ class _Checkpoint:
         if self.dir is not None:
             save_npz_atomic(self.dir / name, fingerprint=np.array(self.fingerprint),
                             config=np.array(self.config_json), backend=np.array(backend.NAME), **arrays)
+
+    def check_existing(self):
+        """Refuse, before any work, a directory that already holds another run's files."""
+        if self.dir is None or not self.dir.is_dir():
+            return
+        for path in sorted(self.dir.glob("*.npz")):
+            with np.load(path) as f:
+                data = {k: f[k] for k in ("fingerprint", "config", "backend") if k in f.files}
+            self._check(path, data)
+            return
 
     def load_warmup(self):
         return self._load("warmup.npz")
@@ -646,17 +667,9 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     return _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt_dir)
 
 
-def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt_dir) -> Chains:
-    """:func:`sample` for one batch of chains, after its arguments and start have been checked."""
-    compiled = _compiled(log_prob_fn, bijector, config)
-    ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector), config)
-
-    q = z0.shape[1]
-    c = config.num_chains
-    bar = tqdm(total=config.num_warmup + config.num_samples, disable=not progress, mininterval=1.0,
-               desc=f"{config.kernel.upper()} warm-up")
+def _warm_state(compiled, config, z0, ckpt, bar) -> dict:
+    """The adapted kernel and the chains' state after warm-up: read from ``ckpt``, or run and saved there."""
     t0 = time.perf_counter()
-
     warm = ckpt.load_warmup()
     if warm is None:
         z, step_size, inverse_mass, length, n_grad, n_div = _warmup(compiled, config, z0, bar)
@@ -664,6 +677,29 @@ def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt
                     trajectory_length=np.array(length), n_grad=np.array(n_grad),
                     n_divergent=np.array(n_div), seconds=np.array(time.perf_counter() - t0))
         ckpt.save_warmup(**warm)
+    else:
+        bar.update(config.num_warmup)
+    return warm
+
+
+def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt_dir, warm=None,
+                    warm_id=None, parent=None) -> Chains:
+    """:func:`sample` for one batch of chains, after its arguments and start have been checked.
+
+    ``warm``: the state and adapted kernel of a pooled warm-up (identified by ``warm_id``) to
+    sample from, instead of this batch's own warm-up.  ``parent``: the config of the run this
+    batch is a group of, named in the checkpoint's files and errors.
+    """
+    ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector, warm_id), parent or config)
+    ckpt.check_existing()
+    compiled = _compiled(log_prob_fn, bijector, config)
+
+    q = z0.shape[1]
+    c = config.num_chains
+    bar = tqdm(total=config.num_warmup + config.num_samples, disable=not progress, mininterval=1.0,
+               desc=f"{config.kernel.upper()} warm-up")
+    if warm is None:
+        warm = _warm_state(compiled, config, z0, ckpt, bar)
     else:
         bar.update(config.num_warmup)
     step_size = float(warm["step_size"])
@@ -723,13 +759,17 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> C
     inits = [init[g * n:(g + 1) * n] for g in range(len(groups))]
     # Every group's start is checked (target shape, finiteness) before any thread starts sampling.
     starts = [_check_target(log_prob_fn, bijector, x) for x in inits]
+    warms, warm_id = [None] * len(groups), None
+    if config.pool_warmup:
+        warms, warm_id = _pooled_warmup(log_prob_fn, init, starts, config, bijector, progress, ckpt_dir)
     results = [None] * len(groups)
     errors = []
 
     def run(g):
         try:
             results[g] = _sample_checked(log_prob_fn, inits[g], *starts[g], groups[g], bijector, progress,
-                                         None if ckpt_dir is None else ckpt_dir / f"group{g}")
+                                         None if ckpt_dir is None else ckpt_dir / f"group{g}",
+                                         warm=warms[g], warm_id=warm_id, parent=config)
         except BaseException as err:  # re-raised in the calling thread
             errors.append(err)
 
@@ -749,6 +789,56 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> C
                   n_warmup_divergent=sum(r.n_warmup_divergent for r in results),
                   trajectory_length=(np.array([r.trajectory_length for r in results]) if config.kernel == "chees"
                                      else None))
+
+
+def _pooled_warmup(log_prob_fn, init, starts, config, bijector, progress, ckpt_dir):
+    """One warm-up of all ``C`` chains as a batch; ``([warm state of group g], warm-up fingerprint)``.
+
+    The groups' log-densities are concatenated into the batch's, so ``log_prob_fn`` keeps its
+    ``(C / chain_groups, P)`` shape.  Each group gets its chains' states and the shared step
+    size, mass matrix and trajectory length; the warm-up's divergences are counted once (group 0)
+    and its wall time is part of every group's (the groups start after it).
+    """
+    groups, n = config.chain_groups, config.num_chains // config.chain_groups
+    pooled_config = dataclasses.replace(config, chain_groups=1)
+    pooled_fn = _concatenated(log_prob_fn, groups, n)
+    z0 = np.concatenate([z for z, _ in starts])
+    lp0 = np.concatenate([lp for _, lp in starts])
+    fingerprint = _fingerprint(config, init, z0, lp0, bijector)
+    ckpt = _Checkpoint(None if ckpt_dir is None else ckpt_dir / "warmup", fingerprint, config)
+    ckpt.check_existing()
+    bar = tqdm(total=config.num_warmup, disable=not progress, mininterval=1.0,
+               desc=f"{config.kernel.upper()} warm-up of all {config.num_chains} chains")
+    warm = _warm_state(_compiled(pooled_fn, bijector, pooled_config), pooled_config, z0, ckpt, bar)
+    bar.close()
+    warms = []
+    for g in range(groups):
+        w = dict(warm, z=np.asarray(warm["z"])[g * n:(g + 1) * n])
+        if g > 0:
+            w["n_divergent"] = np.array(0)
+        warms.append(w)
+    return warms, fingerprint
+
+
+# The concatenated log-densities of recent pooled warm-ups, so that _compiled's cache finds the
+# same function object for the same (log_prob_fn, groups, chains per group).
+_CONCATENATED: collections.OrderedDict = collections.OrderedDict()
+
+
+def _concatenated(log_prob_fn, groups, n):
+    """``(groups * n, P) -> (groups * n,)`` from ``log_prob_fn`` of ``(n, P)`` batches."""
+    def fn(theta):
+        return ops.concatenate([log_prob_fn(theta[g * n:(g + 1) * n]) for g in range(groups)], axis=0)
+
+    key = (log_prob_fn, groups, n)
+    try:
+        hit = _CONCATENATED.setdefault(key, fn)
+    except TypeError:  # an unhashable callable: no reuse
+        return fn
+    _CONCATENATED.move_to_end(key)
+    while len(_CONCATENATED) > _COMPILED_SIZE:
+        _CONCATENATED.popitem(last=False)
+    return hit
 
 
 def _warmup_kernel(log_prob_fn, bijector, config, z):

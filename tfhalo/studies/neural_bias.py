@@ -141,12 +141,15 @@ class Config:
         devices: JAX devices the chains are split over (``n_chains`` must be a
             multiple); sharding does not change the chains, so it is not part of
             the cache keys.
-        chain_groups: independent groups of chains run concurrently, each with its
-            own warm-up (:attr:`tfhalo.inference.SamplerConfig.chain_groups`);
-            ``n_chains`` must be a multiple.  On a CPU one batch of chains uses
-            one core and waits at every step for its longest trajectory; one
-            chain per group (Stan's habit of adapting each chain on its own) keeps
-            every core busy until the last chain finishes.
+        chain_groups: groups of chains sampled concurrently
+            (:attr:`tfhalo.inference.SamplerConfig.chain_groups`); ``n_chains``
+            must be a multiple.  On a CPU one batch of chains uses one core and
+            waits at every step for its longest trajectory; one chain per group
+            keeps every core busy until the last chain finishes.
+        pool_warmup: with groups, warm all chains up as one batch (one step size
+            and one mass matrix from the draws of all chains), then sample the
+            groups with that kernel; ``False``: each group adapts its own
+            (:attr:`tfhalo.inference.SamplerConfig.pool_warmup`).
         chains_dtype: precision of the likelihood the chains evaluate,
             ``"float64"`` or ``"float32"``.  The chains' state, the coordinates'
             Jacobian, the MAP, its Hessian and every diagnostic stay float64.  A
@@ -189,6 +192,7 @@ class Config:
     jit_compile: bool = True
     devices: int = 1
     chain_groups: int = 1
+    pool_warmup: bool = True
     chains_dtype: str = "float64"
 
     def __post_init__(self):
@@ -223,6 +227,7 @@ class Config:
         set_("leapfrog_steps", check_int("leapfrog_steps", self.leapfrog_steps, minimum=1))
         set_("max_tree_depth", check_int("max_tree_depth", self.max_tree_depth, minimum=1, maximum=30))
         set_("jit_compile", check_bool("jit_compile", self.jit_compile))
+        set_("pool_warmup", check_bool("pool_warmup", self.pool_warmup))
         check_choice("chains_dtype", self.chains_dtype, CHAINS_DTYPES)
         check_sampler_settings(self)
 
@@ -250,8 +255,8 @@ class Config:
                 sees the same ~12 Mpc/h patch), threshold 50 particles
                 (~9.5e11 Msun/h: FoF masses are noisy below ~50 particles), the
                 paper's 17-parameter model; NUTS at a target acceptance of 0.995, 4
-                chains in 4 groups of 1 (threads sharing the CPU cores, each chain
-                adapting its own step size and mass matrix): a pilot of 200 + 200
+                chains in 4 groups of 1 (threads sharing the CPU cores), each run
+                warmed up as one batch of the 4 chains: a pilot of 200 + 200
                 iterations whose draws' covariance preconditions 200 warm-up
                 iterations and 1000 kept draws; the chains evaluate the likelihood
                 in float32 (``chains_dtype``), checked against float64 at their
@@ -295,7 +300,7 @@ class Config:
             kernel=self.kernel, num_chains=self.n_chains, num_warmup=self.n_warmup, num_samples=self.n_samples,
             target_accept=self.target_accept, max_tree_depth=self.max_tree_depth,
             num_leapfrog_steps=self.leapfrog_steps, seed=self.chains_seed, jit_compile=self.jit_compile,
-            devices=self.devices, chain_groups=self.chain_groups)
+            devices=self.devices, chain_groups=self.chain_groups, pool_warmup=self.pool_warmup)
 
     def pilot_config(self):
         """The pilot run's :class:`tfhalo.inference.SamplerConfig` (``n_pilot`` warm-up and draws), or None."""
@@ -1081,8 +1086,9 @@ def report(r: dict) -> str:
          + ". Read the posterior summaries below with caution."),
         "",
         f"{c['n_chains']} chains"
-        + (f" in {groups} groups of {c['n_chains'] // groups} (each with its own warm-up)"
-           if (groups := int(s['config'].get('chain_groups', 1))) > 1 else "")
+        + (f" in {groups} groups of {c['n_chains'] // groups} ("
+           + ("one warm-up of all chains" if s['config'].get('pool_warmup', False) else "each with its own warm-up")
+           + ")" if (groups := int(s['config'].get('chain_groups', 1))) > 1 else "")
         + f", {KERNEL_NAMES.get(s['config']['kernel'], s['config']['kernel'])}, {s['config']['num_warmup']} warm-up + "
         f"{c['n_draws']} draws each, target acceptance {s['config']['target_accept']}, in the local-linear "
         + (f"coordinates preconditioned by the covariance of a pilot run of {r['config']['n_pilot']} + "
