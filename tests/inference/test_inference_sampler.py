@@ -282,6 +282,7 @@ def test_chain_groups_raise_a_group_error_in_the_caller():
     (dict(chain_groups=0), "chain_groups must be at least 1"),
     (dict(num_chains=4, chain_groups=3), "num_chains must be a multiple of chain_groups=3"),
     (dict(num_chains=4, chain_groups=2, devices=2), "use one of them"),
+    (dict(pool_warmup=1), "pool_warmup must be True or False. Received: pool_warmup=1"),
     (dict(max_leapfrog_steps=0), "max_leapfrog_steps must be at least 1. Received: max_leapfrog_steps=0"),
     (dict(kernel="chees", num_chains=1), r"at least 2 chains per batch .*num_chains=1, chain_groups=1"),
     (dict(kernel="chees", num_chains=4, chain_groups=4), r"at least 2 chains per batch .*chain_groups=4"),

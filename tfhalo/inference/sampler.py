@@ -703,8 +703,9 @@ def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt
     else:
         bar.update(config.num_warmup)
     step_size = float(warm["step_size"])
-    # Warm-ups saved before ChEES existed hold no length; NUTS and HMC do not read it.
-    length = float(warm["trajectory_length"]) if "trajectory_length" in warm else np.nan
+    # ChEES's frozen trajectory length; None for NUTS and HMC, which have none (their warm-ups store nan,
+    # or, saved before ChEES existed, nothing).
+    length = float(warm["trajectory_length"]) if config.kernel == "chees" else None
     inverse_mass = np.asarray(warm["inverse_mass"], np.float64)
     seconds = float(warm["seconds"])
     n_grad = float(warm["n_grad"])
@@ -722,7 +723,7 @@ def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt
                 backend.shard_chains(backend.constant(z), config.devices),
                 backend.shard_chains(backend.constant(step_size, "float64"), config.devices, replicate=True),
                 backend.shard_chains(backend.constant(inverse_mass), config.devices, replicate=True),
-                backend.shard_chains(backend.constant(0.0 if np.isnan(length) else length, "float64"),
+                backend.shard_chains(backend.constant(0.0 if length is None else length, "float64"),
                                      config.devices, replicate=True),
                 _block_seed(config.seed, 1, index), _num_steps(n, config))
             block = dict(draws=backend.to_numpy(draws), z=backend.to_numpy(z_next),
@@ -749,7 +750,7 @@ def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt
     return Chains(samples=samples, sample_stats={k: stats[k] for k in names}, seconds=seconds,
                   n_gradient_evaluations=int(round(n_grad)), config=config, step_size=step_size,
                   inverse_mass_matrix=inverse_mass, n_warmup_divergent=int(warm["n_divergent"]),
-                  trajectory_length=length if config.kernel == "chees" else None)
+                  trajectory_length=length)
 
 
 def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> Chains:
@@ -949,8 +950,8 @@ def _warmup(compiled, config, z0, bar):
     divergences)``; the trajectory length is ChEES's adapted one (``nan`` for NUTS and HMC)."""
     c, q = z0.shape
     if config.num_warmup == 0:
-        return (z0, config.init_step_size, np.ones(q), config.num_leapfrog_steps * config.init_step_size,
-                0.0, 0)
+        length = config.num_leapfrog_steps * config.init_step_size if config.kernel == "chees" else np.nan
+        return z0, config.init_step_size, np.ones(q), length, 0.0, 0
     # The kernel results inherit the chain sharding of z0 (XLA propagates it through each block).
     pkr = compiled.warmup_start(backend.shard_chains(backend.constant(z0), config.devices))
     n_grad, n_div = 1.0, 0
