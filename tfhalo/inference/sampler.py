@@ -924,13 +924,13 @@ class _Compiled:
 # seeds, resumed runs).  Keys hold the function and bijector alive; hence the small size.
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _COMPILED_SIZE = 4
+_UNTRACED_FIELDS = ("seed", "num_samples", "block_size", "num_chains", "devices", "chain_groups", "pool_warmup")
 
 
 def _compiled(log_prob_fn, bijector, config) -> _Compiled:
-    # Seed, draws, block size, chain count and devices do not enter the traced graphs (jax.jit
-    # compiles once per input sharding by itself).
-    static = dataclasses.replace(config, seed=0, num_samples=MIN_SAMPLES, block_size=1, num_chains=2, devices=1,
-                                 chain_groups=1)
+    # Seed, draws, block size, chain count, groups and devices do not enter the traced graphs (jax.jit
+    # compiles once per input sharding by itself); the other fields do.
+    static = tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in _UNTRACED_FIELDS))
     key = (log_prob_fn, id(bijector), static)
     try:
         hit = _COMPILED.get(key)
