@@ -202,10 +202,14 @@ def test_several_robustness_files_get_one_table_each_titled_by_their_settings(tm
                                                            "leapfrog_steps": 16})], "overrides": {}}))
     assert "### kernel=nuts, max_tree_depth=7, n_samples=600\n" in render_results_doc(
         [tmp_path / "nb"], robustness=[nuts, hmc], out_dir=tmp_path)
-    # Chain groups name the table when there are several (one batch is the default).
-    for groups, title in ((1, "### kernel=nuts, max_tree_depth=7\n"), (2, "### chain_groups=2, kernel=nuts, max_tree_depth=7\n")):
-        nuts.write_text(json.dumps({"runs": [dict(row, config={"kernel": "nuts", "max_tree_depth": 7,
-                                                               "chain_groups": groups})], "overrides": {}}))
+    # Chain groups name the table when there are several (one batch is the default), with their warm-up:
+    # pooled, or one per group (rows written before the pooled warm-up existed say nothing: one per group).
+    for extra, title in (({"chain_groups": 1, "pool_warmup": True}, "### kernel=nuts, max_tree_depth=7\n"),
+                         ({"chain_groups": 2}, "### chain_groups=2, kernel=nuts, max_tree_depth=7, pool_warmup=False\n"),
+                         ({"chain_groups": 2, "pool_warmup": True},
+                          "### chain_groups=2, kernel=nuts, max_tree_depth=7, pool_warmup=True\n")):
+        nuts.write_text(json.dumps({"runs": [dict(row, config={"kernel": "nuts", "max_tree_depth": 7, **extra})],
+                                    "overrides": {}}))
         assert title in render_results_doc([tmp_path / "nb"], robustness=[nuts, hmc], out_dir=tmp_path)
     # A partial table (the benchmark rewrites its file as runs finish) says so.
     hmc.write_text(json.dumps({"runs": [row], "overrides": {"kernel": "hmc"}, "planned": 17, "complete": False}))

@@ -309,7 +309,7 @@ def _robustness_table(rows) -> list[str]:
 
 
 #: The rows' config fields that define a robustness table's sampler, said in its title.
-_SAMPLER_TITLE_FIELDS = ("kernel", "n_chains", "chain_groups", "n_pilot", "n_warmup", "n_samples", "target_accept",
+_SAMPLER_TITLE_FIELDS = ("kernel", "n_chains", "chain_groups", "pool_warmup", "n_pilot", "n_warmup", "n_samples", "target_accept",
                          "max_tree_depth", "leapfrog_steps")
 
 
@@ -327,8 +327,11 @@ def _robustness_title(table: dict) -> str:
     settings.update(overrides)
     ignored = {"nuts": "leapfrog_steps", "hmc": "max_tree_depth", "chees": "max_tree_depth"}.get(settings.get("kernel"))
     settings.pop(ignored, None)
-    if settings.get("chain_groups") == 1:  # one batch, the default: no groups to name
-        del settings["chain_groups"]
+    if settings.get("chain_groups", 1) == 1:  # one batch, the default: no groups to name
+        settings.pop("chain_groups", None)
+        settings.pop("pool_warmup", None)
+    elif "pool_warmup" not in settings:  # groups sampled before pooled warm-ups existed each warmed up alone
+        settings["pool_warmup"] = config.get("pool_warmup", False)
     if not settings:
         return table["_path"].parent.name
     return ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
