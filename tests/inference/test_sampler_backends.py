@@ -224,3 +224,19 @@ def test_jax_backend_loads_no_tensorflow():
     result = run_under_jax_without_tensorflow(_NO_TF_SCRIPT)
     assert result["shape"] == [4, 2, 2] and result["finite"] and result["n_draws"] == 4
     assert result["substrate"] == "tensorflow_probability.substrates.jax"
+
+
+def test_pooled_warmup_then_groups_on_this_backend(tmp_path):
+    # One chain per group, warmed up as one batch: every group samples with the one adapted kernel,
+    # and the joined chains recover the target; a resumed run repeats them.
+    def one_chain(x):
+        assert x.shape[0] == 1, x.shape
+        return LOG_PROB(x)
+
+    cfg = sampler_config(kernel="nuts", chain_groups=4, jit_compile=True)
+    ch = inf.sample(one_chain, _starts(7), cfg, progress=False, checkpoint_dir=tmp_path)
+    assert np.unique(ch.step_size).size == 1 and np.unique(ch.inverse_mass_matrix, axis=0).shape[0] == 1
+    check_gaussian(ch.samples, MEAN, COV)
+    (tmp_path / "group1" / "block_00002.npz").unlink()
+    again = inf.sample(one_chain, _starts(7), cfg, progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(again.samples, ch.samples)
