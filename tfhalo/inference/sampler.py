@@ -632,7 +632,8 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
         progress: show a tqdm bar (one update per block).
         checkpoint_dir: optional directory.  After warm-up the adapted step size, inverse mass
             matrix and state are saved there, then each completed sampling block (atomic
-            ``.npz`` files; with chain groups, in one subdirectory ``group<g>`` per group).  Calling again with the same arguments resumes and returns
+            ``.npz`` files; with chain groups, the sampling blocks in one subdirectory ``group<g>``
+            per group and a pooled warm-up in ``warmup``).  Calling again with the same arguments resumes and returns
             the chains an uninterrupted run returns; a checkpoint of another config, target,
             bijector or start raises ``ValueError``.  Files are left in place (a finished run
             is then read back without sampling).
