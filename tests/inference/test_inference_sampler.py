@@ -251,6 +251,7 @@ def test_chain_groups_after_a_pooled_warmup_share_one_kernel(tmp_path):
     with pytest.raises(ValueError, match="checkpoint_dir.*pool_warmup: True there, False here"):
         inf.sample(one_chain, starts, dataclasses.replace(cfg, pool_warmup=False), progress=False,
                    checkpoint_dir=tmp_path)
+    assert not list(tmp_path.glob("group*/warmup.npz"))  # refused before any group warmed up
 
 
 def test_chain_groups_raise_a_group_error_in_the_caller():

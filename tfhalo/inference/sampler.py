@@ -665,7 +665,9 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     if config.chain_groups > 1:
         return _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir)
     z0, lp0 = _check_target(log_prob_fn, bijector, init)
-    return _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt_dir)
+    ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector), config)
+    ckpt.check_existing()
+    return _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt)
 
 
 def _warm_state(compiled, config, z0, ckpt, bar) -> dict:
@@ -683,16 +685,12 @@ def _warm_state(compiled, config, z0, ckpt, bar) -> dict:
     return warm
 
 
-def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt_dir, warm=None,
-                    warm_id=None, parent=None) -> Chains:
-    """:func:`sample` for one batch of chains, after its arguments and start have been checked.
+def _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, warm=None) -> Chains:
+    """:func:`sample` for one batch of chains, after its arguments, start and checkpoint have been checked.
 
-    ``warm``: the state and adapted kernel of a pooled warm-up (identified by ``warm_id``) to
-    sample from, instead of this batch's own warm-up.  ``parent``: the config of the run this
-    batch is a group of, named in the checkpoint's files and errors.
+    ``warm``: the state and adapted kernel of a pooled warm-up to sample from, instead of this
+    batch's own warm-up.
     """
-    ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector, warm_id), parent or config)
-    ckpt.check_existing()
     compiled = _compiled(log_prob_fn, bijector, config)
 
     q = z0.shape[1]
@@ -712,7 +710,7 @@ def _sample_checked(log_prob_fn, init, z0, lp0, config, bijector, progress, ckpt
     n_grad = float(warm["n_grad"])
     z = np.asarray(warm["z"], np.float64)
     if z.shape != (c, q) or inverse_mass.shape != (q,):
-        raise ValueError(f"checkpoint_dir holds a warm-up of other shapes. Received: checkpoint_dir='{ckpt_dir}'")
+        raise ValueError(f"checkpoint_dir holds a warm-up of other shapes. Received: checkpoint_dir='{ckpt.dir}'")
 
     bar.set_description(f"{config.kernel.upper()} sampling")
     blocks = []
@@ -761,17 +759,29 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> C
     inits = [init[g * n:(g + 1) * n] for g in range(len(groups))]
     # Every group's start is checked (target shape, finiteness) before any thread starts sampling.
     starts = [_check_target(log_prob_fn, bijector, x) for x in inits]
-    warms, warm_id = [None] * len(groups), None
+    folder = (lambda name: None) if ckpt_dir is None else (lambda name: ckpt_dir / name)
+    pooled = None
     if config.pool_warmup:
-        warms, warm_id = _pooled_warmup(log_prob_fn, init, starts, config, bijector, progress, ckpt_dir)
+        z0 = np.concatenate([z for z, _ in starts])
+        pooled = _Checkpoint(folder("warmup"), _fingerprint(config, init, z0, np.concatenate([lp for _, lp in starts]),
+                                                            bijector), config)
+    # A group's blocks belong to the pooled warm-up they continue; its files and errors name the whole run.
+    ckpts = [_Checkpoint(folder(f"group{g}"), _fingerprint(groups[g], inits[g], *starts[g], bijector,
+                                                           None if pooled is None else pooled.fingerprint), config)
+             for g in range(len(groups))]
+    # Another run's files in any of the folders are refused before any warm-up.
+    for ckpt in ckpts + ([pooled] if pooled else []):
+        ckpt.check_existing()
+    warms = [None] * len(groups)
+    if pooled is not None:
+        warms = _pooled_warmup(log_prob_fn, z0, config, bijector, progress, pooled)
     results = [None] * len(groups)
     errors = []
 
     def run(g):
         try:
-            results[g] = _sample_checked(log_prob_fn, inits[g], *starts[g], groups[g], bijector, progress,
-                                         None if ckpt_dir is None else ckpt_dir / f"group{g}",
-                                         warm=warms[g], warm_id=warm_id, parent=config)
+            results[g] = _sample_checked(log_prob_fn, starts[g][0], groups[g], bijector, progress, ckpts[g],
+                                         warm=warms[g])
         except BaseException as err:  # re-raised in the calling thread
             errors.append(err)
 
@@ -793,8 +803,8 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> C
                                      else None))
 
 
-def _pooled_warmup(log_prob_fn, init, starts, config, bijector, progress, ckpt_dir):
-    """One warm-up of all ``C`` chains as a batch; ``([warm state of group g], warm-up fingerprint)``.
+def _pooled_warmup(log_prob_fn, z0, config, bijector, progress, ckpt):
+    """One warm-up of all ``C`` chains (``z0``, ``(C, Q)``) as a batch: ``[warm state of group g]``.
 
     The groups' log-densities are concatenated into the batch's, so ``log_prob_fn`` keeps its
     ``(C / chain_groups, P)`` shape.  Each group gets its chains' states and the shared step
@@ -803,12 +813,7 @@ def _pooled_warmup(log_prob_fn, init, starts, config, bijector, progress, ckpt_d
     """
     groups, n = config.chain_groups, config.num_chains // config.chain_groups
     pooled_config = dataclasses.replace(config, chain_groups=1)
-    pooled_fn = _concatenated(log_prob_fn, groups, n)
-    z0 = np.concatenate([z for z, _ in starts])
-    lp0 = np.concatenate([lp for _, lp in starts])
-    fingerprint = _fingerprint(config, init, z0, lp0, bijector)
-    ckpt = _Checkpoint(None if ckpt_dir is None else ckpt_dir / "warmup", fingerprint, config)
-    ckpt.check_existing()
+    pooled_fn = _Concatenated(log_prob_fn, groups, n)
     bar = tqdm(total=config.num_warmup, disable=not progress, mininterval=1.0,
                desc=f"{config.kernel.upper()} warm-up of all {config.num_chains} chains")
     warm = _warm_state(_compiled(pooled_fn, bijector, pooled_config), pooled_config, z0, ckpt, bar)
@@ -819,28 +824,28 @@ def _pooled_warmup(log_prob_fn, init, starts, config, bijector, progress, ckpt_d
         if g > 0:
             w["n_divergent"] = np.array(0)
         warms.append(w)
-    return warms, fingerprint
+    return warms
 
 
-# The concatenated log-densities of recent pooled warm-ups, so that _compiled's cache finds the
-# same function object for the same (log_prob_fn, groups, chains per group).
-_CONCATENATED: collections.OrderedDict = collections.OrderedDict()
+class _Concatenated:
+    """``(groups * n, P) -> (groups * n,)`` from ``log_prob_fn`` of ``(n, P)`` batches.
 
+    Equal wrappers of the same function hash alike, so :func:`_compiled`'s cache finds the
+    warm-up it compiled for an earlier call (an unhashable function: no reuse, as there).
+    """
 
-def _concatenated(log_prob_fn, groups, n):
-    """``(groups * n, P) -> (groups * n,)`` from ``log_prob_fn`` of ``(n, P)`` batches."""
-    def fn(theta):
-        return ops.concatenate([log_prob_fn(theta[g * n:(g + 1) * n]) for g in range(groups)], axis=0)
+    def __init__(self, log_prob_fn, groups, n):
+        self.key = (log_prob_fn, groups, n)
 
-    key = (log_prob_fn, groups, n)
-    try:
-        hit = _CONCATENATED.setdefault(key, fn)
-    except TypeError:  # an unhashable callable: no reuse
-        return fn
-    _CONCATENATED.move_to_end(key)
-    while len(_CONCATENATED) > _COMPILED_SIZE:
-        _CONCATENATED.popitem(last=False)
-    return hit
+    def __call__(self, theta):
+        fn, groups, n = self.key
+        return ops.concatenate([fn(theta[g * n:(g + 1) * n]) for g in range(groups)], axis=0)
+
+    def __eq__(self, other):
+        return isinstance(other, _Concatenated) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
 
 
 def _warmup_kernel(log_prob_fn, bijector, config, z):
