@@ -1,6 +1,10 @@
 """Benchmark of the neural bias likelihood and of tfhalo.inference's samplers on it.
 
 Prints, measured in one run on the same data:
+  * the gradient's cost with the mixture head applied to a (voxels, features)
+    matrix (tfhalo.bias.model.voxelwise, the library's layout) against the
+    5-D grid layout, in float32 and float64, inside one XLA while loop as a
+    sampler runs it;
   * log-posterior-and-gradient evaluations per second (one parameter vector,
     eager graph and XLA, and a batch of 4 chains with XLA);
   * for NUTS and HMC (4 chains, windowed warm-up, XLA): min bulk / tail ESS,
@@ -21,7 +25,7 @@ benchmark needs no simulation suite.  ``--components 2`` is the paper's
 two-Gaussian head (17 parameters), ``1`` a one-Gaussian head (11 parameters).
 
     python benchmarks/bench_bias.py [--n-grid 10] [--warmup 500] [--samples 500] [--components 2]
-                                    [--kernels nuts,hmc] [--seed 0]
+                                    [--kernels nuts,hmc] [--seed 0] [--layout-only]
 """
 
 from __future__ import annotations
@@ -93,6 +97,46 @@ def evaluation_rates(like, theta, n_chains):
     return rate1, rate1_xla, rate_b
 
 
+def _loop_rate(like, theta, n=500):
+    """Gradient evaluations per second inside one compiled while loop, as a sampler runs them."""
+    theta = tf.constant(theta)
+
+    @tf.function(jit_compile=True)
+    def loop(t):
+        def body(i, t, acc):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                y = tf.cast(like.log_posterior(t), tf.float64)
+            return i + 1, t + 1e-12 * tape.gradient(y, t), acc + y
+
+        return tf.while_loop(lambda i, t, a: i < n, body, (0, t, tf.zeros([], tf.float64)))[2]
+
+    loop(theta).numpy()  # compile
+    t0 = time.perf_counter()
+    loop(theta).numpy()
+    return n / (time.perf_counter() - t0)
+
+
+def layout_rates(data, theta, k):
+    """``{dtype: (rate as a 5-D grid, rate as a voxel matrix)}`` of the likelihood's gradient."""
+    from tfhalo.bias import likelihood
+
+    rates = {}
+    for dtype in ("float32", "float64"):
+        pair = []
+        for grid in (True, False):
+            saved = likelihood.voxelwise
+            if grid:  # the baseline: the head on the (B, n, n, n, F) grid as it comes
+                likelihood.voxelwise = lambda head_call, psi: head_call(psi)
+            try:
+                model = build_model(data[0].log_mass_threshold, n_grid=data[0].n_grid, dtype=dtype, n_components=k)
+                pair.append(_loop_rate(NeuralBiasLikelihood(model, data), theta))
+            finally:
+                likelihood.voxelwise = saved
+        rates[dtype] = tuple(pair)
+    return rates
+
+
 def local_linear(like, theta_map):
     """The local-linear bijector and the Hessian of -ln p(v) at v_MAP, or None if unavailable."""
     try:
@@ -158,6 +202,7 @@ def main(argv=None):
     parser.add_argument("--leapfrog-steps", type=int, default=16, help="HMC's leapfrog steps per draw")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kernels", default="nuts,hmc", help="comma-separated: nuts, hmc")
+    parser.add_argument("--layout-only", action="store_true", help="only the head-layout comparison")
     parser.add_argument("--components", default="2",
                         help="comma-separated mixture components (2 = the paper's 17-parameter default)")
     args = parser.parse_args(argv)
@@ -181,6 +226,11 @@ def main(argv=None):
         fit = fit_map(like, steps=800, n_starts=2, seed=args.seed, progress=False, jit_compile=True)
         print(f"{k} Gaussian(s), {like.layout.size} parameters; data: {len(data)} x {args.n_grid}^3 voxels, "
               f"{like.n_halos} halos; MAP ln posterior {fit.log_posterior:.2f}")
+        for dtype, (grid, matrix) in layout_rates(data, fit.theta, k).items():
+            print(f"gradient in a compiled loop, {dtype}: {matrix:.0f}/s with the head on the voxel matrix, "
+                  f"{grid:.0f}/s on the 5-D grid (x{matrix / grid:.2f})", flush=True)
+        if args.layout_only:
+            continue
         rate1, rate1_xla, rate_b = evaluation_rates(like, fit.theta, args.chains)
         print(f"log-posterior+gradient evaluations/s: {rate1:.0f} (1 vector), {rate1_xla:.0f} (1 vector, XLA, "
               f"x{rate1_xla / rate1:.2f}), {rate_b:.0f} ({args.chains} chains batched, XLA, x{rate_b / rate1:.2f})",

@@ -117,6 +117,30 @@ def test_flat_layout_round_trip_and_stateless_call_agree_with_model_call():
     assert prior == pytest.approx(np.sum(stats.norm.logpdf(theta, 0, 10)), rel=1e-12)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_voxelwise_head_equals_the_head_on_the_grid_voxel_by_voxel(batch):
+    from tfhalo.bias.model import voxelwise
+
+    model = build_model(math.log(1e12), n_grid=4, dtype="float64", n_components=3, n_kernels=2, ells=(0, 1))
+    rng = np.random.default_rng(7)
+    for v in model.head.trainable_variables:
+        v.assign(rng.normal(scale=0.5, size=v.shape))
+    psi = rng.normal(size=(batch, 4, 5, 3, model.npe.output_channels))
+    params = np.asarray(voxelwise(model.head, psi))
+    assert params.shape == (batch, 4, 5, 3, 9)
+    for index in [(0, 0, 0, 0), (batch - 1, 3, 4, 2), (batch // 2, 1, 2, 1)]:
+        np.testing.assert_allclose(params[index], np.asarray(model.head(psi[index][None]))[0], rtol=1e-13)
+    # A grid of unknown size goes through the head unchanged.
+    seen = []
+    voxelwise(lambda x: seen.append(x) or x, _UnknownSpatial(psi))
+    assert isinstance(seen[0], _UnknownSpatial)
+
+
+class _UnknownSpatial:
+    def __init__(self, x):
+        self.shape = (x.shape[0], None, None, None, x.shape[-1])
+
+
 @pytest.mark.parametrize("kwargs", [{}, dict(ells=(0, 1), n_kernels=2, n_components=3)])
 def test_precomputed_npe_gives_the_convolution_path_value_and_gradient(kwargs):
     from tfhalo import backend

@@ -23,7 +23,7 @@ import numpy as np
 from keras import ops
 
 from tfhalo.bias.fields import as_data_list
-from tfhalo.bias.model import NeuralBiasModel
+from tfhalo.bias.model import NeuralBiasModel, voxelwise
 from tfhalo.layers import MultipoleConv3D
 
 DEFAULT_PRIOR_SCALE = 10.0
@@ -202,9 +202,8 @@ class NeuralBiasLikelihood:
         weights = trainable[:self._n_npe]
         psi = npe.call_on_responses(
             self._responses[g], weights[:n_radial], weights[n_radial] if self._n_npe > n_radial else None)
-        params, _ = head.stateless_call(
-            trainable[self._n_npe:], [v.value for v in head.non_trainable_variables], psi)
-        return params
+        head_variables = [v.value for v in head.non_trainable_variables]
+        return voxelwise(lambda x: head.stateless_call(trainable[self._n_npe:], head_variables, x)[0], psi)
 
     def terms(self, theta):
         """``(halo_term, expected_count)``: ``ln L = halo_term - expected_count``."""
