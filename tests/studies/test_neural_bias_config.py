@@ -185,9 +185,20 @@ def test_a_diagnostic_written_as_null_fails_its_criterion():
 def test_kernels_are_the_samplers_and_chees_needs_two_chains_per_group():
     from tfhalo.inference import sampler
 
-    assert neural_bias.KERNELS == sampler.KERNELS == tuple(sampler.KERNEL_NAMES)
+    assert neural_bias.KERNELS is sampler.KERNELS and sampler.KERNELS == tuple(sampler.KERNEL_NAMES)
     cfg = neural_bias.Config.preset("quick", kernel="chees", chain_groups=2)
     assert cfg.sampler_config().kernel == "chees" and cfg.sampler_config().num_chains == 4
     # The quick preset runs one chain per group: ChEES adapts across the chains of a group.
     with pytest.raises(ValueError, match="at least 2 chains per batch.*chain_groups=4"):
         neural_bias.Config.preset("quick", kernel="chees")
+
+
+def test_the_study_settings_load_no_tfp_substrate():
+    import subprocess
+    import sys
+
+    code = ("import sys; from tfhalo.studies import neural_bias; neural_bias.Config.preset('quick', kernel='hmc'); "
+            "import tfhalo.inference as inf; inf.SamplerConfig(kernel='nuts'); "
+            "bad = sorted(m for m in sys.modules if m.startswith('tensorflow_probability')); assert not bad, bad")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -41,15 +41,39 @@ Example:
     >>> inf.convergence_summary(idata)["converged"]                                      # doctest: +SKIP
 """
 
-from tfhalo.inference.bijectors import affine_preconditioner, preconditioner_from_draws
-from tfhalo.inference.diagnostics import (
-    convergence_summary,
-    load_inference_data,
-    save_inference_data,
-    to_inference_data,
-)
-from tfhalo.inference.gibbs import GibbsConfig, GibbsKernel, sample_gibbs
-from tfhalo.inference.sampler import Chains, SamplerConfig, batched, check_chain_devices, sample
+import importlib
+
+# Names load their module (and so TFP) on first use: ``tfhalo.inference.config`` and the
+# studies' settings that check against it import without a TFP substrate.
+_HOMES = {
+    "affine_preconditioner": "bijectors",
+    "preconditioner_from_draws": "bijectors",
+    "convergence_summary": "diagnostics",
+    "load_inference_data": "diagnostics",
+    "save_inference_data": "diagnostics",
+    "to_inference_data": "diagnostics",
+    "GibbsConfig": "gibbs",
+    "GibbsKernel": "gibbs",
+    "sample_gibbs": "gibbs",
+    "Chains": "sampler",
+    "batched": "sampler",
+    "check_chain_devices": "sampler",
+    "sample": "sampler",
+    "SamplerConfig": "config",
+}
+
+
+def __getattr__(name):
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f"tfhalo.inference.{_HOMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tfhalo.inference' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOMES))
+
 
 __all__ = [
     "Chains",

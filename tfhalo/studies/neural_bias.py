@@ -57,6 +57,7 @@ import numpy as np
 
 from tfhalo.atomic import write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
+from tfhalo.inference.config import KERNELS
 from tfhalo.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = [
@@ -79,8 +80,6 @@ __all__ = [
 ]
 
 FIELDS = ("nbody", "lpt")
-# The sampler's kernels (tfhalo.inference.sampler.KERNELS, not imported here: it loads TFP).
-KERNELS = ("nuts", "hmc", "chees")
 #: Precisions the chains' likelihood may be evaluated in (the MAP, Hessian and diagnostics are float64).
 CHAINS_DTYPES = ("float64", "float32")
 #: The float32 chains are reported as matching the float64 posterior when the
@@ -1057,7 +1056,7 @@ def _precision_lines(check) -> list:
 
 def report(r: dict) -> str:
     """``report.md`` of a results dict written by :func:`run`."""
-    from tfhalo.inference.sampler import KERNEL_NAMES
+    from tfhalo.inference.config import KERNEL_NAMES
 
     cfg = r["config"]
     d = r["data"]
