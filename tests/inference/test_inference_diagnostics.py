@@ -124,3 +124,12 @@ def test_convergence_summary_refuses_too_few_draws_and_bad_names():
         inf.convergence_summary(idata, var_names=["nope"])
     with pytest.raises(ValueError, match="idata must be an arviz.InferenceData"):
         inf.convergence_summary({"posterior": None})
+def test_every_exported_name_resolves_to_its_home_module():
+    import tfhalo.inference as inf
+
+    for name in inf.__all__:
+        value = getattr(inf, name)
+        assert value.__module__.startswith("tfhalo.inference."), (name, value.__module__)
+    assert set(inf.__all__) <= set(dir(inf))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        inf.not_a_name

@@ -63,7 +63,12 @@ _HOMES = {
 }
 
 
+_SUBMODULES = ("bijectors", "config", "diagnostics", "gibbs", "sampler")
+
+
 def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tfhalo.inference.{name}")
     if name in _HOMES:
         value = getattr(importlib.import_module(f"tfhalo.inference.{_HOMES[name]}"), name)
         globals()[name] = value
@@ -72,7 +77,7 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_HOMES))
+    return sorted(set(globals()) | set(_HOMES) | set(_SUBMODULES))
 
 
 __all__ = [
