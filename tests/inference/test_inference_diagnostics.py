@@ -124,6 +124,8 @@ def test_convergence_summary_refuses_too_few_draws_and_bad_names():
         inf.convergence_summary(idata, var_names=["nope"])
     with pytest.raises(ValueError, match="idata must be an arviz.InferenceData"):
         inf.convergence_summary({"posterior": None})
+
+
 def test_every_exported_name_resolves_to_its_home_module():
     import tfhalo.inference as inf
 

@@ -136,7 +136,6 @@ _IDENTITY = tfb.Identity()
 STAT_NAMES = ("diverging", "energy", "acceptance_rate", "step_size", "n_steps", "lp")
 
 
-
 @dataclasses.dataclass
 class Chains:
     """Draws and per-draw sampler statistics of :func:`sample`.
@@ -330,7 +329,6 @@ def _check_target(log_prob_fn, bijector, init):
         raise ValueError("the gradient of log_prob_fn must be finite at initial_state. Received: non-finite "
                          f"gradient in chains {np.flatnonzero(~np.all(np.isfinite(grad), axis=1)).tolist()}")
     return z0_np, target
-
 
 
 def _fingerprint(config, init, z0, lp0, bijector, warmup=None) -> str:

@@ -57,7 +57,7 @@ import numpy as np
 
 from tfhalo.atomic import write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
-from tfhalo.inference.config import KERNELS
+from tfhalo.inference.config import KERNELS, MIN_ADAPTIVE_WARMUP
 from tfhalo.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = [
@@ -219,8 +219,8 @@ class Config:
         check_choice("kernel", self.kernel, KERNELS)
         set_("n_chains", check_int("n_chains", self.n_chains, minimum=1))
         set_("n_pilot", check_int("n_pilot", self.n_pilot, minimum=0))
-        if 0 < self.n_pilot < 20:
-            raise ValueError(f"n_pilot must be 0 or at least 20. Received: n_pilot={self.n_pilot}")
+        if 0 < self.n_pilot < MIN_ADAPTIVE_WARMUP:
+            raise ValueError(f"n_pilot must be 0 or at least {MIN_ADAPTIVE_WARMUP}. Received: n_pilot={self.n_pilot}")
         set_("n_warmup", check_int("n_warmup", self.n_warmup, minimum=0))
         set_("n_samples", check_int("n_samples", self.n_samples, minimum=4))
         set_("leapfrog_steps", check_int("leapfrog_steps", self.leapfrog_steps, minimum=1))
