@@ -135,7 +135,13 @@ def jit(fn, jit_compile: bool = True, static_argnums: tuple = ()):
     """
     if NAME == "jax":
         return jax.jit(fn, static_argnums=tuple(static_argnums))
-    return tf.function(fn, jit_compile=bool(jit_compile), autograph=False)
+    compiled = tf.function(fn, jit_compile=bool(jit_compile), autograph=False)
+    # TensorFlow counts traces per Python code object, not per tf.function, so the many compiled
+    # functions built from one closure (one per target, bijector and config in the sampler) would
+    # set off its "frequent retracing" warning although each traces once per shape.
+    if hasattr(compiled, "_omit_frequent_tracing_warning"):
+        compiled._omit_frequent_tracing_warning = True
+    return compiled
 
 
 def value_and_gradient(fn, x):

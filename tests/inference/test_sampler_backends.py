@@ -77,6 +77,27 @@ def test_backend_primitives():
         backend.stateless_seed(np.arange(3))
 
 
+def test_compiled_functions_of_one_closure_do_not_warn_of_retracing():
+    # The sampler compiles one function per (target, bijector, config) from the same closure; each
+    # traces once, which TensorFlow's per-code-object counter would report as frequent retracing.
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        def make(scale):
+            return backend.jit(lambda t: t * scale)
+
+        values = [float(backend.to_numpy(make(k)(backend.constant(np.ones(k)))).sum()) for k in range(1, 9)]
+    finally:
+        logger.removeHandler(handler)
+    assert values == [float(k * k) for k in range(1, 9)]
+    assert not [r for r in records if "retracing" in r.getMessage()]
+
+
 def test_batched_equals_the_per_chain_values():
     f = inf.batched(lambda t: ops.sum(t**2) + t[0], 3)
     x = np.arange(6.0).reshape(3, 2)
