@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("field, value, match", [
     ("n_warmup", -5, "n_warmup must be at least 0. Received: n_warmup=-5"),
     ("n_warmup", 5, r"n_warmup must be 0 \(no adaptation\) or at least 20 .* Received: n_warmup=5"),
-    ("n_samples", 2, "n_samples must be at least 4. Received: n_samples=2"),
+    ("n_samples", 2,
+     r"n_samples must be at least 4 \(split R-hat and ESS need 4 draws per chain\). Received: n_samples=2"),
     ("leapfrog_steps", 0, "leapfrog_steps must be at least 1. Received: leapfrog_steps=0"),
     ("map_steps", 0, "map_steps must be at least 1. Received: map_steps=0"),
     ("map_starts", 0, "map_starts must be at least 1. Received: map_starts=0"),
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("n_sims", 1, "n_sims must be at least 2. Received: n_sims=1"),
     ("n_components", 0, "n_components must be at least 1. Received: n_components=0"),
     ("max_tree_depth", 0, "max_tree_depth must be at least 1. Received: max_tree_depth=0"),
-    ("target_accept", 1.0, r"target_accept must be in \(0, 1\). Received: target_accept=1.0"),
+    ("target_accept", 1.0, r"target_accept must lie in \(0, 1\). Received: target_accept=1.0"),
     ("target_accept", float("nan"), "target_accept must be a finite number. Received: target_accept=nan"),
     ("kernel", "mala", r"kernel must be one of \('nuts', 'hmc', 'chees'\). Received: kernel='mala'"),
     ("field", "ics", "field must be one of .* Received: field='ics'"),
@@ -159,7 +160,7 @@ def test_script_exit_code_is_2_in_a_real_process(tmp_path):
                            str(tmp_path / "suite"), "--out", str(tmp_path / "out"), "--n-samples", "2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert "error: n_samples must be at least 4. Received: n_samples=2" in proc.stderr
+    assert "error: n_samples must be at least 4 (split R-hat and ESS need 4 draws per chain). Received: n_samples=2" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -185,7 +186,10 @@ def test_a_diagnostic_written_as_null_fails_its_criterion():
 def test_kernels_are_the_samplers_and_chees_needs_two_chains_per_group():
     from tfhalo.inference import sampler
 
-    assert neural_bias.KERNELS is sampler.KERNELS and sampler.KERNELS == tuple(sampler.KERNEL_NAMES)
+    # The study takes exactly the sampler's kernels: its config leaves that check to the sampler's.
+    assert sampler.KERNELS == tuple(sampler.KERNEL_NAMES)
+    for kernel in sampler.KERNELS:
+        assert neural_bias.Config.preset("quick", kernel=kernel, chain_groups=2).kernel == kernel
     cfg = neural_bias.Config.preset("quick", kernel="chees", chain_groups=2)
     assert cfg.sampler_config().kernel == "chees" and cfg.sampler_config().num_chains == 4
     # The quick preset runs one chain per group: ChEES adapts across the chains of a group.
@@ -202,3 +206,22 @@ def test_the_study_settings_load_no_tfp_substrate():
             "bad = sorted(m for m in sys.modules if m.startswith('tensorflow_probability')); assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("study", ["neural_bias", "field_level"])
+def test_sampler_fields_are_normalised_by_the_samplers_checks(study):
+    # The sampler's own checks accept 1000.0 for a count and NumPy scalars; the study's config
+    # then holds the plain Python values, so that it stays JSON-able and fingerprints alike.
+    import json
+
+    from tfhalo.studies import field_level
+
+    module = {"neural_bias": neural_bias, "field_level": field_level}[study]
+    plain = module.Config.preset("quick")
+    odd = module.Config.preset("quick", n_chains=np.int64(plain.n_chains), n_warmup=float(plain.n_warmup),
+                               n_samples=np.int32(plain.n_samples), target_accept=np.float32(0.5),
+                               leapfrog_steps=float(plain.leapfrog_steps))
+    for field in ("n_chains", "n_warmup", "n_samples", "leapfrog_steps"):
+        assert type(getattr(odd, field)) is int and getattr(odd, field) == getattr(plain, field), field
+    assert type(odd.target_accept) is float and odd.target_accept == 0.5
+    json.dumps(odd.to_dict())

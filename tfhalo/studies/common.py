@@ -312,29 +312,31 @@ SAMPLER_FIELDS = {"num_chains": "n_chains", "num_warmup": "n_warmup", "num_sampl
 
 
 def check_sampler_settings(config) -> None:
-    """Check a study ``Config``'s ``target_accept`` and the sampler's own rules, in the study's names.
+    """Check a study ``Config``'s sampler settings by the sampler's own rules, in the study's names.
 
-    ``target_accept`` must lie in ``(0, 1)`` (normalised to a float in place);
-    then ``config.sampler_config()`` is built, so that the sampler's rules (e.g.
-    a warm-up of 0 or at least its shortest adaptation window) are checked on
-    construction, with its argument names replaced by the config's.
+    ``config.sampler_config()`` is built, so that the sampler's rules (the kernel,
+    target acceptance, chain and draw counts, tree depth, a warm-up of 0 or at least its
+    shortest adaptation window, ...) are checked on construction, with its
+    argument names replaced by the config's, and the study's fields passed
+    through unchanged take the normalised values. A study checks only its own
+    rules beyond these (e.g. more draws than the sampler's minimum).
 
     Raises:
         ValueError: naming the field and the value.
     """
-    from tfhalo.validation import check_float
-
-    target = check_float("target_accept", config.target_accept)
-    if not 0.0 < target < 1.0:
-        raise ValueError(f"target_accept must be in (0, 1). Received: target_accept={config.target_accept!r}")
-    object.__setattr__(config, "target_accept", target)
     try:
-        config.sampler_config()
+        sampler = config.sampler_config()
     except ValueError as err:
         message = str(err)
         for theirs, ours in SAMPLER_FIELDS.items():
             message = message.replace(theirs, ours)
         raise ValueError(message) from None
+    # The sampler's checks normalise what they accept (e.g. 10.0 -> 10); the study's fields that
+    # it passed through unchanged take the normalised values, so the config stays JSON-able.
+    for theirs, value in sampler.to_dict().items():
+        ours = SAMPLER_FIELDS.get(theirs, theirs)
+        if ours in {f.name for f in dataclasses.fields(config)} and getattr(config, ours) == value:
+            object.__setattr__(config, ours, value)
 
 
 def preset_values(config_class, presets: dict, name: str, overrides: dict) -> dict:

@@ -56,7 +56,7 @@ import numpy as np
 
 from tfhalo.atomic import atomic_path, write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
-from tfhalo.validation import check_bool, check_choice, check_float, check_int
+from tfhalo.validation import check_choice, check_float, check_int
 
 __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread", "report"]
 
@@ -198,15 +198,11 @@ class Config:
             raise ValueError(f"devices must be 1 with sampler='gibbs' (its chains run on one device). "
                              f"Received: devices={self.devices}")
         set_("n_probes", check_int("n_probes", self.n_probes, minimum=1))
-        set_("n_chains", check_int("n_chains", self.n_chains, minimum=1))
-        set_("n_warmup", check_int("n_warmup", self.n_warmup, minimum=0))
         set_("n_samples", check_int("n_samples", self.n_samples, minimum=20))
-        set_("leapfrog_steps", check_int("leapfrog_steps", self.leapfrog_steps, minimum=1))
         if self.n_bins is not None:
             set_("n_bins", check_int("n_bins", self.n_bins, minimum=1))
         set_("thin", check_int("thin", self.thin, minimum=1))
         set_("n_field_draws", check_int("n_field_draws", self.n_field_draws, minimum=2))
-        set_("jit_compile", check_bool("jit_compile", self.jit_compile))
         check_sampler_settings(self)
 
     @property

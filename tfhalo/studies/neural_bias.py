@@ -57,8 +57,8 @@ import numpy as np
 
 from tfhalo.atomic import write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
-from tfhalo.inference.config import KERNELS, MIN_ADAPTIVE_WARMUP
-from tfhalo.validation import check_bool, check_choice, check_float, check_int
+from tfhalo.inference.config import MIN_ADAPTIVE_WARMUP
+from tfhalo.validation import check_choice, check_float, check_int
 
 __all__ = [
     "Config",
@@ -216,17 +216,9 @@ class Config:
             check_choice("sample_field", self.sample_field, FIELDS)
         set_("map_steps", check_int("map_steps", self.map_steps, minimum=1))
         set_("map_starts", check_int("map_starts", self.map_starts, minimum=1))
-        check_choice("kernel", self.kernel, KERNELS)
-        set_("n_chains", check_int("n_chains", self.n_chains, minimum=1))
         set_("n_pilot", check_int("n_pilot", self.n_pilot, minimum=0))
         if 0 < self.n_pilot < MIN_ADAPTIVE_WARMUP:
             raise ValueError(f"n_pilot must be 0 or at least {MIN_ADAPTIVE_WARMUP}. Received: n_pilot={self.n_pilot}")
-        set_("n_warmup", check_int("n_warmup", self.n_warmup, minimum=0))
-        set_("n_samples", check_int("n_samples", self.n_samples, minimum=4))
-        set_("leapfrog_steps", check_int("leapfrog_steps", self.leapfrog_steps, minimum=1))
-        set_("max_tree_depth", check_int("max_tree_depth", self.max_tree_depth, minimum=1, maximum=30))
-        set_("jit_compile", check_bool("jit_compile", self.jit_compile))
-        set_("pool_warmup", check_bool("pool_warmup", self.pool_warmup))
         check_choice("chains_dtype", self.chains_dtype, CHAINS_DTYPES)
         check_sampler_settings(self)
 
