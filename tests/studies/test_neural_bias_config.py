@@ -160,7 +160,8 @@ def test_script_exit_code_is_2_in_a_real_process(tmp_path):
                            str(tmp_path / "suite"), "--out", str(tmp_path / "out"), "--n-samples", "2"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert "error: n_samples must be at least 4 (split R-hat and ESS need 4 draws per chain). Received: n_samples=2" in proc.stderr
+    assert ("error: n_samples must be at least 4 (split R-hat and ESS need 4 draws per chain). "
+            "Received: n_samples=2") in proc.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -333,9 +333,10 @@ def check_sampler_settings(config) -> None:
         raise ValueError(message) from None
     # The sampler's checks normalise what they accept (e.g. 10.0 -> 10); the study's fields that
     # it passed through unchanged take the normalised values, so the config stays JSON-able.
+    fields = {f.name for f in dataclasses.fields(config)}
     for theirs, value in sampler.to_dict().items():
         ours = SAMPLER_FIELDS.get(theirs, theirs)
-        if ours in {f.name for f in dataclasses.fields(config)} and getattr(config, ours) == value:
+        if ours in fields and getattr(config, ours) == value:
             object.__setattr__(config, ours, value)
 
 
