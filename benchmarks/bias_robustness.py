@@ -49,7 +49,8 @@ from tfhalo.studies import common, neural_bias  # noqa: E402
 from tfhalo.validation import check_int, path_argument  # noqa: E402
 
 #: Config fields a command-line flag may override (MAP and sampler settings).
-OVERRIDES = ("n_pilot", "n_warmup", "n_samples", "n_chains", "kernel", "target_accept", "max_tree_depth", "leapfrog_steps",
+OVERRIDES = ("n_pilot", "n_warmup", "n_samples", "n_chains", "kernel", "target_accept", "step_scale", "max_tree_depth",
+             "leapfrog_steps",
              "map_steps", "map_starts", "chain_groups", "chains_dtype")
 #: The BLAS settings of the check: a value for OPENBLAS_CORETYPE, or None for unset.
 BLAS_SETTINGS = (("Haswell", "Haswell"), ("unset", None))
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blas-catalogue", type=int, default=None,
                         help="catalogue seed of the BLAS check (default: the first)")
     for field in OVERRIDES:
-        kind = str if field in ("kernel", "chains_dtype") else float if field == "target_accept" else int
+        kind = str if field in ("kernel", "chains_dtype") else float if field in ("target_accept", "step_scale") else int
         parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None,
                             help=f"the quick preset's {field}")
     parser.add_argument("--per-group-warmup", action="store_true",
@@ -114,6 +115,7 @@ def settings_name(overrides: dict) -> str:
     cfg = neural_bias.Config.preset("quick", **overrides)
     groups = f"_g{cfg.chain_groups}" if cfg.chain_groups > 1 else ""
     return (f"{cfg.kernel}_c{cfg.n_chains}{groups}_w{cfg.n_warmup}_s{cfg.n_samples}_t{cfg.target_accept:g}"
+            + (f"_x{cfg.step_scale:g}" if cfg.step_scale != 1.0 else "") +
             f"_{common.fingerprint(cfg.to_dict())[:8]}")
 
 

@@ -285,6 +285,9 @@ def test_chain_groups_raise_a_group_error_in_the_caller():
     (dict(num_chains=4, chain_groups=2, devices=2), "use one of them"),
     (dict(pool_warmup=1), "pool_warmup must be True or False. Received: pool_warmup=1"),
     (dict(max_leapfrog_steps=0), "max_leapfrog_steps must be at least 1. Received: max_leapfrog_steps=0"),
+    (dict(step_scale=0.0), "step_scale must be positive. Received: step_scale=0.0"),
+    (dict(step_scale=1.5), r"step_scale must lie in \(0, 1\] .*Received: step_scale=1.5"),
+    (dict(step_scale=float("inf")), "step_scale must be a finite number"),
     (dict(kernel="chees", num_chains=1), r"at least 2 chains per batch .*num_chains=1, chain_groups=1"),
     (dict(kernel="chees", num_chains=4, chain_groups=4), r"at least 2 chains per batch .*chain_groups=4"),
 ])

@@ -261,3 +261,23 @@ def test_pooled_warmup_then_groups_on_this_backend(tmp_path):
     (tmp_path / "group1" / "block_00002.npz").unlink()
     again = inf.sample(one_chain, _starts(7), cfg, progress=False, checkpoint_dir=tmp_path)
     np.testing.assert_array_equal(again.samples, ch.samples)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_step_scale_samples_with_that_fraction_of_the_adapted_step(groups):
+    # The warm-up does not see the scale, so the same seed adapts the same step; the kept draws
+    # take half of it (exact in floating point), stay an exact chain of the target, and NUTS
+    # lengthens its trees to reach the same U-turn.
+    full = inf.sample(LOG_PROB, _starts(5), sampler_config(kernel="nuts", chain_groups=groups), progress=False)
+    half = inf.sample(LOG_PROB, _starts(5), sampler_config(kernel="nuts", chain_groups=groups, step_scale=0.5),
+                      progress=False)
+    np.testing.assert_array_equal(np.asarray(half.step_size), 0.5 * np.asarray(full.step_size))
+    np.testing.assert_array_equal(half.inverse_mass_matrix, full.inverse_mass_matrix)
+    steps = np.atleast_1d(half.step_size)
+    per_chain = np.repeat(steps, half.samples.shape[1] // steps.size)
+    np.testing.assert_array_equal(half.sample_stats["step_size"], np.broadcast_to(per_chain, half.samples.shape[:2]))
+    check_gaussian(half.samples, MEAN, COV)
+    assert half.sample_stats["n_steps"].mean() > 1.5 * full.sample_stats["n_steps"].mean()
+    assert half.sample_stats["acceptance_rate"].mean() > full.sample_stats["acceptance_rate"].mean()
+    # A run at the adapted step keeps the identity (checkpoints, caches) it had before the scale existed.
+    assert "step_scale" not in full.config.chain_fields() and half.config.chain_fields()["step_scale"] == 0.5

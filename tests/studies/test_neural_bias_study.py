@@ -31,7 +31,7 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="module")
 def study(suite, tmp_path_factory):
     out = tmp_path_factory.mktemp("neural_bias") / "out"
-    config = tiny_config(sample_field="lpt")
+    config = tiny_config(sample_field="lpt", step_scale=0.5)
     return config, out, neural_bias.run(config, suite, out, progress=False)
 
 
@@ -66,6 +66,7 @@ def test_run_writes_results_report_and_an_arviz_file(study):
     assert "NOT converged" in text and "bulk ESS" in text
     # Chain groups as in the quick preset (one chain per group), warmed up together.
     assert config.chain_groups == 2 and "2 chains in 2 groups of 1 (one warm-up of all chains), NUTS" in text
+    assert "target acceptance 0.995, kept draws at 0.5 of the adapted step, in the local-linear" in text
     assert idata.constant_data["inverse_mass_matrix"].dims == ("chain_group", "sampling_coordinate")
     shares = saved["component_shares"]
     assert sum(shares["map"]) == pytest.approx(1.0) and np.shape(shares["median_per_chain"]) == (2, 2)
@@ -125,9 +126,11 @@ def test_other_sampler_settings_in_the_same_out_are_refused_before_any_work(stud
         raise AssertionError("work started")
 
     monkeypatch.setattr(tfhalo.bias.fit, "fit_map", refuse)
-    other = tiny_config(sample_field="lpt", sampler_seed=5)
-    with pytest.raises(common.StaleCacheError, match="chains.json"):
-        neural_bias.run(other, suite, out, progress=False)
+    for other in (tiny_config(sample_field="lpt", step_scale=0.5, sampler_seed=5),
+                  tiny_config(sample_field="lpt")):  # the step scale alone changes the chains
+        assert other.step_scale != config.step_scale or other.sampler_seed != config.sampler_seed
+        with pytest.raises(common.StaleCacheError, match="chains.json"):
+            neural_bias.run(other, suite, out, progress=False)
 
 
 def test_heldout_difference_and_its_standard_error_match_numpy(suite):

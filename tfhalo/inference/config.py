@@ -73,6 +73,13 @@ class SamplerConfig:
             group these rest on a single chain's few hundred warm-up draws and scatter from chain
             to chain, and a chain whose step came out too long diverges in the tails.  Unused
             without groups.
+        step_scale: fraction of the adapted step size the kept draws are taken with, in (0, 1]
+            (1: the warm-up's step).  Dual averaging sets the step by the mean acceptance, which
+            the bulk of the posterior dominates; a target with a stiff region in its tails (an
+            exponential wall a long step overshoots) can need a shorter step than that mean asks
+            for.  Every draw is still an exact transition of one fixed kernel; NUTS then takes
+            about ``1 / step_scale`` times more leapfrog steps per draw to reach its U-turn, while
+            HMC's fixed ``num_leapfrog_steps`` give a trajectory ``step_scale`` times shorter.
 
     Raises:
         ValueError: a field out of range, naming the field and its value.
@@ -99,6 +106,7 @@ class SamplerConfig:
     devices: int = 1
     chain_groups: int = 1
     pool_warmup: bool = True
+    step_scale: float = 1.0
 
     def __post_init__(self):
         def put(name, value):
@@ -140,6 +148,11 @@ class SamplerConfig:
                              f"at least 2 chains per batch (num_chains / chain_groups). Received: "
                              f"num_chains={self.num_chains}, chain_groups={self.chain_groups}")
         put("pool_warmup", check_bool("pool_warmup", self.pool_warmup))
+        scale = check_float("step_scale", self.step_scale, positive=True)
+        if scale > 1.0:
+            raise ValueError(f"step_scale must lie in (0, 1] (a fraction of the adapted step size). Received: "
+                             f"step_scale={self.step_scale!r}")
+        put("step_scale", scale)
         if self.chain_groups > 1 and self.devices > 1:
             raise ValueError(f"chain_groups > 1 runs groups in threads and devices > 1 shards one batch: use one "
                              f"of them. Received: chain_groups={self.chain_groups}, devices={self.devices}")
@@ -160,6 +173,9 @@ class SamplerConfig:
         # Only ChEES reads the cap: the identity of NUTS and HMC runs stays what it was without it.
         if fields["kernel"] != "chees":
             del fields["max_leapfrog_steps"]
+        # The identity of a run at the adapted step stays what it was before the scale existed.
+        if fields["step_scale"] == 1.0:
+            del fields["step_scale"]
         return fields
 
     def group_configs(self) -> list:

@@ -64,7 +64,9 @@ in the trajectory); HMC: energy error of the proposal above 1000, or not
 finite.  HMC's trajectory length ``num_leapfrog_steps * step_size`` is fixed:
 near a half period of a well-preconditioned (unit-scale) direction, ``pi``,
 successive draws of that direction alternate and mix slowly; NUTS, the
-default, chooses the length per draw.
+default, chooses the length per draw.  ``step_scale < 1`` takes the kept draws
+with that fraction of the adapted step (a target whose tails hold a stiff wall
+can diverge at the step the bulk's mean acceptance asks for).
 
 Tracing TFP's kernels takes seconds (with XLA, tens of seconds), so the
 compiled functions of the last few ``(log_prob_fn, bijector, config)`` are
@@ -150,7 +152,8 @@ class Chains:
         seconds: wall time of warm-up and sampling (compilation included; summed over resumed runs).
         n_gradient_evaluations: gradient evaluations per chain (mean over chains), warm-up included.
         config: the :class:`SamplerConfig`.
-        step_size: the adapted (frozen) step size; ``(G,)``, one per group, with ``G = chain_groups > 1``.
+        step_size: the (frozen) step size of the kept draws: the adapted one times
+            ``config.step_scale``; ``(G,)``, one per group, with ``G = chain_groups > 1``.
         inverse_mass_matrix: ``(Q,)`` adapted diagonal inverse mass matrix in the sampling coordinates;
             ``(G, Q)`` with chain groups.
         n_warmup_divergent: divergent transitions during warm-up (all chains).
@@ -540,7 +543,8 @@ def _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, warm=None
         warm = _warm_state(compiled, config, z0, ckpt, bar)
     else:
         bar.update(config.num_warmup)
-    step_size = float(warm["step_size"])
+    # The warm-up stores the step it adapted; the kept draws take config.step_scale of it.
+    step_size = float(warm["step_size"]) * config.step_scale
     # ChEES's frozen trajectory length; None for NUTS and HMC, which have none (their warm-ups store nan,
     # or, saved before ChEES existed, nothing).
     length = float(warm["trajectory_length"]) if config.kernel == "chees" else None

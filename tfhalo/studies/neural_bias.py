@@ -136,6 +136,9 @@ class Config:
         leapfrog_steps: leapfrog steps per HMC transition (``kernel="hmc"``).
         max_tree_depth: largest NUTS tree depth (``kernel="nuts"``).
         target_accept: dual-averaging target acceptance probability, in (0, 1).
+        step_scale: fraction of the adapted step size the kept draws take, in (0, 1]
+            (:attr:`tfhalo.inference.SamplerConfig.step_scale`); the pilot samples at its
+            adapted step.
         jit_compile: compile the MAP fit and the chains with XLA.
         devices: JAX devices the chains are split over (``n_chains`` must be a
             multiple); sharding does not change the chains, so it is not part of
@@ -188,6 +191,7 @@ class Config:
     leapfrog_steps: int = 16
     max_tree_depth: int = 10
     target_accept: float = 0.9
+    step_scale: float = 1.0
     jit_compile: bool = True
     devices: int = 1
     chain_groups: int = 1
@@ -289,7 +293,7 @@ class Config:
 
         return inf.SamplerConfig(
             kernel=self.kernel, num_chains=self.n_chains, num_warmup=self.n_warmup, num_samples=self.n_samples,
-            target_accept=self.target_accept, max_tree_depth=self.max_tree_depth,
+            target_accept=self.target_accept, step_scale=self.step_scale, max_tree_depth=self.max_tree_depth,
             num_leapfrog_steps=self.leapfrog_steps, seed=self.chains_seed, jit_compile=self.jit_compile,
             devices=self.devices, chain_groups=self.chain_groups, pool_warmup=self.pool_warmup)
 
@@ -297,8 +301,9 @@ class Config:
         """The pilot run's :class:`tfhalo.inference.SamplerConfig` (``n_pilot`` warm-up and draws), or None."""
         if self.n_pilot == 0:
             return None
+        # The pilot's draws only estimate the covariance: they are taken at the adapted step.
         return dataclasses.replace(self.sampler_config(), num_warmup=self.n_pilot, num_samples=self.n_pilot,
-                                   seed=self.chains_seed + 1)
+                                   seed=self.chains_seed + 1, step_scale=1.0)
 
 
 PRESETS = {
@@ -1081,7 +1086,9 @@ def report(r: dict) -> str:
            + ("one warm-up of all chains" if s['config'].get('pool_warmup', False) else "each with its own warm-up")
            + ")" if (groups := int(s['config'].get('chain_groups', 1))) > 1 else "")
         + f", {KERNEL_NAMES.get(s['config']['kernel'], s['config']['kernel'])}, {s['config']['num_warmup']} warm-up + "
-        f"{c['n_draws']} draws each, target acceptance {s['config']['target_accept']}, in the local-linear "
+        f"{c['n_draws']} draws each, target acceptance {s['config']['target_accept']}"
+        + (f", kept draws at {scale:g} of the adapted step" if (scale := float(s['config'].get('step_scale', 1.0)))
+           != 1.0 else "") + ", in the local-linear "
         + (f"coordinates preconditioned by the covariance of a pilot run of {r['config']['n_pilot']} + "
            f"{r['config']['n_pilot']} iterations (itself preconditioned by the MAP Hessian)"
            if r['config'].get('n_pilot') else "coordinates preconditioned by the MAP Hessian")
