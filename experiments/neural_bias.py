@@ -27,6 +27,7 @@ OVERRIDES = {
     "map_starts": "map_starts", "threshold_particles": "threshold_particles", "threshold_mass": "threshold_mass",
     "field": "field", "sample_field": "sample_field", "kernel": "kernel", "leapfrog_steps": "leapfrog_steps",
     "max_tree_depth": "max_tree_depth", "target_accept": "target_accept", "step_scale": "step_scale",
+    "pilot_target_accept": "pilot_target_accept",
     "devices": "devices",
     "chain_groups": "chain_groups", "chains_dtype": "chains_dtype",
 }
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--leapfrog-steps", type=int, default=None, help="leapfrog steps per HMC transition")
     parser.add_argument("--max-tree-depth", type=int, default=None, help="NUTS tree depth limit")
     parser.add_argument("--target-accept", type=float, default=None, help="dual-averaging target acceptance")
+    parser.add_argument("--pilot-target-accept", type=float, default=None,
+                        help="the pilot run's dual-averaging target acceptance")
     parser.add_argument("--step-scale", type=float, default=None,
                         help="fraction of the adapted step size the kept draws take, in (0, 1]")
     parser.add_argument("--no-xla", action="store_true", help="run the MAP fit and the chains without XLA")

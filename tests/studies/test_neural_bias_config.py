@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
     ("target_accept", 1.0, r"target_accept must lie in \(0, 1\). Received: target_accept=1.0"),
     ("target_accept", float("nan"), "target_accept must be a finite number. Received: target_accept=nan"),
     ("step_scale", 1.2, r"step_scale must lie in \(0, 1\] .*Received: step_scale=1.2"),
+    ("pilot_target_accept", 0.0, r"pilot_target_accept must lie in \(0, 1\). Received: pilot_target_accept=0.0"),
+    ("pilot_target_accept", "x", "pilot_target_accept must be a number. Received: pilot_target_accept='x'"),
     ("kernel", "mala", r"kernel must be one of \('nuts', 'hmc', 'chees'\). Received: kernel='mala'"),
     ("field", "ics", "field must be one of .* Received: field='ics'"),
     ("sample_field", "x", "sample_field must be one of .* Received: sample_field='x'"),
@@ -90,9 +92,11 @@ def test_quick_preset_is_the_agreed_sampler_and_paper_preset_the_papers_set_up()
     assert quick.chain_groups == 4 and [g.num_chains for g in quick.sampler_config().group_configs()] == [1] * 4
     assert quick.pool_warmup and quick.sampler_config().pool_warmup
     assert neural_bias.Config.preset("quick", pool_warmup=False).sampler_config().pool_warmup is False
-    # A shorter step than the warm-up's reaches the final chains only: the pilot's draws estimate a covariance.
-    scaled = neural_bias.Config.preset("quick", step_scale=0.5)
-    assert scaled.sampler_config().step_scale == 0.5 and scaled.pilot_config().step_scale == 1.0
+    # The final chains take 0.7 of the adapted step; the pilot, whose draws only estimate a covariance,
+    # takes its whole adapted step at a lower target.
+    assert quick.sampler_config().step_scale == 0.7 and quick.pilot_config().step_scale == 1.0
+    assert quick.pilot_config().target_accept == 0.9 and quick.sampler_config().target_accept == 0.995
+    assert neural_bias.Config.preset("quick", pilot_target_accept=None).pilot_config().target_accept == 0.995
     # ... and keeps one chain per group when only the number of chains changes.
     assert neural_bias.Config.preset("quick", n_chains=2).chain_groups == 2
     assert neural_bias.Config.preset("quick", n_chains=6, chain_groups=3).chain_groups == 3

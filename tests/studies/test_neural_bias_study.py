@@ -67,6 +67,7 @@ def test_run_writes_results_report_and_an_arviz_file(study):
     # Chain groups as in the quick preset (one chain per group), warmed up together.
     assert config.chain_groups == 2 and "2 chains in 2 groups of 1 (one warm-up of all chains), NUTS" in text
     assert "target acceptance 0.995, kept draws at 0.5 of the adapted step, in the local-linear" in text
+    assert "a pilot run of 20 + 20 iterations at target acceptance 0.9 (itself preconditioned" in text
     assert idata.constant_data["inverse_mass_matrix"].dims == ("chain_group", "sampling_coordinate")
     shares = saved["component_shares"]
     assert sum(shares["map"]) == pytest.approx(1.0) and np.shape(shares["median_per_chain"]) == (2, 2)
@@ -126,9 +127,10 @@ def test_other_sampler_settings_in_the_same_out_are_refused_before_any_work(stud
         raise AssertionError("work started")
 
     monkeypatch.setattr(tfhalo.bias.fit, "fit_map", refuse)
-    for other in (tiny_config(sample_field="lpt", step_scale=0.5, sampler_seed=5),
-                  tiny_config(sample_field="lpt")):  # the step scale alone changes the chains
-        assert other.step_scale != config.step_scale or other.sampler_seed != config.sampler_seed
+    # Another seed, step scale or pilot target changes the chains.
+    for change in (dict(sampler_seed=5), dict(step_scale=0.7), dict(pilot_target_accept=0.8)):
+        other = tiny_config(sample_field="lpt", **{"step_scale": 0.5, **change})
+        assert other != config
         with pytest.raises(common.StaleCacheError, match="chains.json"):
             neural_bias.run(other, suite, out, progress=False)
 

@@ -130,6 +130,10 @@ class Config:
         n_pilot: warm-up iterations and draws per chain of the pilot run whose draws'
             covariance preconditions the final chains (0: precondition with the MAP
             Hessian alone); 0 or at least 20.
+        pilot_target_accept: the pilot's dual-averaging target acceptance, in (0, 1)
+            (``None``: ``target_accept``).  The pilot's draws only estimate a covariance, so
+            a rare divergent (rejected) transition there costs nothing, while a high
+            target shortens its step and lengthens every one of its trajectories.
         n_warmup: warm-up (adaptation) iterations per chain, discarded: 0 (no
             adaptation) or at least the sampler's shortest adaptation schedule (20).
         n_samples: kept draws per chain, >= 4 (split R-hat needs two halves of two draws).
@@ -186,6 +190,7 @@ class Config:
     kernel: str = "nuts"
     n_chains: int = 4
     n_pilot: int = 200
+    pilot_target_accept: Optional[float] = None
     n_warmup: int = 1000
     n_samples: int = 1000
     leapfrog_steps: int = 16
@@ -223,6 +228,12 @@ class Config:
         set_("n_pilot", check_int("n_pilot", self.n_pilot, minimum=0))
         if 0 < self.n_pilot < MIN_ADAPTIVE_WARMUP:
             raise ValueError(f"n_pilot must be 0 or at least {MIN_ADAPTIVE_WARMUP}. Received: n_pilot={self.n_pilot}")
+        if self.pilot_target_accept is not None:
+            accept = check_float("pilot_target_accept", self.pilot_target_accept)
+            if not 0.0 < accept < 1.0:
+                raise ValueError(f"pilot_target_accept must lie in (0, 1). Received: "
+                                 f"pilot_target_accept={self.pilot_target_accept!r}")
+            set_("pilot_target_accept", accept)
         check_choice("chains_dtype", self.chains_dtype, CHAINS_DTYPES)
         check_sampler_settings(self)
 
@@ -303,14 +314,19 @@ class Config:
             return None
         # The pilot's draws only estimate the covariance: they are taken at the adapted step.
         return dataclasses.replace(self.sampler_config(), num_warmup=self.n_pilot, num_samples=self.n_pilot,
-                                   seed=self.chains_seed + 1, step_scale=1.0)
+                                   seed=self.chains_seed + 1, step_scale=1.0, target_accept=self.pilot_accept)
+
+    @property
+    def pilot_accept(self) -> float:
+        """The pilot's target acceptance: ``pilot_target_accept``, or ``target_accept`` when unset."""
+        return self.target_accept if self.pilot_target_accept is None else self.pilot_target_accept
 
 
 PRESETS = {
     "quick": dict(sim_preset="quick", n_sims=6, n_grid=10, threshold_particles=50.0, threshold_mass=None,
                   n_components=2, map_steps=1500, map_starts=3, kernel="nuts", n_chains=4,
-                  n_pilot=200, n_warmup=200, n_samples=1000, target_accept=0.995, chain_groups=4,
-                  chains_dtype="float32"),
+                  n_pilot=200, pilot_target_accept=0.9, n_warmup=200, n_samples=1000, target_accept=0.995,
+                  step_scale=0.7, chain_groups=4, chains_dtype="float32"),
     # ~0.8M voxels and ~87k halos per gradient evaluation.
     "paper": dict(sim_preset="charnock2020", n_sims=4, n_grid=64, threshold_particles=None, threshold_mass=2e12,
                   n_components=2, map_steps=5000, map_starts=4, kernel="hmc", leapfrog_steps=30, n_chains=4, n_pilot=500, n_warmup=1000,
@@ -738,6 +754,9 @@ def chains_cache(config: Config, data: StudyData, directory, overwrite: bool = F
     key = dict(step="chains", map=_map_key(config, data), data=data.fingerprint(), sample_field=config.chains_field,
                sampler=config.sampler_config().chain_fields(),
                n_pilot=config.n_pilot, chains_dtype=config.chains_dtype)
+    # A pilot at the chains' own target keeps the key it had before the pilot's target was a setting.
+    if config.n_pilot and config.pilot_accept != config.target_accept:
+        key["pilot_target_accept"] = config.pilot_accept
     return common.Cache(directory, key, overwrite=overwrite)
 
 
@@ -1090,7 +1109,10 @@ def report(r: dict) -> str:
         + (f", kept draws at {scale:g} of the adapted step" if (scale := float(s['config'].get('step_scale', 1.0)))
            != 1.0 else "") + ", in the local-linear "
         + (f"coordinates preconditioned by the covariance of a pilot run of {r['config']['n_pilot']} + "
-           f"{r['config']['n_pilot']} iterations (itself preconditioned by the MAP Hessian)"
+           f"{r['config']['n_pilot']} iterations"
+           + (f" at target acceptance {pilot:g}" if (pilot := r['config'].get('pilot_target_accept')) is not None
+              and pilot != s['config']['target_accept'] else "")
+           + " (itself preconditioned by the MAP Hessian)"
            if r['config'].get('n_pilot') else "coordinates preconditioned by the MAP Hessian")
         + f" (sampler seed {s['config']['seed']}); pilot included in the time: max R-hat "
         f"{c['max_rhat']:.4f}, min bulk ESS {c['min_ess_bulk']:.0f}, min tail ESS {c['min_ess_tail']:.0f}, "

@@ -309,7 +309,7 @@ def _robustness_table(rows) -> list[str]:
 
 
 #: The rows' config fields that define a robustness table's sampler, said in its title.
-_SAMPLER_TITLE_FIELDS = ("kernel", "n_chains", "chain_groups", "pool_warmup", "n_pilot", "n_warmup", "n_samples", "target_accept",
+_SAMPLER_TITLE_FIELDS = ("kernel", "n_chains", "chain_groups", "pool_warmup", "n_pilot", "pilot_target_accept", "n_warmup", "n_samples", "target_accept",
                          "step_scale", "max_tree_depth", "leapfrog_steps")
 
 
@@ -323,7 +323,7 @@ def _robustness_title(table: dict) -> str:
     overrides = dict(table["overrides"]) if isinstance(table.get("overrides"), dict) else {}
     first = table["robustness"][0] if table["robustness"] else {}
     config = first.get("config") if isinstance(first.get("config"), dict) else {}
-    settings = {k: config[k] for k in _SAMPLER_TITLE_FIELDS if k in config}
+    settings = {k: config[k] for k in _SAMPLER_TITLE_FIELDS if config.get(k) is not None}
     settings.update(overrides)
     ignored = {"nuts": "leapfrog_steps", "hmc": "max_tree_depth", "chees": "max_tree_depth"}.get(settings.get("kernel"))
     settings.pop(ignored, None)
