@@ -263,10 +263,11 @@ class Config:
                 paper's 17-parameter model; NUTS at a target acceptance of 0.995, 4
                 chains in 4 groups of 1 (threads sharing the CPU cores), each run
                 warmed up as one batch of the 4 chains: a pilot of 200 + 200
-                iterations whose draws' covariance preconditions 200 warm-up
-                iterations and 1000 kept draws; the chains evaluate the likelihood
-                in float32 (``chains_dtype``), checked against float64 at their
-                draws.  The small
+                iterations at a target acceptance of 0.9 whose draws' covariance
+                preconditions 200 warm-up iterations and 1000 kept draws, taken at
+                0.7 of the adapted step (``step_scale``); the chains evaluate the
+                likelihood in float32 (``chains_dtype``), checked against float64 at
+                their draws.  The small
                 step keeps trajectories stable where they reach the extreme-density
                 voxels, whose expected halo count grows like ``exp(sigma^2 / 2)`` in
                 the mixture width, and NUTS lengthens the trajectory to match the
