@@ -52,6 +52,8 @@ from tfhalo.validation import check_int, path_argument  # noqa: E402
 OVERRIDES = ("n_pilot", "n_warmup", "n_samples", "n_chains", "kernel", "target_accept", "step_scale", "max_tree_depth",
              "leapfrog_steps", "pilot_target_accept",
              "map_steps", "map_starts", "chain_groups", "chains_dtype")
+#: The overrides that take a float (the rest take an int, or a string as named in build_parser).
+FLOAT_OVERRIDES = ("target_accept", "step_scale", "pilot_target_accept")
 #: The BLAS settings of the check: a value for OPENBLAS_CORETYPE, or None for unset.
 BLAS_SETTINGS = (("Haswell", "Haswell"), ("unset", None))
 
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blas-catalogue", type=int, default=None,
                         help="catalogue seed of the BLAS check (default: the first)")
     for field in OVERRIDES:
-        kind = str if field in ("kernel", "chains_dtype") else float if field in ("target_accept", "step_scale", "pilot_target_accept") else int
+        kind = str if field in ("kernel", "chains_dtype") else float if field in FLOAT_OVERRIDES else int
         parser.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None,
                             help=f"the quick preset's {field}")
     parser.add_argument("--per-group-warmup", action="store_true",

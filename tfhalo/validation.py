@@ -47,6 +47,21 @@ def check_float(name: str, value, positive: bool = False) -> float:
     return out
 
 
+def check_probability(name: str, value) -> float:
+    """``value`` as a finite ``float`` strictly between 0 and 1 (an acceptance target, say).
+
+    Example:
+        >>> check_probability("target_accept", 1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: target_accept must lie in (0, 1). Received: target_accept=1.0
+    """
+    out = check_float(name, value)
+    if not 0.0 < out < 1.0:
+        raise ValueError(f"{name} must lie in (0, 1). Received: {name}={value!r}")
+    return out
+
+
 def check_choice(name: str, value, choices) -> object:
     """``value`` if it is one of ``choices``."""
     if value not in tuple(choices):

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from tfhalo.validation import check_bool, check_choice, check_float, check_int
+from tfhalo.validation import check_bool, check_choice, check_float, check_int, check_probability
 
 KERNELS = ("nuts", "hmc", "chees")
 #: How reports name each kernel.
@@ -124,10 +124,7 @@ class SamplerConfig:
             raise ValueError(f"num_samples must be at least {MIN_SAMPLES} (split R-hat and ESS need 4 draws per "
                              f"chain). Received: num_samples={self.num_samples!r}")
         put("num_samples", samples)
-        accept = check_float("target_accept", self.target_accept)
-        if not 0.0 < accept < 1.0:
-            raise ValueError(f"target_accept must lie in (0, 1). Received: target_accept={self.target_accept!r}")
-        put("target_accept", accept)
+        put("target_accept", check_probability("target_accept", self.target_accept))
         put("max_tree_depth", check_int("max_tree_depth", self.max_tree_depth, minimum=1, maximum=30))
         put("num_leapfrog_steps", check_int("num_leapfrog_steps", self.num_leapfrog_steps, minimum=1))
         put("max_leapfrog_steps", check_int("max_leapfrog_steps", self.max_leapfrog_steps, minimum=1))

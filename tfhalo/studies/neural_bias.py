@@ -58,7 +58,7 @@ import numpy as np
 from tfhalo.atomic import write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
 from tfhalo.inference.config import MIN_ADAPTIVE_WARMUP
-from tfhalo.validation import check_choice, check_float, check_int
+from tfhalo.validation import check_choice, check_float, check_int, check_probability
 
 __all__ = [
     "Config",
@@ -229,11 +229,7 @@ class Config:
         if 0 < self.n_pilot < MIN_ADAPTIVE_WARMUP:
             raise ValueError(f"n_pilot must be 0 or at least {MIN_ADAPTIVE_WARMUP}. Received: n_pilot={self.n_pilot}")
         if self.pilot_target_accept is not None:
-            accept = check_float("pilot_target_accept", self.pilot_target_accept)
-            if not 0.0 < accept < 1.0:
-                raise ValueError(f"pilot_target_accept must lie in (0, 1). Received: "
-                                 f"pilot_target_accept={self.pilot_target_accept!r}")
-            set_("pilot_target_accept", accept)
+            set_("pilot_target_accept", check_probability("pilot_target_accept", self.pilot_target_accept))
         check_choice("chains_dtype", self.chains_dtype, CHAINS_DTYPES)
         check_sampler_settings(self)
 

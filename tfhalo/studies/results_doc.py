@@ -309,8 +309,8 @@ def _robustness_table(rows) -> list[str]:
 
 
 #: The rows' config fields that define a robustness table's sampler, said in its title.
-_SAMPLER_TITLE_FIELDS = ("kernel", "n_chains", "chain_groups", "pool_warmup", "n_pilot", "pilot_target_accept", "n_warmup", "n_samples", "target_accept",
-                         "step_scale", "max_tree_depth", "leapfrog_steps")
+_SAMPLER_TITLE_FIELDS = ("kernel", "n_chains", "chain_groups", "pool_warmup", "n_pilot", "pilot_target_accept", "n_warmup",
+                         "n_samples", "target_accept", "step_scale", "max_tree_depth", "leapfrog_steps")
 
 
 def _robustness_title(table: dict) -> str:
