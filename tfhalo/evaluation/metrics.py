@@ -19,7 +19,7 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import gaussian_kde, pearsonr
 
-from tfhalo.validation import check_float, check_int
+from tfhalo.validation import check_float, check_int, check_probability
 
 KL_BANDWIDTH = 0.1
 KL_SUPPORT = (-3.0, 3.0)
@@ -259,9 +259,7 @@ def bootstrap_interval(statistic, *arrays, n_boot: int = 1000, seed: int = 0, le
         raise ValueError(f"statistic must be callable. Received: statistic={statistic!r}")
     n_boot = check_int("n_boot", n_boot, minimum=2)
     seed = check_int("seed", seed, minimum=0)
-    level = check_float("level", level)
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1). Received: level={level}")
+    level = check_probability("level", level)
     if not arrays:
         raise ValueError("bootstrap_interval needs at least one array. Received: none")
     arrays = [np.asarray(a) for a in arrays]
