@@ -6,7 +6,12 @@
 * :mod:`tfhalo.studies.neural_bias`: the neural bias model of Charnock, Lavaux,
   Wandelt, Sarma Boruah, Jasche & Hudson (2020), "Neural physical engines for
   inferring the halo mass distribution function", MNRAS 494, 50, arXiv:1909.06379.
-* :mod:`tfhalo.studies.common`: caches, the suite rule, the command-line shell.
+* :mod:`tfhalo.studies.field_level`: the field-level inference of the same
+  paper (sections 4-5): the initial conditions sampled jointly with the bias.
+* :mod:`tfhalo.studies.validate_simulations`: the simulation engine against
+  colossus (initial P(k), the FoF mass function of Watson et al. 2013).
+* :mod:`tfhalo.studies.common`: caches, the suite rule, the command-line shell;
+  :mod:`tfhalo.studies.results_doc`: ``docs/results.md`` from the runs.
 
 Submodules are imported on first access, so ``import tfhalo.studies`` does not
 import TensorFlow.
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 
-_SUBMODULES = ("common", "deep_halos", "neural_bias")
+_SUBMODULES = ("common", "deep_halos", "field_level", "neural_bias", "results_doc", "validate_simulations")
 
 __all__ = list(_SUBMODULES)
 
