@@ -26,7 +26,7 @@ OVERRIDES = {
     "n_grid": "n_grid", "n_side": "n_side", "box_size": "box_size", "threshold_mass": "threshold_mass",
     "order": "order", "start": "start", "preconditioner": "preconditioner", "leapfrog_steps": "leapfrog_steps",
     "target_accept": "target_accept", "map_steps": "map_steps", "bias_coordinates": "bias_coordinates",
-    "devices": "devices", "sampler": "sampler", "bias_steps": "bias_steps",
+    "devices": "devices", "sampler": "sampler", "bias_kernel": "bias_kernel", "bias_steps": "bias_steps",
 }
 
 
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bias-coordinates", default=None, help="diagonal or local_linear")
     parser.add_argument("--sampler", default=None, help="joint (one HMC kernel) or gibbs (field by HMC, bias by "
                         "slice sampling, alternately)")
-    parser.add_argument("--bias-steps", type=int, default=None, help="slice-sampling moves of the bias per Gibbs sweep")
+    parser.add_argument("--bias-kernel", default=None, help="slice or nuts: the bias block's kernel (--sampler gibbs)")
+    parser.add_argument("--bias-steps", type=int, default=None, help="transitions of the bias kernel per Gibbs sweep")
     parser.add_argument("--leapfrog-steps", type=int, default=None)
     parser.add_argument("--target-accept", type=float, default=None)
     parser.add_argument("--map-steps", type=int, default=None, help="Adam steps of the bias fit")

@@ -63,6 +63,24 @@ def test_hmc_and_slice_blocks_sample_the_joint_gaussian():
     assert 0.5 < stats["acceptance_rate_0"].mean() <= 1.0
 
 
+def test_hmc_and_adaptive_nuts_blocks_sample_the_joint_gaussian():
+    # The field-level study's blocked sampler with bias_kernel="nuts": NUTS whose step size adapts
+    # over its own transitions (two per sweep here), then stays frozen.
+    mean, cov, _, log_prob = _gaussian(seed=5)
+
+    def nuts(f):
+        inner = tfp.mcmc.NoUTurnSampler(f, step_size=backend.constant(0.1), max_tree_depth=5)
+        return tfp.mcmc.DualAveragingStepSizeAdaptation(inner, num_adaptation_steps=2 * 150,
+                                                        target_accept_prob=backend.constant(0.9))
+
+    kernel = GibbsKernel(log_prob, [3, 2], [_hmc(), nuts], steps_per_sweep=[1, 2])
+    chains = sample_gibbs(kernel, np.zeros((4, P)), _config(), progress=False)
+    check_gaussian(chains.samples, mean, cov)
+    stats = chains.sample_stats
+    assert not stats["diverging"].any()
+    assert np.ptp(stats["step_size_1"]) == 0.0 and stats["step_size_1"][0, 0] != pytest.approx(0.1)
+
+
 def test_bijector_and_cached_conditional_give_the_same_posterior():
     """Block 2 in the whitened coordinates of its exact conditional, with the conditional supplied by hand,
     moved by random-walk Metropolis."""

@@ -65,6 +65,10 @@ STARTS = ("prior", "map")
 PRECONDITIONERS = ("curvature", "prior", "none")
 BIAS_COORDINATES = ("local_linear", "diagonal")
 SAMPLERS = ("joint", "gibbs")
+BIAS_KERNELS = ("slice", "nuts")
+#: NUTS settings of the bias block (``bias_kernel="nuts"``).
+BIAS_TREE_DEPTH = 8
+BIAS_TARGET_ACCEPT = 0.9
 LEVELS = (0.68, 0.95)
 # A bin's coverage passes when it is within this many binomial standard errors of
 # nominal; with 2 levels x ~8 bins, 3 sigma keeps the chance of a false alarm for a
@@ -111,10 +115,16 @@ class Config:
         sampler: ``"joint"`` (one HMC kernel on the white noise and the bias together,
             with windowed step-size and mass-matrix adaptation) or ``"gibbs"`` (each sweep
             moves the white noise by HMC given the bias, then the bias by ``bias_steps``
-            hit-and-run slice-sampling transitions given the field, as BORG alternates
+            transitions of ``bias_kernel`` given the field, as BORG alternates
             them; :class:`~tfhalo.inference.GibbsKernel`).  The bias block then reuses
             the sweep's LPT density and needs no gradient.
-        bias_steps: slice-sampling transitions of the bias per sweep (``sampler="gibbs"``).
+        bias_kernel: the bias block's kernel with ``sampler="gibbs"``: ``"slice"`` (TFP's
+            hit-and-run ``SliceSampler``, Neal 2003) or ``"nuts"`` (``NoUTurnSampler``, trees
+            up to depth 8, its step size adapted by dual averaging to acceptance 0.9 over the
+            first 80% of the warm-up; Hoffman & Gelman 2014, arXiv:1111.4246).  NUTS follows
+            the bias posterior's long curved directions given the field, which hit-and-run
+            crosses by a random walk.  Runs without XLA (``jit_compile=False``).
+        bias_steps: transitions of the bias kernel per sweep (``sampler="gibbs"``).
         n_probes: Hutchinson probes of the curvature estimate.
         n_chains, n_warmup, n_samples, leapfrog_steps, target_accept: HMC settings (of the
             field block with ``sampler="gibbs"``, whose step size adapts by dual averaging
@@ -147,6 +157,7 @@ class Config:
     preconditioner: str = "curvature"
     bias_coordinates: str = "diagonal"
     sampler: str = "joint"
+    bias_kernel: str = "slice"
     bias_steps: int = 10
     n_probes: int = 8
     n_chains: int = 2
@@ -193,6 +204,12 @@ class Config:
         check_choice("preconditioner", self.preconditioner, PRECONDITIONERS)
         check_choice("bias_coordinates", self.bias_coordinates, BIAS_COORDINATES)
         check_choice("sampler", self.sampler, SAMPLERS)
+        check_choice("bias_kernel", self.bias_kernel, BIAS_KERNELS)
+        if self.sampler == "gibbs" and self.bias_kernel == "nuts" and self.jit_compile:
+            # TFP's NUTS re-bootstrapped inside the sweep loop does not compile with XLA
+            # ("XLA compilation requires a fixed tensor list size").
+            raise ValueError("jit_compile must be False with sampler='gibbs' and bias_kernel='nuts'. "
+                             f"Received: jit_compile={self.jit_compile!r}")
         set_("bias_steps", check_int("bias_steps", self.bias_steps, minimum=1))
         if self.sampler == "gibbs" and self.devices != 1:
             raise ValueError(f"devices must be 1 with sampler='gibbs' (its chains run on one device). "
@@ -467,13 +484,14 @@ def bias_spread(theta_draws, conditional_scale) -> dict:
     """How far the bias draws spread, in units of the bias's conditional widths at the chains' start.
 
     The sampling coordinates scale each bias parameter by its width given the
-    starting field (the curvature of the joint target in ``theta`` alone).  The
-    pooled standard deviation of the draws over that width is at least the ratio
-    of the bias's posterior width given the catalogue to its width given a field,
-    and a lower bound of it while the chains have not spread.  A ratio far above
-    the length of one trajectory in those units means that the chains
-    random-walk across the bias posterior (see ``docs/field_level.md``, "Known
-    limitations").
+    starting field and the other 16 parameters (the diagonal curvature of the
+    joint target in ``theta``).  The pooled standard deviation of the draws over
+    that width measures how much wider the bias posterior is than those widths,
+    from both sources: the bias parameters' correlations and curvature among
+    themselves given a field, and the field's freedom.  It is a lower bound while
+    the chains have not spread.  A ratio far above the length of one trajectory
+    in those units means that the chains random-walk across the bias posterior
+    (see ``docs/field_level.md``, "Known limitations").
 
     Args:
         theta_draws: ``(S, C, n_bias)`` bias draws (``S >= 2`` draws per chain).
@@ -506,12 +524,13 @@ def bias_spread(theta_draws, conditional_scale) -> dict:
 
 def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, theta_fit, offset: int,
                   out: Optional[Path], progress: bool):
-    """Blocked chains: HMC on the white noise given the bias, then slice sampling of the bias given the field.
+    """Blocked chains: HMC on the white noise given the bias, then ``bias_kernel`` on the bias given the field.
 
     The white noise moves in the Fourier-preconditioned coordinates (``field_scale``)
     by HMC whose step size adapts by dual averaging; the bias moves by TFP's hit-and-run
-    ``SliceSampler`` (Neal 2003) in its sampling coordinates (``bias_coordinates``),
-    on a conditional that reuses the sweep's LPT density.  Every move leaves the joint
+    ``SliceSampler`` (Neal 2003) or by NUTS with dual averaging (``bias_kernel``) in its
+    sampling coordinates (``bias_coordinates``), on a conditional that reuses the sweep's
+    LPT density.  Every move leaves the joint
     posterior invariant.
     """
     import dataclasses
@@ -539,7 +558,13 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, th
             hmc, num_adaptation_steps=n_adapt, target_accept_prob=backend.constant(config.target_accept))
 
     def bias_kernel(f):
-        return tfp.mcmc.SliceSampler(f, step_size=backend.constant(1.0), max_doublings=5)
+        if config.bias_kernel == "slice":
+            return tfp.mcmc.SliceSampler(f, step_size=backend.constant(1.0), max_doublings=5)
+        nuts = tfp.mcmc.NoUTurnSampler(f, step_size=backend.constant(0.1), max_tree_depth=BIAS_TREE_DEPTH)
+        # The kernel counts its own transitions, bias_steps per sweep.
+        return tfp.mcmc.DualAveragingStepSizeAdaptation(
+            nuts, num_adaptation_steps=n_adapt * config.bias_steps,
+            target_accept_prob=backend.constant(BIAS_TARGET_ACCEPT))
 
     def bias_conditional(blocks):
         log_density = posterior.log_density(ops.reshape(blocks[0], (-1, n, n, n)))
