@@ -369,6 +369,13 @@ def preset_values(config_class, presets: dict, name: str, overrides: dict) -> di
     return dict(presets[name])
 
 
+def preset_config(config_class, presets: dict, name: str, seed: int, overrides: dict):
+    """``config_class(name=name, seed=seed, **preset values with overrides)``, after :func:`preset_values`."""
+    values = preset_values(config_class, presets, name, overrides)
+    values.update(overrides)
+    return config_class(name=name, seed=seed, **values)
+
+
 def _preset_name_and_params(sim_preset):
     from tfhalo.sim.suite import SimulationPreset, resolve_preset
 

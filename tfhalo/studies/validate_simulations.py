@@ -106,11 +106,9 @@ class Config:
         Raises:
             ValueError: an unknown preset or field, or an invalid value (named).
         """
-        from tfhalo.studies.common import preset_values
+        from tfhalo.studies.common import preset_config
 
-        values = preset_values(cls, PRESETS, name, overrides)
-        values.update(overrides)
-        return cls(name=name, seed=seed, **values)
+        return preset_config(cls, PRESETS, name, seed, overrides)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
