@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preconditioner", default=None, help="curvature, prior or none")
     parser.add_argument("--bias-coordinates", default=None, help="diagonal or local_linear")
     parser.add_argument("--sampler", default=None, help="joint (one HMC kernel) or gibbs (field by HMC, bias by "
-                        "slice sampling, alternately)")
+                        "--bias-kernel, alternately)")
     parser.add_argument("--bias-kernel", default=None, help="slice or nuts: the bias block's kernel (--sampler gibbs)")
     parser.add_argument("--bias-steps", type=int, default=None, help="transitions of the bias kernel per Gibbs sweep")
     parser.add_argument("--leapfrog-steps", type=int, default=None)

@@ -91,6 +91,16 @@ def test_run_refuses_a_suite_of_other_settings_before_writing(tmp_path):
     assert sorted(p for p in tmp_path.rglob("*")) == before
 
 
+def test_statistics_of_another_suite_in_the_same_out_are_not_reused(tmp_path):
+    out = tmp_path / "out"
+    first = vs.run(vs.Config.preset("quick", n_sims=1), suite=tmp_path / "a", out=out, progress=False)
+    second = vs.run(vs.Config.preset("quick", n_sims=1, n_steps=5), suite=tmp_path / "b", out=out, progress=False)
+    assert len(list((out / "stats").glob("*.npz"))) == 2
+    # the same seed and initial field, but the z = 0 field of 5 PM steps is not that of 10
+    assert second["initial_power"]["pk_measured_mean"] == first["initial_power"]["pk_measured_mean"]
+    assert second["final_power"]["pk_measured_mean"] != first["final_power"]["pk_measured_mean"]
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(suite="", out="o"), "suite"), (dict(suite="s", out=""), "out"),
 ])
@@ -117,3 +127,13 @@ def test_script_reports_bad_arguments_with_exit_code_2_before_writing(tmp_path, 
         sys.modules.pop(spec.name, None)
     assert "n_sims must be at least 1. Received: n_sims=0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # a suite of other settings is a usage error too, reported before any statistic is computed
+    try:
+        sys.modules[spec.name] = module
+        assert module.main(["--quick", "--n-sims", "1", "--out", str(tmp_path / "a")]) == 0
+        assert module.main(["--quick", "--n-sims", "1", "--n-steps", "5", "--suite", str(tmp_path / "a" / "suite"),
+                            "--out", str(tmp_path / "b")]) == 2
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -117,7 +117,9 @@ class Config:
             moves the white noise by HMC given the bias, then the bias by ``bias_steps``
             transitions of ``bias_kernel`` given the field, as BORG alternates
             them; :class:`~tfhalo.inference.GibbsKernel`).  The bias block then reuses
-            the sweep's LPT density and needs no gradient.
+            the sweep's LPT density and runs no forward model (the slice sampler needs no
+            gradient; NUTS takes gradients of the bias model only, which the reported
+            gradient evaluations, those of the forward model, leave out).
         bias_kernel: the bias block's kernel with ``sampler="gibbs"``: ``"slice"`` (TFP's
             hit-and-run ``SliceSampler``, Neal 2003) or ``"nuts"`` (``NoUTurnSampler``, trees
             up to depth 8, its step size adapted by dual averaging to acceptance 0.9 over the
@@ -208,8 +210,8 @@ class Config:
         if self.sampler == "gibbs" and self.bias_kernel == "nuts" and self.jit_compile:
             # TFP's NUTS re-bootstrapped inside the sweep loop does not compile with XLA
             # ("XLA compilation requires a fixed tensor list size").
-            raise ValueError("jit_compile must be False with sampler='gibbs' and bias_kernel='nuts'. "
-                             f"Received: jit_compile={self.jit_compile!r}")
+            raise ValueError("jit_compile must be False with sampler='gibbs' and bias_kernel='nuts' "
+                             f"(--no-xla). Received: jit_compile={self.jit_compile!r}")
         set_("bias_steps", check_int("bias_steps", self.bias_steps, minimum=1))
         if self.sampler == "gibbs" and self.devices != 1:
             raise ValueError(f"devices must be 1 with sampler='gibbs' (its chains run on one device). "
@@ -432,7 +434,10 @@ def _map_field(posterior, state, steps: int, progress: bool) -> np.ndarray:
 
 
 def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Path, progress: bool):
-    """Chains of one setting's joint posterior, with the sampler's cost and the starting method."""
+    """Chains of one setting's joint posterior, with the sampler's cost and the starting method.
+
+    ``out`` is the directory of the chains' checkpoint (``out/checkpoint``).
+    """
     import tfhalo.inference as inf
     from tfhalo import backend
     from tfhalo.field.precondition import FourierPreconditioner, curvature_scales
@@ -892,7 +897,10 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
             posterior = FieldLevelPosterior(forward, model, catalogue)
             say(f"[{setting}] {catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
                 f"chains start from the {config.start}")
-            chains, setup = _sample_setting(config, setting, posterior, theta_fit, sdir, progress)
+            # The checkpoint is keyed by the setting's settings: an interrupted run with other
+            # settings (another bias kernel, say) is never resumed as this one.
+            chains, setup = _sample_setting(config, setting, posterior, theta_fit,
+                                            sdir / "checkpoint" / cache.fingerprint[:16], progress)
             result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir)
             result["sampler"].update(setup)
             result["sampler"]["bias_spread"] = bias_spread(

@@ -120,13 +120,15 @@ PRESETS = {
 }
 
 
-def simulation_statistics(h5_path, seed: int, out, verbose: bool = False) -> dict:
-    """Statistics of one suite simulation, cached as ``out/stats/<name>_seed<seed>.npz``.
+def simulation_statistics(h5_path, seed: int, out, settings: str = "", verbose: bool = False) -> dict:
+    """Statistics of one suite simulation, cached as ``out/stats/<name>_seed<seed>[_<settings>].npz``.
 
     Args:
         h5_path: the simulation file.
         seed: the seed :func:`~tfhalo.sim.suite.simulation_seeds` gave it (checked).
         out: the study directory.
+        settings: a tag of the suite's settings in the cache's name, so that statistics of
+            a suite of other settings with the same file names and seeds are not reused.
         verbose: print the simulation's halo count when it is first measured.
 
     Returns:
@@ -141,7 +143,7 @@ def simulation_statistics(h5_path, seed: int, out, verbose: bool = False) -> dic
     from tfhalo.sim.mesh import power_spectrum
 
     h5_path = Path(h5_path)
-    path = Path(out) / "stats" / f"{h5_path.stem}_seed{seed}.npz"
+    path = Path(out) / "stats" / f"{h5_path.stem}_seed{seed}{'_' + settings if settings else ''}.npz"
     if not path.exists():
         sim = load(h5_path)  # one at a time: a 128^3 simulation is ~150 MB in memory
         if sim.seed != seed:
@@ -205,9 +207,9 @@ def mass_function_comparison(masses, particle_mass: float, volume: float, bins_p
         >>> sum(hmf["counts"])
         3
     """
-    from tfhalo.validation import check_finite_array, check_float, check_int
+    from tfhalo.validation import check_finite_array, check_float, check_float_array, check_int
 
-    masses = check_finite_array("masses", np.asarray(masses, np.float64)).ravel()
+    masses = check_finite_array("masses", check_float_array("masses", masses)).ravel()
     if masses.size == 0 or np.any(masses <= 0):
         raise ValueError(f"masses must hold at least one positive halo mass. Received: {masses.size} masses, "
                          f"smallest {masses.min() if masses.size else None}")
@@ -338,15 +340,20 @@ def run(config: Config, suite, out, progress: bool = True, verbose: bool = False
     """
     from tfhalo.atomic import write_json_atomic
     from tfhalo.sim.suite import generate_suite, simulation_seeds
-    from tfhalo.studies.common import check_run_paths
+    from tfhalo.studies.common import StudyInputError, check_run_paths, fingerprint
 
     if not isinstance(config, Config):
         raise ValueError(f"config must be a validate_simulations.Config. Received: config={type(config).__name__}")
     suite, out = check_run_paths(suite, out)
-    paths = generate_suite(suite, config.sim_params(), n_sims=config.n_sims, seed=config.seed, progress=progress)
+    params = config.sim_params()
+    try:
+        paths = generate_suite(suite, params, n_sims=config.n_sims, seed=config.seed, progress=progress)
+    except ValueError as err:  # a suite of other settings or seed there: a usage error (exit 2 from the CLI)
+        raise StudyInputError(str(err)) from None
     seeds = simulation_seeds(config.seed, config.n_sims)
     out.mkdir(parents=True, exist_ok=True)
-    stats = [simulation_statistics(p, s, out, verbose) for p, s in zip(paths, seeds)]
+    tag = fingerprint(params.to_dict())[:12]
+    stats = [simulation_statistics(p, s, out, settings=tag, verbose=verbose) for p, s in zip(paths, seeds)]
     summary = _summary(config, suite, seeds, stats)
     write_json_atomic(out / "validate_simulations.json", summary)
     plot(summary, out / "validate_simulations.png")
@@ -365,7 +372,7 @@ def plot(summary: dict, path, k_nyquist: Optional[float] = None) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    from tfhalo.atomic import atomic_path
+    from tfhalo.evaluation.plots import save_figure
 
     ip, hmf, cfg = summary["initial_power"], summary["mass_function"], summary["config"]
     k_nyquist = ip["k_nyquist"] if k_nyquist is None else k_nyquist
@@ -407,8 +414,4 @@ def plot(summary: dict, path, k_nyquist: Optional[float] = None) -> None:
     for a in ax.ravel():
         a.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
-    try:
-        with atomic_path(Path(path), suffix=".tmp.png") as tmp:  # matplotlib picks the format from the extension
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
