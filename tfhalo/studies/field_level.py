@@ -433,11 +433,8 @@ def _map_field(posterior, state, steps: int, progress: bool) -> np.ndarray:
     return np.concatenate([backend.to_numpy(var.value).astype(np.float64), state[:, n_field:]], axis=1)
 
 
-def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Path, progress: bool):
-    """Chains of one setting's joint posterior, with the sampler's cost and the starting method.
-
-    ``out`` is the directory of the chains' checkpoint (``out/checkpoint``).
-    """
+def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoint_dir: Path, progress: bool):
+    """Chains of one setting's joint posterior, with the sampler's cost and the starting method."""
     import tfhalo.inference as inf
     from tfhalo import backend
     from tfhalo.field.precondition import FourierPreconditioner, curvature_scales
@@ -464,7 +461,8 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Pat
     else:
         scales = np.ones((n, n, n))
     if config.sampler == "gibbs":
-        chains = _gibbs_chains(config, posterior, state0, scales, bias_scale, theta_fit, offset, out, progress)
+        chains = _gibbs_chains(config, posterior, state0, scales, bias_scale, theta_fit, offset, checkpoint_dir,
+                               progress)
         setup_s = time.perf_counter() - t0 - chains.seconds
     else:
         if config.preconditioner == "none":
@@ -478,7 +476,7 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, out: Pat
                 block_sizes=[n_field, n_bias])
         setup_s = time.perf_counter() - t0
         chains = inf.sample(posterior.log_prob, state0, config.sampler_config(seed_offset=offset),
-                            bijector=bijector, progress=progress, checkpoint_dir=out / "checkpoint")
+                            bijector=bijector, progress=progress, checkpoint_dir=checkpoint_dir)
     return chains, {"setup_s": setup_s, "field_scale_min": float(np.min(scales)),
                     "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()}
 
@@ -526,7 +524,7 @@ def bias_spread(theta_draws, conditional_scale) -> dict:
 
 
 def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, theta_fit, offset: int,
-                  out: Optional[Path], progress: bool):
+                  checkpoint_dir: Optional[Path], progress: bool):
     """Blocked chains: HMC on the white noise given the bias, then ``bias_kernel`` on the bias given the field.
 
     The white noise moves in the Fourier-preconditioned coordinates (``field_scale``)
@@ -579,7 +577,7 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, th
     gibbs = inf.GibbsConfig(num_chains=config.n_chains, num_warmup=config.n_warmup, num_samples=config.n_samples,
                             seed=config.chains_seed + offset, jit_compile=config.jit_compile)
     chains = inf.sample_gibbs(kernel, state0, gibbs, progress=progress,
-                              checkpoint_dir=None if out is None else out / "checkpoint")
+                              checkpoint_dir=checkpoint_dir)
     # Per chain and sweep: the gradient at the refreshed start and one per leapfrog step.
     sweeps = config.n_warmup + config.n_samples
     return dataclasses.replace(chains, n_gradient_evaluations=sweeps * (config.leapfrog_steps + 1))
@@ -897,7 +895,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
             posterior = FieldLevelPosterior(forward, model, catalogue)
             say(f"[{setting}] {catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
                 f"chains start from the {config.start}")
-            # The checkpoint is keyed by the setting's settings: an interrupted run with other
+            # The checkpoint is keyed by the setting's cache fingerprint: an interrupted run with other
             # settings (another bias kernel, say) is never resumed as this one.
             chains, setup = _sample_setting(config, setting, posterior, theta_fit,
                                             sdir / "checkpoint" / cache.fingerprint[:16], progress)
