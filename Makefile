@@ -31,15 +31,16 @@ test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/layers tests/data/test_device_subboxes.py tests/inference \
 		tests/bias tests/field tests/studies/test_field_level_config.py tests/studies/test_neural_bias_config.py
 
-# The quick deep-halo study, then the quick neural-bias study (the paper's
-# 17-parameter model) on the same suite.
+# The three quick studies: deep halos and the neural bias model (the paper's
+# 17-parameter model) on one suite, then the field-level inference (initial
+# conditions sampled jointly with the bias model) on its own simulation.
 demo: $(STAMP)
 	$(BIN)/python experiments/deep_halos.py --preset quick --suite $(DEMO)/suite --out $(DEMO)/deep_halos
 	$(BIN)/python experiments/neural_bias.py --preset quick --suite $(DEMO)/suite --out $(DEMO)/neural_bias
-	@echo "Reports: $(DEMO)/deep_halos/report.md and $(DEMO)/neural_bias/report.md"
+	$(BIN)/python experiments/field_level.py --preset quick --suite $(DEMO)/field_suite --out $(DEMO)/field_level
+	@echo "Reports: $(DEMO)/deep_halos/report.md, $(DEMO)/neural_bias/report.md and $(DEMO)/field_level/report.md"
 
-# The quick field-level inference (initial conditions sampled jointly with the
-# bias model) on its own simulation.
+# The field-level study alone.
 demo-field: $(STAMP)
 	$(BIN)/python experiments/field_level.py --preset quick --suite $(DEMO)/field_suite --out $(DEMO)/field_level
 	@echo "Report: $(DEMO)/field_level/report.md"

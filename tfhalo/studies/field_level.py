@@ -255,7 +255,7 @@ class Config:
                 of 150 warm-up and 300 kept iterations of 20 leapfrog steps, for each of the
                 mock and N-body catalogues.
             demo: ``quick`` with 100 warm-up and 200 kept iterations (a shorter look;
-                ``make demo-field`` runs ``quick``).
+                ``make demo`` runs ``quick``).
             paper: a 64^3 grid over 250 Mpc/h on a ``"charnock2020"`` simulation
                 (320^3 particles), for a GPU.
 
