@@ -27,6 +27,7 @@ OVERRIDES = {
     "order": "order", "start": "start", "preconditioner": "preconditioner", "leapfrog_steps": "leapfrog_steps",
     "target_accept": "target_accept", "map_steps": "map_steps", "bias_coordinates": "bias_coordinates",
     "devices": "devices", "sampler": "sampler", "bias_kernel": "bias_kernel", "bias_steps": "bias_steps",
+    "bias_pilot": "n_bias_pilot",
 }
 
 
@@ -48,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--order", type=int, default=None, help="LPT order: 1 or 2")
     parser.add_argument("--start", default=None, help="prior or map")
     parser.add_argument("--preconditioner", default=None, help="curvature, prior or none")
-    parser.add_argument("--bias-coordinates", default=None, help="diagonal or local_linear")
+    parser.add_argument("--bias-coordinates", default=None,
+                        help="diagonal, local_linear or pilot (a dense metric from NUTS draws of the bias given "
+                        "the starting fields)")
+    parser.add_argument("--bias-pilot", type=int, default=None,
+                        help="warm-up iterations and draws per chain of the bias pilot (--bias-coordinates pilot)")
     parser.add_argument("--sampler", default=None, help="joint (one HMC kernel) or gibbs (field by HMC, bias by "
                         "--bias-kernel, alternately)")
     parser.add_argument("--bias-kernel", default=None, help="slice or nuts: the bias block's kernel (--sampler gibbs)")

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("sampler", "nuts", "sampler must be one of .* Received: sampler='nuts'"),
     ("bias_kernel", "hmc", "bias_kernel must be one of .* Received: bias_kernel='hmc'"),
     ("bias_steps", 0, "bias_steps must be at least 1. Received: bias_steps=0"),
+    ("n_bias_pilot", 10, "n_bias_pilot must be at least 50. Received: n_bias_pilot=10"),
 ])
 def test_every_field_is_checked_on_construction(field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -204,3 +204,60 @@ def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study
     back = backend.to_numpy(bijector.inverse(bijector.forward(z)))
     np.testing.assert_allclose(back, backend.to_numpy(z), atol=1e-8)
     assert np.all(np.isfinite(backend.to_numpy(bijector.forward_log_det_jacobian(z, event_ndims=1))))
+
+
+def test_pilot_bias_coordinates_whiten_the_pilots_draws(study):
+    """The pilot's bijector maps its own draws to mean 0 and (shrunk) unit covariance, exactly invertibly."""
+    from tfhalo import backend
+
+    config, _, _ = study
+    posterior, state, _ = _nbody_posterior(study)
+    pilot_config = field_level.Config.preset("quick", seed=3, **{**TINY, "bias_coordinates": "pilot",
+                                                                "n_bias_pilot": 50})
+    state0 = np.stack([state, state])
+    bijector, pilot = field_level._pilot_bias_bijector(pilot_config, posterior, state0, 5, None, False)
+    draws = pilot.samples.reshape(-1, posterior.n_bias)
+    assert pilot.samples.shape == (50, 2, posterior.n_bias) and np.all(np.isfinite(draws))
+    z = backend.to_numpy(bijector.inverse(backend.constant(draws)))
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-6)
+    # Sigma = n/(n+5) cov + shrinkage: the whitened draws' covariance is (n+5)/n I less the shrinkage's share.
+    eig = np.linalg.eigvalsh(np.cov(z, rowvar=False))
+    n = draws.shape[0]
+    assert eig.min() > 0.9 and eig.max() < (n + 5) / n + 1e-6
+    back = backend.to_numpy(bijector.forward(backend.constant(z)))
+    np.testing.assert_allclose(back, draws, rtol=1e-6, atol=1e-8)
+    # the draws moved: the pilot samples the conditional, it does not sit at the start
+    assert np.all(np.ptp(draws, axis=0) > 0)
+
+
+def test_pilot_bias_coordinates_run_the_study(study, tmp_path):
+    config, root, _ = study
+    pilot = field_level.Config.preset("quick", seed=3, **{**TINY, "bias_coordinates": "pilot", "n_bias_pilot": 50})
+    results = field_level.run(pilot, root / "suite", tmp_path / "out", progress=False)
+    s = results["settings"]["mock"]["sampler"]
+    assert s["bias_pilot"]["bias_gradient_evaluations"] > 0 and s["bias_pilot"]["seconds"] > 0
+    with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
+        assert np.all(np.isfinite(f["theta"][...])) and np.all(np.ptp(f["theta"][...], axis=0) > 0)
+
+
+def test_fixed_bias_mock_samples_the_white_noise_alone_on_the_mocks_catalogue(study, tmp_path):
+    config, root, _ = study
+    fixed = field_level.Config.preset("quick", seed=3, **{**TINY, "settings": ("mock_fixed_bias",)})
+    results = field_level.run(fixed, root / "suite", tmp_path / "out", progress=False)
+    s = results["settings"]["mock_fixed_bias"]
+    with np.load(root / "out" / "bias_fit.npz") as f:
+        theta_fit = f["theta"]
+    with h5py.File(tmp_path / "out" / "mock_fixed_bias" / field_level.SAMPLES_FILE) as f, \
+            h5py.File(root / "out" / "mock" / field_level.SAMPLES_FILE) as g:
+        theta, omega = f["theta"][...], f["omega"][...]
+        # the same catalogue as the joint mock's: drawn with the same seed and bias
+        np.testing.assert_array_equal(f["data/halo_positions"][...], g["data/halo_positions"][...])
+        np.testing.assert_array_equal(f["truth/omega"][...], g["truth/omega"][...])
+    # the bias stays at the values the catalogue was drawn with; the field moves
+    np.testing.assert_array_equal(theta, np.broadcast_to(theta_fit, theta.shape))
+    assert np.all(np.ptp(omega.reshape(omega.shape[0], omega.shape[1], -1), axis=0).max(axis=-1) > 0)
+    # only the power is diagnosed; a fixed bias has no ESS
+    assert set(s["convergence"]["parameters"]) == {f"power_low_k[{i}]" for i in range(3)}
+    assert s["sampler"]["gradients_per_ess_bias"] is None and s["sampler"]["bias_spread"] is None
+    assert s["sampler"]["bias_fixed"] is True
+    assert "bias parameters known" in (tmp_path / "out" / "report.md").read_text()

@@ -26,6 +26,11 @@ Steps, each cached and resumable (rerun the same call after an interruption):
      true Fourier coefficients must be nominal;
    * ``"nbody"``: the N-body halos, where coverage measures how well LPT plus
      the neural bias describe real halos;
+   * ``"mock_fixed_bias"``: the mock's catalogue with the bias held at the
+     values it was drawn with, the white noise sampled alone (BORG's field
+     step): the true white noise is then a draw from this posterior too, so
+     its coverage tests the likelihood, its gradient, the Jacobian and the
+     field sampler without the slow bias directions of the joint chains;
 
 4. power spectra (Fig. 6), slices (Figs. 4-5), the cross-correlation ``r(k)``
    with the truth, coverage per ``|k|`` range, diagnostics, and a report.
@@ -60,13 +65,22 @@ from tfhalo.validation import check_choice, check_float, check_int
 
 __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread", "report"]
 
-SETTINGS = ("mock", "nbody")
+SETTINGS = ("mock", "nbody", "mock_fixed_bias")
+#: Settings whose bias parameters are held at the values the mock catalogue was drawn with.
+FIXED_BIAS_SETTINGS = ("mock_fixed_bias",)
+SETTING_TITLES = {
+    "mock": "Self-consistent mock (catalogue drawn from the model)",
+    "nbody": "N-body catalogue",
+    "mock_fixed_bias": "Self-consistent mock, bias parameters known (the white noise sampled alone)",
+}
 STARTS = ("prior", "map")
 PRECONDITIONERS = ("curvature", "prior", "none")
-BIAS_COORDINATES = ("local_linear", "diagonal")
+BIAS_COORDINATES = ("local_linear", "diagonal", "pilot")
 SAMPLERS = ("joint", "gibbs")
 BIAS_KERNELS = ("slice", "nuts")
-#: NUTS settings of the bias block (``bias_kernel="nuts"``).
+#: Fewest warm-up iterations (and draws) of the bias pilot (``bias_coordinates="pilot"``).
+MIN_BIAS_PILOT = 50
+#: NUTS settings of the bias block (``bias_kernel="nuts"``) and of the bias pilot.
 BIAS_TREE_DEPTH = 8
 BIAS_TARGET_ACCEPT = 0.9
 LEVELS = (0.68, 0.95)
@@ -100,7 +114,7 @@ class Config:
             2 puts 8 particles in a voxel, which keeps ``log(1 + delta)`` of nearly empty
             voxels, and so the posterior, from becoming stiff.
         map_steps, map_starts: Adam steps and starts of the bias fit to the N-body field.
-        settings: which of ``"mock"`` and ``"nbody"`` to run.
+        settings: which of ``"mock"``, ``"nbody"`` and ``"mock_fixed_bias"`` to run.
         start: chains start from a ``"prior"`` draw of the white noise, or from a
             ``"map"`` of it found by ``map_field_steps`` Adam steps from that draw.
         map_field_steps: Adam steps of the field MAP (``start="map"``).
@@ -161,6 +175,7 @@ class Config:
     sampler: str = "joint"
     bias_kernel: str = "slice"
     bias_steps: int = 10
+    n_bias_pilot: int = 300
     n_probes: int = 8
     n_chains: int = 2
     n_warmup: int = 150
@@ -213,6 +228,7 @@ class Config:
             raise ValueError("jit_compile must be False with sampler='gibbs' and bias_kernel='nuts' "
                              f"(--no-xla). Received: jit_compile={self.jit_compile!r}")
         set_("bias_steps", check_int("bias_steps", self.bias_steps, minimum=1))
+        set_("n_bias_pilot", check_int("n_bias_pilot", self.n_bias_pilot, minimum=MIN_BIAS_PILOT))
         if self.sampler == "gibbs" and self.devices != 1:
             raise ValueError(f"devices must be 1 with sampler='gibbs' (its chains run on one device). "
                              f"Received: devices={self.devices}")
@@ -454,16 +470,36 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoi
     bias_scale = _conditional_bias_scale(posterior, state0[0])
     # Chains start at the fit, dispersed by a tenth of those widths, so that R-hat can see a
     # chain that does not leave its start.
-    state0[:, n_field:] += 0.1 * bias_scale[None, :] * rng.standard_normal((config.n_chains, n_bias))
+    dispersal = 0.1 * bias_scale[None, :] * rng.standard_normal((config.n_chains, n_bias))
+    if setting not in FIXED_BIAS_SETTINGS:
+        state0[:, n_field:] += dispersal
     if config.preconditioner == "curvature":
         scales = curvature_scales(posterior.log_prob, state0, n, n_probes=config.n_probes,
                                   seed=config.chains_seed + offset)
     else:
         scales = np.ones((n, n, n))
+    info = {}
+    if setting in FIXED_BIAS_SETTINGS:
+        chains = _fixed_bias_chains(config, posterior, state0, scales, offset, checkpoint_dir, progress)
+        info.update({"setup_s": time.perf_counter() - t0 - chains.seconds, "field_scale_min": float(np.min(scales)),
+                     "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist(),
+                     "bias_fixed": True})
+        return chains, info
+    if config.bias_coordinates == "pilot":
+        pilot_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / "bias_pilot"
+        bias_bijector, pilot = _pilot_bias_bijector(config, posterior, state0, config.chains_seed + offset + 1000,
+                                                    pilot_dir, progress)
+        info["bias_pilot"] = {"seconds": float(pilot.seconds),
+                              "bias_gradient_evaluations": int(pilot.n_gradient_evaluations),
+                              "n_divergent": int(np.sum(pilot.sample_stats["diverging"]))}
+    elif config.bias_coordinates == "local_linear":
+        bias_bijector = _local_linear_bias_bijector(posterior, state0[0])
+    else:
+        bias_bijector = backend.tfp.bijectors.Chain([backend.tfp.bijectors.Shift(backend.constant(theta_fit)),
+                                                     backend.tfp.bijectors.Scale(backend.constant(bias_scale))])
+    t_chains = time.perf_counter()
     if config.sampler == "gibbs":
-        chains = _gibbs_chains(config, posterior, state0, scales, bias_scale, theta_fit, offset, checkpoint_dir,
-                               progress)
-        setup_s = time.perf_counter() - t0 - chains.seconds
+        chains = _gibbs_chains(config, posterior, state0, scales, bias_bijector, offset, checkpoint_dir, progress)
     else:
         if config.preconditioner == "none":
             bijector = None
@@ -472,13 +508,47 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoi
                                              bias_scale=bias_scale)
         else:
             bijector = backend.tfp.bijectors.Blockwise(
-                [FourierPreconditioner(n, 0, field_scale=scales), _local_linear_bias_bijector(posterior, state0[0])],
-                block_sizes=[n_field, n_bias])
-        setup_s = time.perf_counter() - t0
+                [FourierPreconditioner(n, 0, field_scale=scales), bias_bijector], block_sizes=[n_field, n_bias])
         chains = inf.sample(posterior.log_prob, state0, config.sampler_config(seed_offset=offset),
                             bijector=bijector, progress=progress, checkpoint_dir=checkpoint_dir)
-    return chains, {"setup_s": setup_s, "field_scale_min": float(np.min(scales)),
-                    "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()}
+    setup_s = (t_chains - t0) + (time.perf_counter() - t_chains - chains.seconds)
+    info.update({"setup_s": setup_s, "field_scale_min": float(np.min(scales)),
+                 "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()})
+    return chains, info
+
+
+def _fixed_bias_chains(config: Config, posterior, state0, field_scale, offset: int, checkpoint_dir: Optional[Path],
+                       progress: bool):
+    """HMC on the white noise alone, the bias held at ``state0``'s (the same in every chain).
+
+    The chains run in the Fourier-preconditioned coordinates with the sampler's windowed
+    step-size and mass-matrix adaptation, as the joint chains do.  The returned chains'
+    samples carry the fixed bias after the white noise, ``(S, C, n_field + n_bias)``, so
+    the analysis reads them as joint draws.
+    """
+    import dataclasses
+
+    from keras import ops
+
+    import tfhalo.inference as inf
+    from tfhalo import backend
+    from tfhalo.field.precondition import FourierPreconditioner
+
+    n_field, n_bias = posterior.n_field, posterior.n_bias
+    theta = np.asarray(state0[0, n_field:], np.float64)
+    theta_row = backend.constant(theta[None, :])
+
+    def field_log_prob(omega):
+        bias = ops.broadcast_to(ops.cast(theta_row, omega.dtype), (ops.shape(omega)[0], n_bias))
+        return posterior.log_prob(ops.concatenate([omega, bias], axis=1))
+
+    bijector = None if config.preconditioner == "none" else FourierPreconditioner(config.n_grid, 0,
+                                                                                  field_scale=field_scale)
+    chains = inf.sample(field_log_prob, np.asarray(state0[:, :n_field], np.float64),
+                        config.sampler_config(seed_offset=offset), bijector=bijector, progress=progress,
+                        checkpoint_dir=checkpoint_dir)
+    fixed = np.broadcast_to(theta, chains.samples.shape[:2] + (n_bias,))
+    return dataclasses.replace(chains, samples=np.concatenate([chains.samples, fixed], axis=-1))
 
 
 def bias_spread(theta_draws, conditional_scale) -> dict:
@@ -523,14 +593,14 @@ def bias_spread(theta_draws, conditional_scale) -> dict:
             "max": float(ratio.max())}
 
 
-def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, theta_fit, offset: int,
+def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector, offset: int,
                   checkpoint_dir: Optional[Path], progress: bool):
     """Blocked chains: HMC on the white noise given the bias, then ``bias_kernel`` on the bias given the field.
 
     The white noise moves in the Fourier-preconditioned coordinates (``field_scale``)
     by HMC whose step size adapts by dual averaging; the bias moves by TFP's hit-and-run
     ``SliceSampler`` (Neal 2003) or by NUTS with dual averaging (``bias_kernel``) in its
-    sampling coordinates (``bias_coordinates``), on a conditional that reuses the sweep's
+    sampling coordinates (``bias_bijector``), on a conditional that reuses the sweep's
     LPT density.  Every move leaves the joint
     posterior invariant.
     """
@@ -545,11 +615,6 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, th
     tfp = backend.tfp
     n, n_field = config.n_grid, posterior.n_field
     field_bijector = None if config.preconditioner == "none" else FourierPreconditioner(n, 0, field_scale=field_scale)
-    if config.bias_coordinates == "diagonal":
-        bias_bijector = tfp.bijectors.Chain([tfp.bijectors.Shift(backend.constant(theta_fit)),
-                                             tfp.bijectors.Scale(backend.constant(bias_scale))])
-    else:
-        bias_bijector = _local_linear_bias_bijector(posterior, state0[0])
     n_adapt = max(1, int(0.8 * config.n_warmup))
 
     def field_kernel(f):
@@ -583,7 +648,7 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_scale, th
     return dataclasses.replace(chains, n_gradient_evaluations=sweeps * (config.leapfrog_steps + 1))
 
 
-def _local_linear_bias_bijector(posterior, state):
+def _local_linear_bias_bijector(posterior, state, return_rep: bool = False):
     """The neural bias study's coordinates for the bias, built on the LPT density of ``state (P,)``.
 
     ``theta = rep(v_0 + chol(H_v^-1) z)``: ``rep`` is
@@ -591,6 +656,7 @@ def _local_linear_bias_bijector(posterior, state):
     the start's density (any fixed bijection keeps the chains exact; this one makes the
     bias posterior given a typical field nearly Gaussian), ``H_v`` the Hessian of its
     Jacobian-corrected conditional at the start, curvatures floored at 1 (the scale of ``v``).
+    With ``return_rep``, returns ``(bijector, rep)``.
     """
     import tfhalo.inference as inf
     from tfhalo import backend
@@ -609,7 +675,48 @@ def _local_linear_bias_bijector(posterior, state):
         return like.log_posterior(rep.forward(v)) + rep.forward_log_det_jacobian(v, event_ndims=1)
 
     h_v = hessian_of(target_v, v0)
-    return backend.tfp.bijectors.Chain([rep, inf.affine_preconditioner(v0, hessian=h_v, floor=1.0)])
+    bijector = backend.tfp.bijectors.Chain([rep, inf.affine_preconditioner(v0, hessian=h_v, floor=1.0)])
+    return (bijector, rep) if return_rep else bijector
+
+
+def _pilot_bias_bijector(config: Config, posterior, state0, seed: int, checkpoint_dir: Optional[Path],
+                         progress: bool):
+    """The bias's coordinates from a pilot run of the bias given each chain's starting field.
+
+    ``theta = rep(mean + chol(Sigma) z)``: ``rep`` is the local-linear map of
+    :func:`_local_linear_bias_bijector` and ``Sigma`` the regularised covariance of the
+    pilot's draws in its coordinates (:func:`tfhalo.inference.preconditioner_from_draws`).
+    The pilot is NUTS (trees up to depth :data:`BIAS_TREE_DEPTH`, dual averaging to
+    :data:`BIAS_TARGET_ACCEPT`) on ``p(theta | field)`` with every chain's field held at its
+    start, ``n_bias_pilot`` warm-up iterations and as many draws per chain.  It evaluates
+    the bias model on the fixed LPT densities only, no forward model.  Given a field, the
+    bias posterior spreads along combinations of the 17 parameters tens to hundreds of
+    times its curvature widths at the start; a dense metric from draws follows those
+    directions, which neither a diagonal scale nor the start's Hessian can.  Any fixed
+    bijection keeps the joint chains exact; this one is fixed before they start.
+
+    Returns:
+        ``(bijector, pilot)``: the bias block's bijector and the pilot's
+        :class:`tfhalo.inference.Chains`.
+    """
+    import tfhalo.inference as inf
+    from tfhalo import backend
+
+    n, n_field = config.n_grid, posterior.n_field
+    local, rep = _local_linear_bias_bijector(posterior, state0[0], return_rep=True)
+    log_density = posterior.log_density(backend.constant(np.asarray(state0[:, :n_field]).reshape(-1, n, n, n)))
+
+    def target(theta):
+        return posterior.bias_log_prob(log_density, theta)
+
+    pilot_config = inf.SamplerConfig(kernel="nuts", num_chains=config.n_chains, num_warmup=config.n_bias_pilot,
+                                     num_samples=config.n_bias_pilot, target_accept=BIAS_TARGET_ACCEPT,
+                                     max_tree_depth=BIAS_TREE_DEPTH, seed=seed, jit_compile=config.jit_compile)
+    pilot = inf.sample(target, np.asarray(state0[:, n_field:], np.float64), pilot_config, bijector=local,
+                       progress=progress, checkpoint_dir=checkpoint_dir)
+    draws = pilot.samples.reshape(-1, posterior.n_bias)
+    draws_v = np.asarray(backend.to_numpy(rep.inverse(backend.constant(draws))), np.float64)
+    return backend.tfp.bijectors.Chain([rep, inf.preconditioner_from_draws(draws_v)]), pilot
 
 
 def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omega_true, out: Path) -> dict:
@@ -664,11 +771,14 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
     bias_dim = idata.posterior["bias"].dims[-1]
     idata.posterior = idata.posterior.rename({bias_dim: "parameter"}).assign_coords(
         parameter=[name.split("/", 1)[-1] for name in posterior.parameter_names()])
-    convergence = inf.convergence_summary(idata)
+    fixed = setting in FIXED_BIAS_SETTINGS
+    # A fixed bias has no R-hat or ESS: only the power is checked then.
+    convergence = inf.convergence_summary(idata, var_names=["power_low_k"] if fixed else None)
     inf.save_inference_data(idata, out / POSTERIOR_FILE)
     # the sampler counts gradients per chain; the ESS pools the chains
     n_grad = float(chains.n_gradient_evaluations) * c
-    ess_bias = min(v["ess_bulk"] for k, v in convergence["parameters"].items() if k.startswith("bias"))
+    ess_bias = None if fixed else min(v["ess_bulk"] for k, v in convergence["parameters"].items()
+                                      if k.startswith("bias"))
     ess_power = min(v["ess_bulk"] for k, v in convergence["parameters"].items() if k.startswith("power"))
 
     # Final density and psi over draws spread through the chains (Fig. 5), one draw for Fig. 4.
@@ -718,7 +828,7 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
         "sampler": {"seconds": float(chains.seconds), "n_gradient_evaluations": n_grad,
                     "step_size": np.asarray(chains.step_size, np.float64).reshape(-1).tolist(),
                     "acceptance_rate": float(np.mean(chains.sample_stats["acceptance_rate"])),
-                    "gradients_per_ess_bias": n_grad / max(ess_bias, 1e-9),
+                    "gradients_per_ess_bias": None if ess_bias is None else n_grad / max(ess_bias, 1e-9),
                     "gradients_per_ess_power_low_k": n_grad / max(ess_power, 1e-9),
                     "n_divergent": int(np.sum(chains.sample_stats["diverging"]))},
         "figures": figures,
@@ -834,7 +944,13 @@ def _setting_figures(out, setting, bins, prior_power, power, power_true, r, cove
 
 
 def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
-    keep = {k: v for k, v in config.to_dict().items() if k not in ("name", "settings", "devices")}
+    # Settings a run does not use stay out of its key, so that changing them reuses it.
+    unused = {"name", "settings", "devices"}
+    if config.sampler != "gibbs":
+        unused |= {"bias_kernel", "bias_steps"}
+    if config.bias_coordinates != "pilot":
+        unused.add("n_bias_pilot")
+    keep = {k: v for k, v in config.to_dict().items() if k not in unused}
     return dict(step="setting", setting=setting, simulation=sim_fp, config=keep)
 
 
@@ -901,7 +1017,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
                                             sdir / "checkpoint" / cache.fingerprint[:16], progress)
             result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir)
             result["sampler"].update(setup)
-            result["sampler"]["bias_spread"] = bias_spread(
+            result["sampler"]["bias_spread"] = None if setting in FIXED_BIAS_SETTINGS else bias_spread(
                 np.asarray(chains.samples)[..., posterior.n_field:], setup["bias_scale"])
             result["start"] = config.start
             result["preconditioner"] = config.preconditioner
@@ -960,8 +1076,9 @@ def _summary_rows(r: dict) -> list:
         rows.append(summary_row(f"{setting}: r(k) at the largest scale", s["cross_correlation"]["r_largest_scale"]))
         rows.append(summary_row(f"{setting}: k where r = 0.5 [h/Mpc]", s["cross_correlation"]["k_r_half"]))
         c = s["convergence"]
-        rows.append(summary_row(f"{setting}: max R-hat (bias, low-k power)", c["max_rhat"]))
-        rows.append(summary_row(f"{setting}: min bulk ESS (bias, low-k power)", c["min_ess_bulk"]))
+        what = "low-k power" if s["sampler"].get("bias_fixed") else "bias, low-k power"
+        rows.append(summary_row(f"{setting}: max R-hat ({what})", c["max_rhat"]))
+        rows.append(summary_row(f"{setting}: min bulk ESS ({what})", c["min_ess_bulk"]))
         rows.append(summary_row(f"{setting}: gradients per effective sample (low-k power)",
                                 s["sampler"]["gradients_per_ess_power_low_k"]))
         spread = s["sampler"].get("bias_spread")
@@ -1001,8 +1118,7 @@ def report(r: dict) -> str:
     ]
     for setting, s in r["settings"].items():
         c, p, x, smp = s["convergence"], s["power"], s["cross_correlation"], s["sampler"]
-        title = ("Self-consistent mock (catalogue drawn from the model)" if setting == "mock"
-                 else "N-body catalogue")
+        title = SETTING_TITLES[setting]
         lines += [f"## {title}", "", f"{s['n_halos']} halos. Sampling {smp['seconds']:.0f} s, "
                   f"{smp['n_gradient_evaluations']:.0f} gradient evaluations, acceptance "
                   f"{smp['acceptance_rate']:.2f}, {smp['n_divergent']} divergences.", ""]
@@ -1026,11 +1142,12 @@ def report(r: dict) -> str:
              f"{_fmt(c['min_ess_bulk'], '.0f')}): every number above comes from chains that have not forgotten "
              "their start; run longer chains before using them." if not c.get("converged") else
              "- The chains converged (R-hat < 1.01, bulk and tail ESS >= 400, no divergences)."),
-            f"- Convergence (bias parameters and the power in the {N_LOW_K_BINS} lowest k bins): max R-hat "
+            f"- Convergence ({'' if smp.get('bias_fixed') else 'bias parameters and '}the power in the "
+            f"{N_LOW_K_BINS} lowest k bins): max R-hat "
             f"{_fmt(c['max_rhat'], '.4f')}, min bulk ESS {_fmt(c['min_ess_bulk'], '.0f')}, min tail ESS "
             f"{_fmt(c['min_ess_tail'], '.0f')}; gradient evaluations per effective sample: "
-            f"{_fmt(smp['gradients_per_ess_power_low_k'], '.0f')} (low-k power), "
-            f"{_fmt(smp['gradients_per_ess_bias'], '.0f')} (bias).",
+            f"{_fmt(smp['gradients_per_ess_power_low_k'], '.0f')} (low-k power)"
+            + ("." if smp.get("bias_fixed") else f", {_fmt(smp['gradients_per_ess_bias'], '.0f')} (bias)."),
         ]
         if smp.get("bias_spread") is not None:
             spread = smp["bias_spread"]
