@@ -31,6 +31,7 @@ def _main(script: str, monkeypatch):
     ("experiments/write_results_doc.py", ["run", "--out", ""], "--out"),
     ("benchmarks/bias_robustness.py", ["--workdir", ""], "--workdir"),
     ("benchmarks/bias_robustness.py", ["--suites-root", ""], "--suites-root"),
+    ("benchmarks/field_calibration.py", ["--workdir", ""], "--workdir"),
 ])
 def test_an_empty_path_is_a_usage_error_and_nothing_is_written(tmp_path, monkeypatch, capsys, script, argv, flag):
     main = _main(script, monkeypatch)

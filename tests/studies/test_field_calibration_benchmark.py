@@ -1,0 +1,51 @@
+"""benchmarks/field_calibration.py: its rows and table from a study's results, and its argument checks."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    spec = importlib.util.spec_from_file_location("field_calibration_under_test", ROOT / "benchmarks/field_calibration.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "field_calibration_under_test", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(z68, z95, calibrated):
+    return {"n_halos": 12, "calibrated": calibrated,
+            "coverage": {"levels": {"0.68": {"z": z68}, "0.95": {"z": z95}}},
+            "cross_correlation": {"r_largest_scale": 0.95, "k_r_half": None},
+            "power": {"consistent_with_prior": True},
+            "convergence": {"max_rhat": 1.02, "min_ess_bulk": 80.0},
+            "sampler": {"n_divergent": 0, "seconds": 3.0}}
+
+
+def test_rows_take_the_largest_absolute_z_and_the_table_counts_calibrated_seeds(bench):
+    rows = [bench.seed_row(0, "mock_fixed_bias", _result([0.5, -2.5], [1.0, 0.2], True)),
+            bench.seed_row(1, "mock_fixed_bias", _result([0.1, 0.3], [-3.4, 0.0], False))]
+    assert rows[0]["max_abs_z_68"] == 2.5 and rows[0]["max_abs_z_95"] == 1.0
+    assert rows[1]["max_abs_z_95"] == 3.4 and rows[1]["calibrated"] is False
+    text = bench.table(rows)
+    assert "mock_fixed_bias: 1 of 2 seeds calibrated." in text
+    assert "| 1 | mock_fixed_bias | 12 | 0.30 | 3.40 | no | 0.950 | n/a |" in text
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--seeds", "1", "1"], "seeds must be distinct"),
+    (["--seeds", "-1"], "seeds must be at least 0. Received: seeds=-1"),
+    (["--settings", "truth"], "settings must be one of .* Received: settings='truth'"),
+    (["--preset", "huge"], "huge"),
+])
+def test_bad_arguments_exit_2_before_anything_is_written(bench, tmp_path, capsys, argv, match):
+    assert bench.main(argv + ["--workdir", str(tmp_path / "w")]) == 2
+    import re
+
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "w").exists()
