@@ -45,14 +45,14 @@ def seed_row(seed: int, setting: str, result: dict, config: dict = None) -> dict
     """One table row from a setting's entry of the study's ``results.json`` (and its ``config``)."""
     levels = result["coverage"]["levels"]
     conv, smp = result["convergence"], result["sampler"]
-    return {"seed": seed, "setting": setting, "n_halos": result["n_halos"],
+    return {"catalogue": seed, "seed": seed, "setting": setting, "n_halos": result["n_halos"],
             "max_abs_z_68": max(abs(z) for z in levels["0.68"]["z"]),
             "max_abs_z_95": max(abs(z) for z in levels["0.95"]["z"]),
             "calibrated": bool(result["calibrated"]),
             "r_largest_scale": result["cross_correlation"]["r_largest_scale"],
             "k_r_half": result["cross_correlation"]["k_r_half"],
             "power_consistent": bool(result["power"]["consistent_with_prior"]),
-            "max_rhat": conv["max_rhat"], "min_ess_bulk": conv["min_ess_bulk"],
+            "max_rhat": conv["max_rhat"], "min_ess_bulk": conv["min_ess_bulk"], "min_ess_tail": conv["min_ess_tail"],
             "converged": bool(conv.get("converged")), "n_divergent": smp["n_divergent"], "seconds": smp["seconds"],
             "config": {k: config[k] for k in CHAIN_FIELDS if k in config} if config else {}}
 

@@ -23,7 +23,7 @@ def _result(z68, z95, calibrated):
             "coverage": {"levels": {"0.68": {"z": z68}, "0.95": {"z": z95}}},
             "cross_correlation": {"r_largest_scale": 0.95, "k_r_half": None},
             "power": {"consistent_with_prior": True},
-            "convergence": {"max_rhat": 1.02, "min_ess_bulk": 80.0},
+            "convergence": {"max_rhat": 1.02, "min_ess_bulk": 80.0, "min_ess_tail": 90.0},
             "sampler": {"n_divergent": 0, "seconds": 3.0}}
 
 

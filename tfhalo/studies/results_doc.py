@@ -451,7 +451,8 @@ def _render(loaded, robustness, out_dir: Path, figure_paths: dict, title: str) -
             if caption != png.stem:
                 lines += [f"*{_cell(caption)}*", ""]
     if robustness:
-        lines += ["## Convergence across catalogues and seeds (`benchmarks/bias_robustness.py`)", ""]
+        lines += ["## Convergence across catalogues and seeds (`benchmarks/bias_robustness.py`, "
+                  "`benchmarks/field_calibration.py`)", ""]
         for table in robustness:
             rpath = table["_path"]
             if len(robustness) > 1:
