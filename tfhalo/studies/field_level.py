@@ -125,7 +125,9 @@ class Config:
             conditional widths at the start) or ``"local_linear"``
             (:class:`~tfhalo.bias.reparam.LocalLinearReparametrization` on the start's LPT density,
             then its Laplace map: the neural bias study's coordinates, in which the bias posterior
-            given a field is nearly Gaussian; the bias then mixes faster, the low-k power no faster).
+            given a field is nearly Gaussian; the bias then mixes faster, the low-k power no faster),
+            or ``"pilot"`` (the local-linear map, then a dense metric: the regularised covariance of
+            NUTS draws of the bias given each chain's starting field; :func:`_pilot_bias_bijector`).
         sampler: ``"joint"`` (one HMC kernel on the white noise and the bias together,
             with windowed step-size and mass-matrix adaptation) or ``"gibbs"`` (each sweep
             moves the white noise by HMC given the bias, then the bias by ``bias_steps``
@@ -141,6 +143,8 @@ class Config:
             the bias posterior's long curved directions given the field, which hit-and-run
             crosses by a random walk.  Runs without XLA (``jit_compile=False``).
         bias_steps: transitions of the bias kernel per sweep (``sampler="gibbs"``).
+        n_bias_pilot: warm-up iterations and draws per chain of the bias pilot
+            (``bias_coordinates="pilot"``; at least :data:`MIN_BIAS_PILOT`).
         n_probes: Hutchinson probes of the curvature estimate.
         n_chains, n_warmup, n_samples, leapfrog_steps, target_accept: HMC settings (of the
             field block with ``sampler="gibbs"``, whose step size adapts by dual averaging
@@ -269,7 +273,8 @@ class Config:
                 grid of 4 Mpc/h voxels (the paper's 3.9 Mpc/h) with 2 LPT particles per voxel
                 per side, halos above 2e12 Msun/h (the paper's threshold), 2LPT; 2 HMC chains
                 of 150 warm-up and 300 kept iterations of 20 leapfrog steps, for each of the
-                mock and N-body catalogues.
+                three settings (the mock and N-body catalogues sampled jointly, the mock's
+                white noise with the bias known).
             demo: ``quick`` with 100 warm-up and 200 kept iterations (a shorter look;
                 ``make demo`` runs ``quick``).
             paper: a 64^3 grid over 250 Mpc/h on a ``"charnock2020"`` simulation
