@@ -26,7 +26,8 @@ OVERRIDES = ("n_sims", "n_side", "box_size", "n_steps", "mesh_factor")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(validate_simulations.PRESETS), default="default")
+    p.add_argument("--preset", choices=sorted(validate_simulations.PRESETS), default=None,
+                   help="default: 'default'")
     p.add_argument("--quick", action="store_true", help="the same as --preset quick")
     p.add_argument("--n-sims", type=int, default=None)
     p.add_argument("--n-side", type=int, default=None)
@@ -42,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_config(args) -> validate_simulations.Config:
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
-    preset = "quick" if args.quick else args.preset
+    if args.quick and args.preset not in (None, "quick"):
+        raise ValueError(f"--quick means --preset quick; give one of them. Received: preset={args.preset!r}, "
+                         "quick=True")
+    preset = "quick" if args.quick else (args.preset or "default")
     return validate_simulations.Config.preset(preset, seed=args.seed, **overrides)
 
 

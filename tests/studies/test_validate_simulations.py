@@ -127,6 +127,14 @@ def test_script_reports_bad_arguments_with_exit_code_2_before_writing(tmp_path, 
         sys.modules.pop(spec.name, None)
     assert "n_sims must be at least 1. Received: n_sims=0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # --quick with another preset is refused rather than one silently winning
+    try:
+        sys.modules[spec.name] = module
+        assert module.main(["--quick", "--preset", "default", "--out", str(tmp_path / "out")]) == 2
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert "Received: preset='default', quick=True" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     # a suite of other settings is a usage error too, reported before any statistic is computed
     try:
         sys.modules[spec.name] = module
