@@ -119,29 +119,25 @@ def test_script_reports_bad_arguments_with_exit_code_2_before_writing(tmp_path, 
     root = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location("validate_simulations_script", root / "experiments/validate_simulations.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        assert module.main(["--n-sims", "0", "--out", str(tmp_path / "out")]) == 2
-    finally:
-        sys.modules.pop(spec.name, None)
+
+    def call(step, *args):
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        try:
+            return step(*args)
+        finally:
+            sys.modules.pop(spec.name, None)
+
+    call(spec.loader.exec_module, module)
+    assert call(module.main, ["--n-sims", "0", "--out", str(tmp_path / "out")]) == 2
     assert "n_sims must be at least 1. Received: n_sims=0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     # --quick with another preset is refused rather than one silently winning
-    try:
-        sys.modules[spec.name] = module
-        assert module.main(["--quick", "--preset", "default", "--out", str(tmp_path / "out")]) == 2
-    finally:
-        sys.modules.pop(spec.name, None)
+    assert call(module.main, ["--quick", "--preset", "default", "--out", str(tmp_path / "out")]) == 2
     assert "Received: preset='default', quick=True" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     # a suite of other settings is a usage error too, reported before any statistic is computed
-    try:
-        sys.modules[spec.name] = module
-        assert module.main(["--quick", "--n-sims", "1", "--out", str(tmp_path / "a")]) == 0
-        assert module.main(["--quick", "--n-sims", "1", "--n-steps", "5", "--suite", str(tmp_path / "a" / "suite"),
-                            "--out", str(tmp_path / "b")]) == 2
-    finally:
-        sys.modules.pop(spec.name, None)
+    assert call(module.main, ["--quick", "--n-sims", "1", "--out", str(tmp_path / "a")]) == 0
+    assert call(module.main, ["--quick", "--n-sims", "1", "--n-steps", "5", "--suite", str(tmp_path / "a" / "suite"),
+                              "--out", str(tmp_path / "b")]) == 2
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
