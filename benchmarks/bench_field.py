@@ -305,7 +305,8 @@ def gibbs_chains(args, target, state0, bias_scale, seed):
         sampler="gibbs", bias_steps=args.bias_steps, n_chains=N_CHAINS, n_warmup=args.warmup,
         n_samples=args.samples, leapfrog_steps=args.leapfrog_steps, target_accept=args.target_accept,
         jit_compile=bool(args.sampler_xla))
-    chains = field_level._gibbs_chains(config, posterior, state0, scales, bias_scale, target.theta, 0, None, False)
+    bias_bijector, _ = field_level._bias_bijector(config, posterior, state0, target.theta, bias_scale, 0, None, False)
+    chains = field_level._gibbs_chains(config, posterior, state0, scales, bias_bijector, 0, None, False)
     return chains, scales, 2 * args.n_probes, setup_s
 
 
