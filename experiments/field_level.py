@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="warm-up iterations and draws per chain of the bias pilot (--bias-coordinates pilot)")
     parser.add_argument("--sampler", default=None, help="joint (one HMC kernel) or gibbs (field by HMC, bias by "
                         "--bias-kernel, alternately)")
-    parser.add_argument("--bias-kernel", default=None, help="slice or nuts: the bias block's kernel (--sampler gibbs)")
+    parser.add_argument("--bias-kernel", default=None, help="slice, nuts or hmc: the bias block's kernel (--sampler gibbs)")
     parser.add_argument("--bias-steps", type=int, default=None, help="transitions of the bias kernel per Gibbs sweep")
     parser.add_argument("--leapfrog-steps", type=int, default=None)
     parser.add_argument("--target-accept", type=float, default=None)

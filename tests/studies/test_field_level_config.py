@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("devices", 0, "devices must be at least 1. Received: devices=0"),
     ("devices", 3, r"n_chains must be a multiple of devices=3"),
     ("sampler", "nuts", "sampler must be one of .* Received: sampler='nuts'"),
-    ("bias_kernel", "hmc", "bias_kernel must be one of .* Received: bias_kernel='hmc'"),
+    ("bias_kernel", "mala", "bias_kernel must be one of .* Received: bias_kernel='mala'"),
     ("bias_steps", 0, "bias_steps must be at least 1. Received: bias_steps=0"),
     ("n_bias_pilot", 10, "n_bias_pilot must be at least 50. Received: n_bias_pilot=10"),
 ])
@@ -45,12 +45,11 @@ def test_every_field_is_checked_on_construction(field, value, match):
         field_level.Config.preset("quick", **{field: value})
 
 
-def test_blocked_nuts_bias_kernel_needs_jit_compile_off():
-    with pytest.raises(ValueError, match="jit_compile must be False .* Received: jit_compile=True"):
-        field_level.Config.preset("quick", sampler="gibbs", bias_kernel="nuts")
-    cfg = field_level.Config.preset("quick", sampler="gibbs", bias_kernel="nuts", jit_compile=False)
-    assert cfg.bias_kernel == "nuts"
-    field_level.Config.preset("quick", bias_kernel="nuts")  # the joint sampler ignores it
+@pytest.mark.parametrize("bias_kernel", field_level.BIAS_KERNELS)
+def test_every_blocked_bias_kernel_runs_compiled_or_not(bias_kernel):
+    for jit in (True, False):
+        cfg = field_level.Config.preset("quick", sampler="gibbs", bias_kernel=bias_kernel, jit_compile=jit)
+        assert (cfg.bias_kernel, cfg.jit_compile) == (bias_kernel, jit)
 
 
 def test_presets_are_valid_frozen_and_round_trip():

@@ -226,7 +226,10 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
     def _kernel(self, i, z_blocks):
         p = self._parameters
         bij = p["bijectors"][i]
-        theta = [b.forward(z) for b, z in zip(p["bijectors"], z_blocks)]
+        # The other blocks are constants of this block's conditional. Without the stop, TensorFlow
+        # differentiates this block's target through the while loops that moved them earlier in the
+        # sweep, which XLA cannot compile ("requires a fixed tensor list size").
+        theta = [b.forward(ops.stop_gradient(z)) for b, z in zip(p["bijectors"], z_blocks)]
         make = p["conditional_fns"][i]
         if make is not None:
             conditional = make(theta)

@@ -77,12 +77,15 @@ STARTS = ("prior", "map")
 PRECONDITIONERS = ("curvature", "prior", "none")
 BIAS_COORDINATES = ("local_linear", "diagonal", "pilot")
 SAMPLERS = ("joint", "gibbs")
-BIAS_KERNELS = ("slice", "nuts")
+BIAS_KERNELS = ("slice", "nuts", "hmc")
 #: Fewest warm-up iterations (and draws) of the bias pilot (``bias_coordinates="pilot"``).
 MIN_BIAS_PILOT = 50
 #: NUTS settings of the bias block (``bias_kernel="nuts"``) and of the bias pilot.
 BIAS_TREE_DEPTH = 8
 BIAS_TARGET_ACCEPT = 0.9
+#: Leapfrog steps of the bias block's HMC (``bias_kernel="hmc"``): NUTS's trees on the bias
+#: given a field run to 121 steps per iteration at the 5e11 threshold (docs/field_level.md).
+BIAS_LEAPFROG_STEPS = 40
 LEVELS = (0.68, 0.95)
 # A bin's coverage passes when it is within this many binomial standard errors of
 # nominal; with 2 levels x ~8 bins, 3 sigma keeps the chance of a false alarm for a
@@ -137,11 +140,12 @@ class Config:
             gradient; NUTS takes gradients of the bias model only, which the reported
             gradient evaluations, those of the forward model, leave out).
         bias_kernel: the bias block's kernel with ``sampler="gibbs"``: ``"slice"`` (TFP's
-            hit-and-run ``SliceSampler``, Neal 2003) or ``"nuts"`` (``NoUTurnSampler``, trees
-            up to depth 8, its step size adapted by dual averaging to acceptance 0.9 over the
-            first 80% of the warm-up; Hoffman & Gelman 2014, arXiv:1111.4246).  NUTS follows
-            the bias posterior's long curved directions given the field, which hit-and-run
-            crosses by a random walk.  Runs without XLA (``jit_compile=False``).
+            hit-and-run ``SliceSampler``, Neal 2003), ``"nuts"`` (``NoUTurnSampler``, trees
+            up to depth :data:`BIAS_TREE_DEPTH`; Hoffman & Gelman 2014, arXiv:1111.4246) or
+            ``"hmc"`` (:data:`BIAS_LEAPFROG_STEPS` leapfrog steps).  NUTS and HMC adapt their
+            step size by dual averaging to acceptance :data:`BIAS_TARGET_ACCEPT` over the first
+            80% of the warm-up, and follow the bias posterior's long curved directions given
+            the field, which hit-and-run crosses by a random walk.
         bias_steps: transitions of the bias kernel per sweep (``sampler="gibbs"``).
         n_bias_pilot: warm-up iterations and draws per chain of the bias pilot
             (``bias_coordinates="pilot"``; at least :data:`MIN_BIAS_PILOT`).
@@ -226,11 +230,6 @@ class Config:
         check_choice("bias_coordinates", self.bias_coordinates, BIAS_COORDINATES)
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("bias_kernel", self.bias_kernel, BIAS_KERNELS)
-        if self.sampler == "gibbs" and self.bias_kernel == "nuts" and self.jit_compile:
-            # TFP's NUTS re-bootstrapped inside the sweep loop does not compile with XLA
-            # ("XLA compilation requires a fixed tensor list size").
-            raise ValueError("jit_compile must be False with sampler='gibbs' and bias_kernel='nuts' "
-                             f"(--no-xla). Received: jit_compile={self.jit_compile!r}")
         set_("bias_steps", check_int("bias_steps", self.bias_steps, minimum=1))
         set_("n_bias_pilot", check_int("n_bias_pilot", self.n_bias_pilot, minimum=MIN_BIAS_PILOT))
         if self.sampler == "gibbs" and self.devices != 1:
@@ -635,10 +634,14 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
     def bias_kernel(f):
         if config.bias_kernel == "slice":
             return tfp.mcmc.SliceSampler(f, step_size=backend.constant(1.0), max_doublings=5)
-        nuts = tfp.mcmc.NoUTurnSampler(f, step_size=backend.constant(0.1), max_tree_depth=BIAS_TREE_DEPTH)
+        if config.bias_kernel == "nuts":
+            inner = tfp.mcmc.NoUTurnSampler(f, step_size=backend.constant(0.1), max_tree_depth=BIAS_TREE_DEPTH)
+        else:
+            inner = tfp.mcmc.HamiltonianMonteCarlo(f, step_size=backend.constant(0.1),
+                                                   num_leapfrog_steps=BIAS_LEAPFROG_STEPS)
         # The kernel counts its own transitions, bias_steps per sweep.
         return tfp.mcmc.DualAveragingStepSizeAdaptation(
-            nuts, num_adaptation_steps=n_adapt * config.bias_steps,
+            inner, num_adaptation_steps=n_adapt * config.bias_steps,
             target_accept_prob=backend.constant(BIAS_TARGET_ACCEPT))
 
     def bias_conditional(blocks):
