@@ -35,9 +35,10 @@ in one run:
      (``sampler="gibbs"``, :class:`tfhalo.inference.GibbsKernel`): per sweep one
      HMC transition of the white noise given the bias in the ``curvature``
      coordinates, its step size adapted by dual averaging, then ``--bias-steps``
-     slice-sampling moves of the bias given the field.  Its gradient count is the
-     field block's; the slice moves evaluate the bias model on the sweep's
-     density, without the forward model or a gradient, and are not counted.
+     transitions of ``--bias-kernel`` (slice sampling by default; NUTS or HMC)
+     on the bias given the field.  Its gradient count is the field block's; the
+     bias moves evaluate the bias model on the sweep's density, without the
+     forward model, and are not counted.
 
    The target is a self-consistent mock (``--sample-grid`` 16^3 in a 64 Mpc/h
    box by default): halos drawn from the model's own Poisson process
@@ -293,6 +294,15 @@ def bijector_for(variant, target, state0, bias_scale, seed, n_probes):
     return bij, scales, setup, time.perf_counter() - t0
 
 
+def gibbs_config(args, n, box_size, seed):
+    """The ``field_level`` study's settings of the gibbs variant (its checks name the bad argument)."""
+    return field_level.Config.preset(
+        "quick", seed=args.data_seed, sampler_seed=seed, n_side=2 * n, box_size=box_size, n_grid=n,
+        sampler="gibbs", bias_kernel=args.bias_kernel, bias_steps=args.bias_steps, n_chains=N_CHAINS,
+        n_warmup=args.warmup, n_samples=args.samples, leapfrog_steps=args.leapfrog_steps,
+        target_accept=args.target_accept, jit_compile=bool(args.sampler_xla))
+
+
 def gibbs_chains(args, target, state0, bias_scale, seed):
     """The study's blocked sampler on the joint target: ``(chains, field scales, setup gradients, setup s)``."""
     posterior = target.posterior
@@ -300,11 +310,7 @@ def gibbs_chains(args, target, state0, bias_scale, seed):
     t0 = time.perf_counter()
     scales = curvature_scales(target.log_prob, state0, n, n_probes=args.n_probes, seed=seed)
     setup_s = time.perf_counter() - t0
-    config = field_level.Config.preset(
-        "quick", seed=args.data_seed, sampler_seed=seed, n_side=2 * n, box_size=posterior.forward.box_size, n_grid=n,
-        sampler="gibbs", bias_steps=args.bias_steps, n_chains=N_CHAINS, n_warmup=args.warmup,
-        n_samples=args.samples, leapfrog_steps=args.leapfrog_steps, target_accept=args.target_accept,
-        jit_compile=bool(args.sampler_xla))
+    config = gibbs_config(args, n, posterior.forward.box_size, seed)
     bias_bijector, _ = field_level._bias_bijector(config, posterior, state0, target.theta, bias_scale, 0, None, False)
     chains = field_level._gibbs_chains(config, posterior, state0, scales, bias_bijector, 0, None, False)
     return chains, scales, 2 * args.n_probes, setup_s
@@ -478,8 +484,10 @@ def parse_args(argv=None):
     parser.add_argument("--fit-steps", type=int, help="Adam steps of the bias fit (default 300)")
     parser.add_argument("--sampler-xla", type=int, choices=(0, 1),
                         help="compile the bias fit and the chains with XLA (default 1; quick 0)")
+    parser.add_argument("--bias-kernel", default="slice",
+                        help="the gibbs variant's bias kernel: slice, nuts or hmc (the study's bias_kernel)")
     parser.add_argument("--bias-steps", type=int,
-                        help="slice-sampling moves of the bias per sweep of the gibbs variant (default 10; quick 3)")
+                        help="bias transitions per sweep of the gibbs variant (default 10; quick 3)")
     parser.add_argument("--field-given-bias", action="store_true",
                         help="also sample the white noise alone, the bias fixed at its true values (2b)")
     parser.add_argument("--skip-timing", action="store_true")
@@ -509,12 +517,14 @@ def parse_args(argv=None):
         # The sampler's own checks (warm-up 0 or >= 20, samples >= 4, ...), before any work.
         inf.SamplerConfig(kernel="hmc", num_chains=N_CHAINS, num_warmup=args.warmup, num_samples=args.samples,
                           num_leapfrog_steps=args.leapfrog_steps, target_accept=args.target_accept)
+        if "gibbs" in args.variants:
+            gibbs_config(args, args.sample_grid, args.sample_grid * args.voxel, args.seeds[0])
         if args.out is not None:
             args.out = check_output_path("out", args.out)
     except ValueError as err:
         message = str(err)
-        for theirs, ours in (("num_warmup", "warmup"), ("num_samples", "samples"),
-                             ("num_leapfrog_steps", "leapfrog_steps")):
+        for theirs, ours in (("num_warmup", "warmup"), ("num_samples", "samples"), ("n_warmup", "warmup"),
+                             ("n_samples", "samples"), ("num_leapfrog_steps", "leapfrog_steps")):
             message = message.replace(theirs, ours)
         parser.error(message)
     return args
