@@ -1,24 +1,17 @@
 """benchmarks/bench_field.py: its argument checks, and one smoke run of its blocked-sampler path."""
 
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.scripts import load_script
 
 
 @pytest.fixture()
 def bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_field_under_test", ROOT / "benchmarks/bench_field.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_field_under_test", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_field.py", monkeypatch)
 
 
 # The gibbs variant builds the field_level study's config; its limits are checked with the others, before the

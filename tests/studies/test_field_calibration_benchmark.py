@@ -1,21 +1,13 @@
 """benchmarks/field_calibration.py: its rows and table from a study's results, and its argument checks."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.scripts import load_script
 
 
 @pytest.fixture()
 def bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("field_calibration_under_test", ROOT / "benchmarks/field_calibration.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "field_calibration_under_test", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/field_calibration.py", monkeypatch)
 
 
 def _result(z68, z95, calibrated):

@@ -1,14 +1,11 @@
 """field_level.Config and the experiments/field_level.py shell: every argument is refused before any work."""
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from tfhalo.studies import field_level
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.scripts import load_script
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -68,10 +65,7 @@ def test_presets_are_valid_frozen_and_round_trip():
 
 
 def _shell():
-    spec = importlib.util.spec_from_file_location("field_level_shell", ROOT / "experiments" / "field_level.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/field_level.py")
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -1,13 +1,13 @@
 """neural_bias.Config and the experiments/neural_bias.py shell: every argument is refused before any work."""
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tfhalo.studies import neural_bias
+from tests.helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,10 +113,7 @@ def test_quick_preset_is_the_agreed_sampler_and_paper_preset_the_papers_set_up()
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("neural_bias_script", ROOT / "experiments" / "neural_bias.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/neural_bias.py")
 
 
 @pytest.mark.parametrize("extra, name", [

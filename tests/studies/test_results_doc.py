@@ -1,6 +1,5 @@
 """docs/results.md rendering from synthetic results.json files (no study is run)."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -8,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tfhalo.studies.results_doc import format_measurement, load_results, render_results_doc, write_results_doc
+from tests.helpers.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(32))  # content is copied byte for byte, never decoded
 
 
@@ -31,10 +30,7 @@ ROWS = [
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("write_results_doc", ROOT / "experiments" / "write_results_doc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/write_results_doc.py")
 
 
 def test_rows_render_with_their_uncertainty_kind_and_metadata(tmp_path):

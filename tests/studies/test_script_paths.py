@@ -1,23 +1,15 @@
 """Every script refuses an empty path argument, which would mean the current directory, before any work."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from tfhalo.validation import path_argument
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.scripts import load_script
 
 
 def _main(script: str, monkeypatch):
-    name = Path(script).stem + "_under_test"
-    spec = importlib.util.spec_from_file_location(name, ROOT / script)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script(script, monkeypatch).main
 
 
 @pytest.mark.parametrize("script, argv, flag", [
