@@ -58,6 +58,8 @@ def test_hmc_and_slice_blocks_sample_the_joint_gaussian():
     check_gaussian(chains.samples, mean, cov)
     stats = chains.sample_stats
     assert not stats["diverging"].any()
+    # Only the HMC block reports divergences; the slice sampler has no energy error.
+    assert np.array_equal(stats["diverging"], stats["diverging_0"]) and "diverging_1" not in stats
     # The HMC block's step size adapted, then stayed frozen over the kept sweeps.
     assert np.ptp(stats["step_size_0"]) == 0.0 and stats["step_size_0"][0, 0] != pytest.approx(0.3)
     assert 0.5 < stats["acceptance_rate_0"].mean() <= 1.0
@@ -81,7 +83,22 @@ def test_hmc_and_adaptive_nuts_blocks_sample_the_joint_gaussian(jit_compile):
     check_gaussian(chains.samples, mean, cov)
     stats = chains.sample_stats
     assert not stats["diverging"].any()
+    assert np.array_equal(stats["diverging"], stats["diverging_0"] | stats["diverging_1"])
     assert np.ptp(stats["step_size_1"]) == 0.0 and stats["step_size_1"][0, 0] != pytest.approx(0.1)
+
+
+def test_divergences_are_reported_per_block():
+    _, _, _, log_prob = _gaussian()
+
+    def hmc(step):
+        return lambda f: tfp.mcmc.HamiltonianMonteCarlo(f, step_size=step, num_leapfrog_steps=4)
+
+    # A step far past the stability limit of leapfrog on this target diverges; a small one does not.
+    kernel = GibbsKernel(log_prob, [3, 2], [hmc(50.0), hmc(0.05)])
+    chains = sample_gibbs(kernel, np.zeros((4, P)), _config(num_warmup=0, num_samples=20), progress=False)
+    stats = chains.sample_stats
+    assert stats["diverging_0"].all() and not stats["diverging_1"].any()
+    assert np.array_equal(stats["diverging"], stats["diverging_0"] | stats["diverging_1"])
 
 
 def test_bijector_and_cached_conditional_give_the_same_posterior():

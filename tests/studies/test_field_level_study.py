@@ -55,6 +55,7 @@ def test_run_writes_results_report_figures_and_samples(study):
     assert np.all(np.isfinite(idata.posterior["bias"].values))
     assert "power_low_k" in idata.posterior
     assert set(s["sampler"]) >= {"n_gradient_evaluations", "gradients_per_ess_power_low_k", "n_divergent", "seconds"}
+    assert s["sampler"]["blocks"] is None  # one joint kernel
     assert results["summary"] and all("quantity" in row for row in results["summary"])
     # The bias spread, recomputed from the saved draws and the chains' conditional widths.
     theta = np.moveaxis(idata.posterior["bias"].values, 0, 1)               # (S, C, 17)
@@ -187,6 +188,12 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
     sweeps = gibbs.n_warmup + gibbs.n_samples
     assert s["n_gradient_evaluations"] == sweeps * (gibbs.leapfrog_steps + 1) * gibbs.n_chains
     assert 0.0 < s["acceptance_rate"] <= 1.0
+    # Per block: the slice sampler has no acceptance ratio; a sweep diverges when any block does.
+    blocks = s["blocks"]
+    assert set(blocks) == ({"field", "bias"} if bias_kernel == "hmc" else {"field"})
+    divergent = [b["n_divergent"] for b in blocks.values()]
+    assert max(divergent) <= s["n_divergent"] <= sum(divergent)
+    assert all(0.0 <= b["acceptance_rate"] <= 1.0 and b["step_size"] > 0 for b in blocks.values())
     with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
         omega, theta = f["omega"][...], f["theta"][...]
     assert np.all(np.isfinite(theta)) and np.all(np.isfinite(omega))

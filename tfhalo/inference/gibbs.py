@@ -262,7 +262,8 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
 
     def trace(self, results):
         """Per-chain statistics of one sweep: ``diverging`` (any block), ``lp`` and per block ``i``
-        ``acceptance_rate_i`` and ``step_size_i`` (NaN for kernels without them)."""
+        ``acceptance_rate_i``, ``diverging_i`` and ``step_size_i`` (of the block's last transition
+        in the sweep; absent for kernels without them, such as the slice sampler)."""
         out, diverging, lp = {}, None, None
         for i, r in enumerate(results):
             lar = _find(r, "log_accept_ratio")
@@ -274,6 +275,7 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
                 lar = ops.where(ops.isnan(lar), -np.inf, lar)
                 out[f"acceptance_rate_{i}"] = ops.exp(ops.minimum(lar, 0.0))
                 div = ops.logical_not(lar >= -MAX_ENERGY_ERROR)
+                out[f"diverging_{i}"] = div
                 diverging = div if diverging is None else ops.logical_or(diverging, div)
             step = _find(r, "new_step_size")
             if step is None:

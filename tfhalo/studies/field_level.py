@@ -842,9 +842,22 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
                     "acceptance_rate": float(np.mean(chains.sample_stats["acceptance_rate"])),
                     "gradients_per_ess_bias": None if ess_bias is None else n_grad / max(ess_bias, 1e-9),
                     "gradients_per_ess_power_low_k": n_grad / max(ess_power, 1e-9),
-                    "n_divergent": int(np.sum(chains.sample_stats["diverging"]))},
+                    "n_divergent": int(np.sum(chains.sample_stats["diverging"])),
+                    "blocks": _block_stats(chains.sample_stats)},
         "figures": figures,
     }
+
+
+def _block_stats(stats) -> Optional[dict]:
+    """The blocked sampler's acceptance, divergences and step size per block (None for one joint kernel).
+
+    Blocks whose kernel has no acceptance ratio (the slice sampler) are left out.
+    """
+    blocks = {name: {"acceptance_rate": float(np.mean(stats[f"acceptance_rate_{i}"])),
+                     "n_divergent": int(np.sum(stats[f"diverging_{i}"])),
+                     "step_size": float(np.mean(stats[f"step_size_{i}"]))}
+              for i, name in enumerate(("field", "bias")) if f"acceptance_rate_{i}" in stats}
+    return blocks or None
 
 
 def _save_samples(path: Path, config, omega, saved_delta, theta, omega_true, delta_true, posterior, box):
