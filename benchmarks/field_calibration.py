@@ -15,6 +15,12 @@ expected now and then; a biased likelihood or sampler fails most seeds.
 
     python benchmarks/field_calibration.py --seeds 0 1 2 3 4 --workdir runs/field_calibration
     python benchmarks/field_calibration.py --seeds 0 --settings mock mock_fixed_bias
+    python benchmarks/field_calibration.py --seeds 1 2 3 --settings mock --threshold-mass 5e11 \
+        --sampler gibbs --bias-kernel hmc --bias-steps 5 --bias-coordinates local_linear \
+        --n-warmup 300 --n-samples 1500 --workdir runs/field_calibration_gibbs
+
+The study's flags (``experiments/field_level.py``, less ``--sampler-seed``) override the preset
+for every seed; the chains' seed is each catalogue's seed.
 
 Each seed's study is cached and resumable (rerun the command after an
 interruption); ``WORKDIR/results.json`` and ``WORKDIR/table.md`` are rewritten
@@ -38,7 +44,8 @@ from tfhalo.validation import check_choice, check_int, path_argument  # noqa: E4
 
 
 #: The study's chain settings each row records (the robustness sections of docs/results.md name them).
-CHAIN_FIELDS = ("n_chains", "n_warmup", "n_samples", "leapfrog_steps", "target_accept", "sampler", "bias_coordinates")
+CHAIN_FIELDS = ("n_chains", "n_warmup", "n_samples", "leapfrog_steps", "target_accept", "sampler", "bias_coordinates",
+                "bias_kernel", "bias_steps", "threshold_mass")
 
 
 def seed_row(seed: int, setting: str, result: dict, config: dict = None) -> dict:
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"settings of the study to run, from {field_level.SETTINGS}")
     parser.add_argument("--preset", default="quick", help=f"one of {sorted(field_level.PRESETS)}")
     parser.add_argument("--workdir", type=path_argument, default=Path("runs/field_calibration"))
+    field_level.add_override_arguments(parser, exclude=("sampler_seed",))
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -92,7 +100,9 @@ def main(argv=None) -> int:
             raise ValueError(f"seeds must be distinct. Received: seeds={seeds}")
         for s in args.settings:
             check_choice("settings", s, field_level.SETTINGS)
-        configs = [field_level.Config.preset(args.preset, seed=s, settings=tuple(args.settings)) for s in seeds]
+        overrides = field_level.overrides_from_args(args)
+        configs = [field_level.Config.preset(args.preset, seed=s, settings=tuple(args.settings), **overrides)
+                   for s in seeds]
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -106,7 +116,7 @@ def main(argv=None) -> int:
         write_json_atomic(args.workdir / "results.json",
                           {"benchmark": "field_calibration", "preset": args.preset, "settings": args.settings,
                            "overrides": {"study": "field_level", "preset": args.preset,
-                                         "settings": ",".join(args.settings)},
+                                         "settings": ",".join(args.settings), **overrides},
                            "seeds": seeds, "complete": len(rows) == len(seeds) * len(args.settings),
                            "machine": common.machine_info(),
                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -41,3 +41,30 @@ def test_bad_arguments_exit_2_before_anything_is_written(bench, tmp_path, capsys
 
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "w").exists()
+
+
+def test_the_study_flags_override_every_seed_and_are_recorded(bench, tmp_path, monkeypatch):
+    import json
+
+    seen = []
+
+    def fake_run(config, suite, out, progress=True):
+        seen.append(config)
+        return {"config": config.to_dict(), "settings": {"mock": _result([0.1], [0.2], True)}}
+
+    monkeypatch.setattr(bench.field_level, "run", fake_run)
+    argv = ["--seeds", "1", "2", "--settings", "mock", "--threshold-mass", "5e11", "--sampler", "gibbs",
+            "--bias-kernel", "hmc", "--bias-steps", "5", "--workdir", str(tmp_path / "w"), "--no-progress"]
+    assert bench.main(argv) == 0
+    assert [(c.seed, c.chains_seed, c.threshold_mass, c.sampler, c.bias_kernel, c.bias_steps) for c in seen] == [
+        (1, 1, 5e11, "gibbs", "hmc", 5), (2, 2, 5e11, "gibbs", "hmc", 5)]
+    saved = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert saved["overrides"]["threshold_mass"] == 5e11 and saved["overrides"]["bias_steps"] == 5
+    assert saved["rows"][1]["config"]["bias_kernel"] == "hmc" and saved["complete"]
+
+
+def test_a_bad_study_flag_exits_2_before_anything_is_written(bench, tmp_path, capsys):
+    assert bench.main(["--seeds", "0", "--bias-kernel", "gradient", "--workdir", str(tmp_path / "w")]) == 2
+    assert "bias_kernel" in capsys.readouterr().err and not (tmp_path / "w").exists()
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--sampler-seed", "3"])

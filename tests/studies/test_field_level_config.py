@@ -105,3 +105,21 @@ def test_bias_spread_against_numpy_and_its_argument_checks():
     with pytest.raises(ValueError, match="theta_draws"):
         field_level.bias_spread(np.full((5, 2, 4), np.nan), scale)
 
+
+
+def test_every_override_flag_reaches_its_config_field():
+    shell = _shell()
+    values = {int: "3", float: "2.5e11", str: None}
+    choices = {"start": "prior", "preconditioner": "none", "bias_coordinates": "diagonal", "sampler": "gibbs",
+               "bias_kernel": "nuts"}
+    argv, want = [], {}
+    for flag, field, kind, _ in field_level.CLI_OVERRIDES:
+        text = choices.get(field) if kind is str else values[kind]
+        argv += [flag, text]
+        want[field] = kind(text)
+    args = shell.build_parser().parse_args(argv + ["--no-xla", "--settings", "mock"])
+    assert field_level.overrides_from_args(args) == {**want, "jit_compile": False}
+    untouched = field_level.overrides_from_args(shell.build_parser().parse_args([]))
+    assert untouched == {}
+    config = shell.make_config(shell.build_parser().parse_args(["--threshold-mass", "5e11", "--no-xla"]))
+    assert (config.threshold_mass, config.jit_compile, config.n_grid) == (5e11, False, 16)

@@ -300,6 +300,54 @@ PRESETS = {
 }
 
 
+#: The Config fields a command line may override, as ``(flag, field, type, help)``; the study's script
+#: (``experiments/field_level.py``) and the calibration benchmark (``benchmarks/field_calibration.py``) offer
+#: the same flags through :func:`add_override_arguments` and :func:`overrides_from_args`.
+CLI_OVERRIDES = (
+    ("--sampler-seed", "sampler_seed", int, "chains' seed (default: --seed)"),
+    ("--chains", "n_chains", int, None),
+    ("--n-samples", "n_samples", int, "kept draws per chain (>= 20)"),
+    ("--n-warmup", "n_warmup", int, "warm-up iterations per chain"),
+    ("--n-grid", "n_grid", int, "inference grid per side"),
+    ("--n-side", "n_side", int, "N-body particles per side"),
+    ("--box-size", "box_size", float, "box side, Mpc/h"),
+    ("--threshold-mass", "threshold_mass", float, "halo mass threshold, Msun/h"),
+    ("--order", "order", int, "LPT order: 1 or 2"),
+    ("--start", "start", str, "prior or map"),
+    ("--preconditioner", "preconditioner", str, "curvature, prior or none"),
+    ("--bias-coordinates", "bias_coordinates", str,
+     "diagonal, local_linear or pilot (a dense metric from NUTS draws of the bias given the starting fields)"),
+    ("--bias-pilot", "n_bias_pilot", int,
+     "warm-up iterations and draws per chain of the bias pilot (--bias-coordinates pilot)"),
+    ("--sampler", "sampler", str, "joint (one HMC kernel) or gibbs (field by HMC, bias by --bias-kernel, alternately)"),
+    ("--bias-kernel", "bias_kernel", str, "slice, nuts or hmc: the bias block's kernel (--sampler gibbs)"),
+    ("--bias-steps", "bias_steps", int, "transitions of the bias kernel per Gibbs sweep"),
+    ("--leapfrog-steps", "leapfrog_steps", int, None),
+    ("--target-accept", "target_accept", float, None),
+    ("--map-steps", "map_steps", int, "Adam steps of the bias fit"),
+    ("--devices", "devices", int, "JAX devices to split the chains over (KERAS_BACKEND=jax)"),
+)
+
+
+def add_override_arguments(parser, exclude=()) -> None:
+    """Add the flags of :data:`CLI_OVERRIDES` (less the Config fields in ``exclude``) to an argparse parser.
+
+    Each flag defaults to None, which keeps the preset's value; ``--no-xla`` sets ``jit_compile=False``.
+    """
+    for flag, field, kind, help_text in CLI_OVERRIDES:
+        if field not in exclude:
+            parser.add_argument(flag, dest=field, type=kind, default=None, help=help_text)
+    if "jit_compile" not in exclude:
+        parser.add_argument("--no-xla", dest="jit_compile", action="store_false", default=None,
+                            help="run the chains without XLA")
+
+
+def overrides_from_args(args) -> dict:
+    """The Config overrides the flags of :func:`add_override_arguments` give: ``{field: value}`` of those set."""
+    fields = [field for _, field, _, _ in CLI_OVERRIDES] + ["jit_compile"]
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+
+
 # -- truth -----------------------------------------------------------------------------------------------------
 
 
