@@ -298,3 +298,28 @@ def test_unbuilt_model_is_built_for_the_grid():
     model = NeuralBiasModel(cat.log_mass_threshold, dtype="float64")
     post = FieldLevelPosterior(forward, model, cat)
     assert model.built and post.n_bias == 17
+
+
+def test_bias_conditional_from_basis_responses_equals_the_joint_target(target):
+    """The conditional with the NPE's convolution done once is log_prob less the field prior, value and gradient."""
+    post = target.post
+    omegas = np.stack([white_noise(N, 31), white_noise(N, 32)])
+    thetas = np.stack([_theta(10), _theta(11)])
+    state = _np(post.join(omegas, thetas))
+    conditional = post.bias_conditional(post.log_density(ops.convert_to_tensor(omegas)))
+    assert post._n_npe == 2  # the stock NPE (radial weights, bias): the responses path runs
+    field_prior = stats.norm.logpdf(omegas.reshape(2, -1)).sum(axis=1)
+    want = _np(target.log_prob(state)) - field_prior
+    np.testing.assert_allclose(_np(conditional(ops.convert_to_tensor(thetas))), want, rtol=1e-11)
+    _, g_joint = target.value_and_grad(state)
+    _, g_cond = _value_and_grad(conditional)(thetas)
+    np.testing.assert_allclose(g_cond, g_joint[:, N**3:], rtol=1e-9, atol=1e-9)
+    # A model whose call is not the stock head(npe(x)) is evaluated directly, to the same value.
+    post._n_npe, saved = None, post._n_npe
+    try:
+        plain = _np(post.bias_conditional(post.log_density(ops.convert_to_tensor(omegas)))(ops.convert_to_tensor(thetas)))
+    finally:
+        post._n_npe = saved
+    np.testing.assert_allclose(plain, want, rtol=1e-11)
+    with pytest.raises(ValueError, match=r"theta must have one row per chain .* Received: theta.shape=\(1, 17\)"):
+        conditional(ops.convert_to_tensor(thetas[:1]))

@@ -164,7 +164,7 @@ class NeuralBiasLikelihood:
                 volume,
             ))
             self._where.update({i: (g, j) for j, i in enumerate(members)})
-        self._n_npe = _stock_npe_variables(model) if precompute_npe else None
+        self._n_npe = stock_npe_variables(model) if precompute_npe else None
         self._responses = (
             [self.model.npe.basis_responses(group[0]) for group in self._groups] if self._n_npe is not None else None)
         # terms() is a pure function of theta (the model is called with stateless_call).  JAX runs an
@@ -196,14 +196,7 @@ class NeuralBiasLikelihood:
         """Mixture parameters ``(B, n, n, n, 3K)`` of data group ``g``."""
         if self._responses is None:
             return self._params(theta, self._groups[g][0])
-        trainable = self.layout.unflatten(theta)
-        npe, head = self.model.npe, self.model.head
-        n_radial = len(npe.ells)
-        weights = trainable[:self._n_npe]
-        psi = npe.call_on_responses(
-            self._responses[g], weights[:n_radial], weights[n_radial] if self._n_npe > n_radial else None)
-        head_variables = [v.value for v in head.non_trainable_variables]
-        return voxelwise(lambda x: head.stateless_call(trainable[self._n_npe:], head_variables, x)[0], psi)
+        return params_from_responses(self.model, self._n_npe, self.layout.unflatten(theta), self._responses[g])
 
     def terms(self, theta):
         """``(halo_term, expected_count)``: ``ln L = halo_term - expected_count``."""
@@ -288,7 +281,30 @@ class NeuralBiasLikelihood:
         }
 
 
-def _stock_npe_variables(model):
+def params_from_responses(model, n_npe: int, trainable, responses):
+    """Mixture parameters of a stock :class:`NeuralBiasModel` from its NPE's basis responses.
+
+    Equal, up to rounding, to ``model.stateless_call(trainable, ...)`` on the grids the responses
+    were computed from (:meth:`MultipoleConv3D.basis_responses`), without the convolution.
+
+    Args:
+        model: a :class:`NeuralBiasModel` for which :func:`stock_npe_variables` gives ``n_npe``.
+        n_npe: the number of NPE variables leading ``trainable``.
+        trainable: values of ``model.trainable_variables`` (e.g. ``ParameterLayout.unflatten(theta)``).
+        responses: ``model.npe.basis_responses(x)`` of ``x (B, n, n, n, 1)``.
+
+    Returns:
+        ``(B, n, n, n, 3K)``.
+    """
+    npe, head = model.npe, model.head
+    n_radial = len(npe.ells)
+    weights = trainable[:n_npe]
+    psi = npe.call_on_responses(responses, weights[:n_radial], weights[n_radial] if n_npe > n_radial else None)
+    head_variables = [v.value for v in head.non_trainable_variables]
+    return voxelwise(lambda x: head.stateless_call(trainable[n_npe:], head_variables, x)[0], psi)
+
+
+def stock_npe_variables(model):
     """Number of NPE variables leading ``model.trainable_variables`` when ``model`` computes
     ``head(npe(x))`` with a :class:`MultipoleConv3D` NPE (so that it can be evaluated from basis
     responses), else None."""

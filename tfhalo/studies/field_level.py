@@ -693,8 +693,7 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
             target_accept_prob=backend.constant(BIAS_TARGET_ACCEPT))
 
     def bias_conditional(blocks):
-        log_density = posterior.log_density(ops.reshape(blocks[0], (-1, n, n, n)))
-        return lambda theta: posterior.bias_log_prob(log_density, theta)
+        return posterior.bias_conditional(posterior.log_density(ops.reshape(blocks[0], (-1, n, n, n))))
 
     kernel = inf.GibbsKernel(posterior.log_prob, [n_field, posterior.n_bias], [field_kernel, bias_kernel],
                              conditional_fns=[None, bias_conditional], bijectors=[field_bijector, bias_bijector],
@@ -765,9 +764,7 @@ def _pilot_bias_bijector(config: Config, posterior, state0, seed: int, checkpoin
     n, n_field = config.n_grid, posterior.n_field
     local, rep = _local_linear_bias_bijector(posterior, state0[0], return_rep=True)
     log_density = posterior.log_density(backend.constant(np.asarray(state0[:, :n_field]).reshape(-1, n, n, n)))
-
-    def target(theta):
-        return posterior.bias_log_prob(log_density, theta)
+    target = posterior.bias_conditional(log_density)  # the NPE's convolution done once
 
     pilot_config = inf.SamplerConfig(kernel="nuts", num_chains=config.n_chains, num_warmup=config.n_bias_pilot,
                                      num_samples=config.n_bias_pilot, target_accept=BIAS_TARGET_ACCEPT,
