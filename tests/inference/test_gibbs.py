@@ -5,6 +5,8 @@ The statistical checks compare draws with an exact Gaussian posterior within
 they hold on any machine whatever its rounding.
 """
 
+import json
+
 import numpy as np
 import pytest
 from keras import ops
@@ -176,6 +178,55 @@ def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path):
         sample_gibbs(kernel, np.full((4, P), 0.1), cfg, progress=False, checkpoint_dir=ckpt)
     with pytest.raises(ValueError, match="checkpoint_dir must be a directory, not a file"):
         sample_gibbs(kernel, np.zeros((4, P)), cfg, progress=False, checkpoint_dir=files[0])
+
+
+def test_more_kept_draws_extend_a_checkpointed_run_and_fewer_read_its_prefix(tmp_path):
+    from tfhalo.inference import gibbs as gibbs_module
+
+    _, _, _, log_prob = _gaussian()
+    kernel = GibbsKernel(log_prob, [3, 2], [_hmc(10), _slice])
+    short = _config(num_warmup=20, num_samples=15, block_size=10)
+    long = _config(num_warmup=20, num_samples=30, block_size=10)
+    ckpt = tmp_path / "ckpt"
+    first = sample_gibbs(kernel, np.zeros((4, P)), short, progress=False, checkpoint_dir=ckpt)
+    kept = {f.name: f.stat().st_mtime_ns for f in ckpt.glob("block_*.npz")}
+    assert len(kept) == 4  # two warm-up blocks, then 10 + 5 kept sweeps
+    extended = sample_gibbs(kernel, np.zeros((4, P)), long, progress=False, checkpoint_dir=ckpt)
+    plain = sample_gibbs(kernel, np.zeros((4, P)), long, progress=False)
+    np.testing.assert_array_equal(extended.samples, plain.samples)
+    np.testing.assert_array_equal(extended.samples[:10], first.samples[:10])
+    for k in plain.sample_stats:
+        np.testing.assert_array_equal(extended.sample_stats[k], plain.sample_stats[k])
+    # The warm-up and the full kept block were reused; the short last block was sampled again, whole.
+    now = {f.name: f.stat().st_mtime_ns for f in ckpt.glob("block_*.npz")}
+    assert [now[n] == t for n, t in sorted(kept.items())] == [True, True, True, False]
+    assert len(now) == 5
+    # A shorter run reads the longer run's blocks and keeps them whole.
+    again = sample_gibbs(kernel, np.zeros((4, P)), short, progress=False, checkpoint_dir=ckpt)
+    np.testing.assert_array_equal(again.samples, first.samples)
+    with np.load(ckpt / "block_00003.npz") as f:
+        assert f["draws"].shape[0] == 10
+    # Checkpoints written when the identity held num_samples are extended too.
+    theta0 = np.zeros((4, P))
+    lp0 = backend.to_numpy(log_prob(backend.constant(theta0)))
+    legacy = gibbs_module._fingerprint(kernel, short, theta0, lp0, extendable=False)
+    assert legacy != gibbs_module._fingerprint(kernel, short, theta0, lp0)
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in sorted(ckpt.glob("block_*.npz"))[:3]:
+        with np.load(f) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays.update(fingerprint=np.array(legacy), config=np.array(json.dumps(short.chain_fields(), sort_keys=True)))
+        np.savez(old / f.name, **arrays)
+    from_old = sample_gibbs(kernel, theta0, long, progress=False, checkpoint_dir=old)
+    np.testing.assert_array_equal(from_old.samples, plain.samples)
+    # ... but not a legacy checkpoint of another seed.
+    arrays.update(fingerprint=np.array(gibbs_module._fingerprint(kernel, _config(num_warmup=20, num_samples=15,
+                                                                                   block_size=10, seed=7),
+                                                                   theta0, lp0, extendable=False)))
+    np.savez(old / "block_00000.npz", **arrays)
+    with pytest.raises(ValueError, match="checkpoint of another run: block_00000.npz: the target"):
+        sample_gibbs(kernel, theta0, long, progress=False, checkpoint_dir=old)
 
 
 def test_bad_arguments_are_named_before_any_sweep():

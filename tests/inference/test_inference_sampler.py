@@ -183,8 +183,8 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
     np.testing.assert_array_equal(read.samples[:100], nuts_chains.samples[:100] + 1.0)
 
     # A checkpoint of another config or start is refused.
-    with pytest.raises(ValueError, match="checkpoint_dir.*num_samples: 400 there, 500 here"):
-        inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts", num_samples=500), progress=False,
+    with pytest.raises(ValueError, match="checkpoint_dir.*target_accept: 0.8 there, 0.9 here"):
+        inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts", target_accept=0.9), progress=False,
                    checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="checkpoint_dir.*initial_state"):
         inf.sample(LOG_PROB, _starts(5), cfg, progress=False, checkpoint_dir=tmp_path)

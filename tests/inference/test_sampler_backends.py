@@ -164,6 +164,21 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
         inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
 
 
+def test_more_kept_draws_extend_a_checkpointed_run(tmp_path, nuts_chains):
+    cfg = sampler_config(kernel="nuts")
+    short = sampler_config(kernel="nuts", num_samples=250)  # blocks of 100, 100 and 50
+    first = inf.sample(LOG_PROB, _starts(2), short, progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(first.samples, nuts_chains.samples[:250])
+    kept = {f.name: f.stat().st_mtime_ns for f in tmp_path.glob("*.npz")}
+    extended = inf.sample(LOG_PROB, _starts(2), cfg, progress=False, checkpoint_dir=tmp_path)
+    _assert_same_chains(nuts_chains, extended)
+    now = {f.name: f.stat().st_mtime_ns for f in tmp_path.glob("*.npz")}
+    # The warm-up and the two full blocks were reused; the short third block was sampled again, whole.
+    assert {n for n, t in kept.items() if now[n] != t} == {"block_00002.npz"}
+    assert sorted(now) == ["block_00000.npz", "block_00001.npz", "block_00002.npz", "block_00003.npz",
+                           "warmup.npz"]
+
+
 @pytest.fixture(scope="module")
 def chees_chains():
     return inf.sample(LOG_PROB, _starts(5), sampler_config(kernel="chees", max_leapfrog_steps=64), progress=False)

@@ -117,8 +117,8 @@ def test_every_override_flag_reaches_its_config_field():
         text = choices.get(field) if kind is str else values[kind]
         argv += [flag, text]
         want[field] = kind(text)
-    args = shell.build_parser().parse_args(argv + ["--no-xla", "--settings", "mock"])
-    assert field_level.overrides_from_args(args) == {**want, "jit_compile": False}
+    args = shell.build_parser().parse_args(argv + ["--no-xla", "--keep-checkpoint", "--settings", "mock"])
+    assert field_level.overrides_from_args(args) == {**want, "jit_compile": False, "keep_checkpoint": True}
     untouched = field_level.overrides_from_args(shell.build_parser().parse_args([]))
     assert untouched == {}
     config = shell.make_config(shell.build_parser().parse_args(["--threshold-mass", "5e11", "--no-xla"]))

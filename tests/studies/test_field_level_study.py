@@ -119,9 +119,30 @@ def test_changed_settings_are_refused_before_any_work(study):
     from tfhalo.studies.common import StaleCacheError
 
     config, root, _ = study
-    other = field_level.Config.preset("quick", seed=3, **{**TINY, "n_samples": 21})
-    with pytest.raises(StaleCacheError):
+    other = field_level.Config.preset("quick", seed=3, **{**TINY, "leapfrog_steps": 4})
+    with pytest.raises(StaleCacheError, match="leapfrog_steps"):
         field_level.run(other, root / "suite", root / "out", progress=False)
+
+
+def test_a_larger_n_samples_extends_the_kept_checkpoint(study, tmp_path):
+    config, root, _ = study
+    keep = dataclass_replace(config, keep_checkpoint=True)
+    first = field_level.run(keep, root / "suite", tmp_path / "out", progress=False)
+    warmups = sorted((tmp_path / "out" / "mock" / "checkpoint").glob("*/warmup.npz"))
+    assert len(warmups) == 1
+    stamp = warmups[0].stat().st_mtime_ns
+    with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
+        theta_20 = f["theta"][...]
+    longer = dataclass_replace(keep, n_samples=30)
+    again = field_level.run(longer, root / "suite", tmp_path / "out", progress=False)
+    with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
+        theta_30 = f["theta"][...]
+    assert theta_30.shape[0] == 30
+    np.testing.assert_array_equal(theta_30[:20], theta_20)
+    assert warmups[0].stat().st_mtime_ns == stamp  # the warm-up was read back, not run again
+    assert again["config"]["n_samples"] == 30 and first["config"]["n_samples"] == 20
+    # Without keep_checkpoint the checkpoint goes once the setting is done (the default).
+    assert not (root / "out" / "mock" / "checkpoint").exists()
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -58,6 +58,7 @@ _HOMES = {
     "Chains": "sampler",
     "batched": "sampler",
     "check_chain_devices": "sampler",
+    "checkpoint_identity": "sampler",
     "sample": "sampler",
     "SamplerConfig": "config",
 }
@@ -86,6 +87,7 @@ __all__ = [
     "GibbsKernel",
     "SamplerConfig",
     "check_chain_devices",
+    "checkpoint_identity",
     "affine_preconditioner",
     "batched",
     "preconditioner_from_draws",

@@ -75,6 +75,7 @@ from tfhalo.inference.sampler import (
     _check_checkpoint_dir,
     _check_initial_state,
     _Checkpoint,
+    checkpoint_identity,
 )
 from tfhalo.validation import check_bool, check_int
 
@@ -288,9 +289,10 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
         return out
 
 
-def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, lp0: np.ndarray) -> str:
+def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, lp0: np.ndarray,
+                 extendable: bool = True) -> str:
     p = kernel.parameters
-    fields = dict(config=config.chain_fields(), block_sizes=p["block_sizes"], steps=p["steps_per_sweep"],
+    fields = dict(config=checkpoint_identity(config, extendable), block_sizes=p["block_sizes"], steps=p["steps_per_sweep"],
                   bijectors=[type(b).__name__ for b in p["bijectors"]], lp0=[f"{v:.10g}" for v in lp0],
                   backend=backend.NAME)
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
@@ -312,7 +314,9 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
             or kept) the state and every block kernel's results (adapted step sizes
             included) are saved there (atomic ``.npz``).  Calling again with the same
             arguments resumes and returns the chains an uninterrupted run returns; a
-            checkpoint of another config, kernel layout or start raises ``ValueError``.
+            checkpoint of another config, kernel layout or start raises ``ValueError``.  A
+            call with a larger ``num_samples`` extends the chains there (see
+            :func:`~tfhalo.inference.checkpoint_identity`).
 
     Returns:
         :class:`~tfhalo.inference.Chains` with ``samples (S, C, P)`` in the target's
@@ -359,7 +363,9 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     run_c = backend.jit(run, jit_compile=jit, static_argnums=(3,))
     z = backend.convert(kernel.inverse(backend.constant(theta0)))
     results = start_c(z)
-    ckpt = _Checkpoint(ckpt_dir, _fingerprint(kernel, config, theta0, lp0), config)
+    ckpt = _Checkpoint(ckpt_dir, _fingerprint(kernel, config, theta0, lp0), config,
+                       legacy=lambda n: _fingerprint(kernel, dataclasses.replace(config, num_samples=n), theta0, lp0,
+                                                     extendable=False))
     # The kernels' results are nested named tuples; a checkpoint stores their leaves in order and
     # packs them back into the structure a fresh start has.
     template_leaves = keras.tree.flatten(results)
@@ -370,7 +376,7 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     number, warmup_divergent = 0, 0
     for phase, total in ((0, config.num_warmup), (1, config.num_samples)):
         for index, n in enumerate(_blocks(total, config.block_size)):
-            saved = ckpt.load_block(number)
+            saved = ckpt.load_block(number, n)
             if saved is None:
                 t1 = time.perf_counter()
                 draws, trace, z, results = run_c(z, results, _block_seed(config.seed, phase, index), n)

@@ -334,8 +334,24 @@ def _check_target(log_prob_fn, bijector, init):
     return z0_np, target
 
 
-def _fingerprint(config, init, z0, lp0, bijector, warmup=None) -> str:
-    fields = dict(config=config.chain_fields(), bijector=type(bijector).__name__, lp0=[f"{v:.10g}" for v in lp0])
+def checkpoint_identity(config, extendable: bool = True) -> dict:
+    """The config fields that identify a checkpoint: ``config.chain_fields()`` less ``num_samples``.
+
+    A sampling block depends on the warm-up and on the blocks before it, never on how
+    many come after it, so a call with more kept draws than a checkpoint holds reuses
+    its blocks and samples only the rest: it extends the chains (and one with fewer
+    reads a prefix).  ``extendable=False`` gives the identity of checkpoints written
+    before this, which held ``num_samples``.
+    """
+    fields = dict(config.chain_fields())
+    if extendable:
+        fields.pop("num_samples", None)
+    return fields
+
+
+def _fingerprint(config, init, z0, lp0, bijector, warmup=None, extendable: bool = True) -> str:
+    fields = dict(config=checkpoint_identity(config, extendable), bijector=type(bijector).__name__,
+                  lp0=[f"{v:.10g}" for v in lp0])
     if warmup is not None:  # a group sampled after a pooled warm-up: its blocks belong to that warm-up
         fields["warmup"] = warmup
     # The backends' random streams differ, so a checkpoint resumes only on its own backend.  TensorFlow's
@@ -353,10 +369,13 @@ def _fingerprint(config, init, z0, lp0, bijector, warmup=None) -> str:
 class _Checkpoint:
     """``warmup.npz`` (adapted step size, inverse mass, state) and ``block_NNNNN.npz`` (sampling blocks)."""
 
-    def __init__(self, directory, fingerprint, config):
+    def __init__(self, directory, fingerprint, config, legacy=None):
         self.dir = None if directory is None else Path(directory)
         self.fingerprint = fingerprint
         self.config_json = json.dumps(config.chain_fields(), sort_keys=True)
+        # num_samples -> the fingerprint this run had before checkpoints were extendable (it held
+        # num_samples), so that their blocks are reused, and extended, too.
+        self.legacy = legacy
 
     def _check(self, path, data):
         if str(data["fingerprint"]) == self.fingerprint:
@@ -364,6 +383,10 @@ class _Checkpoint:
         theirs = json.loads(str(data["config"]))
         ours = json.loads(self.config_json)
         diff = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
+        if (self.legacy is not None and set(diff) <= {"num_samples"} and isinstance(theirs.get("num_samples"), int)
+                and str(data["fingerprint"]) == self.legacy(theirs["num_samples"])):
+            return
+        diff.pop("num_samples", None)  # the number of kept draws never makes a checkpoint another run's
         their_backend = str(data["backend"]) if "backend" in data else "tensorflow"
         if diff:
             why = f"the config differs ({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())})"
@@ -404,11 +427,31 @@ class _Checkpoint:
     def save_warmup(self, **arrays):
         self._save("warmup.npz", **arrays)
 
-    def load_block(self, index):
-        return self._load(f"block_{index:05d}.npz")
+    def load_block(self, index, length=None):
+        """Block ``index``, or None when missing or (with ``length``) of another length.
+
+        A run with fewer kept draws leaves a shorter last block; a longer run samples it
+        again, whole.
+        """
+        block = self._load(f"block_{index:05d}.npz")
+        if block is not None and length is not None and _block_length(block) != length:
+            return None
+        return block
 
     def save_block(self, index, **arrays):
-        self._save(f"block_{index:05d}.npz", **arrays)
+        """Save block ``index``, unless a longer one is there (a longer run's, which a shorter run reads a
+        prefix of only after sampling its own last block again)."""
+        name = f"block_{index:05d}.npz"
+        if self.dir is not None and (self.dir / name).is_file():
+            with np.load(self.dir / name) as f:
+                if _block_length({k: f[k] for k in ("draws", "t_diverging") if k in f.files}) > _block_length(arrays):
+                    return
+        self._save(name, **arrays)
+
+
+def _block_length(block) -> int:
+    """Sweeps in a saved block: its draws, or (a Gibbs warm-up block) its trace."""
+    return int(np.shape(block["draws"] if "draws" in block else block["t_diverging"])[0])
 
 
 def _check_checkpoint_dir(checkpoint_dir):
@@ -478,7 +521,9 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
             per group and a pooled warm-up in ``warmup``).  Calling again with the same arguments resumes and returns
             the chains an uninterrupted run returns; a checkpoint of another config, target,
             bijector or start raises ``ValueError``.  Files are left in place (a finished run
-            is then read back without sampling).
+            is then read back without sampling).  ``num_samples`` is not part of a checkpoint's
+            identity (:func:`checkpoint_identity`): a call with more kept draws extends the
+            chains there, sampling only the blocks they lack.
 
     Returns:
         :class:`Chains`.
@@ -507,7 +552,9 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     if config.chain_groups > 1:
         return _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir)
     z0, lp0 = _check_target(log_prob_fn, bijector, init)
-    ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector), config)
+    legacy = lambda n: _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector,  # noqa: E731
+                                    extendable=False)
+    ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector), config, legacy=legacy)
     ckpt.check_existing()
     return _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt)
 
@@ -558,7 +605,7 @@ def _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, warm=None
     bar.set_description(f"{config.kernel.upper()} sampling")
     blocks = []
     for index, n in enumerate(_blocks(config.num_samples, config.block_size)):
-        block = ckpt.load_block(index)
+        block = ckpt.load_block(index, n)
         if block is None:
             t1 = time.perf_counter()
             draws, stats, z_next = compiled.sampling_block(

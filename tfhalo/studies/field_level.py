@@ -61,7 +61,7 @@ import numpy as np
 
 from tfhalo.atomic import atomic_path, write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
-from tfhalo.validation import check_choice, check_float, check_int
+from tfhalo.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread", "report"]
 
@@ -161,6 +161,10 @@ class Config:
         devices: JAX devices the chains are split over (``n_chains`` must be a
             multiple); sharding does not change the chains, so it is not part of
             the cache keys.
+        keep_checkpoint: keep each setting's chain checkpoint (``<setting>/checkpoint/``) after
+            it finishes, so that a rerun with a larger ``n_samples`` extends the chains instead
+            of sampling them again (the blocks hold every draw: about 8 bytes x chains x
+            parameters per sweep).  Not part of the cache keys.
     """
 
     name: str = "custom"
@@ -195,6 +199,7 @@ class Config:
     n_field_draws: int = 24
     jit_compile: bool = True
     devices: int = 1
+    keep_checkpoint: bool = False
 
     def __post_init__(self):
         from tfhalo.studies.common import check_config_header, check_sampler_settings
@@ -241,6 +246,7 @@ class Config:
             set_("n_bins", check_int("n_bins", self.n_bins, minimum=1))
         set_("thin", check_int("thin", self.thin, minimum=1))
         set_("n_field_draws", check_int("n_field_draws", self.n_field_draws, minimum=2))
+        set_("keep_checkpoint", check_bool("keep_checkpoint", self.keep_checkpoint))
         check_sampler_settings(self)
 
     @property
@@ -332,7 +338,8 @@ CLI_OVERRIDES = (
 def add_override_arguments(parser, exclude=()) -> None:
     """Add the flags of :data:`CLI_OVERRIDES` (less the Config fields in ``exclude``) to an argparse parser.
 
-    Each flag defaults to None, which keeps the preset's value; ``--no-xla`` sets ``jit_compile=False``.
+    Each flag defaults to None, which keeps the preset's value; ``--no-xla`` sets ``jit_compile=False`` and
+    ``--keep-checkpoint`` ``keep_checkpoint=True``.
     """
     for flag, field, kind, help_text in CLI_OVERRIDES:
         if field not in exclude:
@@ -340,11 +347,15 @@ def add_override_arguments(parser, exclude=()) -> None:
     if "jit_compile" not in exclude:
         parser.add_argument("--no-xla", dest="jit_compile", action="store_false", default=None,
                             help="run the chains without XLA")
+    if "keep_checkpoint" not in exclude:
+        parser.add_argument("--keep-checkpoint", dest="keep_checkpoint", action="store_true", default=None,
+                            help="keep the chains' checkpoint, so that a rerun with a larger --n-samples extends "
+                            "them")
 
 
 def overrides_from_args(args) -> dict:
     """The Config overrides the flags of :func:`add_override_arguments` give: ``{field: value}`` of those set."""
-    fields = [field for _, field, _, _ in CLI_OVERRIDES] + ["jit_compile"]
+    fields = [field for _, field, _, _ in CLI_OVERRIDES] + ["jit_compile", "keep_checkpoint"]
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
@@ -1013,15 +1024,33 @@ def _setting_figures(out, setting, bins, prior_power, power, power_true, r, cove
 # -- the study -------------------------------------------------------------------------------------------------
 
 
+#: Config fields that change only how many of the chains' draws are kept and analysed, not the draws
+#: themselves: they stay out of the chains' checkpoint key, so a larger ``n_samples`` extends the chains.
+EXTENDABLE_FIELDS = ("n_samples", "thin", "n_field_draws", "n_bins")
+
+
 def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
     # Settings a run does not use stay out of its key, so that changing them reuses it.
-    unused = {"name", "settings", "devices"}
+    unused = {"name", "settings", "devices", "keep_checkpoint"}
     if config.sampler != "gibbs":
         unused |= {"bias_kernel", "bias_steps"}
     if config.bias_coordinates != "pilot":
         unused.add("n_bias_pilot")
     keep = {k: v for k, v in config.to_dict().items() if k not in unused}
     return dict(step="setting", setting=setting, simulation=sim_fp, config=keep)
+
+
+def _chains_key(key: dict) -> dict:
+    """A setting key less :data:`EXTENDABLE_FIELDS`: what the chains' checkpoint depends on."""
+    return dict(key, config={k: v for k, v in key["config"].items() if k not in EXTENDABLE_FIELDS})
+
+
+def _extends(cache) -> bool:
+    """Whether the cached setting differs from this run's only in :data:`EXTENDABLE_FIELDS` (so its chains,
+    when their checkpoint was kept, are extended or re-read rather than sampled again)."""
+    stored = cache.stored_key("setting.json")
+    return (isinstance(stored, dict) and isinstance(stored.get("config"), dict) and stored != cache.key
+            and _chains_key(stored) == _chains_key(cache.key))
 
 
 def run(config: Config, suite, out, progress: bool = True, overwrite: bool = False) -> dict:
@@ -1055,7 +1084,9 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     sim, sim_path = _load_simulation(config, suite, progress)
     sim_fp = common.fingerprint(sim.initial_density)
     for setting in config.settings:
-        common.Cache(out / setting, _setting_key(config, setting, sim_fp), overwrite=overwrite).check("setting.json")
+        cache = common.Cache(out / setting, _setting_key(config, setting, sim_fp), overwrite=overwrite)
+        if not _extends(cache):
+            cache.check("setting.json")
     out.mkdir(parents=True, exist_ok=True)
     timings["simulation_s"] = time.perf_counter() - t_start
     omega_true = truth_white_noise(sim, config.n_grid)
@@ -1074,17 +1105,21 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
         t0 = time.perf_counter()
         sdir = out / setting
         cache = common.Cache(sdir, _setting_key(config, setting, sim_fp), overwrite=overwrite)
-        result = cache.load("setting.json")
+        extended = _extends(cache)
+        result = None if extended else cache.load("setting.json")
         if result is None or not (sdir / SAMPLES_FILE).is_file():
             sdir.mkdir(parents=True, exist_ok=True)
             catalogue = _catalogue(config, setting, sim, forward, model, omega_true, theta_fit)
             posterior = FieldLevelPosterior(forward, model, catalogue)
             say(f"[{setting}] {catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
-                f"chains start from the {config.start}")
-            # The checkpoint is keyed by the setting's cache fingerprint: an interrupted run with other
-            # settings (another bias kernel, say) is never resumed as this one.
+                f"chains start from the {config.start}"
+                + ("; the cached run had other n_samples/thin/n_field_draws/n_bins: its kept checkpoint, if "
+                   "any, is extended or re-read" if extended else ""))
+            # The checkpoint is keyed by the chains' settings: an interrupted run with other settings
+            # (another bias kernel, say) is never resumed as this one, and one with other n_samples is.
             chains, setup = _sample_setting(config, setting, posterior, theta_fit,
-                                            sdir / "checkpoint" / cache.fingerprint[:16], progress)
+                                            sdir / "checkpoint" / common.fingerprint(_chains_key(cache.key))[:16],
+                                            progress)
             result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir)
             result["sampler"].update(setup)
             result["sampler"]["bias_spread"] = None if setting in FIXED_BIAS_SETTINGS else bias_spread(
@@ -1093,7 +1128,8 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
             result["preconditioner"] = config.preconditioner
             result = jsonable(result)
             cache.save("setting.json", result)
-            shutil.rmtree(sdir / "checkpoint", ignore_errors=True)
+            if not config.keep_checkpoint:
+                shutil.rmtree(sdir / "checkpoint", ignore_errors=True)
         timings[f"{setting}_s"] = time.perf_counter() - t0
         settings[setting] = result
         conv = result["convergence"]
