@@ -20,9 +20,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# The whole suite on TensorFlow, then on JAX the backend-agnostic parts: layers, device-side
+# The whole suite on TensorFlow and, beside it, on JAX the backend-agnostic parts: layers, device-side
 # sub-boxes, the sampler, the neural bias model and the field-level inference (TFP's JAX substrate).
-test: test-tf test-jax
+# The two run at once: neither keeps two cores busy alone (much of a test is tracing and compiling,
+# on one thread). Each one's output is printed whole when it ends; either failing fails the target.
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-tf test-jax
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
