@@ -141,8 +141,13 @@ def test_a_larger_n_samples_extends_the_kept_checkpoint(study, tmp_path):
     np.testing.assert_array_equal(theta_30[:20], theta_20)
     assert warmups[0].stat().st_mtime_ns == stamp  # the warm-up was read back, not run again
     assert again["config"]["n_samples"] == 30 and first["config"]["n_samples"] == 20
-    # Without keep_checkpoint the checkpoint goes once the setting is done (the default).
+    # Without keep_checkpoint the checkpoint goes once the setting is done (the default), and another
+    # n_samples is then refused as stale, as any other change.
     assert not (root / "out" / "mock" / "checkpoint").exists()
+    from tfhalo.studies.common import StaleCacheError
+
+    with pytest.raises(StaleCacheError, match="config"):
+        field_level.run(dataclass_replace(config, n_samples=30), root / "suite", root / "out", progress=False)
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -162,8 +162,9 @@ class Config:
             multiple); sharding does not change the chains, so it is not part of
             the cache keys.
         keep_checkpoint: keep each setting's chain checkpoint (``<setting>/checkpoint/``) after
-            it finishes, so that a rerun with a larger ``n_samples`` extends the chains instead
-            of sampling them again (the blocks hold every draw: about 8 bytes x chains x
+            it finishes, so that a rerun with a larger ``n_samples`` (or another ``thin``,
+            ``n_field_draws`` or ``n_bins``) extends the chains and redoes the analysis instead
+            of being refused as stale (the blocks hold every draw: 8 bytes x chains x
             parameters per sweep).  Not part of the cache keys.
     """
 
@@ -1045,12 +1046,21 @@ def _chains_key(key: dict) -> dict:
     return dict(key, config={k: v for k, v in key["config"].items() if k not in EXTENDABLE_FIELDS})
 
 
+def _checkpoint_dir(cache) -> Path:
+    """A setting's chain checkpoint: keyed by the chains' settings, so that an interrupted run with other
+    settings (another bias kernel, say) is never resumed as this one, and one with other n_samples is."""
+    from tfhalo.studies.common import fingerprint
+
+    return cache.directory / "checkpoint" / fingerprint(_chains_key(cache.key))[:16]
+
+
 def _extends(cache) -> bool:
-    """Whether the cached setting differs from this run's only in :data:`EXTENDABLE_FIELDS` (so its chains,
-    when their checkpoint was kept, are extended or re-read rather than sampled again)."""
+    """Whether the cached setting differs from this run's only in :data:`EXTENDABLE_FIELDS` and its chains'
+    checkpoint was kept: the chains are then extended (or re-read) and the analysis redone.  Without a kept
+    checkpoint such a change is refused like any other (``overwrite`` discards the old result)."""
     stored = cache.stored_key("setting.json")
     return (isinstance(stored, dict) and isinstance(stored.get("config"), dict) and stored != cache.key
-            and _chains_key(stored) == _chains_key(cache.key))
+            and _chains_key(stored) == _chains_key(cache.key) and _checkpoint_dir(cache).is_dir())
 
 
 def run(config: Config, suite, out, progress: bool = True, overwrite: bool = False) -> dict:
@@ -1113,13 +1123,9 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
             posterior = FieldLevelPosterior(forward, model, catalogue)
             say(f"[{setting}] {catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
                 f"chains start from the {config.start}"
-                + ("; the cached run had other n_samples/thin/n_field_draws/n_bins: its kept checkpoint, if "
-                   "any, is extended or re-read" if extended else ""))
-            # The checkpoint is keyed by the chains' settings: an interrupted run with other settings
-            # (another bias kernel, say) is never resumed as this one, and one with other n_samples is.
-            chains, setup = _sample_setting(config, setting, posterior, theta_fit,
-                                            sdir / "checkpoint" / common.fingerprint(_chains_key(cache.key))[:16],
-                                            progress)
+                + ("; the cached run had other n_samples/thin/n_field_draws/n_bins: its kept checkpoint is "
+                   "extended or re-read" if extended else ""))
+            chains, setup = _sample_setting(config, setting, posterior, theta_fit, _checkpoint_dir(cache), progress)
             result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir)
             result["sampler"].update(setup)
             result["sampler"]["bias_spread"] = None if setting in FIXED_BIAS_SETTINGS else bias_spread(
