@@ -413,11 +413,19 @@ class FieldLevelPosterior:
         """``(C, n, n, n)``: ``ln max(1 + delta, floor)`` of the LPT density of ``omega``."""
         return log_density_of(self.forward.density(omega), self.density_floor)
 
-    def _chain_terms(self, log_density, theta):
-        """Per chain ``(halo_term, expected_count)``, each ``(C,)``."""
+    def _chain_terms(self, log_density, theta, responses=None):
+        """Per chain ``(halo_term, expected_count)``, each ``(C,)``.
+
+        With ``responses`` (the NPE's basis responses to ``log_density``) the mixture parameters
+        come from them, without the convolution.
+        """
         halo, expected = [], []
         for c in range(int(theta.shape[0])):
-            params = _model_params(self.model, self.layout, theta[c], log_density[c:c + 1])
+            if responses is None:
+                params = _model_params(self.model, self.layout, theta[c], log_density[c:c + 1])
+            else:
+                params = params_from_responses(self.model, self._n_npe, self.layout.unflatten(theta[c]),
+                                               [r[c:c + 1] for r in responses])
             h, e = _grid_terms(self.model.head, params, self._voxel, self._ln_mass, self.catalogue.voxel_volume)
             halo.append(h)
             expected.append(e)
@@ -457,9 +465,10 @@ class FieldLevelPosterior:
         responses to ``log_density`` are computed here, once
         (:meth:`~tfhalo.layers.MultipoleConv3D.basis_responses`): the NPE is linear in
         its radial weights, so each call of the returned function is a small
-        contraction, without the convolution or its kernel gradient.  A bias kernel
-        that takes many gradients per sweep given one field (NUTS, HMC) is then several
-        times cheaper.  Equal to the direct evaluation up to rounding.
+        contraction, without the convolution or its kernel gradient, for a bias kernel
+        that takes many gradients per sweep given one field (NUTS, HMC).  The saving is
+        the convolution's share of a gradient, small at 16^3 (the mixture head
+        dominates).  Equal to the direct evaluation up to rounding.
 
         Args:
             log_density: ``(C, n, n, n)`` model input of each chain's field.
@@ -484,18 +493,7 @@ class FieldLevelPosterior:
             if int(theta.shape[0]) != n_chains:
                 raise ValueError(f"theta must have one row per chain of log_density ({n_chains}). "
                                  f"Received: theta.shape={tuple(theta.shape)}")
-            if responses is None:
-                halo, expected = self._chain_terms(log_density, theta)
-            else:
-                halo, expected = [], []
-                for c in range(n_chains):
-                    params = params_from_responses(self.model, self._n_npe, self.layout.unflatten(theta[c]),
-                                                   [r[c:c + 1] for r in responses])
-                    h, e = _grid_terms(self.model.head, params, self._voxel, self._ln_mass,
-                                       self.catalogue.voxel_volume)
-                    halo.append(h)
-                    expected.append(e)
-                halo, expected = ops.stack(halo), ops.stack(expected)
+            halo, expected = self._chain_terms(log_density, theta, responses)
             return log_prior(theta, self.prior_scale) + ops.cast(halo - expected, theta.dtype)
 
         return conditional

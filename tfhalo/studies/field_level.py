@@ -1093,9 +1093,11 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
 
     sim, sim_path = _load_simulation(config, suite, progress)
     sim_fp = common.fingerprint(sim.initial_density)
+    extends = {}  # setting -> whether its kept chains are extended (decided once, before any work)
     for setting in config.settings:
         cache = common.Cache(out / setting, _setting_key(config, setting, sim_fp), overwrite=overwrite)
-        if not _extends(cache):
+        extends[setting] = _extends(cache)
+        if not extends[setting]:
             cache.check("setting.json")
     out.mkdir(parents=True, exist_ok=True)
     timings["simulation_s"] = time.perf_counter() - t_start
@@ -1115,7 +1117,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
         t0 = time.perf_counter()
         sdir = out / setting
         cache = common.Cache(sdir, _setting_key(config, setting, sim_fp), overwrite=overwrite)
-        extended = _extends(cache)
+        extended = extends[setting]
         result = None if extended else cache.load("setting.json")
         if result is None or not (sdir / SAMPLES_FILE).is_file():
             sdir.mkdir(parents=True, exist_ok=True)
