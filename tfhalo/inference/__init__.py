@@ -12,6 +12,10 @@
   (Metropolis-within-Gibbs) sampling, each block moved by its own TFP kernel
   (HMC, slice sampling, ...) given the others, as BORG alternates the initial
   conditions and the bias parameters.
+* :class:`DrawReduction` (``reduction=`` of :func:`sample` and :func:`sample_gibbs`):
+  keep a large block of coordinates (a field) only every ``thin``-th draw, with
+  its mean over all draws and per-draw summaries (:class:`ThinnedDraws`), in
+  memory and in the checkpoint.
 * :func:`batched`: a ``(P,) -> ()`` log-density as ``(C, P) -> (C,)``.
 * :func:`to_inference_data` (also :meth:`Chains.to_inference_data`),
   :func:`save_inference_data`, :func:`load_inference_data`,
@@ -52,6 +56,8 @@ _HOMES = {
     "load_inference_data": "diagnostics",
     "save_inference_data": "diagnostics",
     "to_inference_data": "diagnostics",
+    "DrawReduction": "reduction",
+    "ThinnedDraws": "reduction",
     "GibbsConfig": "gibbs",
     "GibbsKernel": "gibbs",
     "sample_gibbs": "gibbs",
@@ -64,7 +70,7 @@ _HOMES = {
 }
 
 
-_SUBMODULES = ("bijectors", "config", "diagnostics", "gibbs", "sampler")
+_SUBMODULES = ("bijectors", "config", "diagnostics", "gibbs", "reduction", "sampler")
 
 
 def __getattr__(name):
@@ -83,6 +89,8 @@ def __dir__():
 
 __all__ = [
     "Chains",
+    "DrawReduction",
+    "ThinnedDraws",
     "GibbsConfig",
     "GibbsKernel",
     "SamplerConfig",

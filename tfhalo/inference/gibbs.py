@@ -77,6 +77,7 @@ from tfhalo.inference.sampler import (
     _Checkpoint,
     checkpoint_identity,
 )
+from tfhalo.inference.reduction import check_reduction, join_blocks, reduce_block
 from tfhalo.validation import check_bool, check_int
 
 __all__ = ["GibbsConfig", "GibbsKernel", "sample_gibbs"]
@@ -290,11 +291,13 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
 
 
 def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, lp0: np.ndarray,
-                 extendable: bool = True) -> str:
+                 extendable: bool = True, reduction=None) -> str:
     p = kernel.parameters
     fields = dict(config=checkpoint_identity(config, extendable), block_sizes=p["block_sizes"], steps=p["steps_per_sweep"],
                   bijectors=[type(b).__name__ for b in p["bijectors"]], lp0=[f"{v:.10g}" for v in lp0],
                   backend=backend.NAME)
+    if reduction is not None:  # blocks kept thinned are another run's than blocks kept whole
+        fields["reduction"] = reduction.identity()
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     h.update(str(theta0.shape).encode())
     h.update(np.ascontiguousarray(theta0, np.float64).tobytes())
@@ -302,7 +305,7 @@ def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, l
 
 
 def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = GibbsConfig(),
-                 progress: bool = True, checkpoint_dir=None) -> Chains:
+                 progress: bool = True, checkpoint_dir=None, reduction=None) -> Chains:
     """Run ``config.num_warmup + config.num_samples`` sweeps of ``kernel``; keep the last ``num_samples``.
 
     Args:
@@ -317,6 +320,9 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
             checkpoint of another config, kernel layout or start raises ``ValueError``.  A
             call with a larger ``num_samples`` extends the chains there (see
             :func:`~tfhalo.inference.checkpoint_identity`).
+        reduction: optional :class:`~tfhalo.inference.reduction.DrawReduction`, as in
+            :func:`~tfhalo.inference.sample`: its coordinates are kept every ``thin``-th
+            sweep, with their mean and per-sweep summaries, in ``Chains.thinned``.
 
     Returns:
         :class:`~tfhalo.inference.Chains` with ``samples (S, C, P)`` in the target's
@@ -338,11 +344,14 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
         raise ValueError(f"config must be a GibbsConfig. Received: config={config!r}")
     progress = check_bool("progress", progress)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
+    reduction = check_reduction(reduction)
     theta0 = _check_initial_state(initial_state, config.num_chains)
     p = sum(kernel.block_sizes)
     if theta0.shape[1] != p:
         raise ValueError(f"initial_state must be finite with shape (num_chains, P) = ({config.num_chains}, {p}). "
                          f"Received: shape {theta0.shape}")
+    if reduction is not None:
+        reduction.check(p)
     lp0 = backend.to_numpy(kernel.parameters["target_log_prob_fn"](backend.constant(theta0)))
     if not np.all(np.isfinite(lp0)):
         raise ValueError(f"the target log density must be finite at initial_state. Received: {lp0.tolist()}")
@@ -363,9 +372,11 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     run_c = backend.jit(run, jit_compile=jit, static_argnums=(3,))
     z = backend.convert(kernel.inverse(backend.constant(theta0)))
     results = start_c(z)
-    ckpt = _Checkpoint(ckpt_dir, _fingerprint(kernel, config, theta0, lp0), config,
-                       legacy=lambda n: _fingerprint(kernel, dataclasses.replace(config, num_samples=n), theta0, lp0,
-                                                     extendable=False))
+    # Checkpoints from before num_samples left the identity; none of them was reduced.
+    legacy = None if reduction is not None else (
+        lambda n: _fingerprint(kernel, dataclasses.replace(config, num_samples=n), theta0, lp0, extendable=False))
+    ckpt = _Checkpoint(ckpt_dir, _fingerprint(kernel, config, theta0, lp0, reduction=reduction), config,
+                       legacy=legacy)
     # The kernels' results are nested named tuples; a checkpoint stores their leaves in order and
     # packs them back into the structure a fresh start has.
     template_leaves = keras.tree.flatten(results)
@@ -386,7 +397,7 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
                                   for i, leaf in enumerate(keras.tree.flatten(results))})
                 saved.update({f"t_{k}": backend.to_numpy(v) for k, v in trace.items()})
                 if phase == 1:
-                    saved["draws"] = backend.to_numpy(draws)
+                    saved.update(reduce_block(reduction, backend.to_numpy(draws), index * config.block_size))
                 ckpt.save_block(number, **saved)
             else:
                 results = keras.tree.pack_sequence_as(
@@ -394,7 +405,7 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
                                for i, leaf in enumerate(template_leaves)])
                 z = backend.convert(saved["z"])
             if phase == 1:
-                kept.append(np.asarray(saved["draws"]))
+                kept.append({k: v for k, v in saved.items() if k == "draws" or k.startswith(("thinned", "s_"))})
                 traces.append({k[2:]: np.asarray(v) for k, v in saved.items() if k.startswith("t_")})
             else:
                 warmup_divergent += int(np.sum(saved["t_diverging"]))
@@ -402,7 +413,7 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
             number += 1
             bar.update(n)
     bar.close()
-    samples = np.concatenate(kept)
+    samples, thinned = join_blocks(reduction, kept)
     stats = {k: np.concatenate([t[k] for t in traces]) for k in traces[0]}
     stats["diverging"] = stats["diverging"].astype(bool)
     accept = [v for k, v in stats.items() if k.startswith("acceptance_rate_")]
@@ -413,4 +424,5 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     if steps:
         stats["step_size"] = stats[steps[0]]
     return Chains(samples=samples, sample_stats=stats, seconds=seconds, n_gradient_evaluations=0, config=config,
-                  step_size=step_size, inverse_mass_matrix=np.ones(p), n_warmup_divergent=warmup_divergent)
+                  step_size=step_size, inverse_mass_matrix=np.ones(p), n_warmup_divergent=warmup_divergent,
+                  thinned=thinned)

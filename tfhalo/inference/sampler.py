@@ -110,6 +110,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from keras import ops
@@ -125,6 +126,7 @@ from tfhalo.inference.config import (  # noqa: F401  (KERNELS and the minima are
     MIN_SAMPLES,
     SamplerConfig,
 )
+from tfhalo.inference.reduction import ThinnedDraws, check_reduction, join_blocks, reduce_block
 from tfhalo.validation import check_bool, check_int
 
 tfp = backend.tfp
@@ -160,6 +162,10 @@ class Chains:
         trajectory_length: ``kernel="chees"``: the adapted (frozen) longest trajectory ``T`` in the
             sampling coordinates, each transition integrating for ``u T``, ``u ~ U(0, 1]``; ``(G,)``
             with chain groups.  ``None`` for NUTS and HMC.
+        thinned: with a :class:`~tfhalo.inference.reduction.DrawReduction`, its coordinates
+            ``[start, stop)``: every ``thin``-th draw, their mean over all draws and the
+            per-draw summaries (:class:`~tfhalo.inference.reduction.ThinnedDraws`); ``samples``
+            then holds the other coordinates only, ``(S, C, P - (stop - start))``.  None without.
     """
 
     samples: np.ndarray
@@ -171,6 +177,7 @@ class Chains:
     inverse_mass_matrix: np.ndarray
     n_warmup_divergent: int = 0
     trajectory_length: object = None
+    thinned: Optional[ThinnedDraws] = None
 
     def to_inference_data(self, parameter_names=None, variables=None, map_estimate=None):
         """These chains as an ``arviz.InferenceData``; see :func:`tfhalo.inference.to_inference_data`."""
@@ -349,9 +356,11 @@ def checkpoint_identity(config, extendable: bool = True) -> dict:
     return fields
 
 
-def _fingerprint(config, init, z0, lp0, bijector, warmup=None, extendable: bool = True) -> str:
+def _fingerprint(config, init, z0, lp0, bijector, warmup=None, extendable: bool = True, reduction=None) -> str:
     fields = dict(config=checkpoint_identity(config, extendable), bijector=type(bijector).__name__,
                   lp0=[f"{v:.10g}" for v in lp0])
+    if reduction is not None:  # blocks kept thinned are another run's than blocks kept whole
+        fields["reduction"] = reduction.identity()
     if warmup is not None:  # a group sampled after a pooled warm-up: its blocks belong to that warm-up
         fields["warmup"] = warmup
     # The backends' random streams differ, so a checkpoint resumes only on its own backend.  TensorFlow's
@@ -497,7 +506,7 @@ def check_chain_devices(config) -> None:
 
 
 def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, progress: bool = True,
-           checkpoint_dir=None) -> Chains:
+           checkpoint_dir=None, reduction=None) -> Chains:
     """Sample ``exp(log_prob_fn)`` with ``C`` chains of NUTS or HMC after windowed warm-up.
 
     Args:
@@ -524,6 +533,9 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
             is then read back without sampling).  ``num_samples`` is not part of a checkpoint's
             identity (:func:`checkpoint_identity`): a call with more kept draws extends the
             chains there, sampling only the blocks they lack.
+        reduction: optional :class:`~tfhalo.inference.reduction.DrawReduction`: keep its
+            coordinates only every ``thin``-th draw (in memory and in the checkpoint), with
+            their mean over all draws and per-draw summaries, in :attr:`Chains.thinned`.
 
     Returns:
         :class:`Chains`.
@@ -547,16 +559,21 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     progress = check_bool("progress", progress)
     check_chain_devices(config)
     ckpt_dir = _check_checkpoint_dir(checkpoint_dir)
+    reduction = check_reduction(reduction)
     init = _check_initial_state(initial_state, config.num_chains)
+    if reduction is not None:
+        reduction.check(init.shape[1])
     bijector = _IDENTITY if bijector is None else bijector
     if config.chain_groups > 1:
-        return _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir)
+        return _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir, reduction)
     z0, lp0 = _check_target(log_prob_fn, bijector, init)
-    legacy = lambda n: _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector,  # noqa: E731
-                                    extendable=False)
-    ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector), config, legacy=legacy)
+    # Checkpoints from before num_samples left the identity; none of them was reduced.
+    legacy = None if reduction is not None else (
+        lambda n: _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector, extendable=False))
+    ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector, reduction=reduction), config,
+                       legacy=legacy)
     ckpt.check_existing()
-    return _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt)
+    return _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, reduction=reduction)
 
 
 def _warm_state(compiled, config, z0, ckpt, bar) -> dict:
@@ -574,7 +591,7 @@ def _warm_state(compiled, config, z0, ckpt, bar) -> dict:
     return warm
 
 
-def _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, warm=None) -> Chains:
+def _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, warm=None, reduction=None) -> Chains:
     """:func:`sample` for one batch of chains, after its arguments, start and checkpoint have been checked.
 
     ``warm``: the state and adapted kernel of a pooled warm-up to sample from, instead of this
@@ -615,11 +632,11 @@ def _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, warm=None
                 backend.shard_chains(backend.constant(0.0 if length is None else length, "float64"),
                                      config.devices, replicate=True),
                 _block_seed(config.seed, 1, index), _num_steps(n, config))
-            block = dict(draws=backend.to_numpy(draws), z=backend.to_numpy(z_next),
-                         **{k: backend.to_numpy(v) for k, v in stats.items()})
+            block = dict(reduce_block(reduction, backend.to_numpy(draws), index * config.block_size),
+                         z=backend.to_numpy(z_next), **{k: backend.to_numpy(v) for k, v in stats.items()})
             block["seconds"] = np.array(time.perf_counter() - t1)
             ckpt.save_block(index, **block)
-        blocks.append(block)
+        blocks.append({k: v for k, v in block.items() if k != "z"})  # one state per block would add up
         z = block["z"]
         seconds += float(block["seconds"])
         # The bootstrap at the start of each block costs one gradient.
@@ -629,7 +646,7 @@ def _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, warm=None
             bar.set_postfix(step=f"{step_size:.3g}", divergent=int(sum(b["diverging"].sum() for b in blocks)))
     bar.close()
 
-    samples = np.concatenate([b["draws"] for b in blocks])
+    samples, thinned = join_blocks(reduction, blocks)
     names = STAT_NAMES + (("tree_depth",) if config.kernel == "nuts" else ())
     stats = {k: np.concatenate([b[k] for b in blocks]) for k in STAT_NAMES}
     stats["diverging"] = stats["diverging"].astype(bool)
@@ -639,10 +656,10 @@ def _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, warm=None
     return Chains(samples=samples, sample_stats={k: stats[k] for k in names}, seconds=seconds,
                   n_gradient_evaluations=int(round(n_grad)), config=config, step_size=step_size,
                   inverse_mass_matrix=inverse_mass, n_warmup_divergent=int(warm["n_divergent"]),
-                  trajectory_length=length)
+                  trajectory_length=length, thinned=thinned)
 
 
-def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> Chains:
+def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir, reduction=None) -> Chains:
     """:func:`sample` for ``config.chain_groups > 1``: the groups run in threads, then are joined."""
     groups = config.group_configs()
     n = groups[0].num_chains
@@ -657,7 +674,8 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> C
                                                             bijector), config)
     # A group's blocks belong to the pooled warm-up they continue; its files and errors name the whole run.
     ckpts = [_Checkpoint(folder(f"group{g}"), _fingerprint(groups[g], inits[g], *starts[g], bijector,
-                                                           None if pooled is None else pooled.fingerprint), config)
+                                                           None if pooled is None else pooled.fingerprint,
+                                                           reduction=reduction), config)
              for g in range(len(groups))]
     # Another run's files in any of the folders are refused before any warm-up.
     for ckpt in ckpts + ([pooled] if pooled else []):
@@ -671,7 +689,7 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> C
     def run(g):
         try:
             results[g] = _sample_checked(log_prob_fn, starts[g][0], groups[g], bijector, progress, ckpts[g],
-                                         warm=warms[g])
+                                         warm=warms[g], reduction=reduction)
         except BaseException as err:  # re-raised in the calling thread
             errors.append(err)
 
@@ -690,7 +708,8 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir) -> C
                   inverse_mass_matrix=np.stack([r.inverse_mass_matrix for r in results]),
                   n_warmup_divergent=sum(r.n_warmup_divergent for r in results),
                   trajectory_length=(np.array([r.trajectory_length for r in results]) if config.kernel == "chees"
-                                     else None))
+                                     else None),
+                  thinned=None if reduction is None else ThinnedDraws.concatenate_chains([r.thinned for r in results]))
 
 
 def _pooled_warmup(log_prob_fn, z0, config, bijector, progress, ckpt):
