@@ -30,6 +30,7 @@ from tests.helpers.scripts import load_script
     ("n_probes", 0, "n_probes must be at least 1. Received: n_probes=0"),
     ("sim_preset", "huge", "sim_preset must be one of .* Received: sim_preset='huge'"),
     ("jit_compile", "yes", "jit_compile must be True or False. Received: jit_compile='yes'"),
+    ("keep_field_draws", 1, "keep_field_draws must be True or False. Received: keep_field_draws=1"),
     ("devices", 0, "devices must be at least 1. Received: devices=0"),
     ("devices", 3, r"n_chains must be a multiple of devices=3"),
     ("sampler", "nuts", "sampler must be one of .* Received: sampler='nuts'"),
@@ -117,8 +118,12 @@ def test_every_override_flag_reaches_its_config_field():
         text = choices.get(field) if kind is str else values[kind]
         argv += [flag, text]
         want[field] = kind(text)
-    args = shell.build_parser().parse_args(argv + ["--no-xla", "--keep-checkpoint", "--settings", "mock"])
-    assert field_level.overrides_from_args(args) == {**want, "jit_compile": False, "keep_checkpoint": True}
+    args = shell.build_parser().parse_args(argv + ["--no-xla", "--keep-checkpoint", "--thin-chains", "--settings",
+                                                   "mock"])
+    assert field_level.overrides_from_args(args) == {**want, "jit_compile": False, "keep_checkpoint": True,
+                                                     "keep_field_draws": False}
+    args = shell.build_parser().parse_args(["--all-field-draws"])
+    assert field_level.overrides_from_args(args) == {"keep_field_draws": True}
     untouched = field_level.overrides_from_args(shell.build_parser().parse_args([]))
     assert untouched == {}
     config = shell.make_config(shell.build_parser().parse_args(["--threshold-mass", "5e11", "--no-xla"]))

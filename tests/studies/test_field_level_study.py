@@ -150,6 +150,44 @@ def test_a_larger_n_samples_extends_the_kept_checkpoint(study, tmp_path):
         field_level.run(dataclass_replace(config, n_samples=30), root / "suite", root / "out", progress=False)
 
 
+def test_chains_that_keep_every_thin_th_field_draw_report_what_chains_keeping_all_do(study, tmp_path):
+    # keep_field_draws=False: the chains keep the white noise every 2nd draw, its mean and each draw's power
+    # (the paper preset's memory). Same chains as the fixture's, so every number that uses all draws is the
+    # same; the coverage comes from the saved draws, as samples.h5 gives it back.
+    from tfhalo.field import analysis as fa
+    from tfhalo.studies.common import StaleCacheError
+
+    config, root, results = study
+    lean = dataclass_replace(config, keep_field_draws=False, thin=2, keep_checkpoint=True)
+    got = field_level.run(lean, root / "suite", tmp_path / "out", progress=False)["settings"]["mock"]
+    want = results["settings"]["mock"]
+    for name in ("posterior_mean", "posterior_16", "posterior_84", "z_vs_prior"):
+        np.testing.assert_allclose(got["power"][name], want["power"][name], rtol=1e-9)
+    np.testing.assert_allclose(got["cross_correlation"]["r"], want["cross_correlation"]["r"], rtol=1e-8)
+    np.testing.assert_allclose(got["sampler"]["bias_spread"]["per_parameter"],
+                               want["sampler"]["bias_spread"]["per_parameter"], rtol=1e-9)
+    for name, v in want["convergence"]["parameters"].items():
+        for stat in ("rhat", "ess_bulk"):  # None where ArviZ gives nan
+            a, b = got["convergence"]["parameters"][name][stat], v[stat]
+            assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9), (name, stat)
+    blocks = sorted((tmp_path / "out" / "mock" / "checkpoint").glob("*/block_*.npz"))
+    n3 = config.n_grid**3
+    with np.load(blocks[0]) as f:  # the checkpoint holds the bias at every draw, the field at every 2nd
+        assert f["draws"].shape[-1] == 17 and f["thinned"].shape[-1] == n3
+        assert f["thinned"].shape[0] == (f["draws"].shape[0] + 1) // 2
+    with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
+        omega, truth = f["omega"][...].astype(np.float64), f["truth/omega"][...]
+        assert omega.shape[0] == config.n_samples // 2 and f["theta"].shape[0] == config.n_samples
+    bins = fa.k_bins(config.n_grid, 48.0, n_bins=config.n_bins)
+    cover = fa.coverage(fa.hartley_coefficients(omega.reshape(-1, *omega.shape[2:])),
+                        fa.hartley_coefficients(truth)[0], bins)
+    for level, v in cover["levels"].items():
+        np.testing.assert_allclose(v["fraction"], got["coverage"]["levels"][level]["fraction"], atol=0.02)
+    # The chains kept the field thinned by 2: another thin is other chains, refused, not re-read.
+    with pytest.raises(StaleCacheError):
+        field_level.run(dataclass_replace(lean, thin=4), root / "suite", tmp_path / "out", progress=False)
+
+
 def test_bad_arguments_are_refused(tmp_path):
     config = field_level.Config.preset("quick", **TINY)
     (tmp_path / "file").write_text("x")

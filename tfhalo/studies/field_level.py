@@ -166,6 +166,13 @@ class Config:
             ``n_field_draws`` or ``n_bins``) extends the chains and redoes the analysis instead
             of being refused as stale (the blocks hold every draw: 8 bytes x chains x
             parameters per sweep).  Not part of the cache keys.
+        keep_field_draws: keep every draw of the white noise in memory and in the
+            checkpoint (``True``), or only every ``thin``-th, with its mean over all draws
+            and each draw's binned linear power (``False``: a
+            :class:`~tfhalo.inference.DrawReduction`; 64^3 x 4 chains x 4,000 draws is
+            33 GB in float64).  The analysis is the same either way (it uses the thinned
+            draws, the mean and the per-draw power), but without every draw ``thin`` and
+            ``n_bins`` fix what the chains keep, so changing them is no longer an extension.
     """
 
     name: str = "custom"
@@ -201,6 +208,7 @@ class Config:
     jit_compile: bool = True
     devices: int = 1
     keep_checkpoint: bool = False
+    keep_field_draws: bool = True
 
     def __post_init__(self):
         from tfhalo.studies.common import check_config_header, check_sampler_settings
@@ -248,6 +256,7 @@ class Config:
         set_("thin", check_int("thin", self.thin, minimum=1))
         set_("n_field_draws", check_int("n_field_draws", self.n_field_draws, minimum=2))
         set_("keep_checkpoint", check_bool("keep_checkpoint", self.keep_checkpoint))
+        set_("keep_field_draws", check_bool("keep_field_draws", self.keep_field_draws))
         check_sampler_settings(self)
 
     @property
@@ -284,7 +293,8 @@ class Config:
             demo: ``quick`` with 100 warm-up and 200 kept iterations (a shorter look;
                 ``make demo`` runs ``quick``).
             paper: a 64^3 grid over 250 Mpc/h on a ``"charnock2020"`` simulation
-                (320^3 particles), for a GPU.
+                (320^3 particles), for a GPU; the chains keep every 20th draw of the white
+                noise (``keep_field_draws=False``).
 
         Raises:
             ValueError: unknown preset or field, or an invalid value (named).
@@ -303,7 +313,7 @@ PRESETS = {
                  n_warmup=100, n_samples=200),
     "paper": dict(sim_preset="charnock2020", n_side=320, box_size=250.0, n_grid=64, threshold_mass=2e12,
                   particle_factor=2, map_steps=3000, map_starts=4, n_chains=4, n_warmup=1000, n_samples=4000,
-                  leapfrog_steps=30, thin=20, n_field_draws=100),
+                  leapfrog_steps=30, thin=20, n_field_draws=100, keep_field_draws=False),
 }
 
 
@@ -315,6 +325,7 @@ CLI_OVERRIDES = (
     ("--chains", "n_chains", int, None),
     ("--n-samples", "n_samples", int, "kept draws per chain (>= 20)"),
     ("--n-warmup", "n_warmup", int, "warm-up iterations per chain"),
+    ("--thin", "thin", int, "keep every thin-th draw of the white noise in samples.h5"),
     ("--n-grid", "n_grid", int, "inference grid per side"),
     ("--n-side", "n_side", int, "N-body particles per side"),
     ("--box-size", "box_size", float, "box side, Mpc/h"),
@@ -339,8 +350,9 @@ CLI_OVERRIDES = (
 def add_override_arguments(parser, exclude=()) -> None:
     """Add the flags of :data:`CLI_OVERRIDES` (less the Config fields in ``exclude``) to an argparse parser.
 
-    Each flag defaults to None, which keeps the preset's value; ``--no-xla`` sets ``jit_compile=False`` and
-    ``--keep-checkpoint`` ``keep_checkpoint=True``.
+    Each flag defaults to None, which keeps the preset's value; ``--no-xla`` sets ``jit_compile=False``,
+    ``--keep-checkpoint`` ``keep_checkpoint=True`` and ``--thin-chains`` / ``--all-field-draws``
+    ``keep_field_draws`` False / True.
     """
     for flag, field, kind, help_text in CLI_OVERRIDES:
         if field not in exclude:
@@ -352,11 +364,17 @@ def add_override_arguments(parser, exclude=()) -> None:
         parser.add_argument("--keep-checkpoint", dest="keep_checkpoint", action="store_true", default=None,
                             help="keep the chains' checkpoint, so that a rerun with a larger --n-samples extends "
                             "them")
+    if "keep_field_draws" not in exclude:
+        parser.add_argument("--thin-chains", dest="keep_field_draws", action="store_false", default=None,
+                            help="the chains keep the white noise only every --thin-th draw, with its mean and "
+                            "every draw's power (memory; the paper preset's default)")
+        parser.add_argument("--all-field-draws", dest="keep_field_draws", action="store_true", default=None,
+                            help="the chains keep every draw of the white noise (the quick preset's default)")
 
 
 def overrides_from_args(args) -> dict:
     """The Config overrides the flags of :func:`add_override_arguments` give: ``{field: value}`` of those set."""
-    fields = [field for _, field, _, _ in CLI_OVERRIDES] + ["jit_compile", "keep_checkpoint"]
+    fields = [field for _, field, _, _ in CLI_OVERRIDES] + ["jit_compile", "keep_checkpoint", "keep_field_draws"]
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
@@ -401,6 +419,42 @@ def linear_fields(omega, box_size: float, cosmology) -> np.ndarray:
     amp = linear_amplitude(n, box_size, cosmology)
     return scipy.fft.irfftn(scipy.fft.rfftn(omega, axes=(-3, -2, -1), workers=-1) * amp, s=(n, n, n),
                             axes=(-3, -2, -1), workers=-1)
+
+
+def field_reduction(config: Config, forward):
+    """What the analysis needs of the white noise, as a :class:`~tfhalo.inference.DrawReduction`.
+
+    The white noise (the first ``n^3`` coordinates of a state) is kept every
+    ``config.thin``-th draw, its mean over all draws, and every draw's linear power in
+    ``config.n_bins`` bins (``summaries["power"]``, ``(S, C, B)``: the power spectra and the
+    R-hat and ESS of the lowest bins).  The chains apply it as they run when
+    ``config.keep_field_draws`` is False; the analysis applies it to chains that kept
+    every draw, so both give the same report.
+
+    Args:
+        config: the study's :class:`Config`.
+        forward: the :class:`~tfhalo.field.forward.LPTForwardModel` (its box and cosmology).
+
+    Returns:
+        A :class:`~tfhalo.inference.DrawReduction`.
+    """
+    import json
+
+    from tfhalo.field import analysis as fa
+    from tfhalo.inference.reduction import DrawReduction
+
+    n, box, cosmology = config.n_grid, forward.box_size, forward.cosmology
+    bins = fa.k_bins(n, box, n_bins=config.n_bins)
+
+    def summary(omega):  # (draws, C, n^3) -> {"power": (draws, C, B)}
+        flat = omega.reshape(-1, n, n, n)
+        power = np.empty((flat.shape[0], bins.n_bins))
+        for i in range(0, flat.shape[0], 64):  # a few fields' FFTs at a time
+            power[i:i + 64] = fa.binned_power(linear_fields(flat[i:i + 64], box, cosmology), bins)
+        return {"power": power.reshape(omega.shape[:2] + (bins.n_bins,))}
+
+    key = json.dumps({"summary": "binned linear power", "edges": [f"{e:.10g}" for e in bins.edges]})
+    return DrawReduction(start=0, stop=n**3, thin=config.thin, summary_fn=summary, key=key)
 
 
 def _prior_binned_power(bins, cosmology) -> np.ndarray:
@@ -541,13 +595,16 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoi
                                   seed=config.chains_seed + offset)
     else:
         scales = np.ones((n, n, n))
+    # Without every draw of the white noise the chains keep what the analysis needs of it as they run.
+    reduction = None if config.keep_field_draws else field_reduction(config, posterior.forward)
     if setting in FIXED_BIAS_SETTINGS:
-        chains = _fixed_bias_chains(config, posterior, state0, scales, offset, checkpoint_dir, progress)
+        chains = _fixed_bias_chains(config, posterior, state0, scales, offset, checkpoint_dir, progress, reduction)
         info = {"bias_fixed": True}
     elif config.sampler == "gibbs":
         bias_bijector, info = _bias_bijector(config, posterior, state0, theta_fit, bias_scale, offset,
                                              checkpoint_dir, progress)
-        chains = _gibbs_chains(config, posterior, state0, scales, bias_bijector, offset, checkpoint_dir, progress)
+        chains = _gibbs_chains(config, posterior, state0, scales, bias_bijector, offset, checkpoint_dir, progress,
+                               reduction)
     else:
         info = {}
         if config.preconditioner == "none":
@@ -561,7 +618,7 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoi
             bijector = backend.tfp.bijectors.Blockwise(
                 [FourierPreconditioner(n, 0, field_scale=scales), bias_bijector], block_sizes=[n_field, n_bias])
         chains = inf.sample(posterior.log_prob, state0, config.sampler_config(seed_offset=offset),
-                            bijector=bijector, progress=progress, checkpoint_dir=checkpoint_dir)
+                            bijector=bijector, progress=progress, checkpoint_dir=checkpoint_dir, reduction=reduction)
     info.update({"setup_s": time.perf_counter() - t0 - chains.seconds, "field_scale_min": float(np.min(scales)),
                  "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()})
     return chains, info
@@ -586,13 +643,14 @@ def _bias_bijector(config: Config, posterior, state0, theta_fit, bias_scale, off
 
 
 def _fixed_bias_chains(config: Config, posterior, state0, field_scale, offset: int, checkpoint_dir: Optional[Path],
-                       progress: bool):
+                       progress: bool, reduction=None):
     """HMC on the white noise alone, the bias held at ``state0``'s (the same in every chain).
 
     The chains run in the Fourier-preconditioned coordinates with the sampler's windowed
     step-size and mass-matrix adaptation, as the joint chains do.  The returned chains'
     samples carry the fixed bias after the white noise, ``(S, C, n_field + n_bias)``, so
-    the analysis reads them as joint draws.
+    the analysis reads them as joint draws (with ``reduction``, the white noise is in
+    ``chains.thinned`` and ``samples`` holds the bias alone).
     """
     import dataclasses
 
@@ -614,7 +672,7 @@ def _fixed_bias_chains(config: Config, posterior, state0, field_scale, offset: i
                                                                                   field_scale=field_scale)
     chains = inf.sample(field_log_prob, np.asarray(state0[:, :n_field], np.float64),
                         config.sampler_config(seed_offset=offset), bijector=bijector, progress=progress,
-                        checkpoint_dir=checkpoint_dir)
+                        checkpoint_dir=checkpoint_dir, reduction=reduction)
     fixed = np.broadcast_to(theta, chains.samples.shape[:2] + (n_bias,))
     return dataclasses.replace(chains, samples=np.concatenate([chains.samples, fixed], axis=-1))
 
@@ -662,7 +720,7 @@ def bias_spread(theta_draws, conditional_scale) -> dict:
 
 
 def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector, offset: int,
-                  checkpoint_dir: Optional[Path], progress: bool):
+                  checkpoint_dir: Optional[Path], progress: bool, reduction=None):
     """Blocked chains: HMC on the white noise given the bias, then ``bias_kernel`` on the bias given the field.
 
     The white noise moves in the Fourier-preconditioned coordinates (``field_scale``)
@@ -712,8 +770,8 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
                              steps_per_sweep=[1, config.bias_steps])
     gibbs = inf.GibbsConfig(num_chains=config.n_chains, num_warmup=config.n_warmup, num_samples=config.n_samples,
                             seed=config.chains_seed + offset, jit_compile=config.jit_compile)
-    chains = inf.sample_gibbs(kernel, state0, gibbs, progress=progress,
-                              checkpoint_dir=checkpoint_dir)
+    chains = inf.sample_gibbs(kernel, state0, gibbs, progress=progress, checkpoint_dir=checkpoint_dir,
+                              reduction=reduction)
     # Per chain and sweep: the gradient at the refreshed start and one per leapfrog step.
     sweeps = config.n_warmup + config.n_samples
     return dataclasses.replace(chains, n_gradient_evaluations=sweeps * (config.leapfrog_steps + 1))
@@ -797,16 +855,24 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
     from tfhalo.bias.fields import density_field
     from tfhalo.field import analysis as fa
 
-    n, n_field = config.n_grid, posterior.n_field
+    n, n_field, n_bias = config.n_grid, posterior.n_field, posterior.n_bias
     cosmology = sim.cosmology
     box = sim.box_size
-    samples = np.asarray(chains.samples)                       # (S, C, P)
+    samples = np.asarray(chains.samples)            # (S, C, P), or (S, C, n_bias) with the field thinned
     s, c, _ = samples.shape
-    omega = samples[..., :n_field].reshape(s, c, n, n, n)
-    theta = samples[..., n_field:]
-    pooled = omega.reshape(s * c, n, n, n)
+    theta = samples[..., -n_bias:]
+    # The white noise every thin-th draw, its mean over all draws and every draw's power: kept by the
+    # chains (keep_field_draws=False) or cut here from every draw, the same either way.
+    thinned = chains.thinned
+    if thinned is None:
+        reduction = field_reduction(config, posterior.forward)
+        thinned = reduction.join([reduction.reduce_block(samples[..., :n_field], 0)], s)
+    omega = thinned.samples.reshape(-1, c, n, n, n)  # (S', C, n, n, n), draws thinned.index
+    pooled = omega.reshape(-1, n, n, n)
+    power = thinned.summaries["power"].reshape(s * c, -1)
 
     bins = fa.k_bins(n, box, n_bins=config.n_bins)
+    # Intervals from the saved draws, so that samples.h5 gives the same coverage back.
     u_draws = fa.hartley_coefficients(pooled)
     u_true = fa.hartley_coefficients(omega_true)[0]
     cover = fa.coverage(u_draws, u_true, bins, LEVELS)
@@ -815,25 +881,18 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
     delta_true = linear_fields(omega_true, box, cosmology)
     power_true = fa.binned_power(delta_true, bins)[0]
     prior_power = _prior_binned_power(bins, cosmology)
-    power = np.empty((s * c, bins.n_bins))
-    mean_delta = np.zeros((n, n, n))
-    # pooled index (draw * c + chain) of every draw samples.h5 keeps, and their linear fields
-    saved = np.arange(s * c).reshape(s, c)[::config.thin].reshape(-1)
-    saved_delta = np.empty((saved.size, n, n, n))
-    for i in range(0, s * c, 64):
-        d = linear_fields(pooled[i:i + 64], box, cosmology)
-        power[i:i + 64] = fa.binned_power(d, bins)
-        mean_delta += d.sum(axis=0)
-        here = (saved >= i) & (saved < i + 64)
-        saved_delta[here] = d[saved[here] - i]
-    mean_delta /= s * c
+    saved_delta = np.empty_like(pooled)
+    for i in range(0, pooled.shape[0], 64):
+        saved_delta[i:i + 64] = linear_fields(pooled[i:i + 64], box, cosmology)
+    # The linear field is linear in the white noise: its posterior mean is the mean's.
+    mean_delta = linear_fields(thinned.mean.mean(axis=0).reshape(1, n, n, n), box, cosmology)[0]
     r = fa.cross_correlation(mean_delta, delta_true, bins)
     post_mean_power = power.mean(axis=0)
     cv = prior_power * np.sqrt(2.0 / bins.n_modes)
     power_z = (post_mean_power - prior_power) / cv
 
     # Convergence of the bias parameters and of the power in the lowest k bins.
-    idata = chains.to_inference_data(variables={"bias": (slice(n_field, None), (posterior.n_bias,))})
+    idata = chains.to_inference_data(variables={"bias": (slice(samples.shape[-1] - n_bias, None), (n_bias,))})
     low = power.reshape(s, c, -1)[:, :, :N_LOW_K_BINS].transpose(1, 0, 2)
     idata.posterior["power_low_k"] = xr.DataArray(
         low, dims=("chain", "draw", "low_k_bin"), coords={"low_k_bin": np.arange(low.shape[-1])})
@@ -850,9 +909,10 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
                                       if k.startswith("bias"))
     ess_power = min(v["ess_bulk"] for k, v in convergence["parameters"].items() if k.startswith("power"))
 
-    # Final density and psi over draws spread through the chains (Fig. 5), one draw for Fig. 4.
-    picks = np.linspace(0, s * c - 1, min(config.n_field_draws, s * c)).astype(int)
-    flat_states = samples.reshape(s * c, -1)[picks]
+    # Final density and psi over saved draws spread through the chains (Fig. 5), one draw for Fig. 4.
+    picks = np.linspace(0, pooled.shape[0] - 1, min(config.n_field_draws, pooled.shape[0])).astype(int)
+    flat_states = np.concatenate([pooled.reshape(-1, n_field)[picks],
+                                  theta[thinned.index].reshape(-1, n_bias)[picks]], axis=1)
     moments = {}
     for name in ("density", "psi"):
         moments[name] = [np.zeros((n, n, n)), np.zeros((n, n, n))]
@@ -920,12 +980,13 @@ def _block_stats(stats) -> Optional[dict]:
 def _save_samples(path: Path, config, omega, saved_delta, theta, omega_true, delta_true, posterior, box):
     """Thinned white-noise and linear-density draws, bias draws, truth and data in one HDF5 file (atomic).
 
-    ``saved_delta`` holds the linear fields of ``omega[::thin]``, pooled ``(draws * chains, n, n, n)``.
+    ``omega``: ``(S', C, n, n, n)`` the white noise at every ``thin``-th draw; ``saved_delta``
+    their linear fields, pooled ``(S' * C, n, n, n)``.
     """
     import h5py
 
     thin = config.thin
-    om = omega[::thin]
+    om = omega
     delta = saved_delta.reshape(om.shape)
     cat = posterior.catalogue
     with atomic_path(path, suffix=".h5") as tmp:
@@ -1027,12 +1088,22 @@ def _setting_figures(out, setting, bins, prior_power, power, power_true, r, cove
 
 #: Config fields that change only how many of the chains' draws are kept and analysed, not the draws
 #: themselves: they stay out of the chains' checkpoint key, so a larger ``n_samples`` extends the chains.
+#: Without ``keep_field_draws`` the chains keep the white noise every ``thin``-th draw and its power in
+#: ``n_bins`` bins, so those two then belong to the chains (:func:`_extendable_fields`).
 EXTENDABLE_FIELDS = ("n_samples", "thin", "n_field_draws", "n_bins")
+
+
+def _extendable_fields(config: dict) -> tuple:
+    if config.get("keep_field_draws", True):
+        return EXTENDABLE_FIELDS
+    return tuple(k for k in EXTENDABLE_FIELDS if k not in ("thin", "n_bins"))
 
 
 def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
     # Settings a run does not use stay out of its key, so that changing them reuses it.
     unused = {"name", "settings", "devices", "keep_checkpoint"}
+    if config.keep_field_draws:  # the default, which keys written before it existed stand for
+        unused.add("keep_field_draws")
     if config.sampler != "gibbs":
         unused |= {"bias_kernel", "bias_steps"}
     if config.bias_coordinates != "pilot":
@@ -1043,7 +1114,8 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
 
 def _chains_key(key: dict) -> dict:
     """A setting key less :data:`EXTENDABLE_FIELDS`: what the chains' checkpoint depends on."""
-    return dict(key, config={k: v for k, v in key["config"].items() if k not in EXTENDABLE_FIELDS})
+    extendable = _extendable_fields(key["config"])
+    return dict(key, config={k: v for k, v in key["config"].items() if k not in extendable})
 
 
 def _checkpoint_dir(cache) -> Path:
@@ -1131,7 +1203,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
             result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir)
             result["sampler"].update(setup)
             result["sampler"]["bias_spread"] = None if setting in FIXED_BIAS_SETTINGS else bias_spread(
-                np.asarray(chains.samples)[..., posterior.n_field:], setup["bias_scale"])
+                np.asarray(chains.samples)[..., -posterior.n_bias:], setup["bias_scale"])
             result["start"] = config.start
             result["preconditioner"] = config.preconditioner
             result = jsonable(result)
