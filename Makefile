@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_bias.py
 	$(BIN)/python benchmarks/bench_field.py
+	$(BIN)/python benchmarks/bench_chain_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
