@@ -124,43 +124,18 @@ def test_changed_settings_are_refused_before_any_work(study):
         field_level.run(other, root / "suite", root / "out", progress=False)
 
 
-def test_a_larger_n_samples_extends_the_kept_checkpoint(study, tmp_path):
-    config, root, _ = study
-    keep = dataclass_replace(config, keep_checkpoint=True)
-    first = field_level.run(keep, root / "suite", tmp_path / "out", progress=False)
-    warmups = sorted((tmp_path / "out" / "mock" / "checkpoint").glob("*/warmup.npz"))
-    assert len(warmups) == 1
-    stamp = warmups[0].stat().st_mtime_ns
-    with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
-        theta_20 = f["theta"][...]
-    longer = dataclass_replace(keep, n_samples=30)
-    again = field_level.run(longer, root / "suite", tmp_path / "out", progress=False)
-    with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
-        theta_30 = f["theta"][...]
-    assert theta_30.shape[0] == 30
-    np.testing.assert_array_equal(theta_30[:20], theta_20)
-    assert warmups[0].stat().st_mtime_ns == stamp  # the warm-up was read back, not run again
-    assert again["config"]["n_samples"] == 30 and first["config"]["n_samples"] == 20
-    # Without keep_checkpoint the checkpoint goes once the setting is done (the default), and another
-    # n_samples is then refused as stale, as any other change.
-    assert not (root / "out" / "mock" / "checkpoint").exists()
-    from tfhalo.studies.common import StaleCacheError
-
-    with pytest.raises(StaleCacheError, match="config"):
-        field_level.run(dataclass_replace(config, n_samples=30), root / "suite", root / "out", progress=False)
-
-
-def test_chains_that_keep_every_thin_th_field_draw_report_what_chains_keeping_all_do(study, tmp_path):
+def test_chains_that_keep_every_thin_th_field_draw_report_the_same_and_extend(study, tmp_path):
     # keep_field_draws=False: the chains keep the white noise every 2nd draw, its mean and each draw's power
-    # (the paper preset's memory). Same chains as the fixture's, so every number that uses all draws is the
-    # same; the coverage comes from the saved draws, as samples.h5 gives it back.
+    # (the paper preset's memory). Same chains as the fixture's (keep_checkpoint and thin do not change them),
+    # so every number that uses all draws is the same; the coverage comes from the saved draws, as samples.h5
+    # gives it back.
     from tfhalo.field import analysis as fa
     from tfhalo.studies.common import StaleCacheError
 
     config, root, results = study
-    lean = dataclass_replace(config, keep_field_draws=False, thin=2, keep_checkpoint=True)
-    got = field_level.run(lean, root / "suite", tmp_path / "out", progress=False)["settings"]["mock"]
-    want = results["settings"]["mock"]
+    keep = dataclass_replace(config, keep_checkpoint=True, keep_field_draws=False, thin=2)
+    first = field_level.run(keep, root / "suite", tmp_path / "out", progress=False)
+    got, want = first["settings"]["mock"], results["settings"]["mock"]
     for name in ("posterior_mean", "posterior_16", "posterior_84", "z_vs_prior"):
         np.testing.assert_allclose(got["power"][name], want["power"][name], rtol=1e-9)
     np.testing.assert_allclose(got["cross_correlation"]["r"], want["cross_correlation"]["r"], rtol=1e-8)
@@ -170,22 +145,41 @@ def test_chains_that_keep_every_thin_th_field_draw_report_what_chains_keeping_al
         for stat in ("rhat", "ess_bulk"):  # None where ArviZ gives nan
             a, b = got["convergence"]["parameters"][name][stat], v[stat]
             assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9), (name, stat)
-    blocks = sorted((tmp_path / "out" / "mock" / "checkpoint").glob("*/block_*.npz"))
-    n3 = config.n_grid**3
-    with np.load(blocks[0]) as f:  # the checkpoint holds the bias at every draw, the field at every 2nd
-        assert f["draws"].shape[-1] == 17 and f["thinned"].shape[-1] == n3
+    checkpoint = tmp_path / "out" / "mock" / "checkpoint"
+    with np.load(sorted(checkpoint.glob("*/block_*.npz"))[0]) as f:  # the bias every draw, the field every 2nd
+        assert f["draws"].shape[-1] == 17 and f["thinned"].shape[-1] == config.n_grid**3
         assert f["thinned"].shape[0] == (f["draws"].shape[0] + 1) // 2
     with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
-        omega, truth = f["omega"][...].astype(np.float64), f["truth/omega"][...]
-        assert omega.shape[0] == config.n_samples // 2 and f["theta"].shape[0] == config.n_samples
+        omega, truth, theta_20 = f["omega"][...].astype(np.float64), f["truth/omega"][...], f["theta"][...]
+    assert omega.shape[0] == config.n_samples // 2 and theta_20.shape[0] == config.n_samples
     bins = fa.k_bins(config.n_grid, 48.0, n_bins=config.n_bins)
     cover = fa.coverage(fa.hartley_coefficients(omega.reshape(-1, *omega.shape[2:])),
                         fa.hartley_coefficients(truth)[0], bins)
     for level, v in cover["levels"].items():
         np.testing.assert_allclose(v["fraction"], got["coverage"]["levels"][level]["fraction"], atol=0.02)
+
+    # A larger n_samples extends the kept checkpoint without rerunning the warm-up.
+    warmups = sorted(checkpoint.glob("*/warmup.npz"))
+    assert len(warmups) == 1
+    stamp = warmups[0].stat().st_mtime_ns
+    again = field_level.run(dataclass_replace(keep, n_samples=30), root / "suite", tmp_path / "out", progress=False)
+    with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
+        theta_30, omega_30 = f["theta"][...], f["omega"]
+        assert omega_30.shape[0] == 15
+        np.testing.assert_array_equal(omega_30[:10], omega.astype(np.float32))
+    assert theta_30.shape[0] == 30
+    np.testing.assert_array_equal(theta_30[:20], theta_20)
+    assert warmups[0].stat().st_mtime_ns == stamp  # the warm-up was read back, not run again
+    assert again["config"]["n_samples"] == 30 and first["config"]["n_samples"] == 20
     # The chains kept the field thinned by 2: another thin is other chains, refused, not re-read.
     with pytest.raises(StaleCacheError):
-        field_level.run(dataclass_replace(lean, thin=4), root / "suite", tmp_path / "out", progress=False)
+        field_level.run(dataclass_replace(keep, n_samples=30, thin=4), root / "suite", tmp_path / "out",
+                        progress=False)
+    # Without keep_checkpoint the checkpoint goes once the setting is done (the default), and another
+    # n_samples is then refused as stale, as any other change.
+    assert not (root / "out" / "mock" / "checkpoint").exists()
+    with pytest.raises(StaleCacheError, match="config"):
+        field_level.run(dataclass_replace(config, n_samples=30), root / "suite", root / "out", progress=False)
 
 
 def test_bad_arguments_are_refused(tmp_path):
