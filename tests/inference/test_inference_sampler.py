@@ -254,6 +254,26 @@ def test_chain_groups_after_a_pooled_warmup_share_one_kernel(tmp_path):
     assert not list(tmp_path.glob("group*/warmup.npz"))  # refused before any group warmed up
 
 
+@pytest.mark.parametrize("pool_warmup", [True, False])
+def test_chain_groups_read_and_extend_checkpoints_whose_identity_held_num_samples(tmp_path, monkeypatch, pool_warmup):
+    # Checkpoints written before num_samples left the identity: written here by a sampler whose identity
+    # still holds it.
+    from tfhalo.inference import sampler as sampler_module
+
+    cfg = sampler_config(kernel="hmc", num_chains=4, chain_groups=2, pool_warmup=pool_warmup, num_warmup=20,
+                         num_samples=20, block_size=10)
+    starts = _starts(7)
+    with monkeypatch.context() as m:
+        m.setattr(sampler_module, "checkpoint_identity", lambda config, extendable=True: config.chain_fields())
+        old = inf.sample(LOG_PROB, starts, cfg, progress=False, checkpoint_dir=tmp_path)
+    stamps = {f: f.stat().st_mtime_ns for f in tmp_path.rglob("*.npz")}
+    longer = dataclasses.replace(cfg, num_samples=30)
+    extended = inf.sample(LOG_PROB, starts, longer, progress=False, checkpoint_dir=tmp_path)
+    assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())  # read back, not sampled again
+    np.testing.assert_array_equal(extended.samples[:20], old.samples)
+    np.testing.assert_array_equal(extended.samples, inf.sample(LOG_PROB, starts, longer, progress=False).samples)
+
+
 def test_chain_groups_raise_a_group_error_in_the_caller():
     def log_prob(x):  # finite at the starts of group 0 only
         return tf.where(x[:, 0] > 100.0, tf.constant(np.nan, tf.float64), -0.5 * tf.reduce_sum(x**2, axis=-1))

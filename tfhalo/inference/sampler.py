@@ -668,14 +668,27 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir, redu
     starts = [_check_target(log_prob_fn, bijector, x) for x in inits]
     folder = (lambda name: None) if ckpt_dir is None else (lambda name: ckpt_dir / name)
     pooled = None
+    z0 = np.concatenate([z for z, _ in starts])
+    lp0 = np.concatenate([lp for _, lp in starts])
+
+    # Checkpoints written when the identity held num_samples (none of them reduced) are read and extended too.
+    def legacy_pooled(n):
+        return _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector, extendable=False)
+
+    def legacy_group(g):
+        def fingerprint(n):
+            group = dataclasses.replace(config, num_samples=n).group_configs()[g]
+            return _fingerprint(group, inits[g], *starts[g], bijector,
+                                legacy_pooled(n) if config.pool_warmup else None, extendable=False)
+        return None if reduction is not None else fingerprint
+
     if config.pool_warmup:
-        z0 = np.concatenate([z for z, _ in starts])
-        pooled = _Checkpoint(folder("warmup"), _fingerprint(config, init, z0, np.concatenate([lp for _, lp in starts]),
-                                                            bijector), config)
+        pooled = _Checkpoint(folder("warmup"), _fingerprint(config, init, z0, lp0, bijector), config,
+                             legacy=None if reduction is not None else legacy_pooled)
     # A group's blocks belong to the pooled warm-up they continue; its files and errors name the whole run.
     ckpts = [_Checkpoint(folder(f"group{g}"), _fingerprint(groups[g], inits[g], *starts[g], bijector,
                                                            None if pooled is None else pooled.fingerprint,
-                                                           reduction=reduction), config)
+                                                           reduction=reduction), config, legacy=legacy_group(g))
              for g in range(len(groups))]
     # Another run's files in any of the folders are refused before any warm-up.
     for ckpt in ckpts + ([pooled] if pooled else []):
