@@ -372,9 +372,10 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     run_c = backend.jit(run, jit_compile=jit, static_argnums=(3,))
     z = backend.convert(kernel.inverse(backend.constant(theta0)))
     results = start_c(z)
-    # Checkpoints from before num_samples left the identity; none of them was reduced.
-    legacy = None if reduction is not None else (
-        lambda n: _fingerprint(kernel, dataclasses.replace(config, num_samples=n), theta0, lp0, extendable=False))
+    # Checkpoints from before num_samples left the identity (this run's fingerprint with it: a reduced run's
+    # matches none of them, since none was reduced).
+    legacy = lambda n: _fingerprint(kernel, dataclasses.replace(config, num_samples=n), theta0, lp0,  # noqa: E731
+                                    extendable=False, reduction=reduction)
     ckpt = _Checkpoint(ckpt_dir, _fingerprint(kernel, config, theta0, lp0, reduction=reduction), config,
                        legacy=legacy)
     # The kernels' results are nested named tuples; a checkpoint stores their leaves in order and

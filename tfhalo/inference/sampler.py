@@ -567,9 +567,10 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     if config.chain_groups > 1:
         return _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir, reduction)
     z0, lp0 = _check_target(log_prob_fn, bijector, init)
-    # Checkpoints from before num_samples left the identity; none of them was reduced.
-    legacy = None if reduction is not None else (
-        lambda n: _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector, extendable=False))
+    # Checkpoints from before num_samples left the identity (this run's fingerprint with it: a reduced run's
+    # matches none of them, since none was reduced).
+    legacy = lambda n: _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector,  # noqa: E731
+                                    extendable=False, reduction=reduction)
     ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector, reduction=reduction), config,
                        legacy=legacy)
     ckpt.check_existing()
@@ -671,7 +672,7 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir, redu
     z0 = np.concatenate([z for z, _ in starts])
     lp0 = np.concatenate([lp for _, lp in starts])
 
-    # Checkpoints written when the identity held num_samples (none of them reduced) are read and extended too.
+    # Checkpoints written when the identity held num_samples are read and extended too.
     def legacy_pooled(n):
         return _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector, extendable=False)
 
@@ -679,12 +680,13 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir, redu
         def fingerprint(n):
             group = dataclasses.replace(config, num_samples=n).group_configs()[g]
             return _fingerprint(group, inits[g], *starts[g], bijector,
-                                legacy_pooled(n) if config.pool_warmup else None, extendable=False)
-        return None if reduction is not None else fingerprint
+                                legacy_pooled(n) if config.pool_warmup else None, extendable=False,
+                                reduction=reduction)
+        return fingerprint
 
     if config.pool_warmup:
         pooled = _Checkpoint(folder("warmup"), _fingerprint(config, init, z0, lp0, bijector), config,
-                             legacy=None if reduction is not None else legacy_pooled)
+                             legacy=legacy_pooled)
     # A group's blocks belong to the pooled warm-up they continue; its files and errors name the whole run.
     ckpts = [_Checkpoint(folder(f"group{g}"), _fingerprint(groups[g], inits[g], *starts[g], bijector,
                                                            None if pooled is None else pooled.fingerprint,

@@ -986,8 +986,7 @@ def _save_samples(path: Path, config, omega, saved_delta, theta, omega_true, del
     import h5py
 
     thin = config.thin
-    om = omega
-    delta = saved_delta.reshape(om.shape)
+    delta = saved_delta.reshape(omega.shape)
     cat = posterior.catalogue
     with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
@@ -998,7 +997,7 @@ def _save_samples(path: Path, config, omega, saved_delta, theta, omega_true, del
             f.attrs["n_grid"] = config.n_grid
             f.attrs["thin"] = thin
             f.attrs["cosmology"] = str(posterior.forward.cosmology.to_dict())
-            f.create_dataset("omega", data=om.astype(np.float32), compression="gzip", compression_opts=1)
+            f.create_dataset("omega", data=omega.astype(np.float32), compression="gzip", compression_opts=1)
             f.create_dataset("delta_lin", data=delta.astype(np.float32), compression="gzip", compression_opts=1)
             f.create_dataset("theta", data=theta)
             f["theta"].attrs["names"] = np.array(posterior.parameter_names(), dtype="S")
