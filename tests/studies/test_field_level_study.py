@@ -274,17 +274,28 @@ def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study
     assert np.all(np.isfinite(backend.to_numpy(bijector.forward_log_det_jacobian(z, event_ndims=1))))
 
 
-def test_pilot_bias_coordinates_whiten_the_pilots_draws(study):
-    """The pilot's bijector maps its own draws to mean 0 and (shrunk) unit covariance, exactly invertibly."""
+def test_pilot_bias_coordinates_whiten_the_pilots_draws(study, monkeypatch):
+    """The study's pilot coordinates map the pilot's own draws to mean 0 and (shrunk) unit covariance,
+    exactly invertibly, and the setting records what the pilot cost."""
     from tfhalo import backend
 
-    config, _, _ = study
-    posterior, state, _ = _nbody_posterior(study)
+    # Shallow trees: what is tested is the whitening of whatever the pilot drew, not how far NUTS goes.
+    monkeypatch.setattr(field_level, "BIAS_TREE_DEPTH", 3)
+    pilots = []
+    real = field_level._pilot_bias_bijector
+    monkeypatch.setattr(field_level, "_pilot_bias_bijector", lambda *a: pilots.append(real(*a)) or pilots[-1])
+    posterior, state, theta_fit = _nbody_posterior(study)
     # XLA: the pilot's NUTS trees run about 1.5 times faster compiled, even on this tiny grid
     pilot_config = field_level.Config.preset("quick", seed=3, **{**TINY, "bias_coordinates": "pilot",
                                                                 "n_bias_pilot": 50, "jit_compile": True})
     state0 = np.stack([state, state])
-    bijector, pilot = field_level._pilot_bias_bijector(pilot_config, posterior, state0, 5, None, False)
+    # the study's route to the bias coordinates (its joint and blocked samplers both take it)
+    bijector, info = field_level._bias_bijector(pilot_config, posterior, state0, theta_fit, np.ones(17), 0, None,
+                                                False)
+    (same, pilot), = pilots
+    assert same is bijector
+    assert info["bias_pilot"]["bias_gradient_evaluations"] == pilot.n_gradient_evaluations > 0
+    assert info["bias_pilot"]["seconds"] == pilot.seconds > 0
     draws = pilot.samples.reshape(-1, posterior.n_bias)
     assert pilot.samples.shape == (50, 2, posterior.n_bias) and np.all(np.isfinite(draws))
     z = backend.to_numpy(bijector.inverse(backend.constant(draws)))
@@ -304,14 +315,8 @@ def test_pilot_bias_coordinates_whiten_the_pilots_draws(study):
     assert np.all(np.ptp(draws, axis=0) > 0)
 
 
-def test_pilot_bias_coordinates_run_the_study(study, tmp_path):
-    config, root, _ = study
+def test_the_pilot_length_keys_pilot_runs_only():
     pilot = field_level.Config.preset("quick", seed=3, **{**TINY, "bias_coordinates": "pilot", "n_bias_pilot": 50})
-    results = field_level.run(pilot, root / "suite", tmp_path / "out", progress=False)
-    s = results["settings"]["mock"]["sampler"]
-    assert s["bias_pilot"]["bias_gradient_evaluations"] > 0 and s["bias_pilot"]["seconds"] > 0
-    with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
-        assert np.all(np.isfinite(f["theta"][...])) and np.all(np.isfinite(f["omega"][...]))
     # the pilot's chains are cached with the setting: another pilot length is another run
     other = field_level._setting_key(dataclass_replace(pilot, n_bias_pilot=60), "mock", "x")
     assert other != field_level._setting_key(pilot, "mock", "x")
