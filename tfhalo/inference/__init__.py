@@ -11,7 +11,8 @@
 * :class:`GibbsKernel`, :class:`GibbsConfig`, :func:`sample_gibbs`: blocked
   (Metropolis-within-Gibbs) sampling, each block moved by its own TFP kernel
   (HMC, slice sampling, ...) given the others, as BORG alternates the initial
-  conditions and the bias parameters.
+  conditions and the bias parameters; a :class:`BlockCarry` moves a block with
+  the others held in non-centred coordinates, so that they follow it.
 * :class:`DrawReduction` (``reduction=`` of :func:`sample` and :func:`sample_gibbs`):
   keep a large block of coordinates (a field) only every ``thin``-th draw, with
   its mean over all draws and per-draw summaries (:class:`ThinnedDraws`), in
@@ -58,6 +59,7 @@ _HOMES = {
     "to_inference_data": "diagnostics",
     "DrawReduction": "reduction",
     "ThinnedDraws": "reduction",
+    "BlockCarry": "gibbs",
     "GibbsConfig": "gibbs",
     "GibbsKernel": "gibbs",
     "sample_gibbs": "gibbs",
@@ -88,6 +90,7 @@ def __dir__():
 
 
 __all__ = [
+    "BlockCarry",
     "Chains",
     "DrawReduction",
     "ThinnedDraws",
