@@ -37,6 +37,9 @@ from tests.helpers.scripts import load_script
     ("bias_kernel", "mala", "bias_kernel must be one of .* Received: bias_kernel='mala'"),
     ("bias_steps", 0, "bias_steps must be at least 1. Received: bias_steps=0"),
     ("n_bias_pilot", 10, "n_bias_pilot must be at least 50. Received: n_bias_pilot=10"),
+    ("bias_carry", "shear", "bias_carry must be one of .* Received: bias_carry='shear'"),
+    ("bias_carry", "npe_moments", "bias_carry needs sampler='gibbs' .* Received: bias_carry='npe_moments', "
+                                  "sampler='joint'"),
 ])
 def test_every_field_is_checked_on_construction(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -112,7 +115,7 @@ def test_every_override_flag_reaches_its_config_field():
     shell = _shell()
     values = {int: "3", float: "2.5e11", str: None}
     choices = {"start": "prior", "preconditioner": "none", "bias_coordinates": "diagonal", "sampler": "gibbs",
-               "bias_kernel": "nuts"}
+               "bias_kernel": "nuts", "bias_carry": "npe_moments"}
     argv, want = [], {}
     for flag, field, kind, _ in field_level.CLI_OVERRIDES:
         text = choices.get(field) if kind is str else values[kind]

@@ -234,13 +234,14 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
     np.testing.assert_allclose(conditional, joint - field_prior, rtol=1e-10)
 
 
-# Two slice transitions per sweep keep the study's multi-step bias block covered; HMC takes one. NUTS shares
-# HMC's step-size adaptation here and is checked in the blocked sampler's own tests (tests/inference).
-@pytest.mark.parametrize("bias_kernel,bias_steps", [("slice", 2), ("hmc", 1)])
-def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bias_kernel, bias_steps):
+# Two slice transitions per sweep keep the study's multi-step bias block covered; HMC takes one, with the
+# field's move carrying the bias. NUTS shares HMC's step-size adaptation here and is checked in the blocked
+# sampler's own tests (tests/inference), as the carry's exactness is.
+@pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry", [("slice", 2, "none"), ("hmc", 1, "npe_moments")])
+def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bias_kernel, bias_steps, bias_carry):
     config, root, _ = study
     gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_steps": bias_steps,
-                                                         "bias_kernel": bias_kernel})
+                                                         "bias_kernel": bias_kernel, "bias_carry": bias_carry})
     results = field_level.run(gibbs, root / "suite", tmp_path / "out", progress=False)
     s = results["settings"]["mock"]["sampler"]
     sweeps = gibbs.n_warmup + gibbs.n_samples
@@ -348,3 +349,11 @@ def test_fixed_bias_mock_samples_the_white_noise_alone_on_the_mocks_catalogue(st
     assert s["sampler"]["gradients_per_ess_bias"] is None and s["sampler"]["bias_spread"] is None
     assert s["sampler"]["bias_fixed"] is True and s["sampler"]["acceptance_rate"] > 0.3
     assert "bias parameters known" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_bias_carry_keys_carried_runs_only():
+    gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs"})
+    # the default is left out, so that keys written before the carry existed stand for it
+    assert "bias_carry" not in field_level._setting_key(gibbs, "mock", "x")["config"]
+    carried = field_level._setting_key(dataclass_replace(gibbs, bias_carry="npe_moments"), "mock", "x")
+    assert carried["config"]["bias_carry"] == "npe_moments"

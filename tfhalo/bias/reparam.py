@@ -162,15 +162,8 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
             anchor = check_finite_array("anchor", np.asarray(anchor, np.float64))
             if anchor.shape != (n_feat,):
                 raise ValueError(f"anchor must have shape ({n_feat},). Received: anchor={anchor}")
-        starts = dict(zip([id(v) for v in model.trainable_variables], layout.offsets[:-1]))
         n_out = int(head.kernel.shape[1])
-        w0, b0 = int(starts[id(weights[0])]), int(starts[id(npe.bias)])
-        k0, d0 = int(starts[id(head.kernel)]), int(starts[id(head.bias)])
-        # Flat indices (row-major variable layout): radial[r, 0, f], bias[f], kernel[f, j], bias[j].
-        self.w_index = w0 + np.arange(n_radial)[:, None] * n_feat + np.arange(n_feat)[None, :]  # (R, F)
-        self.b_index = b0 + np.arange(n_feat)
-        self.c_index = k0 + np.arange(n_feat * n_out).reshape(n_feat, n_out)
-        self.d_index = d0 + np.arange(n_out)
+        self.w_index, self.b_index, self.c_index, self.d_index = npe_head_slots(model, layout)
         self.size, self.n_radial, self.n_feat, self.n_out = layout.size, n_radial, n_feat, n_out
         self.n_components = int(head.n_components)
         self.amplitude_shift = float(head.amplitude_shift)
@@ -367,6 +360,30 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
         if self.validate_args:
             return backend.assert_positive(scale, "theta outside the reparametrisation's domain (w_hat^T Sigma w <= 0)")
         return scale
+
+
+def npe_head_slots(model, layout):
+    """Flat indices of a neural bias model's parameters in ``theta``: ``(w (R, F), b (F,), c (F, J), d (J,))``.
+
+    ``w[r, f]`` is the NPE's radial weight of shell ``r`` for feature ``f`` (one input
+    channel, ``l = 0``), ``b`` the NPE's bias, ``c`` and ``d`` the head's kernel and bias;
+    the layout is row-major per variable (:class:`~tfhalo.bias.likelihood.ParameterLayout`).
+
+    Args:
+        model: a :class:`~tfhalo.bias.model.NeuralBiasModel` whose NPE has one radial weight
+            tensor ``(R, 1, F)`` and a bias.
+        layout: its :class:`~tfhalo.bias.likelihood.ParameterLayout`.
+    """
+    npe, head = model.npe, model.head
+    weights = [v for v in npe.trainable_variables if "radial" in v.path]
+    n_radial, _, n_feat = (int(s) for s in weights[0].shape)
+    n_out = int(head.kernel.shape[1])
+    starts = dict(zip([id(v) for v in model.trainable_variables], layout.offsets[:-1]))
+    w0, b0 = int(starts[id(weights[0])]), int(starts[id(npe.bias)])
+    k0, d0 = int(starts[id(head.kernel)]), int(starts[id(head.bias)])
+    # Flat indices (row-major variable layout): radial[r, 0, f], bias[f], kernel[f, j], bias[j].
+    return (w0 + np.arange(n_radial)[:, None] * n_feat + np.arange(n_feat)[None, :],
+            b0 + np.arange(n_feat), k0 + np.arange(n_feat * n_out).reshape(n_feat, n_out), d0 + np.arange(n_out))
 
 
 def _flatten_last(t, rank: int):

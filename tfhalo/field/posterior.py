@@ -498,13 +498,15 @@ class FieldLevelPosterior:
 
         return conditional
 
+    def white_noise_log_prior(self, omega):
+        """``(C,)`` normalised ``ln N(omega; 0, I)`` of ``omega (C, n^3)``."""
+        return -0.5 * ops.sum(ops.square(omega), axis=-1) - 0.5 * self.n_field * math.log(2.0 * math.pi)
+
     def log_prob(self, state):
         """``(C,)`` normalised log prior + ln L at ``state (C, size)`` (unnormalised posterior)."""
         state = self._check_state(state)
         omega, theta = self.split(state)
-        field_prior = -0.5 * ops.sum(ops.square(state[:, : self.n_field]), axis=-1) - 0.5 * self.n_field * math.log(
-            2.0 * math.pi
-        )
+        field_prior = self.white_noise_log_prior(state[:, : self.n_field])
         bias_prior = log_prior(theta, self.prior_scale)
         return field_prior + bias_prior + self.log_likelihood(omega, theta)
 

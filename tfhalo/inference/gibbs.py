@@ -328,7 +328,9 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
                 s += 1
             if a is not None:  # the other blocks follow the move, at the same a
                 carried, _ = carries[i].carry(bijectors[i].forward(blocks[i]), a)
-                blocks = [z if j == i else ops.cast(bijectors[j].inverse(x), z.dtype)
+                # "+ 0": a new tensor, so that a block's bijector computes forward(z) afresh instead of returning
+                # (from TFP's bijector cache) the carried value, through which no gradient in z flows.
+                blocks = [z if j == i else ops.cast(bijectors[j].inverse(x), z.dtype) + 0.0
                           for j, (z, x) in enumerate(zip(blocks, carried))]
             results.append(r)
         return ops.concatenate(blocks, axis=-1), tuple(results)

@@ -78,6 +78,9 @@ PRECONDITIONERS = ("curvature", "prior", "none")
 BIAS_COORDINATES = ("local_linear", "diagonal", "pilot")
 SAMPLERS = ("joint", "gibbs")
 BIAS_KERNELS = ("slice", "nuts", "hmc")
+#: How the bias follows the field's move in the blocked sampler: held fixed ("none"), or carried so that
+#: the NPE's pre-activation keeps its mean and variance over the voxels (:class:`tfhalo.field.carry.NPEMomentCarry`).
+BIAS_CARRIES = ("none", "npe_moments")
 #: Fewest warm-up iterations (and draws) of the bias pilot (``bias_coordinates="pilot"``).
 MIN_BIAS_PILOT = 50
 #: NUTS settings of the bias block (``bias_kernel="nuts"``) and of the bias pilot.
@@ -147,6 +150,10 @@ class Config:
             80% of the warm-up, and follow the bias posterior's long curved directions given
             the field, which hit-and-run crosses by a random walk.
         bias_steps: transitions of the bias kernel per sweep (``sampler="gibbs"``).
+        bias_carry: ``"none"`` (the field moves with the bias held fixed) or ``"npe_moments"``
+            (``sampler="gibbs"``: the field's move carries the bias so that the NPE's
+            pre-activation keeps its mean and variance over the voxels, an exact
+            non-centred move, :class:`~tfhalo.field.carry.NPEMomentCarry`).
         n_bias_pilot: warm-up iterations and draws per chain of the bias pilot
             (``bias_coordinates="pilot"``; at least :data:`MIN_BIAS_PILOT`).
         n_probes: Hutchinson probes of the curvature estimate.
@@ -195,6 +202,7 @@ class Config:
     sampler: str = "joint"
     bias_kernel: str = "slice"
     bias_steps: int = 10
+    bias_carry: str = "none"
     n_bias_pilot: int = 300
     n_probes: int = 8
     n_chains: int = 2
@@ -245,6 +253,10 @@ class Config:
         check_choice("sampler", self.sampler, SAMPLERS)
         check_choice("bias_kernel", self.bias_kernel, BIAS_KERNELS)
         set_("bias_steps", check_int("bias_steps", self.bias_steps, minimum=1))
+        check_choice("bias_carry", self.bias_carry, BIAS_CARRIES)
+        if self.bias_carry != "none" and self.sampler != "gibbs":
+            raise ValueError(f"bias_carry needs sampler='gibbs' (the field's move is a block of it). "
+                             f"Received: bias_carry={self.bias_carry!r}, sampler={self.sampler!r}")
         set_("n_bias_pilot", check_int("n_bias_pilot", self.n_bias_pilot, minimum=MIN_BIAS_PILOT))
         if self.sampler == "gibbs" and self.devices != 1:
             raise ValueError(f"devices must be 1 with sampler='gibbs' (its chains run on one device). "
@@ -340,6 +352,9 @@ CLI_OVERRIDES = (
     ("--sampler", "sampler", str, "joint (one HMC kernel) or gibbs (field by HMC, bias by --bias-kernel, alternately)"),
     ("--bias-kernel", "bias_kernel", str, "slice, nuts or hmc: the bias block's kernel (--sampler gibbs)"),
     ("--bias-steps", "bias_steps", int, "transitions of the bias kernel per Gibbs sweep"),
+    ("--bias-carry", "bias_carry", str,
+     "none or npe_moments: the field's move carries the bias, the NPE pre-activation's voxel mean and variance "
+     "held (--sampler gibbs)"),
     ("--leapfrog-steps", "leapfrog_steps", int, None),
     ("--target-accept", "target_accept", float, None),
     ("--map-steps", "map_steps", int, "Adam steps of the bias fit"),
@@ -727,7 +742,8 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
     by HMC whose step size adapts by dual averaging; the bias moves by TFP's hit-and-run
     ``SliceSampler`` (Neal 2003) or by NUTS with dual averaging (``bias_kernel``) in its
     sampling coordinates (``bias_bijector``), on a conditional that reuses the sweep's
-    LPT density.  Every move leaves the joint
+    LPT density.  With ``bias_carry="npe_moments"`` the field's move carries the bias
+    (:class:`~tfhalo.field.carry.NPEMomentCarry`).  Every move leaves the joint
     posterior invariant.
     """
     import dataclasses
@@ -765,9 +781,14 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
     def bias_conditional(blocks):
         return posterior.bias_conditional(posterior.log_density(ops.reshape(blocks[0], (-1, n, n, n))))
 
+    carry = None
+    if config.bias_carry == "npe_moments":
+        from tfhalo.field.carry import NPEMomentCarry
+
+        carry = NPEMomentCarry(posterior, np.asarray(state0[0, :n_field], np.float64))
     kernel = inf.GibbsKernel(posterior.log_prob, [n_field, posterior.n_bias], [field_kernel, bias_kernel],
                              conditional_fns=[None, bias_conditional], bijectors=[field_bijector, bias_bijector],
-                             steps_per_sweep=[1, config.bias_steps])
+                             steps_per_sweep=[1, config.bias_steps], carries=[carry, None])
     gibbs = inf.GibbsConfig(num_chains=config.n_chains, num_warmup=config.n_warmup, num_samples=config.n_samples,
                             seed=config.chains_seed + offset, jit_compile=config.jit_compile)
     chains = inf.sample_gibbs(kernel, state0, gibbs, progress=progress, checkpoint_dir=checkpoint_dir,
@@ -1105,6 +1126,8 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
         unused.add("keep_field_draws")
     if config.sampler != "gibbs":
         unused |= {"bias_kernel", "bias_steps"}
+    if config.bias_carry == "none":  # the default, which keys written before it existed stand for
+        unused.add("bias_carry")
     if config.bias_coordinates != "pilot":
         unused.add("n_bias_pilot")
     keep = {k: v for k, v in config.to_dict().items() if k not in unused}
