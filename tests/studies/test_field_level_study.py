@@ -259,6 +259,9 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
     # both blocks move: every chain visits more than one value of the bias and of the field
     assert np.all(np.ptp(theta, axis=0) > 0) and np.all(np.ptp(omega.reshape(gibbs.n_samples, gibbs.n_chains, -1),
                                                                 axis=0).max(axis=-1) > 0)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"then {bias_steps} {bias_kernel} move(s) of the bias" in report
+    assert ("carrying the bias" in report) == (bias_carry == "npe_moments")
 
 
 def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study):

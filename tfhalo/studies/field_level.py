@@ -1303,6 +1303,16 @@ def _fmt(x, spec=".3f"):
     return format(x, spec)
 
 
+def _sampler_text(cfg: dict) -> str:
+    """``"HMC chains"``, or the blocked sampler's blocks (bias kernel, moves per sweep, carry)."""
+    if cfg.get("sampler", "joint") != "gibbs":
+        return "HMC chains"
+    carry = cfg.get("bias_carry", "none")
+    moved = "carrying the bias (NPE pre-activation moments held)" if carry == "npe_moments" else "given the bias"
+    return (f"blocked chains (the white noise by HMC {moved}, then {cfg['bias_steps']} {cfg['bias_kernel']} "
+            f"move(s) of the bias given the field per sweep)")
+
+
 def report(r: dict) -> str:
     """Markdown report of a results dict written by :func:`run`."""
     cfg = r["config"]
@@ -1316,10 +1326,11 @@ def report(r: dict) -> str:
         f"({r['data']['threshold_particles']:.0f} particles) of one {r['simulation']['n_side']}^3-particle N-body "
         f"run in ({r['simulation']['box_size']:g} Mpc/h)^3 (seed {r['seed']}).",
         "",
-        f"Chains: {cfg['n_chains']} HMC chains of {cfg['n_warmup']} warm-up and {cfg['n_samples']} kept "
+        f"Chains: {cfg['n_chains']} {_sampler_text(cfg)} of {cfg['n_warmup']} warm-up and {cfg['n_samples']} kept "
         f"iterations, {cfg['leapfrog_steps']} leapfrog steps, started from the {cfg['start']} "
         f"({'a prior draw of the white noise' if cfg['start'] == 'prior' else 'field MAP'}), bias from its fit to "
-        f"the N-body field; preconditioner: {cfg['preconditioner']}.",
+        f"the N-body field; preconditioner: {cfg['preconditioner']}; bias coordinates: "
+        f"{cfg.get('bias_coordinates', 'diagonal')}.",
         "",
         f"Machine: {r['machine']}. Total {r['timings']['total_s']:.0f} s.",
         "",
