@@ -14,7 +14,9 @@ BORG-like inference (Jasche & Wandelt 2013, arXiv:1203.3639).
 * :mod:`tfhalo.field.precondition`: the Fourier-space preconditioner (a bijector of TFP's substrate
   of the Keras backend, TensorFlow or JAX; loaded on first use, so that importing
   :mod:`tfhalo.field` imports no TFP);
-* :mod:`tfhalo.field.analysis`: power spectra, cross-correlation and coverage of posterior draws.
+* :mod:`tfhalo.field.analysis`: power spectra, cross-correlation and coverage of posterior draws;
+* :mod:`tfhalo.field.carry`: :class:`NPEMomentCarry`, the blocked sampler's field move carrying the
+  bias (loaded on first use, like the preconditioner).
 
 The derivation and the files a run writes are in ``docs/field_level.md``.
 
@@ -39,11 +41,16 @@ __all__ = [
     "FieldCatalogue",
     "FieldLevelPosterior",
     "draw_mock_catalogue",
+    "NPEMomentCarry",
     *_PRECONDITION,
 ]
 
 
 def __getattr__(name):
+    if name == "NPEMomentCarry":
+        from tfhalo.field import carry
+
+        return carry.NPEMomentCarry
     if name in _PRECONDITION:
         from tfhalo.field import precondition
 
