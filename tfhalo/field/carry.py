@@ -85,8 +85,6 @@ class NPEMomentCarry(BlockCarry):
                              f"Received: reference_omega.shape={omega.shape}")
         self.posterior = posterior
         self.w_index, self.b_index, _, _ = npe_head_slots(model, posterior.layout)
-        if self.w_index.shape[0] < 1:
-            raise ValueError(f"the NPE has no radial weights. Received: w_index.shape={self.w_index.shape}")
         n = posterior.n_grid
         _, _, mean, cov = self.shell_moments(backend.constant(omega.reshape(1, n, n, n)))
         self.reference_mean = backend.to_numpy(mean)[0].astype(np.float64)
