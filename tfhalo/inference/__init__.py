@@ -13,6 +13,9 @@
   (HMC, slice sampling, ...) given the others, as BORG alternates the initial
   conditions and the bias parameters; a :class:`BlockCarry` moves a block with
   the others held in non-centred coordinates, so that they follow it.
+* :class:`JitteredStepSize`: an HMC-like kernel with a random step per
+  transition (log-uniform below the adapted one), so that a chain in a region
+  stiffer than the adapted step allows still moves.
 * :class:`DrawReduction` (``reduction=`` of :func:`sample` and :func:`sample_gibbs`):
   keep a large block of coordinates (a field) only every ``thin``-th draw, with
   its mean over all draws and per-draw summaries (:class:`ThinnedDraws`), in
@@ -62,6 +65,7 @@ _HOMES = {
     "BlockCarry": "gibbs",
     "GibbsConfig": "gibbs",
     "GibbsKernel": "gibbs",
+    "JitteredStepSize": "jitter",
     "sample_gibbs": "gibbs",
     "Chains": "sampler",
     "batched": "sampler",
@@ -72,7 +76,7 @@ _HOMES = {
 }
 
 
-_SUBMODULES = ("bijectors", "config", "diagnostics", "gibbs", "reduction", "sampler")
+_SUBMODULES = ("bijectors", "config", "diagnostics", "gibbs", "jitter", "reduction", "sampler")
 
 
 def __getattr__(name):
@@ -96,6 +100,7 @@ __all__ = [
     "ThinnedDraws",
     "GibbsConfig",
     "GibbsKernel",
+    "JitteredStepSize",
     "SamplerConfig",
     "check_chain_devices",
     "checkpoint_identity",

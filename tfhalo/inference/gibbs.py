@@ -273,6 +273,8 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
         return list(self._parameters["block_sizes"])
 
     def _split(self, state):
+        if len(self.block_sizes) == 1:  # ops.split cannot cut at no index
+            return [state]
         return list(ops.split(state, np.cumsum(self.block_sizes)[:-1].tolist(), axis=-1))
 
     def forward(self, z):
