@@ -40,10 +40,23 @@ from tests.helpers.scripts import load_script
     ("bias_carry", "shear", "bias_carry must be one of .* Received: bias_carry='shear'"),
     ("bias_carry", "npe_moments", "bias_carry needs sampler='gibbs' .* Received: bias_carry='npe_moments', "
                                   "sampler='joint'"),
+    ("bias_min_step_factor", 0.0, "bias_min_step_factor must be positive. Received: bias_min_step_factor=0.0"),
+    ("bias_min_step_factor", 1.5, r"bias_min_step_factor must be in \(0, 1\]. Received: bias_min_step_factor=1.5"),
+    ("bias_min_step_factor", float("nan"), "bias_min_step_factor must be a finite number"),
+    ("bias_min_step_factor", 0.25, "bias_min_step_factor needs sampler='gibbs' .* Received: "
+                                   "bias_min_step_factor=0.25, sampler='joint'"),
 ])
 def test_every_field_is_checked_on_construction(field, value, match):
     with pytest.raises(ValueError, match=match):
         field_level.Config.preset("quick", **{field: value})
+
+
+def test_a_random_bias_step_needs_a_bias_kernel_with_a_step():
+    with pytest.raises(ValueError, match="bias_min_step_factor needs .* bias_kernel='slice'"):
+        field_level.Config.preset("quick", sampler="gibbs", bias_kernel="slice", bias_min_step_factor=0.5)
+    for kernel in ("hmc", "nuts"):
+        cfg = field_level.Config.preset("quick", sampler="gibbs", bias_kernel=kernel, bias_min_step_factor=0.5)
+        assert cfg.bias_min_step_factor == 0.5
 
 
 @pytest.mark.parametrize("bias_kernel", field_level.BIAS_KERNELS)

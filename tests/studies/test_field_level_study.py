@@ -234,14 +234,17 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
     np.testing.assert_allclose(conditional, joint - field_prior, rtol=1e-10)
 
 
-# Two slice transitions per sweep keep the study's multi-step bias block covered; HMC takes one, with the
-# field's move carrying the bias. NUTS shares HMC's step-size adaptation here and is checked in the blocked
+# Two slice transitions per sweep keep the study's multi-step bias block covered; HMC takes one, NUTS shares HMC's step-size adaptation here and is checked in the blocked
 # sampler's own tests (tests/inference), as the carry's exactness is.
-@pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry", [("slice", 2, "none"), ("hmc", 1, "npe_moments")])
-def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bias_kernel, bias_steps, bias_carry):
+# with the field's move carrying the bias and a random step per bias transition.
+@pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry,factor", [("slice", 2, "none", 1.0),
+                                                                      ("hmc", 1, "npe_moments", 0.5)])
+def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bias_kernel, bias_steps, bias_carry,
+                                                            factor):
     config, root, _ = study
     gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_steps": bias_steps,
-                                                         "bias_kernel": bias_kernel, "bias_carry": bias_carry})
+                                                         "bias_kernel": bias_kernel, "bias_carry": bias_carry,
+                                                         "bias_min_step_factor": factor})
     results = field_level.run(gibbs, root / "suite", tmp_path / "out", progress=False)
     s = results["settings"]["mock"]["sampler"]
     sweeps = gibbs.n_warmup + gibbs.n_samples
@@ -262,6 +265,7 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"then {bias_steps} {bias_kernel} move(s) of the bias" in report
     assert ("carrying the bias" in report) == (bias_carry == "npe_moments")
+    assert ("steps drawn log-uniformly from 0.5 to 1" in report) == (factor == 0.5)
 
 
 def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study):
@@ -360,3 +364,10 @@ def test_the_bias_carry_keys_carried_runs_only():
     assert "bias_carry" not in field_level._setting_key(gibbs, "mock", "x")["config"]
     carried = field_level._setting_key(dataclass_replace(gibbs, bias_carry="npe_moments"), "mock", "x")
     assert carried["config"]["bias_carry"] == "npe_moments"
+
+
+def test_the_bias_step_factor_keys_jittered_runs_only():
+    gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_kernel": "hmc"})
+    assert "bias_min_step_factor" not in field_level._setting_key(gibbs, "mock", "x")["config"]
+    jittered = field_level._setting_key(dataclass_replace(gibbs, bias_min_step_factor=0.25), "mock", "x")
+    assert jittered["config"]["bias_min_step_factor"] == 0.25

@@ -150,6 +150,11 @@ class Config:
             80% of the warm-up, and follow the bias posterior's long curved directions given
             the field, which hit-and-run crosses by a random walk.
         bias_steps: transitions of the bias kernel per sweep (``sampler="gibbs"``).
+        bias_min_step_factor: in ``(0, 1]``; below 1, each transition of the ``"hmc"`` or
+            ``"nuts"`` bias kernel uses the adapted step times a factor drawn log-uniformly
+            from ``[bias_min_step_factor, 1]`` per chain (:class:`~tfhalo.inference.JitteredStepSize`):
+            exact, and a chain whose bias reaches a region stiffer than the adapted step
+            allows (where every trajectory diverges) still moves.  1 (the default) draws no factor.
         bias_carry: ``"none"`` (the field moves with the bias held fixed) or ``"npe_moments"``
             (``sampler="gibbs"``: the field's move carries the bias so that the NPE's
             pre-activation keeps its mean and variance over the voxels, an exact
@@ -203,6 +208,7 @@ class Config:
     bias_kernel: str = "slice"
     bias_steps: int = 10
     bias_carry: str = "none"
+    bias_min_step_factor: float = 1.0
     n_bias_pilot: int = 300
     n_probes: int = 8
     n_chains: int = 2
@@ -257,6 +263,14 @@ class Config:
         if self.bias_carry != "none" and self.sampler != "gibbs":
             raise ValueError(f"bias_carry needs sampler='gibbs' (the field's move is a block of it). "
                              f"Received: bias_carry={self.bias_carry!r}, sampler={self.sampler!r}")
+        set_("bias_min_step_factor", check_float("bias_min_step_factor", self.bias_min_step_factor, positive=True))
+        if self.bias_min_step_factor > 1.0:
+            raise ValueError(f"bias_min_step_factor must be in (0, 1]. Received: "
+                             f"bias_min_step_factor={self.bias_min_step_factor}")
+        if self.bias_min_step_factor != 1.0 and (self.sampler != "gibbs" or self.bias_kernel == "slice"):
+            raise ValueError("bias_min_step_factor needs sampler='gibbs' with bias_kernel 'hmc' or 'nuts' (a "
+                             f"step size to draw). Received: bias_min_step_factor={self.bias_min_step_factor}, "
+                             f"sampler={self.sampler!r}, bias_kernel={self.bias_kernel!r}")
         set_("n_bias_pilot", check_int("n_bias_pilot", self.n_bias_pilot, minimum=MIN_BIAS_PILOT))
         if self.sampler == "gibbs" and self.devices != 1:
             raise ValueError(f"devices must be 1 with sampler='gibbs' (its chains run on one device). "
@@ -355,6 +369,8 @@ CLI_OVERRIDES = (
     ("--bias-carry", "bias_carry", str,
      "none or npe_moments: the field's move carries the bias, the NPE pre-activation's voxel mean and variance "
      "held (--sampler gibbs)"),
+    ("--bias-min-step-factor", "bias_min_step_factor", float,
+     "below 1, each HMC/NUTS bias transition's step is the adapted one times a log-uniform factor from this to 1"),
     ("--leapfrog-steps", "leapfrog_steps", int, None),
     ("--target-accept", "target_accept", float, None),
     ("--map-steps", "map_steps", int, "Adam steps of the bias fit"),
@@ -773,6 +789,8 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
         else:
             inner = tfp.mcmc.HamiltonianMonteCarlo(f, step_size=backend.constant(0.1),
                                                    num_leapfrog_steps=BIAS_LEAPFROG_STEPS)
+        if config.bias_min_step_factor != 1.0:
+            inner = inf.JitteredStepSize(inner, min_factor=config.bias_min_step_factor)
         # The kernel counts its own transitions, bias_steps per sweep.
         return tfp.mcmc.DualAveragingStepSizeAdaptation(
             inner, num_adaptation_steps=n_adapt * config.bias_steps,
@@ -1128,6 +1146,8 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
         unused |= {"bias_kernel", "bias_steps"}
     if config.bias_carry == "none":  # the default, which keys written before it existed stand for
         unused.add("bias_carry")
+    if config.bias_min_step_factor == 1.0:  # the same
+        unused.add("bias_min_step_factor")
     if config.bias_coordinates != "pilot":
         unused.add("n_bias_pilot")
     keep = {k: v for k, v in config.to_dict().items() if k not in unused}
@@ -1309,8 +1329,10 @@ def _sampler_text(cfg: dict) -> str:
         return "HMC chains"
     carry = cfg.get("bias_carry", "none")
     moved = "carrying the bias (NPE pre-activation moments held)" if carry == "npe_moments" else "given the bias"
+    factor = cfg.get("bias_min_step_factor", 1.0)
+    jitter = f", steps drawn log-uniformly from {factor:g} to 1 times the adapted one" if factor != 1.0 else ""
     return (f"blocked chains (the white noise by HMC {moved}, then {cfg['bias_steps']} {cfg['bias_kernel']} "
-            f"move(s) of the bias given the field per sweep)")
+            f"move(s) of the bias given the field per sweep{jitter})")
 
 
 def report(r: dict) -> str:
