@@ -47,6 +47,21 @@ def check_float(name: str, value, positive: bool = False) -> float:
     return out
 
 
+def check_fraction(name: str, value) -> float:
+    """``value`` as a finite ``float`` in ``(0, 1]`` (a smallest factor, say).
+
+    Example:
+        >>> check_fraction("min_factor", 1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: min_factor must be in (0, 1]. Received: min_factor=1.5
+    """
+    out = check_float(name, value, positive=True)
+    if out > 1.0:
+        raise ValueError(f"{name} must be in (0, 1]. Received: {name}={value!r}")
+    return out
+
+
 def check_probability(name: str, value) -> float:
     """``value`` as a finite ``float`` strictly between 0 and 1 (an acceptance target, say).
 

@@ -43,6 +43,7 @@ import math
 from keras import ops
 
 from tfhalo import backend
+from tfhalo.validation import check_fraction
 
 tfp = backend.tfp
 
@@ -108,12 +109,7 @@ class JitteredStepSize(tfp.mcmc.TransitionKernel):
     """
 
     def __init__(self, inner_kernel, min_factor: float = 0.25, name=None):
-        try:
-            factor = float(min_factor)
-        except (TypeError, ValueError):
-            factor = float("nan")
-        if not (math.isfinite(factor) and 0.0 < factor <= 1.0):
-            raise ValueError(f"min_factor must be a number in (0, 1]. Received: min_factor={min_factor!r}")
+        factor = check_fraction("min_factor", min_factor)
         params = getattr(inner_kernel, "parameters", {})
         # HMC-like: a leapfrog integrator (a fixed number of steps, or NUTS's trees) with a step size.
         if not hasattr(inner_kernel, "one_step") or "step_size" not in params or not (

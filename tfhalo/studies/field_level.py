@@ -61,7 +61,7 @@ import numpy as np
 
 from tfhalo.atomic import atomic_path, write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
-from tfhalo.validation import check_bool, check_choice, check_float, check_int
+from tfhalo.validation import check_bool, check_choice, check_float, check_fraction, check_int
 
 __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread", "report"]
 
@@ -263,10 +263,7 @@ class Config:
         if self.bias_carry != "none" and self.sampler != "gibbs":
             raise ValueError(f"bias_carry needs sampler='gibbs' (the field's move is a block of it). "
                              f"Received: bias_carry={self.bias_carry!r}, sampler={self.sampler!r}")
-        set_("bias_min_step_factor", check_float("bias_min_step_factor", self.bias_min_step_factor, positive=True))
-        if self.bias_min_step_factor > 1.0:
-            raise ValueError(f"bias_min_step_factor must be in (0, 1]. Received: "
-                             f"bias_min_step_factor={self.bias_min_step_factor}")
+        set_("bias_min_step_factor", check_fraction("bias_min_step_factor", self.bias_min_step_factor))
         if self.bias_min_step_factor != 1.0 and (self.sampler != "gibbs" or self.bias_kernel == "slice"):
             raise ValueError("bias_min_step_factor needs sampler='gibbs' with bias_kernel 'hmc' or 'nuts' (a "
                              f"step size to draw). Received: bias_min_step_factor={self.bias_min_step_factor}, "
