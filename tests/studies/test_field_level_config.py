@@ -40,6 +40,8 @@ from tests.helpers.scripts import load_script
     ("bias_carry", "shear", "bias_carry must be one of .* Received: bias_carry='shear'"),
     ("bias_carry", "npe_moments", "bias_carry needs sampler='gibbs' .* Received: bias_carry='npe_moments', "
                                   "sampler='joint'"),
+    ("n_components", 0, "n_components must be at least 1. Received: n_components=0"),
+    ("n_components", 1.5, "n_components must be an integer. Received: n_components=1.5"),
     ("bias_min_step_factor", 0.0, "bias_min_step_factor must be positive. Received: bias_min_step_factor=0.0"),
     ("bias_min_step_factor", 1.5, r"bias_min_step_factor must be in \(0, 1\]. Received: bias_min_step_factor=1.5"),
     ("bias_min_step_factor", float("nan"), "bias_min_step_factor must be a finite number"),

@@ -236,16 +236,21 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
 
 # Two slice transitions per sweep keep the study's multi-step bias block covered; HMC takes one, NUTS shares HMC's step-size adaptation here and is checked in the blocked
 # sampler's own tests (tests/inference), as the carry's exactness is.
-# with the field's move carrying the bias and a random step per bias transition.
-@pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry,factor", [("slice", 2, "none", 1.0),
-                                                                      ("hmc", 1, "npe_moments", 0.5)])
+# with the field's move carrying the bias, a random step per bias transition and the one-Gaussian head.
+@pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry,factor,n_components", [("slice", 2, "none", 1.0, 2),
+                                                                                   ("hmc", 1, "npe_moments", 0.5, 1)])
 def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bias_kernel, bias_steps, bias_carry,
-                                                            factor):
+                                                            factor, n_components):
     config, root, _ = study
     gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_steps": bias_steps,
                                                          "bias_kernel": bias_kernel, "bias_carry": bias_carry,
-                                                         "bias_min_step_factor": factor})
+                                                         "bias_min_step_factor": factor,
+                                                         "n_components": n_components})
     results = field_level.run(gibbs, root / "suite", tmp_path / "out", progress=False)
+    # 4 radial weights and a bias of the NPE, then an amplitude, a mean and a width per Gaussian, each a
+    # slope and an intercept
+    n_bias = 5 + 6 * n_components
+    assert len(results["bias_fit"]["theta"]) == n_bias
     s = results["settings"]["mock"]["sampler"]
     sweeps = gibbs.n_warmup + gibbs.n_samples
     assert s["n_gradient_evaluations"] == sweeps * (gibbs.leapfrog_steps + 1) * gibbs.n_chains
@@ -258,7 +263,7 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
     assert all(0.0 <= b["acceptance_rate"] <= 1.0 and b["step_size"] > 0 for b in blocks.values())
     with h5py.File(tmp_path / "out" / "mock" / field_level.SAMPLES_FILE) as f:
         omega, theta = f["omega"][...], f["theta"][...]
-    assert np.all(np.isfinite(theta)) and np.all(np.isfinite(omega))
+    assert np.all(np.isfinite(theta)) and np.all(np.isfinite(omega)) and theta.shape[-1] == n_bias
     # both blocks move: every chain visits more than one value of the bias and of the field
     assert np.all(np.ptp(theta, axis=0) > 0) and np.all(np.ptp(omega.reshape(gibbs.n_samples, gibbs.n_chains, -1),
                                                                 axis=0).max(axis=-1) > 0)
@@ -266,6 +271,7 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
     assert f"then {bias_steps} {bias_kernel} move(s) of the bias" in report
     assert ("carrying the bias" in report) == (bias_carry == "npe_moments")
     assert ("steps drawn log-uniformly from 0.5 to 1" in report) == (factor == 0.5)
+    assert ("a mixture head of 1 Gaussian; the paper's has 2" in report) == (n_components == 1)
 
 
 def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study):
@@ -364,6 +370,13 @@ def test_the_bias_carry_keys_carried_runs_only():
     assert "bias_carry" not in field_level._setting_key(gibbs, "mock", "x")["config"]
     carried = field_level._setting_key(dataclass_replace(gibbs, bias_carry="npe_moments"), "mock", "x")
     assert carried["config"]["bias_carry"] == "npe_moments"
+
+
+def test_the_head_keys_runs_other_than_the_papers_only():
+    gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_kernel": "hmc"})
+    assert "n_components" not in field_level._setting_key(gibbs, "mock", "x")["config"]
+    one = field_level._setting_key(dataclass_replace(gibbs, n_components=1), "mock", "x")
+    assert one["config"]["n_components"] == 1
 
 
 def test_the_bias_step_factor_keys_jittered_runs_only():

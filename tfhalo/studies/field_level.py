@@ -119,6 +119,11 @@ class Config:
         particle_factor: LPT particles per voxel per side (:class:`~tfhalo.field.forward.LPTForwardModel`);
             2 puts 8 particles in a voxel, which keeps ``log(1 + delta)`` of nearly empty
             voxels, and so the posterior, from becoming stiff.
+        n_components: Gaussians of the neural bias model's mixture-density head.  2, the
+            default, is Charnock et al.'s model (17 parameters); 1 gives an 11-parameter head
+            with one log-normal mass function per voxel, whose posterior lacks the two-component
+            head's weakly identified directions (see docs/field_level.md, "Known limitations").
+            The mock catalogue is drawn from the model with this head.
         map_steps, map_starts: Adam steps and starts of the bias fit to the N-body field.
         settings: which of ``"mock"``, ``"nbody"`` and ``"mock_fixed_bias"`` to run.
         start: chains start from a ``"prior"`` draw of the white noise, or from a
@@ -197,6 +202,7 @@ class Config:
     threshold_mass: float = 2e12
     order: int = 2
     particle_factor: int = 2
+    n_components: int = 2
     map_steps: int = 600
     map_starts: int = 2
     settings: Tuple[str, ...] = SETTINGS
@@ -244,6 +250,7 @@ class Config:
         set_("particle_factor", check_int("particle_factor", self.particle_factor, minimum=1, maximum=4))
         if self.particle_factor > 1 and self.n_grid % 2:
             raise ValueError(f"n_grid must be even when particle_factor > 1. Received: n_grid={self.n_grid}")
+        set_("n_components", check_int("n_components", self.n_components, minimum=1))
         set_("map_steps", check_int("map_steps", self.map_steps, minimum=1))
         set_("map_starts", check_int("map_starts", self.map_starts, minimum=1))
         settings = tuple(self.settings) if isinstance(self.settings, (list, tuple)) else (self.settings,)
@@ -371,6 +378,8 @@ CLI_OVERRIDES = (
     ("--leapfrog-steps", "leapfrog_steps", int, None),
     ("--target-accept", "target_accept", float, None),
     ("--map-steps", "map_steps", int, "Adam steps of the bias fit"),
+    ("--n-components", "n_components", int,
+     "Gaussians of the bias model's mixture head: 2 (the paper's, 17 parameters) or 1 (11 parameters)"),
     ("--devices", "devices", int, "JAX devices to split the chains over (KERAS_BACKEND=jax)"),
 )
 
@@ -521,11 +530,14 @@ def _bias_fit(config: Config, sim, out: Path, progress: bool, overwrite: bool):
     from tfhalo.studies import common
 
     data = bias_data_from_simulation(sim, config.n_grid, config.threshold_mass, source="nbody")
-    model = build_model(math.log(config.threshold_mass), config.n_grid, dtype="float64")
+    model = build_model(math.log(config.threshold_mass), config.n_grid, n_components=config.n_components,
+                        dtype="float64")
     like = NeuralBiasLikelihood(model, data)
     key = dict(step="bias_fit", simulation=common.fingerprint(sim.initial_density), n_grid=config.n_grid,
                threshold_mass=config.threshold_mass, map_steps=config.map_steps, map_starts=config.map_starts,
                seed=config.seed)
+    if config.n_components != 2:  # the paper's head, which keys written before the field existed stand for
+        key["n_components"] = config.n_components
     cache = common.Cache(out, key, overwrite=overwrite)
     stored = cache.load("bias_fit.npz")
     if stored is None:
@@ -1145,6 +1157,8 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
         unused.add("bias_carry")
     if config.bias_min_step_factor == 1.0:  # the same
         unused.add("bias_min_step_factor")
+    if config.n_components == 2:  # the same
+        unused.add("n_components")
     if config.bias_coordinates != "pilot":
         unused.add("n_bias_pilot")
     keep = {k: v for k, v in config.to_dict().items() if k not in unused}
@@ -1320,6 +1334,13 @@ def _fmt(x, spec=".3f"):
     return format(x, spec)
 
 
+def _head_text(cfg: dict) -> str:
+    n = cfg.get("n_components", 2)
+    if n == 2:
+        return ""
+    return f" (a mixture head of {n} Gaussian{'s' if n > 1 else ''}; the paper's has 2)"
+
+
 def _sampler_text(cfg: dict) -> str:
     """``"HMC chains"``, or the blocked sampler's blocks (bias kernel, moves per sweep, carry)."""
     if cfg.get("sampler", "joint") != "gibbs":
@@ -1341,7 +1362,7 @@ def report(r: dict) -> str:
         "Charnock, Lavaux, Wandelt, Sarma Boruah, Jasche & Hudson (2020), arXiv:1909.06379, sections 4-5. "
         f"{r['data']['n_field_parameters']} white-noise parameters on a {cfg['n_grid']}^3 grid of "
         f"{r['simulation']['box_size'] / cfg['n_grid']:.2f} Mpc/h voxels plus {r['data']['n_bias_parameters']} "
-        f"bias parameters; {cfg['order']}LPT forward model; halos above {cfg['threshold_mass']:.3g} Msun/h "
+        f"bias parameters{_head_text(cfg)}; {cfg['order']}LPT forward model; halos above {cfg['threshold_mass']:.3g} Msun/h "
         f"({r['data']['threshold_particles']:.0f} particles) of one {r['simulation']['n_side']}^3-particle N-body "
         f"run in ({r['simulation']['box_size']:g} Mpc/h)^3 (seed {r['seed']}).",
         "",
