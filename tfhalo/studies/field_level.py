@@ -120,10 +120,10 @@ class Config:
             2 puts 8 particles in a voxel, which keeps ``log(1 + delta)`` of nearly empty
             voxels, and so the posterior, from becoming stiff.
         n_components: Gaussians of the neural bias model's mixture-density head.  2, the
-            default, is Charnock et al.'s model (17 parameters); 1 gives an 11-parameter head
-            with one log-normal mass function per voxel, whose posterior lacks the two-component
-            head's weakly identified directions (see docs/field_level.md, "Known limitations").
-            The mock catalogue is drawn from the model with this head.
+            default, is Charnock et al.'s model (17 parameters); 1 gives an 11-parameter model
+            with one Gaussian in ln M per voxel, whose posterior lacks the two-component head's
+            weakly identified directions (see docs/field_level.md, "Known limitations").  The
+            mock catalogue is drawn from the model with this head.
         map_steps, map_starts: Adam steps and starts of the bias fit to the N-body field.
         settings: which of ``"mock"``, ``"nbody"`` and ``"mock_fixed_bias"`` to run.
         start: chains start from a ``"prior"`` draw of the white noise, or from a
