@@ -234,9 +234,10 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
     np.testing.assert_allclose(conditional, joint - field_prior, rtol=1e-10)
 
 
-# Two slice transitions per sweep keep the study's multi-step bias block covered; HMC takes one, NUTS shares HMC's step-size adaptation here and is checked in the blocked
-# sampler's own tests (tests/inference), as the carry's exactness is.
-# with the field's move carrying the bias, a random step per bias transition and the one-Gaussian head.
+# Two slice transitions per sweep keep the study's multi-step bias block covered. HMC takes one, with the
+# field's move carrying the bias, a random step per bias transition and the one-Gaussian head. NUTS shares
+# HMC's step-size adaptation here and is checked in the blocked sampler's own tests (tests/inference), as the
+# carry's exactness is.
 @pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry,factor,n_components", [("slice", 2, "none", 1.0, 2),
                                                                                    ("hmc", 1, "npe_moments", 0.5, 1)])
 def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bias_kernel, bias_steps, bias_carry,
