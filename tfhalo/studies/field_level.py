@@ -1362,7 +1362,8 @@ def report(r: dict) -> str:
         "Charnock, Lavaux, Wandelt, Sarma Boruah, Jasche & Hudson (2020), arXiv:1909.06379, sections 4-5. "
         f"{r['data']['n_field_parameters']} white-noise parameters on a {cfg['n_grid']}^3 grid of "
         f"{r['simulation']['box_size'] / cfg['n_grid']:.2f} Mpc/h voxels plus {r['data']['n_bias_parameters']} "
-        f"bias parameters{_head_text(cfg)}; {cfg['order']}LPT forward model; halos above {cfg['threshold_mass']:.3g} Msun/h "
+        f"bias parameters{_head_text(cfg)}; {cfg['order']}LPT forward model; halos above "
+        f"{cfg['threshold_mass']:.3g} Msun/h "
         f"({r['data']['threshold_particles']:.0f} particles) of one {r['simulation']['n_side']}^3-particle N-body "
         f"run in ({r['simulation']['box_size']:g} Mpc/h)^3 (seed {r['seed']}).",
         "",
