@@ -180,6 +180,47 @@ def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path):
         sample_gibbs(kernel, np.zeros((4, P)), cfg, progress=False, checkpoint_dir=files[0])
 
 
+def test_a_checkpoint_of_other_block_kernels_or_bijector_values_is_refused(tmp_path):
+    """The identity names each block kernel's settings and the bijectors' values, not only their classes;
+    a checkpoint written before it did (the older form of the same run's identity) is still read."""
+    from tfhalo.inference import gibbs as gibbs_module
+
+    _, _, _, log_prob = _gaussian()
+
+    def hmc(steps):
+        return lambda f: tfp.mcmc.HamiltonianMonteCarlo(f, step_size=0.3, num_leapfrog_steps=steps)
+
+    def scaled(scale):
+        return GibbsKernel(log_prob, [3, 2], [hmc(4), _slice],
+                           bijectors=[None, tfp.bijectors.Scale(backend.constant(scale))])
+
+    kernel = scaled(1.0)
+    cfg = _config(num_warmup=10, num_samples=10, block_size=10)
+    ckpt = tmp_path / "ckpt"
+    first = sample_gibbs(kernel, np.zeros((4, P)), cfg, progress=False, checkpoint_dir=ckpt)
+    for other in (GibbsKernel(log_prob, [3, 2], [hmc(5), _slice],
+                              bijectors=[None, tfp.bijectors.Scale(backend.constant(1.0))]), scaled(2.0)):
+        with pytest.raises(ValueError, match="checkpoint of another run: block_00000.npz: the target, the kernels"):
+            sample_gibbs(other, np.zeros((4, P)), cfg, progress=False, checkpoint_dir=ckpt)
+    again = sample_gibbs(scaled(1.0), np.zeros((4, P)), cfg, progress=False, checkpoint_dir=ckpt)
+    np.testing.assert_array_equal(again.samples, first.samples)
+    ident = gibbs_module._block_kernels_identity(kernel)
+    assert ident[0] == {"kernel": "HamiltonianMonteCarlo", "num_leapfrog_steps": "4", "state_gradients_are_stopped":
+                        False, "step_size": "0.3"}
+    assert ident[1]["kernel"] == "SliceSampler" and ident[1]["max_doublings"] == "5"
+    # Rewritten with the identity's older form (no kernel settings, bijectors by class), the blocks are read.
+    theta0 = np.zeros((4, P))
+    lp0 = backend.to_numpy(log_prob(backend.constant(theta0)))
+    old_form = gibbs_module._fingerprint(kernel, cfg, theta0, lp0, kernels=False)
+    assert old_form != gibbs_module._fingerprint(kernel, cfg, theta0, lp0)
+    for f in ckpt.glob("block_*.npz"):
+        with np.load(f) as z:
+            arrays = {k: z[k] for k in z.files}
+        np.savez(f, **dict(arrays, fingerprint=np.array(old_form)))
+    np.testing.assert_array_equal(sample_gibbs(kernel, theta0, cfg, progress=False, checkpoint_dir=ckpt).samples,
+                                  first.samples)
+
+
 def test_more_kept_draws_extend_a_checkpointed_run_and_fewer_read_its_prefix(tmp_path):
     from tfhalo.inference import gibbs as gibbs_module
 
@@ -209,7 +250,7 @@ def test_more_kept_draws_extend_a_checkpointed_run_and_fewer_read_its_prefix(tmp
     # Checkpoints written when the identity held num_samples are extended too.
     theta0 = np.zeros((4, P))
     lp0 = backend.to_numpy(log_prob(backend.constant(theta0)))
-    legacy = gibbs_module._fingerprint(kernel, short, theta0, lp0, extendable=False)
+    legacy = gibbs_module._fingerprint(kernel, short, theta0, lp0, extendable=False, kernels=False)
     assert legacy != gibbs_module._fingerprint(kernel, short, theta0, lp0)
     old = tmp_path / "old"
     old.mkdir()
@@ -223,7 +264,7 @@ def test_more_kept_draws_extend_a_checkpointed_run_and_fewer_read_its_prefix(tmp
     # ... but not a legacy checkpoint of another seed.
     arrays.update(fingerprint=np.array(gibbs_module._fingerprint(kernel, _config(num_warmup=20, num_samples=15,
                                                                                    block_size=10, seed=7),
-                                                                   theta0, lp0, extendable=False)))
+                                                                   theta0, lp0, extendable=False, kernels=False)))
     np.savez(old / "block_00000.npz", **arrays)
     with pytest.raises(ValueError, match="checkpoint of another run: block_00000.npz: the target"):
         sample_gibbs(kernel, theta0, long, progress=False, checkpoint_dir=old)

@@ -42,6 +42,9 @@ from tests.helpers.scripts import load_script
                                   "sampler='joint'"),
     ("n_components", 0, "n_components must be at least 1. Received: n_components=0"),
     ("n_components", 1.5, "n_components must be an integer. Received: n_components=1.5"),
+    ("bias_metric", "fisher", "bias_metric must be one of .* Received: bias_metric='fisher'"),
+    ("bias_metric", "warmup", "bias_metric='warmup' needs sampler='gibbs' with bias_coordinates='local_linear' .* "
+                              "Received: bias_metric='warmup', sampler='joint'"),
     ("bias_min_step_factor", 0.0, "bias_min_step_factor must be positive. Received: bias_min_step_factor=0.0"),
     ("bias_min_step_factor", 1.5, r"bias_min_step_factor must be in \(0, 1\]. Received: bias_min_step_factor=1.5"),
     ("bias_min_step_factor", float("nan"), "bias_min_step_factor must be a finite number"),
@@ -59,6 +62,18 @@ def test_a_random_bias_step_needs_a_bias_kernel_with_a_step():
     for kernel in ("hmc", "nuts"):
         cfg = field_level.Config.preset("quick", sampler="gibbs", bias_kernel=kernel, bias_min_step_factor=0.5)
         assert cfg.bias_min_step_factor == 0.5
+
+
+def test_the_warmup_bias_metric_needs_the_local_linear_coordinates_and_a_warmup_to_estimate_it():
+    gibbs = dict(sampler="gibbs", bias_kernel="hmc", bias_metric="warmup")
+    with pytest.raises(ValueError, match="needs sampler='gibbs' with bias_coordinates='local_linear' .* "
+                                         "bias_coordinates='diagonal'"):
+        field_level.Config.preset("quick", **gibbs)
+    with pytest.raises(ValueError, match="n_warmup must be at least 16 with bias_metric='warmup' .* "
+                                         "Received: n_warmup=0"):
+        field_level.Config.preset("quick", bias_coordinates="local_linear", n_warmup=0, **gibbs)
+    cfg = field_level.Config.preset("quick", bias_coordinates="local_linear", n_warmup=20, **gibbs)
+    assert cfg.bias_metric == "warmup"
 
 
 @pytest.mark.parametrize("bias_kernel", field_level.BIAS_KERNELS)

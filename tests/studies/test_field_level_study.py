@@ -235,18 +235,20 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
 
 
 # Two slice transitions per sweep keep the study's multi-step bias block covered. HMC takes one, with the
-# field's move carrying the bias, a random step per bias transition and the one-Gaussian head. NUTS shares
-# HMC's step-size adaptation here and is checked in the blocked sampler's own tests (tests/inference), as the
-# carry's exactness is.
-@pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry,factor,n_components", [("slice", 2, "none", 1.0, 2),
-                                                                                   ("hmc", 1, "npe_moments", 0.5, 1)])
+# field's move carrying the bias, a random step per bias transition, the one-Gaussian head and the bias metric
+# re-estimated halfway through the warm-up. NUTS shares HMC's step-size adaptation here and is checked in the
+# blocked sampler's own tests (tests/inference), as the carry's exactness is.
+@pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry,factor,n_components,metric",
+                         [("slice", 2, "none", 1.0, 2, "start"), ("hmc", 1, "npe_moments", 0.5, 1, "warmup")])
 def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bias_kernel, bias_steps, bias_carry,
-                                                            factor, n_components):
+                                                            factor, n_components, metric):
     config, root, _ = study
+    coordinates = "local_linear" if metric == "warmup" else "diagonal"
     gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_steps": bias_steps,
                                                          "bias_kernel": bias_kernel, "bias_carry": bias_carry,
                                                          "bias_min_step_factor": factor,
-                                                         "n_components": n_components})
+                                                         "n_components": n_components,
+                                                         "bias_coordinates": coordinates, "bias_metric": metric})
     results = field_level.run(gibbs, root / "suite", tmp_path / "out", progress=False)
     # 4 radial weights and a bias of the NPE, then an amplitude, a mean and a width per Gaussian, each a
     # slope and an intercept
@@ -273,6 +275,14 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
     assert ("carrying the bias" in report) == (bias_carry == "npe_moments")
     assert ("steps drawn log-uniformly from 0.5 to 1" in report) == (factor == 0.5)
     assert ("a mixture head of 1 Gaussian; the paper's has 2" in report) == (n_components == 1)
+    # The metric's stage is half the warm-up (its draws the second quarter), inside the sweeps counted above.
+    assert ("metric re-estimated from its draws over the first half of the warm-up" in report) == (metric == "warmup")
+    if metric == "warmup":
+        bm = s["bias_metric"]
+        assert (bm["sweeps"], bm["draws_per_chain"]) == (gibbs.n_warmup // 2, gibbs.n_warmup // 4)
+        assert 0.0 <= bm["spread_min"] <= bm["spread_max"] and 0.0 < bm["seconds"] < s["seconds"]
+    else:
+        assert "bias_metric" not in s
 
 
 def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study):
@@ -378,6 +388,52 @@ def test_the_head_keys_runs_other_than_the_papers_only():
     assert "n_components" not in field_level._setting_key(gibbs, "mock", "x")["config"]
     one = field_level._setting_key(dataclass_replace(gibbs, n_components=1), "mock", "x")
     assert one["config"]["n_components"] == 1
+
+
+def test_the_bias_metric_keys_warmup_runs_only():
+    gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_kernel": "hmc",
+                                                         "bias_coordinates": "local_linear"})
+    assert "bias_metric" not in field_level._setting_key(gibbs, "mock", "x")["config"]
+    warm = field_level._setting_key(dataclass_replace(gibbs, bias_metric="warmup"), "mock", "x")
+    assert warm["config"]["bias_metric"] == "warmup"
+
+
+@pytest.mark.parametrize("n_warmup", [16, 17, 300, 301])
+def test_the_warmup_metric_stages_add_up_to_the_warmup(n_warmup):
+    warm1, draws1, warm2 = field_level._warmup_stages(n_warmup)
+    assert warm1 + draws1 + warm2 == n_warmup and min(warm1, draws1) >= 4 and warm2 >= n_warmup // 2
+
+
+def test_bias_metric_from_draws_whitens_them_and_keeps_the_starts_widths_where_they_did_not_go(study):
+    """Against NumPy: theta = start(mean + chol(Sigma) z), Sigma = n/(n+5) cov + 5/(n+5) I in the start's
+    coordinates. Draws confined to a plane leave the other directions at sqrt(5/(n+5)) of the start's widths."""
+    from tfhalo import backend
+
+    posterior, state, theta = _nbody_posterior(study)
+    start = field_level._local_linear_bias_bijector(posterior, state)
+    rng = np.random.default_rng(5)
+    n, p = 300, theta.size
+    z_start = np.zeros((n, p))
+    z_start[:, :2] = rng.normal(size=(n, 2)) * [3.0, 0.5] + [0.2, -0.1]    # explored: 2 of the p directions
+    draws = backend.to_numpy(start.forward(backend.constant(z_start))).reshape(100, 3, p)
+    metric = field_level.bias_metric_from_draws(start, draws)
+    sigma = n / (n + 5.0) * np.cov(z_start, rowvar=False) + 5.0 / (n + 5.0) * np.eye(p)
+    u = rng.normal(size=(4, p))
+    want = backend.to_numpy(start.forward(backend.constant(z_start.mean(0) + u @ np.linalg.cholesky(sigma).T)))
+    np.testing.assert_allclose(backend.to_numpy(metric.forward(backend.constant(u))), want, rtol=1e-7, atol=1e-9)
+    w = backend.to_numpy(metric.inverse(backend.constant(draws.reshape(-1, p))))
+    np.testing.assert_allclose(w.mean(0), 0.0, atol=1e-7)
+    chol_inv = np.linalg.inv(np.linalg.cholesky(sigma))
+    np.testing.assert_allclose(np.cov(w, rowvar=False), chol_inv @ np.cov(z_start, rowvar=False) @ chol_inv.T,
+                               atol=1e-7)
+    # an unexplored direction: the start's unit width shrunk by the weight of the identity
+    other = backend.to_numpy(metric.forward(backend.constant(np.eye(p)[[5]])))
+    back = backend.to_numpy(start.inverse(backend.constant(other)))[0] - z_start.mean(0)
+    assert back[5] == pytest.approx(np.sqrt(5.0 / (n + 5.0)), rel=1e-6)
+    with pytest.raises(ValueError, match=r"theta_draws must be \(\.\.\., P\) with at least 2 draws"):
+        field_level.bias_metric_from_draws(start, draws[0, 0])
+    with pytest.raises(ValueError, match="theta_draws must be finite"):
+        field_level.bias_metric_from_draws(start, np.where(draws == draws[0, 0, 0], np.nan, draws))
 
 
 def test_the_bias_step_factor_keys_jittered_runs_only():

@@ -365,8 +365,72 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
         return out
 
 
+# Kernel parameters that do not change the chains (or are the target itself, which lp0 stands for).
+_NOT_IDENTITY = frozenset({"name", "target_log_prob_fn", "experimental_shard_axis_names",
+                           "experimental_reduce_chain_axis_names", "store_parameters_in_results",
+                           "parallel_iterations"})
+
+
+def _kernel_identity(value):
+    """A JSON-ready description of a TFP transition kernel's settings, for checkpoint fingerprints.
+
+    The kernel's class and every parameter in its ``parameters`` that can change its
+    transitions: nested kernels (``inner_kernel``) recursively, numbers and small
+    arrays by value (10 significant digits), larger arrays by a hash of their float32
+    values (so that last-bit differences between machines do not change them).
+    Functions (the target, TFP's getter/setter hooks) and names are left out.
+
+    Args:
+        value: a ``tfp.mcmc.TransitionKernel`` (or one of its parameters).
+
+    Returns:
+        A dict (a kernel), list, string, number, bool or None.
+
+    Example:
+        >>> _kernel_identity(tfp.mcmc.HamiltonianMonteCarlo(lambda x: -x**2, 0.1, 20))["num_leapfrog_steps"]
+        '20'
+    """
+    if isinstance(value, tfp.mcmc.TransitionKernel):
+        params = getattr(value, "parameters", None) or {}
+        return dict(kernel=type(value).__name__, **{
+            k: _kernel_identity(v) for k, v in sorted(params.items())
+            if k not in _NOT_IDENTITY and (isinstance(v, tfp.mcmc.TransitionKernel) or not callable(v))})
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return f"{value:.10g}"
+    try:
+        arr = np.asarray(backend.to_numpy(value), np.float64)
+    except (TypeError, ValueError):
+        return type(value).__name__
+    if arr.size > 8:
+        return hashlib.sha256(np.ascontiguousarray(arr, np.float32).tobytes()).hexdigest()[:16]
+    return [f"{x:.10g}" for x in arr.ravel()]
+
+
+def _block_kernels_identity(kernel: GibbsKernel) -> list:
+    """Each block's kernel settings (:func:`_kernel_identity`), built on a stand-in target."""
+    def stand_in(x):  # the factories only wrap their target; none is evaluated here
+        return ops.zeros(ops.shape(x)[:-1], dtype=x.dtype)
+
+    return [_kernel_identity(make(stand_in)) for make in kernel.parameters["kernel_fns"]]
+
+
+def _bijectors_probe(kernel: GibbsKernel) -> bytes:
+    """Each block's bijector at two fixed points of its sampling coordinates (float32 bytes): two maps of the
+    same class with other parameters (another scale, another Hessian) differ here."""
+    rng = np.random.default_rng(20240611)
+    out = []
+    for size, bij in zip(kernel.block_sizes, kernel.parameters["bijectors"]):
+        probe = np.concatenate([np.zeros((1, size)), 0.5 * rng.standard_normal((1, size))])
+        out.append(np.asarray(backend.to_numpy(bij.forward(backend.constant(probe))), np.float32).tobytes())
+    return b"".join(out)
+
+
 def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, lp0: np.ndarray,
-                 extendable: bool = True, reduction=None) -> str:
+                 extendable: bool = True, reduction=None, kernels: bool = True) -> str:
+    # kernels=False: the identity checkpoints had before the block kernels' settings and the bijectors' values
+    # entered it (it named only the bijectors' classes), which such checkpoints are still read by.
     p = kernel.parameters
     fields = dict(config=checkpoint_identity(config, extendable), block_sizes=p["block_sizes"], steps=p["steps_per_sweep"],
                   bijectors=[type(b).__name__ for b in p["bijectors"]], lp0=[f"{v:.10g}" for v in lp0],
@@ -375,9 +439,13 @@ def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, l
         fields["reduction"] = reduction.identity()
     if any(c is not None for c in p["carries"]):  # absent otherwise: checkpoints from before carries stay valid
         fields["carries"] = [None if c is None else type(c).__name__ for c in p["carries"]]
+    if kernels:
+        fields["kernels"] = _block_kernels_identity(kernel)
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     h.update(str(theta0.shape).encode())
     h.update(np.ascontiguousarray(theta0, np.float64).tobytes())
+    if kernels:
+        h.update(_bijectors_probe(kernel))
     return h.hexdigest()
 
 
@@ -452,9 +520,10 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     # Checkpoints from before num_samples left the identity (this run's fingerprint with it: a reduced run's
     # matches none of them, since none was reduced).
     legacy = lambda n: _fingerprint(kernel, dataclasses.replace(config, num_samples=n), theta0, lp0,  # noqa: E731
-                                    extendable=False, reduction=reduction)
+                                    extendable=False, reduction=reduction, kernels=False)
     ckpt = _Checkpoint(ckpt_dir, _fingerprint(kernel, config, theta0, lp0, reduction=reduction), config,
-                       legacy=legacy)
+                       legacy=legacy, also=[_fingerprint(kernel, config, theta0, lp0, reduction=reduction,
+                                                         kernels=False)])
     # The kernels' results are nested named tuples; a checkpoint stores their leaves in order and
     # packs them back into the structure a fresh start has.
     template_leaves = keras.tree.flatten(results)

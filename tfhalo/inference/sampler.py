@@ -378,16 +378,18 @@ def _fingerprint(config, init, z0, lp0, bijector, warmup=None, extendable: bool 
 class _Checkpoint:
     """``warmup.npz`` (adapted step size, inverse mass, state) and ``block_NNNNN.npz`` (sampling blocks)."""
 
-    def __init__(self, directory, fingerprint, config, legacy=None):
+    def __init__(self, directory, fingerprint, config, legacy=None, also=()):
         self.dir = None if directory is None else Path(directory)
         self.fingerprint = fingerprint
+        # Older forms of this run's fingerprint (an identity that has since grown) whose checkpoints stay valid.
+        self.also = tuple(also)
         self.config_json = json.dumps(config.chain_fields(), sort_keys=True)
         # num_samples -> the fingerprint this run had before checkpoints were extendable (it held
         # num_samples), so that their blocks are reused, and extended, too.
         self.legacy = legacy
 
     def _check(self, path, data):
-        if str(data["fingerprint"]) == self.fingerprint:
+        if str(data["fingerprint"]) == self.fingerprint or str(data["fingerprint"]) in self.also:
             return
         theirs = json.loads(str(data["config"]))
         ours = json.loads(self.config_json)
@@ -403,7 +405,7 @@ class _Checkpoint:
             why = (f"it was written on the {their_backend} backend, this run is on {backend.NAME} (their random "
                    "streams differ)")
         else:
-            why = "the target, the bijector or initial_state differ"
+            why = "the target, the kernels, the bijectors or initial_state differ"
         raise ValueError(f"checkpoint_dir holds a checkpoint of another run: {path.name}: {why}. Use another "
                          f"checkpoint_dir or delete it. Received: checkpoint_dir='{self.dir}'")
 

@@ -63,7 +63,8 @@ from tfhalo.atomic import atomic_path, write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
 from tfhalo.validation import check_bool, check_choice, check_float, check_fraction, check_int
 
-__all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread", "report"]
+__all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread",
+           "bias_metric_from_draws", "report"]
 
 SETTINGS = ("mock", "nbody", "mock_fixed_bias")
 #: Settings whose bias parameters are held at the values the mock catalogue was drawn with.
@@ -81,6 +82,13 @@ BIAS_KERNELS = ("slice", "nuts", "hmc")
 #: How the bias follows the field's move in the blocked sampler: held fixed ("none"), or carried so that
 #: the NPE's pre-activation keeps its mean and variance over the voxels (:class:`tfhalo.field.carry.NPEMomentCarry`).
 BIAS_CARRIES = ("none", "npe_moments")
+#: The bias block's metric with ``sampler="gibbs"``: the local-linear coordinates' Laplace map at the chains'
+#: start (``"start"``), or a dense metric re-estimated from the chains' own bias draws over the first half of the
+#: warm-up (``"warmup"``; :func:`bias_metric_from_draws`).
+BIAS_METRICS = ("start", "warmup")
+#: Fewest warm-up sweeps with ``bias_metric="warmup"``: each quarter (the first stage's step adaptation and its
+#: draws) needs at least 4.
+MIN_WARMUP_FOR_BIAS_METRIC = 16
 #: Fewest warm-up iterations (and draws) of the bias pilot (``bias_coordinates="pilot"``).
 MIN_BIAS_PILOT = 50
 #: NUTS settings of the bias block (``bias_kernel="nuts"``) and of the bias pilot.
@@ -164,6 +172,15 @@ class Config:
             (``sampler="gibbs"``: the field's move carries the bias so that the NPE's
             pre-activation keeps its mean and variance over the voxels, an exact
             non-centred move, :class:`~tfhalo.field.carry.NPEMomentCarry`).
+        bias_metric: ``"start"`` (the bias coordinates as built at the chains' start) or
+            ``"warmup"`` (``sampler="gibbs"`` with ``bias_coordinates="local_linear"``: the first half
+            of the warm-up runs the blocked chains in those coordinates, and the regularised
+            covariance of their bias draws, in the local-linear map's coordinates, becomes the bias
+            block's dense metric for the rest of the warm-up and the kept sweeps; the metric is fixed
+            before the kept sweeps, so they stay exact; :func:`bias_metric_from_draws`).  Given the
+            fields the chains visit, the bias spreads along combinations of its parameters tens of
+            times wider than the start's curvature widths, which the start's Laplace map cannot know.
+            Needs ``n_warmup`` of at least :data:`MIN_WARMUP_FOR_BIAS_METRIC`.
         n_bias_pilot: warm-up iterations and draws per chain of the bias pilot
             (``bias_coordinates="pilot"``; at least :data:`MIN_BIAS_PILOT`).
         n_probes: Hutchinson probes of the curvature estimate.
@@ -215,6 +232,7 @@ class Config:
     bias_steps: int = 10
     bias_carry: str = "none"
     bias_min_step_factor: float = 1.0
+    bias_metric: str = "start"
     n_bias_pilot: int = 300
     n_probes: int = 8
     n_chains: int = 2
@@ -275,6 +293,11 @@ class Config:
             raise ValueError("bias_min_step_factor needs sampler='gibbs' with bias_kernel 'hmc' or 'nuts' (a "
                              f"step size to draw). Received: bias_min_step_factor={self.bias_min_step_factor}, "
                              f"sampler={self.sampler!r}, bias_kernel={self.bias_kernel!r}")
+        check_choice("bias_metric", self.bias_metric, BIAS_METRICS)
+        if self.bias_metric != "start" and (self.sampler != "gibbs" or self.bias_coordinates != "local_linear"):
+            raise ValueError("bias_metric='warmup' needs sampler='gibbs' with bias_coordinates='local_linear' (the "
+                             f"metric is estimated in its coordinates). Received: bias_metric={self.bias_metric!r}, "
+                             f"sampler={self.sampler!r}, bias_coordinates={self.bias_coordinates!r}")
         set_("n_bias_pilot", check_int("n_bias_pilot", self.n_bias_pilot, minimum=MIN_BIAS_PILOT))
         if self.sampler == "gibbs" and self.devices != 1:
             raise ValueError(f"devices must be 1 with sampler='gibbs' (its chains run on one device). "
@@ -288,6 +311,9 @@ class Config:
         set_("keep_checkpoint", check_bool("keep_checkpoint", self.keep_checkpoint))
         set_("keep_field_draws", check_bool("keep_field_draws", self.keep_field_draws))
         check_sampler_settings(self)
+        if self.bias_metric == "warmup" and self.n_warmup < MIN_WARMUP_FOR_BIAS_METRIC:
+            raise ValueError(f"n_warmup must be at least {MIN_WARMUP_FOR_BIAS_METRIC} with bias_metric='warmup' (its "
+                             f"first half estimates the metric). Received: n_warmup={self.n_warmup}")
 
     @property
     def chains_seed(self) -> int:
@@ -375,6 +401,9 @@ CLI_OVERRIDES = (
      "held (--sampler gibbs)"),
     ("--bias-min-step-factor", "bias_min_step_factor", float,
      "below 1, each HMC/NUTS bias transition's step is the adapted one times a log-uniform factor from this to 1"),
+    ("--bias-metric", "bias_metric", str,
+     "start (the bias coordinates' Laplace map at the chains' start) or warmup (a dense metric from the bias draws "
+     "of the first half of the warm-up; --sampler gibbs --bias-coordinates local_linear)"),
     ("--leapfrog-steps", "leapfrog_steps", int, None),
     ("--target-accept", "target_accept", float, None),
     ("--map-steps", "map_steps", int, "Adam steps of the bias fit"),
@@ -640,6 +669,9 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoi
     if setting in FIXED_BIAS_SETTINGS:
         chains = _fixed_bias_chains(config, posterior, state0, scales, offset, checkpoint_dir, progress, reduction)
         info = {"bias_fixed": True}
+    elif config.sampler == "gibbs" and config.bias_metric == "warmup":
+        chains, info = _gibbs_chains_with_warmup_metric(config, posterior, state0, scales, offset, checkpoint_dir,
+                                                        progress, reduction)
     elif config.sampler == "gibbs":
         bias_bijector, info = _bias_bijector(config, posterior, state0, theta_fit, bias_scale, offset,
                                              checkpoint_dir, progress)
@@ -760,7 +792,8 @@ def bias_spread(theta_draws, conditional_scale) -> dict:
 
 
 def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector, offset: int,
-                  checkpoint_dir: Optional[Path], progress: bool, reduction=None):
+                  checkpoint_dir: Optional[Path], progress: bool, reduction=None, n_warmup: Optional[int] = None,
+                  n_samples: Optional[int] = None, seed: Optional[int] = None):
     """Blocked chains: HMC on the white noise given the bias, then ``bias_kernel`` on the bias given the field.
 
     The white noise moves in the Fourier-preconditioned coordinates (``field_scale``)
@@ -769,7 +802,8 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
     sampling coordinates (``bias_bijector``), on a conditional that reuses the sweep's
     LPT density.  With ``bias_carry="npe_moments"`` the field's move carries the bias
     (:class:`~tfhalo.field.carry.NPEMomentCarry`).  Every move leaves the joint
-    posterior invariant.
+    posterior invariant.  ``n_warmup``, ``n_samples`` and ``seed`` replace the config's
+    (a stage of the warm-up runs fewer sweeps with its own seed).
     """
     import dataclasses
 
@@ -782,7 +816,10 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
     tfp = backend.tfp
     n, n_field = config.n_grid, posterior.n_field
     field_bijector = None if config.preconditioner == "none" else FourierPreconditioner(n, 0, field_scale=field_scale)
-    n_adapt = max(1, int(0.8 * config.n_warmup))
+    n_warmup = config.n_warmup if n_warmup is None else n_warmup
+    n_samples = config.n_samples if n_samples is None else n_samples
+    seed = config.chains_seed + offset if seed is None else seed
+    n_adapt = max(1, int(0.8 * n_warmup))
 
     def field_kernel(f):
         hmc = tfp.mcmc.HamiltonianMonteCarlo(f, step_size=backend.constant(0.1),
@@ -816,13 +853,111 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
     kernel = inf.GibbsKernel(posterior.log_prob, [n_field, posterior.n_bias], [field_kernel, bias_kernel],
                              conditional_fns=[None, bias_conditional], bijectors=[field_bijector, bias_bijector],
                              steps_per_sweep=[1, config.bias_steps], carries=[carry, None])
-    gibbs = inf.GibbsConfig(num_chains=config.n_chains, num_warmup=config.n_warmup, num_samples=config.n_samples,
-                            seed=config.chains_seed + offset, jit_compile=config.jit_compile)
+    gibbs = inf.GibbsConfig(num_chains=config.n_chains, num_warmup=n_warmup, num_samples=n_samples, seed=seed,
+                            jit_compile=config.jit_compile)
     chains = inf.sample_gibbs(kernel, state0, gibbs, progress=progress, checkpoint_dir=checkpoint_dir,
                               reduction=reduction)
     # Per chain and sweep: the gradient at the refreshed start and one per leapfrog step.
-    sweeps = config.n_warmup + config.n_samples
-    return dataclasses.replace(chains, n_gradient_evaluations=sweeps * (config.leapfrog_steps + 1))
+    return dataclasses.replace(chains, n_gradient_evaluations=(n_warmup + n_samples) * (config.leapfrog_steps + 1))
+
+
+def bias_metric_from_draws(bijector, theta_draws):
+    """The bias block's coordinates ``theta = bijector(mean + chol(Sigma) z)`` from bias draws.
+
+    ``Sigma`` is Stan's regularised dense-metric estimate (Carpenter et al. 2017;
+    :func:`tfhalo.inference.preconditioner_from_draws`) from the draws mapped back to
+    ``bijector``'s coordinates, shrunk towards the identity there, that is towards
+    ``bijector``'s own metric, with weight ``5 / (n + 5)`` for ``n`` draws: the local-linear
+    coordinates' Laplace map at the chains' start (:func:`_local_linear_bias_bijector`),
+    in which the bias posterior given a typical field is nearly Gaussian.  The draws' own
+    mean and covariance are whitened, so a chain whose bias spreads along combinations of
+    parameters far wider than the start's curvature widths meets those directions at unit
+    scale, while directions the draws have not explored keep a share of the start's widths.
+    Built from warm-up draws and then held fixed, the map keeps the chains that use it exact.
+
+    Args:
+        bijector: a ``tfp.bijectors.Bijector`` ``(..., P) -> theta (..., P)``, the coordinates the draws
+            were sampled in.
+        theta_draws: ``(..., P)`` finite bias draws in ``bijector``'s range, at least 2.
+
+    Returns:
+        A float64 ``tfp.bijectors.Bijector`` ``z (..., P) -> theta (..., P)``.
+
+    Raises:
+        ValueError: draws that are not finite, fewer than 2, or not ``(..., P)`` for ``bijector``.
+
+    Example:
+        >>> start = _local_linear_bias_bijector(posterior, state0[0])
+        >>> metric = bias_metric_from_draws(start, warmup_theta)        # (S, C, 17) draws
+        >>> z = metric.inverse(warmup_theta.reshape(-1, 17))           # mean 0, covariance ~I
+    """
+    import tfhalo.inference as inf
+    from tfhalo import backend
+    from tfhalo.validation import check_finite_array
+
+    draws = check_finite_array("theta_draws", np.asarray(theta_draws, np.float64))
+    if draws.ndim < 2 or draws.size < 2 * draws.shape[-1]:
+        raise ValueError(f"theta_draws must be (..., P) with at least 2 draws. Received: theta_draws.shape={draws.shape}")
+    draws = draws.reshape(-1, draws.shape[-1])
+    z = np.asarray(backend.to_numpy(bijector.inverse(backend.constant(draws))), np.float64)
+    if z.shape != draws.shape or not np.all(np.isfinite(z)):
+        raise ValueError(f"theta_draws must lie in the bijector's range, P = {z.shape[-1]} per draw. "
+                         f"Received: theta_draws.shape={draws.shape}")
+    return backend.tfp.bijectors.Chain([bijector, inf.preconditioner_from_draws(z, shrinkage=1.0)])
+
+
+def _warmup_stages(n_warmup: int):
+    """``(first_warmup, first_draws, second_warmup)``: the sweeps of ``bias_metric="warmup"``'s stages.
+
+    The first half of the warm-up adapts the steps over its first quarter and keeps the
+    bias draws of its second quarter for the metric; the second half re-adapts the steps
+    in the new metric.  The stages add up to ``n_warmup`` sweeps.
+    """
+    first = n_warmup // 2
+    return first - first // 2, first // 2, n_warmup - first
+
+
+def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_scale, offset: int,
+                                     checkpoint_dir: Optional[Path], progress: bool, reduction=None):
+    """Blocked chains whose bias metric is re-estimated from their own draws halfway through the warm-up.
+
+    Stage 1 runs :func:`_gibbs_chains` in the local-linear coordinates built at the start
+    (:func:`_local_linear_bias_bijector`) for the first half of the warm-up; the bias draws
+    of its second quarter give the dense metric (:func:`bias_metric_from_draws`).  Stage 2
+    starts from stage 1's last state and runs the rest of the warm-up and the kept sweeps in
+    that metric (a fixed kernel, so the kept sweeps are exact).  Stage 1 checkpoints into
+    ``checkpoint_dir/bias_metric``, so an interrupted run resumes either stage.
+
+    Returns:
+        ``(chains, info)``: stage 2's chains, with stage 1's seconds and gradients added, and
+        ``{"bias_metric": {...}}``: stage 1's sweeps and seconds, and the spread of its draws
+        along the principal directions of their covariance, in units of the start's
+        curvature widths (``spread_max`` and ``spread_min``; 1 where the start's Laplace map
+        was right).
+    """
+    import dataclasses
+
+    from tfhalo import backend
+
+    n_field = posterior.n_field
+    warm1, draws1, warm2 = _warmup_stages(config.n_warmup)
+    start_bijector = _local_linear_bias_bijector(posterior, state0[0])
+    stage_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / "bias_metric"
+    first = _gibbs_chains(config, posterior, state0, field_scale, start_bijector, offset, stage_dir, progress,
+                          n_warmup=warm1, n_samples=draws1, seed=config.chains_seed + offset + 2000)
+    theta = np.asarray(first.samples, np.float64)[..., n_field:]                        # (draws1, C, n_bias)
+    bias_bijector = bias_metric_from_draws(start_bijector, theta)
+    # The draws' spread in the start's coordinates: the singular values of their whitened covariance.
+    z = np.asarray(backend.to_numpy(start_bijector.inverse(backend.constant(theta.reshape(-1, theta.shape[-1])))))
+    spread = np.sqrt(np.clip(np.linalg.eigvalsh(np.atleast_2d(np.cov(z, rowvar=False))), 0.0, None))
+    state = np.asarray(first.samples, np.float64)[-1]                                   # (C, P) target coordinates
+    chains = _gibbs_chains(config, posterior, state, field_scale, bias_bijector, offset, checkpoint_dir, progress,
+                           reduction, n_warmup=warm2)
+    chains = dataclasses.replace(chains, seconds=chains.seconds + first.seconds,
+                                 n_gradient_evaluations=chains.n_gradient_evaluations + first.n_gradient_evaluations)
+    info = {"sweeps": warm1 + draws1, "draws_per_chain": draws1, "seconds": float(first.seconds),
+            "spread_max": float(spread.max()), "spread_min": float(spread.min())}
+    return chains, {"bias_metric": info}
 
 
 def _local_linear_bias_bijector(posterior, state, return_rep: bool = False):
@@ -1159,6 +1294,8 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
         unused.add("bias_min_step_factor")
     if config.n_components == 2:  # the same
         unused.add("n_components")
+    if config.bias_metric == "start":  # the same
+        unused.add("bias_metric")
     if config.bias_coordinates != "pilot":
         unused.add("n_bias_pilot")
     keep = {k: v for k, v in config.to_dict().items() if k not in unused}
@@ -1349,8 +1486,10 @@ def _sampler_text(cfg: dict) -> str:
     moved = "carrying the bias (NPE pre-activation moments held)" if carry == "npe_moments" else "given the bias"
     factor = cfg.get("bias_min_step_factor", 1.0)
     jitter = f", steps drawn log-uniformly from {factor:g} to 1 times the adapted one" if factor != 1.0 else ""
+    metric = (", the bias's dense metric re-estimated from its draws over the first half of the warm-up"
+              if cfg.get("bias_metric", "start") == "warmup" else "")
     return (f"blocked chains (the white noise by HMC {moved}, then {cfg['bias_steps']} {cfg['bias_kernel']} "
-            f"move(s) of the bias given the field per sweep{jitter})")
+            f"move(s) of the bias given the field per sweep{jitter}{metric})")
 
 
 def report(r: dict) -> str:
@@ -1416,6 +1555,12 @@ def report(r: dict) -> str:
                 f"(sd / width, median over the parameters; {spread['min']:.3g}-{spread['max']:.3g}). The catalogue "
                 "constrains the bias at least that much less than a fixed field does; chains whose trajectories "
                 "are much shorter random-walk across it (`docs/field_level.md`, \"Known limitations\").")
+        if smp.get("bias_metric") is not None:
+            bm = smp["bias_metric"]
+            lines.append(
+                f"- The bias's metric came from the first {bm['sweeps']} warm-up sweeps ({bm['seconds']:.0f} s; "
+                f"the last {bm['draws_per_chain']} per chain): their draws spread {bm['spread_min']:.3g}-"
+                f"{bm['spread_max']:.3g} times the start's curvature widths along the principal directions.")
         lines += [
             "",
             "Figures: " + ", ".join(f"`{setting}/{v}`" for v in s["figures"].values()) + ".",
