@@ -953,8 +953,11 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
     state = np.asarray(first.samples, np.float64)[-1]                                   # (C, P) target coordinates
     chains = _gibbs_chains(config, posterior, state, field_scale, bias_bijector, offset, checkpoint_dir, progress,
                            reduction, n_warmup=warm2)
+    # Stage 1 is warm-up of the run: its sweeps' divergences count as the warm-up's.
     chains = dataclasses.replace(chains, seconds=chains.seconds + first.seconds,
-                                 n_gradient_evaluations=chains.n_gradient_evaluations + first.n_gradient_evaluations)
+                                 n_gradient_evaluations=chains.n_gradient_evaluations + first.n_gradient_evaluations,
+                                 n_warmup_divergent=chains.n_warmup_divergent + first.n_warmup_divergent
+                                 + int(np.sum(first.sample_stats["diverging"])))
     info = {"sweeps": warm1 + draws1, "draws_per_chain": draws1, "seconds": float(first.seconds),
             "spread_max": float(spread.max()), "spread_min": float(spread.min())}
     return chains, {"bias_metric": info}
