@@ -175,7 +175,7 @@ class Config:
         bias_metric: ``"start"`` (the bias coordinates as built at the chains' start) or
             ``"warmup"`` (``sampler="gibbs"`` with ``bias_coordinates="local_linear"``: the first half
             of the warm-up runs the blocked chains in those coordinates, and the regularised
-            covariance of their bias draws, in the local-linear map's coordinates, becomes the bias
+            covariance of their bias draws in them (shrunk towards the start's widths) becomes the bias
             block's dense metric for the rest of the warm-up and the kept sweeps; the metric is fixed
             before the kept sweeps, so they stay exact; :func:`bias_metric_from_draws`).  Given the
             fields the chains visit, the bias spreads along combinations of its parameters tens of
