@@ -947,7 +947,8 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
                           n_warmup=warm1, n_samples=draws1, seed=config.chains_seed + offset + 2000)
     theta = np.asarray(first.samples, np.float64)[..., n_field:]                        # (draws1, C, n_bias)
     bias_bijector = bias_metric_from_draws(start_bijector, theta)
-    # The draws' spread in the start's coordinates: the singular values of their whitened covariance.
+    # The draws' spread in the start's coordinates (unit curvature widths there): the square roots of the
+    # eigenvalues of their covariance.
     z = np.asarray(backend.to_numpy(start_bijector.inverse(backend.constant(theta.reshape(-1, theta.shape[-1])))))
     spread = np.sqrt(np.clip(np.linalg.eigvalsh(np.atleast_2d(np.cov(z, rowvar=False))), 0.0, None))
     state = np.asarray(first.samples, np.float64)[-1]                                   # (C, P) target coordinates
