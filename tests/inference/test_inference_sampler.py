@@ -190,6 +190,34 @@ def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, nuts_chains):
         inf.sample(LOG_PROB, _starts(5), cfg, progress=False, checkpoint_dir=tmp_path)
 
 
+def test_a_checkpoint_of_another_bijector_of_the_same_class_is_refused(tmp_path, monkeypatch):
+    # Both maps send the start to zero, so the start in sampling coordinates cannot tell the runs apart: the
+    # bijector's values at fixed points do.
+    from tfhalo.inference import sampler as sampler_module
+
+    start = np.tile(MEAN, (2, 1))
+
+    def centred(scale):
+        return tfb.Chain([tfb.Shift(tf.constant(MEAN)), tfb.Scale(tf.constant(scale, tf.float64))])
+
+    cfg = sampler_config(kernel="hmc", num_chains=2, num_warmup=20, num_samples=20, block_size=10,
+                         num_leapfrog_steps=3)
+    first = inf.sample(LOG_PROB, start, cfg, centred(1.0), progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="checkpoint of another run: .*the target, the kernels, the bijectors"):
+        inf.sample(LOG_PROB, start, cfg, centred(2.0), progress=False, checkpoint_dir=tmp_path)
+    again = inf.sample(LOG_PROB, start, cfg, centred(1.0), progress=False, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(again.samples, first.samples)
+    # Checkpoints written when the identity named the bijector's class only are still read.
+    old = tmp_path / "old"
+    with monkeypatch.context() as m:
+        m.setattr(sampler_module, "_bijector_probe", lambda *args: b"")
+        inf.sample(LOG_PROB, start, cfg, centred(1.0), progress=False, checkpoint_dir=old)
+    stamps = {f: f.stat().st_mtime_ns for f in old.glob("*.npz")}
+    np.testing.assert_array_equal(inf.sample(LOG_PROB, start, cfg, centred(1.0), progress=False,
+                                             checkpoint_dir=old).samples, first.samples)
+    assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())  # read back, not sampled again
+
+
 def test_chain_groups_are_independent_runs_joined(tmp_path):
     # Two groups of two chains, each warmed up alone: each is exactly the run of its own config
     # (its seed, its warm-up), run in its own thread; the joined chains recover the target.
@@ -265,6 +293,7 @@ def test_chain_groups_read_and_extend_checkpoints_whose_identity_held_num_sample
     starts = _starts(7)
     with monkeypatch.context() as m:
         m.setattr(sampler_module, "checkpoint_identity", lambda config, extendable=True: config.chain_fields())
+        m.setattr(sampler_module, "_bijector_probe", lambda *args: b"")  # nor the bijector's values
         old = inf.sample(LOG_PROB, starts, cfg, progress=False, checkpoint_dir=tmp_path)
     stamps = {f: f.stat().st_mtime_ns for f in tmp_path.rglob("*.npz")}
     longer = dataclasses.replace(cfg, num_samples=30)

@@ -84,6 +84,7 @@ from tfhalo import backend
 from tfhalo.inference.sampler import (
     MAX_ENERGY_ERROR,
     Chains,
+    _bijector_probe,
     _block_seed,
     _blocks,
     _check_checkpoint_dir,
@@ -420,11 +421,8 @@ def _bijectors_probe(kernel: GibbsKernel) -> bytes:
     """Each block's bijector at two fixed points of its sampling coordinates (float32 bytes): two maps of the
     same class with other parameters (another scale, another Hessian) differ here."""
     rng = np.random.default_rng(20240611)
-    out = []
-    for size, bij in zip(kernel.block_sizes, kernel.parameters["bijectors"]):
-        probe = np.concatenate([np.zeros((1, size)), 0.5 * rng.standard_normal((1, size))])
-        out.append(np.asarray(backend.to_numpy(bij.forward(backend.constant(probe))), np.float32).tobytes())
-    return b"".join(out)
+    return b"".join(_bijector_probe(bij, size, rng)
+                    for size, bij in zip(kernel.block_sizes, kernel.parameters["bijectors"]))
 
 
 def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, lp0: np.ndarray,

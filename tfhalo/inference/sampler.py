@@ -356,7 +356,18 @@ def checkpoint_identity(config, extendable: bool = True) -> dict:
     return fields
 
 
-def _fingerprint(config, init, z0, lp0, bijector, warmup=None, extendable: bool = True, reduction=None) -> str:
+def _bijector_probe(bijector, size: int, rng: np.random.Generator) -> bytes:
+    """``bijector.forward`` at two points of its ``size`` sampling coordinates (zero, and a ``rng`` draw of
+    width 0.5), as float32 bytes: two maps of one class with other parameters (another scale, another
+    Hessian) differ here even where both send the start to the same point."""
+    probe = np.concatenate([np.zeros((1, size)), 0.5 * rng.standard_normal((1, size))])
+    return np.asarray(backend.to_numpy(bijector.forward(backend.constant(probe))), np.float32).tobytes()
+
+
+def _fingerprint(config, init, z0, lp0, bijector, warmup=None, extendable: bool = True, reduction=None,
+                 probe: bool = True) -> str:
+    # probe=False: the identity checkpoints had before the bijector's values entered it (it named only the
+    # bijector's class), which such checkpoints are still read by.
     fields = dict(config=checkpoint_identity(config, extendable), bijector=type(bijector).__name__,
                   lp0=[f"{v:.10g}" for v in lp0])
     if reduction is not None:  # blocks kept thinned are another run's than blocks kept whole
@@ -372,6 +383,8 @@ def _fingerprint(config, init, z0, lp0, bijector, warmup=None, extendable: bool 
     for a in (init, z0):
         h.update(str(a.shape).encode())
         h.update(np.ascontiguousarray(a, np.float64).tobytes())
+    if probe:
+        h.update(_bijector_probe(bijector, z0.shape[-1], np.random.default_rng(20240611)))
     return h.hexdigest()
 
 
@@ -572,9 +585,10 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
     # Checkpoints from before num_samples left the identity (this run's fingerprint with it: a reduced run's
     # matches none of them, since none was reduced).
     legacy = lambda n: _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector,  # noqa: E731
-                                    extendable=False, reduction=reduction)
+                                    extendable=False, reduction=reduction, probe=False)
     ckpt = _Checkpoint(ckpt_dir, _fingerprint(config, init, z0, lp0, bijector, reduction=reduction), config,
-                       legacy=legacy)
+                       legacy=legacy, also=[_fingerprint(config, init, z0, lp0, bijector, reduction=reduction,
+                                                         probe=False)])
     ckpt.check_existing()
     return _sample_checked(log_prob_fn, z0, config, bijector, progress, ckpt, reduction=reduction)
 
@@ -676,23 +690,28 @@ def _sample_groups(log_prob_fn, init, config, bijector, progress, ckpt_dir, redu
 
     # Checkpoints written when the identity held num_samples are read and extended too.
     def legacy_pooled(n):
-        return _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector, extendable=False)
+        return _fingerprint(dataclasses.replace(config, num_samples=n), init, z0, lp0, bijector, extendable=False,
+                            probe=False)
 
     def legacy_group(g):
         def fingerprint(n):
             group = dataclasses.replace(config, num_samples=n).group_configs()[g]
             return _fingerprint(group, inits[g], *starts[g], bijector,
                                 legacy_pooled(n) if config.pool_warmup else None, extendable=False,
-                                reduction=reduction)
+                                reduction=reduction, probe=False)
         return fingerprint
 
+    old_pooled = None
     if config.pool_warmup:
+        old_pooled = _fingerprint(config, init, z0, lp0, bijector, probe=False)
         pooled = _Checkpoint(folder("warmup"), _fingerprint(config, init, z0, lp0, bijector), config,
-                             legacy=legacy_pooled)
+                             legacy=legacy_pooled, also=[old_pooled])
     # A group's blocks belong to the pooled warm-up they continue; its files and errors name the whole run.
     ckpts = [_Checkpoint(folder(f"group{g}"), _fingerprint(groups[g], inits[g], *starts[g], bijector,
                                                            None if pooled is None else pooled.fingerprint,
-                                                           reduction=reduction), config, legacy=legacy_group(g))
+                                                           reduction=reduction), config, legacy=legacy_group(g),
+                         also=[_fingerprint(groups[g], inits[g], *starts[g], bijector, old_pooled,
+                                            reduction=reduction, probe=False)])
              for g in range(len(groups))]
     # Another run's files in any of the folders are refused before any warm-up.
     for ckpt in ckpts + ([pooled] if pooled else []):
