@@ -8,7 +8,7 @@ DEMO   ?= runs/demo
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-tf test-jax demo demo-field bench clean
+.PHONY: install test test-tf test-tf-studies test-tf-rest test-jax demo demo-field bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,19 @@ install: $(STAMP)
 
 # The whole suite on TensorFlow and, beside it, on JAX the backend-agnostic parts: layers, device-side
 # sub-boxes, the sampler, the neural bias model and the field-level inference (TFP's JAX substrate).
-# The two run at once: neither keeps two cores busy alone (much of a test is tracing and compiling,
-# on one thread). Each one's output is printed whole when it ends; either failing fails the target.
+# They run at once, the TensorFlow suite as two processes (the studies, and the rest): no one process
+# keeps two cores busy (much of a test is tracing and compiling, on one thread), and the TensorFlow
+# suite alone is the longest. Each one's output is printed whole when it ends; any failing fails the target.
 test: $(STAMP)
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-tf test-jax
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-tf-studies test-tf-rest test-jax
 
-test-tf: $(STAMP)
-	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
+test-tf: test-tf-studies test-tf-rest
+
+test-tf-studies: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests/studies
+
+test-tf-rest: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests --ignore=tests/studies
 
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/layers tests/data/test_device_subboxes.py tests/inference \
