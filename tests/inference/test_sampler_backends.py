@@ -283,9 +283,8 @@ def test_step_scale_samples_with_that_fraction_of_the_adapted_step(groups, nuts_
     # The warm-up does not see the scale, so the same seed adapts the same step; the kept draws
     # take half of it (exact in floating point), stay an exact chain of the target, and NUTS
     # lengthens its trees to reach the same U-turn.  One group is the module's NUTS run.
-    full = nuts_chains if groups == 1 else inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts",
-                                                                                           chain_groups=groups),
-                                                      progress=False)
+    cfg = sampler_config(kernel="nuts", chain_groups=groups)
+    full = nuts_chains if groups == 1 else inf.sample(LOG_PROB, _starts(2), cfg, progress=False)
     half = inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts", chain_groups=groups, step_scale=0.5),
                       progress=False)
     np.testing.assert_array_equal(np.asarray(half.step_size), 0.5 * np.asarray(full.step_size))
