@@ -135,3 +135,53 @@ def test_every_exported_name_resolves_to_its_home_module():
     assert set(inf.__all__) <= set(dir(inf))
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         inf.not_a_name
+
+
+def test_posterior_contraction_against_numpy_and_its_sampling_error():
+    rng = np.random.default_rng(7)
+    widths, prior = np.array([0.5, 3.0, 6.0, 9.5]), np.array([10.0, 10.0, 10.0, 10.0])
+    n = 4000
+    draws = rng.normal(1.0, widths, size=(n // 2, 2, 4))                 # (S, C, P)
+    truth = np.array([1.0, -2.0, 5.0, 0.0])
+    mcse_mean, mcse_sd = widths / np.sqrt(n), widths / np.sqrt(2 * (n - 1))
+    c = inf.posterior_contraction(draws, 10.0, truth=truth, mcse_mean=mcse_mean, mcse_sd=mcse_sd)
+    flat = draws.reshape(-1, 4)
+    sd = flat.std(axis=0, ddof=1)
+    np.testing.assert_allclose(c["posterior_sd"], sd, rtol=1e-12)
+    np.testing.assert_allclose(c["contraction"], 1 - sd**2 / prior**2, rtol=1e-12)
+    np.testing.assert_allclose(c["z"], (truth - flat.mean(axis=0)) / sd, rtol=1e-12)
+    np.testing.assert_allclose(c["contraction_se"], 2 * sd * mcse_sd / prior**2, rtol=1e-12)
+    np.testing.assert_allclose(c["z_se"], mcse_mean / sd, rtol=1e-12)
+    # iid draws: the estimate lies within a few of its propagated standard errors of 1 - s^2 / sigma^2
+    err = np.abs(np.asarray(c["contraction"]) - (1 - widths**2 / prior**2)) / np.asarray(c["contraction_se"])
+    assert np.all(err < 4.5), err
+    z_true = (truth - 1.0) / widths
+    assert np.all(np.abs(np.asarray(c["z"]) - z_true) < 4.5 * np.asarray(c["z_se"]) * np.maximum(1, np.abs(z_true)))
+    # without the optional arguments their entries are None; a scalar prior equals the per-parameter one
+    bare = inf.posterior_contraction(draws, prior)
+    assert bare["z"] is bare["z_se"] is bare["contraction_se"] is None
+    assert bare["contraction"] == c["contraction"]
+    # ArviZ's NaN MCSE (a chain that did not move) stays NaN in the propagated errors, nothing else
+    nan_se = inf.posterior_contraction(draws, prior, truth=truth, mcse_mean=[np.nan, 0.1, 0.1, 0.1],
+                                       mcse_sd=[0.1, np.nan, 0.1, 0.1])
+    assert np.isnan(nan_se["z_se"][0]) and np.isnan(nan_se["contraction_se"][1])
+    assert np.all(np.isfinite(np.delete(nan_se["z_se"], 0))) and np.all(np.isfinite(np.delete(nan_se["contraction_se"], 1)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(draws=np.array([[0.0, np.nan], [1.0, 2.0]])), r"draws must be finite"),
+    (dict(draws=np.zeros((1, 3))), r"at least 2 draws. Received: draws.shape=\(1, 3\)"),
+    (dict(draws=np.zeros(5)), r"Received: draws.shape=\(5,\)"),
+    (dict(prior_sd=0.0), r"prior_sd must be positive. Received: prior_sd=0.0"),
+    (dict(prior_sd=[1.0, 2.0]), r"prior_sd must be a scalar or one value per parameter \(3\). Received: prior_sd.shape=\(2,\)"),
+    (dict(truth=[1.0, 2.0]), r"truth must be a scalar or one value per parameter \(3\). Received: truth.shape=\(2,\)"),
+    (dict(truth=1.0), r"truth must be \(P,\) with P = 3. Received: truth.shape=\(\)"),
+    (dict(truth=[0.0, np.inf, 0.0]), r"truth must be finite"),
+    (dict(mcse_sd=[0.1, np.inf, 0.1]), r"mcse_sd must be finite"),
+    (dict(mcse_mean=[0.1, -0.1, np.nan], truth=[0.0, 0.0, 0.0]), r"mcse_mean must be non-negative"),
+])
+def test_posterior_contraction_refuses_bad_input(kwargs, match):
+    args = dict(draws=np.random.default_rng(0).normal(size=(10, 3)), prior_sd=10.0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        inf.posterior_contraction(**args)

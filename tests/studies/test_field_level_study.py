@@ -64,6 +64,18 @@ def test_run_writes_results_report_figures_and_samples(study):
     assert s["sampler"]["bias_spread"]["median"] == pytest.approx(np.median(want), rel=1e-6)
     assert "of their conditional widths at the start" in (out / "report.md").read_text()
     assert any("conditional width" in row["quantity"] for row in results["summary"])
+    # Contraction and the generating bias's z-scores, recomputed from the saved draws and the bias fit that the
+    # mock catalogue was drawn with.
+    ident = s["bias_identification"]
+    flat = theta.reshape(-1, 17)
+    sd = flat.std(axis=0, ddof=1)
+    np.testing.assert_allclose(ident["contraction"], 1 - sd**2 / 10.0**2, rtol=1e-9)
+    theta_fit = np.load(out / "bias_fit.npz")["theta"]
+    np.testing.assert_allclose(ident["z"], (theta_fit - flat.mean(axis=0)) / sd, rtol=1e-9, atol=1e-9)
+    assert ident["weakly_identified"] == [p for p, c in zip(ident["parameters"], ident["contraction"]) if c < 0.5]
+    assert ident["parameters"] == [str(p) for p in idata.posterior["parameter"].values]
+    assert "of the 17 bias parameters' priors" in (out / "report.md").read_text()
+    assert any("max |posterior z|" in row["quantity"] for row in results["summary"])
 
 
 def test_coverage_and_power_recomputed_from_the_saved_samples_match_the_report(study):

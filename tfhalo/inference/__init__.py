@@ -24,7 +24,9 @@
 * :func:`to_inference_data` (also :meth:`Chains.to_inference_data`),
   :func:`save_inference_data`, :func:`load_inference_data`,
   :func:`convergence_summary`: ArviZ ``InferenceData`` in NetCDF, rank-normalised
-  split R-hat and bulk / tail ESS (Vehtari et al. 2021, arXiv:1903.08008).
+  split R-hat and bulk / tail ESS (Vehtari et al. 2021, arXiv:1903.08008);
+  :func:`posterior_contraction`: how far the data narrow each prior, and a
+  known truth's posterior z-score (Betancourt 2018, arXiv:1803.08393).
 
 The same code runs on TensorFlow (TFP's TensorFlow substrate) and under
 ``KERAS_BACKEND=jax`` (``tensorflow_probability.substrates.jax``, which needs
@@ -58,6 +60,7 @@ _HOMES = {
     "preconditioner_from_draws": "bijectors",
     "convergence_summary": "diagnostics",
     "load_inference_data": "diagnostics",
+    "posterior_contraction": "diagnostics",
     "save_inference_data": "diagnostics",
     "to_inference_data": "diagnostics",
     "DrawReduction": "reduction",
@@ -109,6 +112,7 @@ __all__ = [
     "preconditioner_from_draws",
     "convergence_summary",
     "load_inference_data",
+    "posterior_contraction",
     "sample",
     "sample_gibbs",
     "save_inference_data",

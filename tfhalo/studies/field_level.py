@@ -64,11 +64,16 @@ from tfhalo.evaluation.report import jsonable
 from tfhalo.validation import check_bool, check_choice, check_float, check_fraction, check_int
 
 __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread",
-           "bias_metric_from_draws", "report"]
+           "bias_identification", "bias_metric_from_draws", "report"]
 
 SETTINGS = ("mock", "nbody", "mock_fixed_bias")
 #: Settings whose bias parameters are held at the values the mock catalogue was drawn with.
 FIXED_BIAS_SETTINGS = ("mock_fixed_bias",)
+#: Settings whose catalogue is drawn from the model with the bias fitted to the N-body field, the mock's truth.
+MOCK_SETTINGS = ("mock", "mock_fixed_bias")
+#: A bias parameter whose posterior keeps more than this share of its prior variance (contraction below
+#: ``1 - WEAK_CONTRACTION``) is reported as weakly identified by the catalogue.
+WEAK_CONTRACTION = 0.5
 SETTING_TITLES = {
     "mock": "Self-consistent mock (catalogue drawn from the model)",
     "nbody": "N-body catalogue",
@@ -1033,8 +1038,12 @@ def _pilot_bias_bijector(config: Config, posterior, state0, seed: int, checkpoin
     return backend.tfp.bijectors.Chain([rep, inf.preconditioner_from_draws(draws_v)]), pilot
 
 
-def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omega_true, out: Path) -> dict:
-    """Everything a setting reports, its saved samples and its figures."""
+def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omega_true, out: Path,
+                      theta_true=None) -> dict:
+    """Everything a setting reports, its saved samples and its figures.
+
+    ``theta_true``: the bias parameters the catalogue was drawn with (a mock's), or None.
+    """
     import arviz as az
     import xarray as xr
 
@@ -1095,6 +1104,7 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
     ess_bias = None if fixed else min(v["ess_bulk"] for k, v in convergence["parameters"].items()
                                       if k.startswith("bias"))
     ess_power = min(v["ess_bulk"] for k, v in convergence["parameters"].items() if k.startswith("power"))
+    identification = None if fixed else bias_identification(idata, convergence, posterior.prior_scale, theta_true)
 
     # Final density and psi over saved draws spread through the chains (Fig. 5), one draw for Fig. 4.
     picks = np.linspace(0, pooled.shape[0] - 1, min(config.n_field_draws, pooled.shape[0])).astype(int)
@@ -1141,6 +1151,7 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
         "calibrated": bool(all(np.all(np.abs(np.asarray(v["z"])) <= COVERAGE_Z_MAX)
                                for v in cover["levels"].values())),
         "convergence": jsonable(convergence),
+        "bias_identification": identification,
         "sampler": {"seconds": float(chains.seconds), "n_gradient_evaluations": n_grad,
                     "step_size": np.asarray(chains.step_size, np.float64).reshape(-1).tolist(),
                     "acceptance_rate": float(np.mean(chains.sample_stats["acceptance_rate"])),
@@ -1150,6 +1161,45 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
                     "blocks": _block_stats(chains.sample_stats)},
         "figures": figures,
     }
+
+
+def bias_identification(idata, convergence: dict, prior_sd: float, theta_true=None) -> dict:
+    """How far the catalogue narrows each bias parameter's prior, and where a mock's truth falls.
+
+    :func:`tfhalo.inference.posterior_contraction` of the ``bias`` draws in ``idata``
+    (chains pooled), with the Monte Carlo standard errors of ``convergence`` (a
+    :func:`tfhalo.inference.convergence_summary` of it) propagated.  Parameters whose
+    contraction is below ``1 - WEAK_CONTRACTION`` are listed as weakly identified: their
+    posterior is still nearly the prior's ``N(0, prior_sd^2)``, a direction as wide as the
+    prior that a chain crosses with steps set by the well-determined ones.
+
+    Args:
+        idata: ``arviz.InferenceData`` whose posterior has ``bias (chain, draw, parameter)``.
+        convergence: its convergence summary (labels ``bias[<parameter>]``).
+        prior_sd: the bias prior's standard deviation.
+        theta_true: optional ``(n_bias,)`` generating values (a mock's).
+
+    Returns:
+        JSON-ready dict: ``parameters`` (names), ``prior_sd``, the lists of
+        :func:`~tfhalo.inference.posterior_contraction`, ``weakly_identified`` (names),
+        and ``max_abs_z`` (None without a truth).
+    """
+    import tfhalo.inference as inf
+
+    names = [str(p) for p in idata.posterior["parameter"].values]
+    draws = np.asarray(idata.posterior["bias"].values, np.float64)                # (C, S, n_bias)
+    rows = [convergence["parameters"][f"bias[{name}]"] for name in names]
+    out = inf.posterior_contraction(draws, prior_sd, truth=theta_true,
+                                    mcse_mean=[r["mcse_mean"] for r in rows], mcse_sd=[r["mcse_sd"] for r in rows])
+    weak = [name for name, c in zip(names, out["contraction"]) if c < 1.0 - WEAK_CONTRACTION]
+    worst = None
+    if out["z"] is not None and np.any(np.isfinite(out["z"])):
+        abs_z = np.abs(np.asarray(out["z"]))
+        worst = int(np.argmax(np.where(np.isfinite(abs_z), abs_z, -1.0)))
+    return jsonable({"parameters": names, "prior_sd": float(prior_sd), **out, "weakly_identified": weak,
+                     "max_abs_z": None if worst is None else abs(out["z"][worst]),
+                     "max_abs_z_parameter": None if worst is None else names[worst],
+                     "max_abs_z_se": None if worst is None or out["z_se"] is None else out["z_se"][worst]})
 
 
 def _block_stats(stats) -> Optional[dict]:
@@ -1394,7 +1444,8 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
                 + ("; the cached run had other n_samples/thin/n_field_draws/n_bins: its kept checkpoint is "
                    "extended or re-read" if extended else ""))
             chains, setup = _sample_setting(config, setting, posterior, theta_fit, _checkpoint_dir(cache), progress)
-            result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir)
+            result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir,
+                                       theta_true=theta_fit if setting in MOCK_SETTINGS else None)
             result["sampler"].update(setup)
             result["sampler"]["bias_spread"] = None if setting in FIXED_BIAS_SETTINGS else bias_spread(
                 np.asarray(chains.samples)[..., -posterior.n_bias:], setup["bias_scale"])
@@ -1461,6 +1512,15 @@ def _summary_rows(r: dict) -> list:
         rows.append(summary_row(f"{setting}: min bulk ESS ({what})", c["min_ess_bulk"]))
         rows.append(summary_row(f"{setting}: gradients per effective sample (low-k power)",
                                 s["sampler"]["gradients_per_ess_power_low_k"]))
+        ident = s.get("bias_identification")
+        if ident is not None:
+            rows.append(summary_row(
+                f"{setting}: bias parameters weakly identified (contraction < {1 - WEAK_CONTRACTION:g})",
+                len(ident["weakly_identified"]), note=", ".join(ident["weakly_identified"]) or "none"))
+            if ident.get("max_abs_z") is not None:
+                rows.append(summary_row(
+                    f"{setting}: generating bias, max |posterior z| over parameters", ident["max_abs_z"],
+                    ident["max_abs_z_se"], "MCSE", note=f"at {ident['max_abs_z_parameter']}"))
         spread = s["sampler"].get("bias_spread")
         if spread is not None:
             rows.append(summary_row(
@@ -1559,6 +1619,19 @@ def report(r: dict) -> str:
                 f"(sd / width, median over the parameters; {spread['min']:.3g}-{spread['max']:.3g}). The catalogue "
                 "constrains the bias at least that much less than a fixed field does; chains whose trajectories "
                 "are much shorter random-walk across it (`docs/field_level.md`, \"Known limitations\").")
+        ident = s.get("bias_identification")
+        if ident is not None:
+            weak = ident["weakly_identified"]
+            n_par = len(ident["parameters"])
+            text = (f"- The catalogue narrows {n_par - len(weak)} of the {n_par} bias parameters' priors to under "
+                    f"{WEAK_CONTRACTION:g} of their variance (contraction 1 - Var_post / Var_prior)")
+            text += (f"; the other {len(weak)} ({', '.join(f'`{w}`' for w in weak)}) stay nearly their "
+                     f"N(0, {ident['prior_sd']:g}^2) prior: prior-wide directions, where R-hat lags first."
+                     if weak else ".")
+            if ident.get("max_abs_z") is not None:
+                text += (f" The bias the catalogue was drawn with lies within {ident['max_abs_z']:.2f} posterior sd "
+                         f"of the posterior mean in every parameter (largest at `{ident['max_abs_z_parameter']}`).")
+            lines.append(text)
         if smp.get("bias_metric") is not None:
             bm = smp["bias_metric"]
             lines.append(
