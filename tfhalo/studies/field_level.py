@@ -1629,8 +1629,9 @@ def report(r: dict) -> str:
                      f"N(0, {ident['prior_sd']:g}^2) prior: prior-wide directions, where R-hat lags first."
                      if weak else ".")
             if ident.get("max_abs_z") is not None:
-                text += (f" The bias the catalogue was drawn with lies within {ident['max_abs_z']:.2f} posterior sd "
-                         f"of the posterior mean in every parameter (largest at `{ident['max_abs_z_parameter']}`).")
+                text += (f" The bias the catalogue was drawn with is at most {ident['max_abs_z']:.2f} posterior sd "
+                         f"from the posterior mean in any parameter (at `{ident['max_abs_z_parameter']}`; "
+                         "`docs/field_level.md`, \"Calibration\", for how to read it).")
             lines.append(text)
         if smp.get("bias_metric") is not None:
             bm = smp["bias_metric"]
