@@ -67,7 +67,7 @@ def test_run_writes_results_report_figures_and_samples(study):
     # Contraction and the generating bias's z-scores, recomputed from the saved draws and the bias fit that the
     # mock catalogue was drawn with.
     ident = s["bias_identification"]
-    flat = theta.reshape(-1, 17)
+    flat = idata.posterior["bias"].values.reshape(-1, 17)                # chains pooled, as the study pools them
     sd = flat.std(axis=0, ddof=1)
     np.testing.assert_allclose(ident["contraction"], 1 - sd**2 / 10.0**2, rtol=1e-9)
     theta_fit = np.load(out / "bias_fit.npz")["theta"]
