@@ -242,3 +242,56 @@ def test_the_likelihood_score_has_mean_zero_over_mocks_drawn_at_the_truth():
     shifted[11:13] += 0.1
     t_off, _ = _mean_score_t(forward, model, omega, theta, shifted, seeds)
     assert np.max(np.abs(t_off[n_field:])) > 10
+
+
+def test_bias_recovery_maximises_each_mocks_posterior_and_summarises_the_offsets():
+    from tfhalo import backend
+    from tfhalo.field.mock import bias_recovery
+
+    forward, model = LPTForwardModel(N, BOX), build_model(LN_TH, N, dtype="float64")
+    omega, theta = white_noise(N, 7), _theta()
+    seeds = [300, 301, 302]
+    r = bias_recovery(forward, model, omega, theta, seeds, prior_scale=100.0)
+    est = np.asarray(r["estimates"])
+    assert est.shape == (3, 17) and all(r["converged"])
+    for seed, t_hat in zip(seeds, est):
+        cat = draw_mock_catalogue(forward, model, omega, theta, seed=seed)
+        assert cat.positions.shape[0] == r["n_halos"][seeds.index(seed)]
+        post = FieldLevelPosterior(forward, model, cat, prior_scale=100.0)
+        cond = post.bias_conditional(post.log_density(ops.convert_to_tensor(omega[None])))
+
+        def lp_and_grad(t):
+            value, grad = backend.value_and_gradient(cond, backend.constant(t[None]))
+            return float(backend.to_numpy(value)[0]), np.asarray(backend.to_numpy(grad))[0]
+
+        lp_hat, g_hat = lp_and_grad(t_hat)
+        lp_true, g_true = lp_and_grad(theta)
+        # a maximum: above the start, and its gradient a small fraction of the start's
+        assert lp_hat >= lp_true
+        assert np.linalg.norm(g_hat) < 1e-3 * np.linalg.norm(g_true)
+    offsets = est - theta
+    se = offsets.std(axis=0, ddof=1) / np.sqrt(3)
+    np.testing.assert_allclose(r["mean_offset"], offsets.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(r["standard_error"], se, rtol=1e-12)
+    np.testing.assert_allclose(r["t"], offsets.mean(axis=0) / se, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(seeds=[1]), r"seeds must hold at least 2 distinct seeds. Received: seeds=\[1\]"),
+    (dict(seeds=[1, 1]), r"Received: seeds=\[1, 1\]"),
+    (dict(seeds=[1, -2]), r"seeds"),
+    (dict(prior_scale=0.0), r"prior_scale must be positive"),
+    (dict(theta=np.full(17, np.nan)), r"theta must be finite"),
+])
+def test_bias_recovery_refuses_bad_input_before_any_fit(monkeypatch, kwargs, match):
+    from tfhalo.field import mock as m
+
+    def no_draw(*args, **kw):
+        raise AssertionError("a mock was drawn before the arguments were checked")
+
+    monkeypatch.setattr(m, "draw_mock_catalogue", no_draw)
+    args = dict(forward=LPTForwardModel(N, BOX), model=build_model(LN_TH, N, dtype="float64"),
+                omega=white_noise(N, 7), theta=_theta(), seeds=[1, 2])
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        m.bias_recovery(**args)

@@ -453,3 +453,28 @@ def test_the_bias_step_factor_keys_jittered_runs_only():
     assert "bias_min_step_factor" not in field_level._setting_key(gibbs, "mock", "x")["config"]
     jittered = field_level._setting_key(dataclass_replace(gibbs, bias_min_step_factor=0.25), "mock", "x")
     assert jittered["config"]["bias_min_step_factor"] == 0.25
+
+
+def test_the_bias_recovery_benchmark_fits_mocks_of_the_studys_truth(study, tmp_path, monkeypatch, capsys):
+    from tests.helpers.scripts import load_script
+
+    config, root, _ = study
+    out = root / "out"
+    bench = load_script("benchmarks/bias_recovery.py", monkeypatch)
+    target = tmp_path / "recovery.json"
+    assert bench.main([str(out), "--mocks", "2", "--first-seed", "7", "--out", str(target)]) == 0
+    r = json.loads(target.read_text())
+    with h5py.File(out / "mock" / field_level.SAMPLES_FILE) as f:
+        assert r["parameters"] == [str(name) for name in f["theta"].attrs["names"]]
+    theta = np.load(out / "bias_fit.npz")["theta"]
+    np.testing.assert_allclose(r["theta"], theta)
+    est = np.asarray(r["estimates"])
+    assert est.shape == (2, 17) and r["seeds"] == [7, 8]
+    np.testing.assert_allclose(r["mean_offset"], (est - theta).mean(axis=0), rtol=1e-12, atol=1e-12)
+    assert "| parameter | generating | mean offset |" in capsys.readouterr().out
+    # A folder without a finished study is refused before any fit, and nothing is written.
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([str(tmp_path), "--out", str(tmp_path / "other.json")])
+    assert exit_info.value.code == 2
+    assert "results.json is missing. Received: study_out=" in capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()
