@@ -250,30 +250,34 @@ def test_bias_recovery_maximises_each_mocks_posterior_and_summarises_the_offsets
 
     forward, model = LPTForwardModel(N, BOX), build_model(LN_TH, N, dtype="float64")
     omega, theta = white_noise(N, 7), _theta()
-    seeds = [300, 301, 302]
+    seeds = [300, 301]
     r = bias_recovery(forward, model, omega, theta, seeds, prior_scale=100.0)
     est = np.asarray(r["estimates"])
-    assert est.shape == (3, 17) and all(r["converged"])
-    for seed, t_hat in zip(seeds, est):
-        cat = draw_mock_catalogue(forward, model, omega, theta, seed=seed)
-        assert cat.positions.shape[0] == r["n_halos"][seeds.index(seed)]
-        post = FieldLevelPosterior(forward, model, cat, prior_scale=100.0)
-        cond = post.bias_conditional(post.log_density(ops.convert_to_tensor(omega[None])))
+    assert est.shape == (2, 17) and all(r["converged"])
+    # The first mock's fit, checked on its own posterior (one is enough; each fit is the same code).
+    cat = draw_mock_catalogue(forward, model, omega, theta, seed=seeds[0])
+    assert cat.positions.shape[0] == r["n_halos"][0]
+    post = FieldLevelPosterior(forward, model, cat, prior_scale=100.0)
+    cond = post.bias_conditional(post.log_density(ops.convert_to_tensor(omega[None])))
 
-        def lp_and_grad(t):
-            value, grad = backend.value_and_gradient(cond, backend.constant(t[None]))
-            return float(backend.to_numpy(value)[0]), np.asarray(backend.to_numpy(grad))[0]
+    def lp_and_grad(fn, t):
+        value, grad = backend.value_and_gradient(fn, backend.constant(t[None]))
+        return float(backend.to_numpy(value)[0]), np.asarray(backend.to_numpy(grad))[0]
 
-        lp_hat, g_hat = lp_and_grad(t_hat)
-        lp_true, g_true = lp_and_grad(theta)
-        # a maximum: above the start, and its gradient a small fraction of the start's
-        assert lp_hat >= lp_true
-        assert np.linalg.norm(g_hat) < 1e-3 * np.linalg.norm(g_true)
+    lp_hat, g_hat = lp_and_grad(cond, est[0])
+    lp_true, g_true = lp_and_grad(cond, theta)
+    # a maximum: above the start, and its gradient a small fraction of the start's
+    assert lp_hat >= lp_true
+    assert np.linalg.norm(g_hat) < 1e-3 * np.linalg.norm(g_true)
+    # the recorded score is the likelihood's gradient in the bias at theta: the posterior's less the prior's
+    np.testing.assert_allclose(r["scores"][0], g_true + theta / 100.0**2, rtol=1e-9, atol=1e-9)
     offsets = est - theta
-    se = offsets.std(axis=0, ddof=1) / np.sqrt(3)
+    se = offsets.std(axis=0, ddof=1) / np.sqrt(2)
     np.testing.assert_allclose(r["mean_offset"], offsets.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(r["standard_error"], se, rtol=1e-12)
     np.testing.assert_allclose(r["t"], offsets.mean(axis=0) / se, rtol=1e-12)
+    s = np.asarray(r["scores"])
+    np.testing.assert_allclose(r["score_t"], s.mean(axis=0) / (s.std(axis=0, ddof=1) / np.sqrt(2)), rtol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -216,7 +216,9 @@ def bias_recovery(forward, model, omega, theta, seeds, prior_scale: float = 1e3,
     maximum-likelihood estimate, which a mock and a likelihood that agree centre on
     ``theta`` up to its O(1/N) bias: the mean offset over ``K`` mocks in units of its
     standard error ``sd / sqrt(K)`` is then a Student t per parameter.  (A posterior
-    mean need not be centred: docs/field_level.md, "Calibration".)
+    mean need not be centred: docs/field_level.md, "Calibration".)  The likelihood's score at
+    ``theta`` is recorded for each mock too: its mean over mocks drawn at ``theta`` is exactly
+    zero (Bartlett's first identity) when the mock and eq. 16 agree, with no optimiser involved.
 
     Args:
         forward: an :class:`~tfhalo.field.forward.LPTForwardModel`.
@@ -232,7 +234,9 @@ def bias_recovery(forward, model, omega, theta, seeds, prior_scale: float = 1e3,
     Returns:
         JSON-ready dict: ``seeds``, ``prior_scale``, ``estimates`` ``(K, P)``, ``converged`` ``(K,)`` (L-BFGS-B's
         flag), ``n_halos`` ``(K,)``, and per parameter ``mean_offset``, ``sd`` (over
-        the mocks), ``standard_error`` and ``t`` (``mean_offset / standard_error``).
+        the mocks), ``standard_error`` and ``t`` (``mean_offset / standard_error``);
+        ``scores`` ``(K, P)``, the eq. 16 log-likelihood's gradient in the bias at ``theta``
+        per mock, and ``score_t``, their mean over its standard error per parameter.
 
     Raises:
         ValueError: bad inputs (as :func:`draw_mock_catalogue`), fewer than 2 or
@@ -256,7 +260,7 @@ def bias_recovery(forward, model, omega, theta, seeds, prior_scale: float = 1e3,
         raise ValueError(f"seeds must hold at least 2 distinct seeds. Received: seeds={seeds}")
     prior_scale = check_float("prior_scale", prior_scale, positive=True)
     max_iterations = check_int("max_iterations", max_iterations, minimum=1)
-    estimates, converged, n_halos = [], [], []
+    estimates, converged, n_halos, scores = [], [], [], []
     for seed in tqdm(seeds, desc="mock fits", disable=not progress):
         catalogue = draw_mock_catalogue(forward, model, omega, theta, seed, density_floor=density_floor)
         post = FieldLevelPosterior(forward, model, catalogue, prior_scale=prior_scale, density_floor=density_floor)
@@ -268,6 +272,8 @@ def bias_recovery(forward, model, omega, theta, seeds, prior_scale: float = 1e3,
             value, grad = compiled(backend.constant(t[None]))
             return float(backend.to_numpy(value)[0]), np.asarray(backend.to_numpy(grad), np.float64)[0]
 
+        # The likelihood's own score at the truth (the prior's gradient, -theta / s^2, added back).
+        scores.append(theta / prior_scale**2 - loss_and_grad(theta)[1])
         # SciPy's default ftol stops on a relative change of 2e-9 in a log posterior of order 1e4, far
         # from the maximum along the head's shallow directions; the gradient decides instead.
         fit = optimize.minimize(loss_and_grad, theta, jac=True, method="L-BFGS-B",
@@ -281,6 +287,9 @@ def bias_recovery(forward, model, omega, theta, seeds, prior_scale: float = 1e3,
     se = sd / np.sqrt(len(seeds))
     with np.errstate(divide="ignore", invalid="ignore"):
         t = mean / se
+    scores = np.asarray(scores)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score_t = scores.mean(axis=0) / (scores.std(axis=0, ddof=1) / np.sqrt(len(seeds)))
     return {"seeds": seeds, "estimates": np.asarray(estimates).tolist(), "converged": converged, "n_halos": n_halos,
             "prior_scale": prior_scale, "mean_offset": mean.tolist(), "sd": sd.tolist(),
-            "standard_error": se.tolist(), "t": t.tolist()}
+            "standard_error": se.tolist(), "t": t.tolist(), "scores": scores.tolist(), "score_t": score_t.tolist()}
