@@ -1182,7 +1182,8 @@ def bias_identification(idata, convergence: dict, prior_sd: float, theta_true=No
     Returns:
         JSON-ready dict: ``parameters`` (names), ``prior_sd``, the lists of
         :func:`~tfhalo.inference.posterior_contraction`, ``weakly_identified`` (names),
-        and ``max_abs_z`` (None without a truth).
+        and ``max_abs_z``, ``max_abs_z_parameter`` and ``max_abs_z_se`` (its MCSE), None
+        without a truth.
     """
     import tfhalo.inference as inf
 
@@ -1626,7 +1627,7 @@ def report(r: dict) -> str:
             text = (f"- The catalogue narrows {n_par - len(weak)} of the {n_par} bias parameters' priors to under "
                     f"{WEAK_CONTRACTION:g} of their variance (contraction 1 - Var_post / Var_prior)")
             text += (f"; the other {len(weak)} ({', '.join(f'`{w}`' for w in weak)}) stay nearly their "
-                     f"N(0, {ident['prior_sd']:g}^2) prior: prior-wide directions, where R-hat lags first."
+                     f"N(0, {ident['prior_sd']:g}^2) prior, directions as wide as the prior that chains cross slowly."
                      if weak else ".")
             if ident.get("max_abs_z") is not None:
                 text += (f" The bias the catalogue was drawn with is at most {ident['max_abs_z']:.2f} posterior sd "
