@@ -218,7 +218,7 @@ def _mean_score_t(forward, model, omega, theta, theta_eval, seeds):
 
 
 # Each mock is a new posterior, so under JAX every score is an uncompiled, op-by-op gradient of the forward
-# model (minutes for the 64 here). The identity is one of the mock's and eq. 16's mathematics; the
+# model (minutes for the 48 here). The identity is one of the mock's and eq. 16's mathematics; the
 # posterior's tests check eq. 16 against NumPy on both backends.
 @pytest.mark.skipif(BACKEND == "jax", reason="one uncompiled JAX gradient per mock; the TensorFlow run checks it")
 def test_the_likelihood_score_has_mean_zero_over_mocks_drawn_at_the_truth():
@@ -230,13 +230,13 @@ def test_the_likelihood_score_has_mean_zero_over_mocks_drawn_at_the_truth():
     """
     forward, model = LPTForwardModel(N, BOX), build_model(LN_TH, N, dtype="float64")
     omega, theta = white_noise(N, 7), _theta()
-    seeds = range(200, 232)
+    seeds = range(200, 224)
     t, n_field = _mean_score_t(forward, model, omega, theta, theta, seeds)
     t_field, t_bias = t[:n_field], t[n_field:]
-    # Student t with 31 degrees of freedom per coordinate: E[t^2] = 31/29; 512 field coordinates.
+    # Student t with 23 degrees of freedom per coordinate: E[t^2] = 23/21; 512 field coordinates.
     assert np.max(np.abs(t_bias)) < 4.5, t_bias
     assert np.max(np.abs(t_field)) < 5.5
-    assert abs(np.mean(t_field**2) - 31 / 29) < 0.3, np.mean(t_field**2)
+    assert abs(np.mean(t_field**2) - 23 / 21) < 0.3, np.mean(t_field**2)
     # The check has power: the amplitude intercepts 0.1 off (their spread over these mocks is ~0.02).
     shifted = theta.copy()
     shifted[11:13] += 0.1
@@ -244,6 +244,7 @@ def test_the_likelihood_score_has_mean_zero_over_mocks_drawn_at_the_truth():
     assert np.max(np.abs(t_off[n_field:])) > 10
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="a compiled fit per mock; the TensorFlow run checks the same code")
 def test_bias_recovery_maximises_each_mocks_posterior_and_summarises_the_offsets():
     from tfhalo import backend
     from tfhalo.field.mock import bias_recovery
