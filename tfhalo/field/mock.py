@@ -51,9 +51,10 @@ from scipy import special, stats
 
 from tfhalo.bias.fields import DEFAULT_DENSITY_FLOOR
 from tfhalo.layers.mixture_density import SIGMA_FLOOR
-from tfhalo.field.posterior import FieldCatalogue, _check_forward, _model_params, _prepare_model, log_density_of
+from tfhalo.field.posterior import (FieldCatalogue, FieldLevelPosterior, _check_forward, _model_params, _prepare_model,
+                                    log_density_of)
 from tfhalo.sim.grid import wrap_periodic
-from tfhalo.validation import check_finite_array, check_float, check_seed
+from tfhalo.validation import check_finite_array, check_float, check_int, check_seed
 
 __all__ = ["draw_mock_catalogue", "mock_intensity", "bias_recovery"]
 
@@ -251,8 +252,6 @@ def bias_recovery(forward, model, omega, theta, seeds, prior_scale: float = 1e3,
     from tqdm.auto import tqdm
 
     from tfhalo import backend
-    from tfhalo.field.posterior import FieldLevelPosterior
-    from tfhalo.validation import check_int
 
     omega, model, _, theta, _, density_floor = _check_inputs(forward, model, omega, theta, 0, density_floor)
     seeds = [check_seed("seeds", s, allow_none=False) for s in seeds]

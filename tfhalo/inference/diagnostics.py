@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from tfhalo.atomic import atomic_path
-from tfhalo.validation import check_float, check_index_array
+from tfhalo.validation import check_finite_array, check_float, check_index_array
 
 RHAT_MAX = 1.01
 ESS_MIN = 400.0
@@ -367,8 +367,6 @@ def posterior_contraction(draws, prior_sd, truth=None, mcse_mean=None, mcse_sd=N
         Schad, Betancourt & Vasishth (2021), "Toward a principled Bayesian workflow in cognitive
         science", Psychological Methods 26, 103, arXiv:1904.12765.
     """
-    from tfhalo.validation import check_finite_array
-
     x = check_finite_array("draws", np.asarray(draws, np.float64))
     if x.ndim < 2 or x.shape[-1] < 1 or x.size < 2 * x.shape[-1]:
         raise ValueError(f"draws must be (..., P) with at least 2 draws. Received: draws.shape={x.shape}")
