@@ -64,23 +64,21 @@ def main(argv=None) -> int:
             raise ValueError(f"out must not be one of the study's files. Received: out={str(args.out)!r}")
     except ValueError as err:
         parser.error(str(err))
-    from tfhalo.bias.model import build_model
-    from tfhalo.field.forward import LPTForwardModel
     from tfhalo.field.mock import bias_recovery
     from tfhalo.sim import load
 
     study = json.loads(results.read_text())
-    config = study["config"]
+    try:
+        config = field_level.Config.from_dict(study.get("config"))
+    except (TypeError, ValueError) as err:
+        parser.error(f"study_out's results.json holds no valid field-level config ({err}). "
+                     f"Received: study_out={str(out)!r}")
     sim = load(study["simulation"]["path"])
     with h5py.File(samples) as f:
         omega = f["truth/omega"][...].astype(np.float64)
         names = [(n.decode() if isinstance(n, bytes) else str(n)).split("/", 1)[-1] for n in f["theta"].attrs["names"]]
     theta = np.load(fit)["theta"]
-    n = int(config["n_grid"])
-    model = build_model(float(np.log(config["threshold_mass"])), n, n_components=config.get("n_components", 2),
-                        dtype="float64")
-    forward = LPTForwardModel(n, sim.box_size, cosmology=sim.cosmology, order=config["order"],
-                              particle_factor=config["particle_factor"])
+    model, forward = field_level.bias_model(config), field_level.forward_model(config, sim)
     r = bias_recovery(forward, model, omega, theta, range(first, first + mocks), prior_scale=prior,
                       progress=not args.no_progress)
     print(f"{mocks} mocks (seeds {first}-{first + mocks - 1}) of {min(r['n_halos'])}-{max(r['n_halos'])} halos; "

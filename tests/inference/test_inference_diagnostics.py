@@ -179,6 +179,7 @@ def test_posterior_contraction_against_numpy_and_its_sampling_error():
     (dict(truth=[0.0, np.inf, 0.0]), r"truth must be finite"),
     (dict(mcse_sd=[0.1, np.inf, 0.1]), r"mcse_sd must be finite"),
     (dict(mcse_mean=[0.1, -0.1, np.nan], truth=[0.0, 0.0, 0.0]), r"mcse_mean must be non-negative"),
+    (dict(mcse_mean=[0.1, 0.1]), r"mcse_mean must be a scalar or one value per parameter \(3\)"),
 ])
 def test_posterior_contraction_refuses_bad_input(kwargs, match):
     args = dict(draws=np.random.default_rng(0).normal(size=(10, 3)), prior_sd=10.0)

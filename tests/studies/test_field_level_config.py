@@ -98,6 +98,22 @@ def test_presets_are_valid_frozen_and_round_trip():
         field_level.Config.preset("huge")
 
 
+def test_a_config_read_back_from_json_is_the_same_config_and_is_checked_again():
+    import json
+
+    cfg = field_level.Config.preset("quick", seed=3, settings=("mock",), n_components=1)
+    stored = json.loads(json.dumps(cfg.to_dict()))          # tuples come back as lists
+    assert field_level.Config.from_dict(stored) == cfg
+    old = {k: v for k, v in stored.items() if k != "bias_metric"}  # written before the field existed
+    assert field_level.Config.from_dict(old) == cfg
+    with pytest.raises(ValueError, match=r"Unknown field-level Config fields \['temperature'\]"):
+        field_level.Config.from_dict(dict(stored, temperature=2))
+    with pytest.raises(ValueError, match="must be a JSON object. Received: d=\\['quick'\\]"):
+        field_level.Config.from_dict(["quick"])
+    with pytest.raises(ValueError, match="n_grid must divide .* Received: n_grid=24"):
+        field_level.Config.from_dict(dict(stored, n_grid=24))
+
+
 def _shell():
     return load_script("experiments/field_level.py")
 

@@ -480,3 +480,17 @@ def test_the_bias_recovery_benchmark_fits_mocks_of_the_studys_truth(study, tmp_p
     assert exit_info.value.code == 2
     assert "results.json is missing. Received: study_out=" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()
+    # A study whose recorded config is not a valid one is refused the same way.
+    bad = tmp_path / "bad"
+    (bad / "mock").mkdir(parents=True)
+    study_json = json.loads((out / "results.json").read_text())
+    study_json["config"]["temperature"] = 2
+    (bad / "results.json").write_text(json.dumps(study_json))
+    (bad / "mock" / field_level.SAMPLES_FILE).symlink_to(out / "mock" / field_level.SAMPLES_FILE)
+    (bad / "bias_fit.npz").symlink_to(out / "bias_fit.npz")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([str(bad), "--out", str(tmp_path / "other.json")])
+    assert exit_info.value.code == 2
+    assert "holds no valid field-level config (Unknown field-level Config fields ['temperature']" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()

@@ -344,7 +344,9 @@ def posterior_contraction(draws, prior_sd, truth=None, mcse_mean=None, mcse_sd=N
         mcse_mean, mcse_sd: optional ``(P,)`` Monte Carlo standard errors of the posterior
             mean and sd (e.g. from :func:`convergence_summary`), propagated to first order
             into ``contraction_se`` and ``z_se``; NaN (ArviZ's value for a chain that did
-            not move) stays NaN there.
+            not move) stays NaN there.  ``mcse_mean`` enters ``z_se`` only, so without a
+            ``truth`` it is checked and then unused (one call serves a mock and a real
+            catalogue alike).
 
     Returns:
         JSON-ready dict of ``(P,)`` lists: ``posterior_sd``, ``contraction``, and
@@ -390,6 +392,7 @@ def posterior_contraction(draws, prior_sd, truth=None, mcse_mean=None, mcse_sd=N
     contraction = 1.0 - (sd / prior) ** 2
     out = {"posterior_sd": sd.tolist(), "contraction": contraction.tolist(), "contraction_se": None,
            "z": None, "z_se": None}
+    mcse_mean = None if mcse_mean is None else per_parameter("mcse_mean", mcse_mean, True)
     if mcse_sd is not None:
         # d(1 - s^2/sigma^2) = -2 s ds / sigma^2
         out["contraction_se"] = (2.0 * sd * per_parameter("mcse_sd", mcse_sd, True) / prior**2).tolist()
@@ -403,5 +406,5 @@ def posterior_contraction(draws, prior_sd, truth=None, mcse_mean=None, mcse_sd=N
         out["z"] = z.tolist()
         if mcse_mean is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
-                out["z_se"] = (per_parameter("mcse_mean", mcse_mean, True) / sd).tolist()
+                out["z_se"] = (mcse_mean / sd).tolist()
     return out

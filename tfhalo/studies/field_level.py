@@ -367,6 +367,27 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d) -> "Config":
+        """Inverse of :meth:`to_dict`: the config a study's ``results.json`` records, checked again.
+
+        Fields the dict lacks take their defaults (a results.json written before they existed).
+
+        Raises:
+            ValueError: ``d`` is not a dict, names an unknown field, or holds an invalid value (named).
+
+        Example:
+            >>> cfg = Config.from_dict(json.loads(Path("runs/field_level/results.json").read_text())["config"])
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a field-level Config dict must be a JSON object. Received: d={d!r:.200}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"Unknown field-level Config fields {unknown}. Expected a subset of {sorted(fields)}. "
+                             f"Received: d={d!r:.200}")
+        return cls(**d)
+
 
 PRESETS = {
     "quick": dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, threshold_mass=2e12, particle_factor=2),
@@ -555,17 +576,40 @@ def _load_simulation(config: Config, suite, progress: bool):
     return sim, paths[0]
 
 
+def bias_model(config: Config):
+    """The study's neural bias model (float64) for ``config``: its threshold, grid and head.
+
+    Charnock et al. (2020), arXiv:1909.06379 (:func:`tfhalo.bias.model.build_model`); with
+    ``config.n_components = 2`` the paper's 17-parameter model.
+    """
+    from tfhalo.bias.model import build_model
+
+    return build_model(math.log(config.threshold_mass), config.n_grid, n_components=config.n_components,
+                       dtype="float64")
+
+
+def forward_model(config: Config, sim):
+    """The study's LPT forward model for ``config`` on the box and cosmology of ``sim``.
+
+    Returns:
+        :class:`~tfhalo.field.forward.LPTForwardModel` of ``config.n_grid`` cells per side,
+        ``config.order`` and ``config.particle_factor``.
+    """
+    from tfhalo.field.forward import LPTForwardModel
+
+    return LPTForwardModel(config.n_grid, sim.box_size, cosmology=sim.cosmology, order=config.order,
+                           particle_factor=config.particle_factor)
+
+
 def _bias_fit(config: Config, sim, out: Path, progress: bool, overwrite: bool):
     """The bias parameters fitted to the N-body density on the inference grid (cached)."""
     from tfhalo.bias.fields import bias_data_from_simulation
     from tfhalo.bias.fit import fit_map
     from tfhalo.bias.likelihood import NeuralBiasLikelihood
-    from tfhalo.bias.model import build_model
     from tfhalo.studies import common
 
     data = bias_data_from_simulation(sim, config.n_grid, config.threshold_mass, source="nbody")
-    model = build_model(math.log(config.threshold_mass), config.n_grid, n_components=config.n_components,
-                        dtype="float64")
+    model = bias_model(config)
     like = NeuralBiasLikelihood(model, data)
     key = dict(step="bias_fit", simulation=common.fingerprint(sim.initial_density), n_grid=config.n_grid,
                threshold_mass=config.threshold_mass, map_steps=config.map_steps, map_starts=config.map_starts,
@@ -1394,7 +1438,6 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     Returns:
         The results dict (also ``out/results.json``).
     """
-    from tfhalo.field.forward import LPTForwardModel
     from tfhalo.field.posterior import FieldLevelPosterior
     from tfhalo.studies import common
 
@@ -1426,8 +1469,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     theta_fit = np.asarray(fit["theta"], np.float64)
     say(f"{data.n_halos} halos above {config.threshold_mass:.3g} Msun/h on a {config.n_grid}^3 grid; bias fit to "
         f"the N-body field: ln posterior {float(fit['log_posterior']):.2f}")
-    forward = LPTForwardModel(config.n_grid, sim.box_size, cosmology=sim.cosmology, order=config.order,
-                              particle_factor=config.particle_factor)
+    forward = forward_model(config, sim)
 
     settings = {}
     for setting in config.settings:
