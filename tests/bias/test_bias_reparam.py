@@ -291,6 +291,34 @@ def test_the_psi_scale_symmetry_is_one_coordinate():
     assert float(like.log_likelihood(scaled)) == pytest.approx(float(like.log_likelihood(theta)), rel=1e-9)
 
 
+def test_the_log_scale_coordinate_is_lambda_and_keeps_the_map_and_its_jacobian():
+    # "log_scale" stores lambda = xi + softplus(m) in the first radial slot instead of xi: the
+    # same map theta(v) after a unit-triangular change of v, so the same log-Jacobian.
+    like, _ = _likelihood(1, n_components=2)
+    curvature, theta, points = _posterior_like_points(like, n=3)
+    log_scale = LocalLinearReparametrization(like, theta, scale_coordinate="log_scale")
+    assert log_scale.scale_coordinate == "log_scale" and curvature.scale_coordinate == "curvature"
+    first, m = curvature.w_index[0], curvature.b_index
+    moved = points.copy()
+    moved[:, first] = points[:, first] + np.logaddexp(0.0, points[:, m])
+    np.testing.assert_allclose(_np(log_scale.forward(moved)), _np(curvature.forward(points)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_np(log_scale.forward_log_det_jacobian(moved, event_ndims=1)),
+                               _np(curvature.forward_log_det_jacobian(points, event_ndims=1)), rtol=1e-12)
+    thetas = _np(curvature.forward(points))
+    np.testing.assert_allclose(_np(log_scale.inverse(thetas)), moved, rtol=1e-10, atol=1e-10)
+    # ln of the radial weights' Sigma-scale, read off theta directly.
+    w = thetas[:, curvature.w_index]                                          # (n, R, F)
+    scale = np.einsum("rf,rq,nqf->nf", curvature.w_hat, curvature.shell_cov, w)
+    np.testing.assert_allclose(moved[:, first], np.log(scale), rtol=1e-10, atol=1e-10)
+    # And against autodiff, the way the default coordinates are checked.
+    for jac, log_det in zip(_jacobians(log_scale.forward, moved),
+                            _np(log_scale.forward_log_det_jacobian(moved, event_ndims=1))):
+        assert np.linalg.cond(jac) < 1e8
+        assert log_det == pytest.approx(np.linalg.slogdet(jac)[1], rel=1e-10, abs=1e-10)
+    with pytest.raises(ValueError, match=r"scale_coordinate must be one of .*Received: scale_coordinate='xi'"):
+        LocalLinearReparametrization(like, theta, scale_coordinate="xi")
+
+
 def test_outside_the_domain_and_bad_inputs_raise_naming_the_argument():
     like, theta = _likelihood()
     rep = LocalLinearReparametrization(like, theta)

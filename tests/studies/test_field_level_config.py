@@ -43,6 +43,9 @@ from tests.helpers.scripts import load_script
     ("n_components", 0, "n_components must be at least 1. Received: n_components=0"),
     ("n_components", 1.5, "n_components must be an integer. Received: n_components=1.5"),
     ("bias_metric", "fisher", "bias_metric must be one of .* Received: bias_metric='fisher'"),
+    ("bias_scale_coordinate", "xi", "bias_scale_coordinate must be one of .* Received: bias_scale_coordinate='xi'"),
+    ("bias_scale_coordinate", "log_scale", "bias_scale_coordinate is a choice of the local-linear coordinates.* "
+                                           "Received: bias_scale_coordinate='log_scale', bias_coordinates='diagonal'"),
     ("bias_metric", "warmup", "bias_metric='warmup' needs sampler='gibbs' with bias_coordinates='local_linear' .* "
                               "Received: bias_metric='warmup', sampler='joint'"),
     ("bias_min_step_factor", 0.0, "bias_min_step_factor must be positive. Received: bias_min_step_factor=0.0"),
@@ -54,6 +57,15 @@ from tests.helpers.scripts import load_script
 def test_every_field_is_checked_on_construction(field, value, match):
     with pytest.raises(ValueError, match=match):
         field_level.Config.preset("quick", **{field: value})
+
+
+def test_the_log_scale_coordinate_is_one_of_the_local_linear_maps_choices():
+    from tfhalo.bias.reparam import SCALE_COORDINATES
+
+    assert field_level.BIAS_SCALE_COORDINATES == SCALE_COORDINATES
+    for coordinates in ("local_linear", "pilot"):
+        cfg = field_level.Config.preset("quick", bias_coordinates=coordinates, bias_scale_coordinate="log_scale")
+        assert cfg.bias_scale_coordinate == "log_scale"
 
 
 def test_a_random_bias_step_needs_a_bias_kernel_with_a_step():
@@ -161,7 +173,7 @@ def test_every_override_flag_reaches_its_config_field():
     shell = _shell()
     values = {int: "3", float: "2.5e11", str: None}
     choices = {"start": "prior", "preconditioner": "none", "bias_coordinates": "diagonal", "sampler": "gibbs",
-               "bias_kernel": "nuts", "bias_carry": "npe_moments"}
+               "bias_kernel": "nuts", "bias_carry": "npe_moments", "bias_scale_coordinate": "log_scale"}
     argv, want = [], {}
     for flag, field, kind, _ in field_level.CLI_OVERRIDES:
         text = choices.get(field) if kind is str else values[kind]

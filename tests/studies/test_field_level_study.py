@@ -247,8 +247,8 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
 
 
 # Two slice transitions per sweep keep the study's multi-step bias block covered. HMC takes one, with the
-# field's move carrying the bias, a random step per bias transition, the one-Gaussian head and the bias metric
-# re-estimated halfway through the warm-up. NUTS shares HMC's step-size adaptation here and is checked in the
+# field's move carrying the bias, a random step per bias transition, the one-Gaussian head, the bias metric
+# re-estimated halfway through the warm-up and the NPE's log radial scale as the bias's scale coordinate. NUTS shares HMC's step-size adaptation here and is checked in the
 # blocked sampler's own tests (tests/inference), as the carry's exactness is.
 @pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry,factor,n_components,metric",
                          [("slice", 2, "none", 1.0, 2, "start"), ("hmc", 1, "npe_moments", 0.5, 1, "warmup")])
@@ -256,11 +256,13 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
                                                             factor, n_components, metric):
     config, root, _ = study
     coordinates = "local_linear" if metric == "warmup" else "diagonal"
+    scale = "log_scale" if metric == "warmup" else "curvature"
     gibbs = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_steps": bias_steps,
                                                          "bias_kernel": bias_kernel, "bias_carry": bias_carry,
                                                          "bias_min_step_factor": factor,
                                                          "n_components": n_components,
-                                                         "bias_coordinates": coordinates, "bias_metric": metric})
+                                                         "bias_coordinates": coordinates, "bias_metric": metric,
+                                                         "bias_scale_coordinate": scale})
     results = field_level.run(gibbs, root / "suite", tmp_path / "out", progress=False)
     # 4 radial weights and a bias of the NPE, then an amplitude, a mean and a width per Gaussian, each a
     # slope and an intercept
@@ -289,6 +291,8 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
     assert ("a mixture head of 1 Gaussian; the paper's has 2" in report) == (n_components == 1)
     # The metric's stage is half the warm-up (its draws the second quarter), inside the sweeps counted above.
     assert ("metric re-estimated from its draws over the first half of the warm-up" in report) == (metric == "warmup")
+    assert ("the NPE's log radial scale as the bias's scale coordinate" in report) == (scale == "log_scale")
+    assert results["config"]["bias_scale_coordinate"] == scale
     if metric == "warmup":
         bm = s["bias_metric"]
         assert (bm["sweeps"], bm["draws_per_chain"]) == (gibbs.n_warmup // 2, gibbs.n_warmup // 4)
@@ -297,11 +301,13 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
         assert "bias_metric" not in s
 
 
-def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study):
+@pytest.mark.parametrize("scale", field_level.BIAS_SCALE_COORDINATES)
+def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study, scale):
     from tfhalo import backend
 
     posterior, state, theta = _nbody_posterior(study)
-    bijector = field_level._local_linear_bias_bijector(posterior, state)
+    bijector, rep = field_level._local_linear_bias_bijector(posterior, state, return_rep=True, scale_coordinate=scale)
+    assert rep.scale_coordinate == scale
     assert isinstance(bijector, backend.tfp.bijectors.Bijector)
     z = backend.to_numpy(bijector.inverse(backend.constant(theta[None])))
     assert np.allclose(z, 0.0, atol=1e-8)          # the start is the centre of the Laplace map

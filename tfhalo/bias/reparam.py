@@ -42,6 +42,12 @@ from keras import ops
 from tfhalo import backend
 from tfhalo.validation import check_finite_array, check_int
 
+#: What the first radial slot of ``v`` holds per NPE feature: ``"curvature"``, ``xi = lambda -
+#: softplus(m)`` (the log curvature scale of ``psi``, fixed by the data near a fit where the
+#: softplus bends), or ``"log_scale"``, ``lambda`` itself (the log scale of the radial weights).
+#: The change between them is unit-triangular, so the log-Jacobian is the same.
+SCALE_COORDINATES = ("curvature", "log_scale")
+
 # Below this log-argument softplus(x) = e^x (1 - e^x / 2 + ...) and its inverse are
 # evaluated by their series, so that neither exp(x) underflowing nor log(0) can
 # put an inf/NaN into a value or a gradient.
@@ -138,9 +144,13 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
         >>> rep.forward_log_det_jacobian(v, event_ndims=1)   # scalar float64
     """
 
-    def __init__(self, likelihood, theta_ref, anchor=None, validate_args=False,
+    def __init__(self, likelihood, theta_ref, anchor=None, scale_coordinate="curvature", validate_args=False,
                  name="local_linear_reparametrization"):
         parameters = dict(locals())
+        if scale_coordinate not in SCALE_COORDINATES:
+            raise ValueError(f"scale_coordinate must be one of {SCALE_COORDINATES}. Received: "
+                             f"scale_coordinate={scale_coordinate!r}")
+        self.scale_coordinate = scale_coordinate
         model = getattr(likelihood, "model", None)
         layout = getattr(likelihood, "layout", None)
         if model is None or layout is None or not hasattr(model, "npe") or not hasattr(model, "head"):
@@ -264,10 +274,13 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
 
     def _npe_coordinates(self, v):
         """``(xi, eta, m, lam, log_s)`` from v: ``(..., F)``, ``(..., R-1, F)``, three ``(..., F)``."""
-        xi = ops.take(v, self.w_index[0], axis=-1)
+        first = ops.take(v, self.w_index[0], axis=-1)
         eta = ops.take(v, self.w_index[1:], axis=-1)
         m = ops.take(v, self.b_index, axis=-1)
-        lam = xi + ops.softplus(m)
+        if self.scale_coordinate == "log_scale":
+            lam, xi = first, first - ops.softplus(m)
+        else:
+            xi, lam = first, first + ops.softplus(m)
         log_s = lam + 0.5 * ops.log1p(ops.sum(ops.square(eta), axis=-2))
         return xi, eta, m, lam, log_s
 
@@ -343,7 +356,8 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
         big_b = c * ops.exp(ops.log_sigmoid(m) + log_s)[..., None]
         big_a = d + ops.einsum("...fj,...f->...j", c, ops.softplus(m))
         tail = self._tail(big_a + ops.einsum("...fj,f->...j", big_b, backend.constant(self.anchor, dt)))
-        radial = ops.concatenate([xi[..., None, :], eta], axis=-2)  # slot r = 0 holds xi
+        first = lam if self.scale_coordinate == "log_scale" else xi
+        radial = ops.concatenate([first[..., None, :], eta], axis=-2)  # slot r = 0 holds xi (or lambda)
         return self._assemble([radial, m, big_b, tail], theta)
 
     def _check_domain(self, theta, scale):

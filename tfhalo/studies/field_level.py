@@ -91,6 +91,10 @@ BIAS_CARRIES = ("none", "npe_moments")
 #: start (``"start"``), or a dense metric re-estimated from the chains' own bias draws over the first half of the
 #: warm-up (``"warmup"``; :func:`bias_metric_from_draws`).
 BIAS_METRICS = ("start", "warmup")
+#: The local-linear bias coordinates' choices for the NPE's radial scale: those of
+#: :class:`tfhalo.bias.reparam.LocalLinearReparametrization` (its ``SCALE_COORDINATES``), named here so that
+#: a Config is checked without importing Keras.
+BIAS_SCALE_COORDINATES = ("curvature", "log_scale")
 #: Fewest warm-up sweeps with ``bias_metric="warmup"``: each quarter (the first stage's step adaptation and its
 #: draws) needs at least 4.
 MIN_WARMUP_FOR_BIAS_METRIC = 16
@@ -186,6 +190,15 @@ class Config:
             fields the chains visit, the bias spreads along combinations of its parameters tens of
             times wider than the start's curvature widths, which the start's Laplace map cannot know.
             Needs ``n_warmup`` of at least :data:`MIN_WARMUP_FOR_BIAS_METRIC`.
+        bias_scale_coordinate: what the local-linear bias coordinates (``bias_coordinates``
+            ``"local_linear"`` or ``"pilot"``) hold for the NPE's radial scale:
+            ``"curvature"`` (the default), the log curvature scale ``xi`` of ``psi``, or
+            ``"log_scale"``, the log scale ``lambda = xi + softplus(m)`` of the radial weights
+            (:data:`BIAS_SCALE_COORDINATES`).  Given a field, the bias posterior
+            reaches into softplus's linear regime (``m`` large), where the data leave the
+            curvature free and ``xi`` falls with ``m`` while ``lambda`` stays put; there the
+            curvature coordinate bends the posterior into a ridge (docs/sampling_coordinates.md,
+            "Which scale coordinate").
         n_bias_pilot: warm-up iterations and draws per chain of the bias pilot
             (``bias_coordinates="pilot"``; at least :data:`MIN_BIAS_PILOT`).
         n_probes: Hutchinson probes of the curvature estimate.
@@ -238,6 +251,7 @@ class Config:
     bias_carry: str = "none"
     bias_min_step_factor: float = 1.0
     bias_metric: str = "start"
+    bias_scale_coordinate: str = "curvature"
     n_bias_pilot: int = 300
     n_probes: int = 8
     n_chains: int = 2
@@ -303,6 +317,11 @@ class Config:
             raise ValueError("bias_metric='warmup' needs sampler='gibbs' with bias_coordinates='local_linear' (the "
                              f"metric is estimated in its coordinates). Received: bias_metric={self.bias_metric!r}, "
                              f"sampler={self.sampler!r}, bias_coordinates={self.bias_coordinates!r}")
+        check_choice("bias_scale_coordinate", self.bias_scale_coordinate, BIAS_SCALE_COORDINATES)
+        if self.bias_scale_coordinate != "curvature" and self.bias_coordinates not in ("local_linear", "pilot"):
+            raise ValueError("bias_scale_coordinate is a choice of the local-linear coordinates: it needs "
+                             "bias_coordinates 'local_linear' or 'pilot'. Received: bias_scale_coordinate="
+                             f"{self.bias_scale_coordinate!r}, bias_coordinates={self.bias_coordinates!r}")
         set_("n_bias_pilot", check_int("n_bias_pilot", self.n_bias_pilot, minimum=MIN_BIAS_PILOT))
         if self.sampler == "gibbs" and self.devices != 1:
             raise ValueError(f"devices must be 1 with sampler='gibbs' (its chains run on one device). "
@@ -430,6 +449,9 @@ CLI_OVERRIDES = (
     ("--bias-metric", "bias_metric", str,
      "start (the bias coordinates' Laplace map at the chains' start) or warmup (a dense metric from the bias draws "
      "of the first half of the warm-up; --sampler gibbs --bias-coordinates local_linear)"),
+    ("--bias-scale-coordinate", "bias_scale_coordinate", str,
+     "curvature or log_scale: the NPE radial scale's coordinate in the local-linear bias coordinates "
+     "(--bias-coordinates local_linear or pilot)"),
     ("--leapfrog-steps", "leapfrog_steps", int, None),
     ("--target-accept", "target_accept", float, None),
     ("--map-steps", "map_steps", int, "Adam steps of the bias fit"),
@@ -759,7 +781,7 @@ def _bias_bijector(config: Config, posterior, state0, theta_fit, bias_scale, off
                                          "bias_gradient_evaluations": int(pilot.n_gradient_evaluations),
                                          "n_divergent": int(np.sum(pilot.sample_stats["diverging"]))}}
     if config.bias_coordinates == "local_linear":
-        return _local_linear_bias_bijector(posterior, state0[0]), {}
+        return _local_linear_bias_bijector(posterior, state0[0], scale_coordinate=config.bias_scale_coordinate), {}
     return tfb.Chain([tfb.Shift(backend.constant(theta_fit)), tfb.Scale(backend.constant(bias_scale))]), {}
 
 
@@ -990,7 +1012,7 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
 
     n_field = posterior.n_field
     warm1, draws1, warm2 = _warmup_stages(config.n_warmup)
-    start_bijector = _local_linear_bias_bijector(posterior, state0[0])
+    start_bijector = _local_linear_bias_bijector(posterior, state0[0], scale_coordinate=config.bias_scale_coordinate)
     stage_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / "bias_metric"
     first = _gibbs_chains(config, posterior, state0, field_scale, start_bijector, offset, stage_dir, progress,
                           n_warmup=warm1, n_samples=draws1, seed=config.chains_seed + offset + 2000)
@@ -1013,7 +1035,7 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
     return chains, {"bias_metric": info}
 
 
-def _local_linear_bias_bijector(posterior, state, return_rep: bool = False):
+def _local_linear_bias_bijector(posterior, state, return_rep: bool = False, scale_coordinate: str = "curvature"):
     """The neural bias study's coordinates for the bias, built on the LPT density of ``state (P,)``.
 
     ``theta = rep(v_0 + chol(H_v^-1) z)``: ``rep`` is
@@ -1033,7 +1055,7 @@ def _local_linear_bias_bijector(posterior, state, return_rep: bool = False):
     like = NeuralBiasLikelihood(posterior.model, posterior.catalogue.to_bias_data(density, posterior.density_floor),
                                 prior_scale=posterior.prior_scale)
     theta = np.asarray(state[posterior.n_field:], np.float64)
-    rep = LocalLinearReparametrization(like, theta)
+    rep = LocalLinearReparametrization(like, theta, scale_coordinate=scale_coordinate)
     v0 = backend.to_numpy(rep.inverse(backend.constant(theta))).astype(np.float64)
 
     def target_v(v):
@@ -1068,7 +1090,8 @@ def _pilot_bias_bijector(config: Config, posterior, state0, seed: int, checkpoin
     from tfhalo import backend
 
     n, n_field = config.n_grid, posterior.n_field
-    local, rep = _local_linear_bias_bijector(posterior, state0[0], return_rep=True)
+    local, rep = _local_linear_bias_bijector(posterior, state0[0], return_rep=True,
+                                             scale_coordinate=config.bias_scale_coordinate)
     log_density = posterior.log_density(backend.constant(np.asarray(state0[:, :n_field]).reshape(-1, n, n, n)))
     target = posterior.bias_conditional(log_density)  # the NPE's convolution done once
 
@@ -1395,6 +1418,8 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
         unused.add("n_components")
     if config.bias_metric == "start":  # the same
         unused.add("bias_metric")
+    if config.bias_scale_coordinate == "curvature":  # the same
+        unused.add("bias_scale_coordinate")
     if config.bias_coordinates != "pilot":
         unused.add("n_bias_pilot")
     keep = {k: v for k, v in config.to_dict().items() if k not in unused}
@@ -1595,8 +1620,10 @@ def _sampler_text(cfg: dict) -> str:
     jitter = f", steps drawn log-uniformly from {factor:g} to 1 times the adapted one" if factor != 1.0 else ""
     metric = (", the bias's dense metric re-estimated from its draws over the first half of the warm-up"
               if cfg.get("bias_metric", "start") == "warmup" else "")
+    scale = (", the NPE's log radial scale as the bias's scale coordinate"
+             if cfg.get("bias_scale_coordinate", "curvature") == "log_scale" else "")
     return (f"blocked chains (the white noise by HMC {moved}, then {cfg['bias_steps']} {cfg['bias_kernel']} "
-            f"move(s) of the bias given the field per sweep{jitter}{metric})")
+            f"move(s) of the bias given the field per sweep{jitter}{metric}{scale})")
 
 
 def report(r: dict) -> str:
