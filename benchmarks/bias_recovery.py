@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
 
 from tfhalo.atomic import write_json_atomic  # noqa: E402
 from tfhalo.studies import common, field_level  # noqa: E402
@@ -55,29 +51,17 @@ def main(argv=None) -> int:
         first = check_int("first_seed", args.first_seed, minimum=0)
         prior = check_float("prior_scale", args.prior_scale, positive=True)
         out = args.study_out
-        results, samples, fit = out / "results.json", out / "mock" / field_level.SAMPLES_FILE, out / "bias_fit.npz"
-        for path in (results, samples, fit):
-            if not path.is_file():
-                raise ValueError(f"study_out must hold a finished field-level study with the mock setting; "
-                                 f"{path.name} is missing. Received: study_out={str(out)!r}")
-        if args.out.resolve() in {p.resolve() for p in (results, samples, fit)}:
+        protected = {(out / name).resolve() for name in
+                     ("results.json", "bias_fit.npz", f"mock/{field_level.SAMPLES_FILE}")}
+        if args.out.resolve() in protected:
             raise ValueError(f"out must not be one of the study's files. Received: out={str(args.out)!r}")
+        study = field_level.load_finished_study(out, "mock")
     except ValueError as err:
         parser.error(str(err))
     from tfhalo.field.mock import bias_recovery
-    from tfhalo.sim import load
 
-    study = json.loads(results.read_text())
-    try:
-        config = field_level.Config.from_dict(study.get("config"))
-    except (TypeError, ValueError) as err:
-        parser.error(f"study_out's results.json holds no valid field-level config ({err}). "
-                     f"Received: study_out={str(out)!r}")
-    sim = load(study["simulation"]["path"])
-    with h5py.File(samples) as f:
-        omega = f["truth/omega"][...].astype(np.float64)
-        names = [(n.decode() if isinstance(n, bytes) else str(n)).split("/", 1)[-1] for n in f["theta"].attrs["names"]]
-    theta = np.load(fit)["theta"]
+    config, sim, omega, theta = study.config, study.simulation, study.omega_true, study.theta_fit
+    names = list(study.parameter_names)
     model, forward = field_level.bias_model(config), field_level.forward_model(config, sim)
     r = bias_recovery(forward, model, omega, theta, range(first, first + mocks), prior_scale=prior,
                       progress=not args.no_progress)

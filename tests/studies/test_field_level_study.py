@@ -306,7 +306,7 @@ def test_local_linear_bias_coordinates_are_an_exact_bijection_at_the_start(study
     from tfhalo import backend
 
     posterior, state, theta = _nbody_posterior(study)
-    bijector, rep = field_level._local_linear_bias_bijector(posterior, state, return_rep=True, scale_coordinate=scale)
+    bijector, rep = field_level.local_linear_bias_bijector(posterior, state, return_rep=True, scale_coordinate=scale)
     assert rep.scale_coordinate == scale
     assert isinstance(bijector, backend.tfp.bijectors.Bijector)
     z = backend.to_numpy(bijector.inverse(backend.constant(theta[None])))
@@ -428,7 +428,7 @@ def test_bias_metric_from_draws_whitens_them_and_keeps_the_starts_widths_where_t
     from tfhalo import backend
 
     posterior, state, theta = _nbody_posterior(study)
-    start = field_level._local_linear_bias_bijector(posterior, state)
+    start = field_level.local_linear_bias_bijector(posterior, state)
     rng = np.random.default_rng(5)
     n, p = 300, theta.size
     z_start = np.zeros((n, p))
@@ -484,7 +484,7 @@ def test_the_bias_recovery_benchmark_fits_mocks_of_the_studys_truth(study, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         bench.main([str(tmp_path), "--out", str(tmp_path / "other.json")])
     assert exit_info.value.code == 2
-    assert "results.json is missing. Received: study_out=" in capsys.readouterr().err
+    assert "results.json is missing. Received: out=" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()
     # A study whose recorded config is not a valid one is refused the same way.
     bad = tmp_path / "bad"
@@ -499,4 +499,46 @@ def test_the_bias_recovery_benchmark_fits_mocks_of_the_studys_truth(study, tmp_p
     assert exit_info.value.code == 2
     assert "holds no valid field-level config (Unknown field-level Config fields ['temperature']" in \
         capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()
+
+
+def test_a_finished_study_reads_back_as_the_run_built_it(study, tmp_path):
+    config, root, _ = study
+    out = root / "out"
+    back = field_level.load_finished_study(out, "mock")
+    assert back.config == config
+    np.testing.assert_array_equal(back.omega_true, field_level.truth_white_noise(back.simulation, config.n_grid))
+    np.testing.assert_array_equal(back.theta_fit, np.load(out / "bias_fit.npz")["theta"])
+    model, forward = field_level.bias_model(config), field_level.forward_model(config, back.simulation)
+    # The mock the study drew (a seeded draw from the model at the truth), recomputed.
+    drawn = field_level._catalogue(config, "mock", back.simulation, forward, model, back.omega_true, back.theta_fit)
+    np.testing.assert_allclose(back.catalogue.positions, drawn.positions, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(back.catalogue.ln_mass, drawn.ln_mass, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(back.catalogue.halo_voxel, drawn.halo_voxel)
+    assert len(back.parameter_names) == 17 and back.parameter_names[4] == "npe/bias[0]"
+    with pytest.raises(ValueError, match="setting must be one of .* Received: setting='real'"):
+        field_level.load_finished_study(out, "real")
+    with pytest.raises(ValueError, match=r"results.json is missing. Received: out="):
+        field_level.load_finished_study(tmp_path, "mock")
+
+
+def test_the_scale_coordinate_benchmark_samples_the_bias_in_both_coordinates(study, tmp_path, monkeypatch, capsys):
+    from tests.helpers.scripts import load_script
+
+    _, root, _ = study
+    bench = load_script("benchmarks/bias_scale_coordinate.py", monkeypatch)
+    target = tmp_path / "scale.json"
+    assert bench.main([str(root / "out"), "--n-warmup", "20", "--n-samples", "10", "--max-tree-depth", "3",
+                       "--out", str(target), "--no-progress"]) == 0
+    r = json.loads(target.read_text())
+    assert [row["scale_coordinate"] for row in r["rows"]] == list(field_level.BIAS_SCALE_COORDINATES)
+    for row in r["rows"]:
+        assert row["draws"] == 20 and 1 <= row["steps_per_iteration"] <= 2**3 and row["min_bulk_ess"] > 0
+        assert row["gradients_per_ess"] == pytest.approx(20 * row["steps_per_iteration"] / row["min_bulk_ess"])
+        assert row["ratio_to_curvature"] == pytest.approx(row["gradients_per_ess"] / r["rows"][0]["gradients_per_ess"])
+    assert "| scale coordinate | leapfrog steps / iteration |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([str(root / "out"), "--chains", "1", "--out", str(tmp_path / "other.json")])
+    assert exit_info.value.code == 2
+    assert "chains must be at least 2. Received: chains=1" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()

@@ -64,7 +64,8 @@ from tfhalo.evaluation.report import jsonable
 from tfhalo.validation import check_bool, check_choice, check_float, check_fraction, check_int
 
 __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread",
-           "bias_identification", "bias_metric_from_draws", "report"]
+           "bias_identification", "bias_metric_from_draws", "bias_model", "forward_model", "FinishedStudy",
+           "load_finished_study", "local_linear_bias_bijector", "report"]
 
 SETTINGS = ("mock", "nbody", "mock_fixed_bias")
 #: Settings whose bias parameters are held at the values the mock catalogue was drawn with.
@@ -623,6 +624,78 @@ def forward_model(config: Config, sim):
                            particle_factor=config.particle_factor)
 
 
+@dataclasses.dataclass(frozen=True)
+class FinishedStudy:
+    """What a finished field-level run recorded for one setting, read back (:func:`load_finished_study`).
+
+    Attributes:
+        config: the run's :class:`Config`.
+        simulation: the N-body :class:`tfhalo.sim.Simulation` it ran on.
+        omega_true: ``(n, n, n)`` the truth's white noise on the inference grid.
+        theta_fit: ``(n_bias,)`` the bias fitted to the N-body field (a mock's generating bias).
+        catalogue: the setting's halos, a :class:`~tfhalo.field.posterior.FieldCatalogue`.
+        parameter_names: the bias parameters' names, without the model's prefix.
+    """
+
+    config: Config
+    simulation: object
+    omega_true: np.ndarray
+    theta_fit: np.ndarray
+    catalogue: object
+    parameter_names: tuple
+
+
+def load_finished_study(out, setting: str = "mock") -> FinishedStudy:
+    """Read back a finished field-level run (``run(..., out=out)``) for re-analysis without its chains.
+
+    Args:
+        out: the run's output folder (its ``results.json``, ``bias_fit.npz`` and
+            ``<setting>/samples.h5``).
+        setting: one of :data:`SETTINGS` that the run sampled.
+
+    Returns:
+        A :class:`FinishedStudy`.
+
+    Raises:
+        ValueError: ``setting`` unknown, a file missing (named), or a ``results.json`` without a
+            valid config, naming ``out``.
+
+    Example:
+        >>> study = load_finished_study("runs/demo/field_level")
+        >>> posterior = FieldLevelPosterior(forward_model(study.config, study.simulation),
+        ...                                 bias_model(study.config), study.catalogue)   # doctest: +SKIP
+    """
+    import json
+
+    import h5py
+
+    from tfhalo.field.posterior import FieldCatalogue
+    from tfhalo.sim import load
+
+    check_choice("setting", setting, SETTINGS)
+    out = Path(out)
+    results, samples, fit = out / "results.json", out / setting / SAMPLES_FILE, out / "bias_fit.npz"
+    for path in (results, samples, fit):
+        if not path.is_file():
+            raise ValueError(f"out must hold a finished field-level run with the {setting!r} setting; "
+                             f"{path.relative_to(out)} is missing. Received: out={str(out)!r}")
+    study = json.loads(results.read_text())
+    try:
+        config = Config.from_dict(study.get("config"))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"out's results.json holds no valid field-level config ({err}). "
+                         f"Received: out={str(out)!r}") from None
+    with h5py.File(samples) as f:
+        omega = f["truth/omega"][...].astype(np.float64)
+        names = tuple((n.decode() if isinstance(n, bytes) else str(n)).split("/", 1)[-1]
+                      for n in f["theta"].attrs["names"])
+        box = float(f.attrs["box_size"])
+        catalogue = FieldCatalogue(f["data/halo_positions"][...], f["data/halo_ln_mass"][...], box,
+                                   int(f.attrs["n_grid"]), float(f["data"].attrs["log_mass_threshold"]))
+    theta = np.asarray(np.load(fit)["theta"], np.float64)
+    return FinishedStudy(config, load(study["simulation"]["path"]), omega, theta, catalogue, names)
+
+
 def _bias_fit(config: Config, sim, out: Path, progress: bool, overwrite: bool):
     """The bias parameters fitted to the N-body density on the inference grid (cached)."""
     from tfhalo.bias.fields import bias_data_from_simulation
@@ -781,7 +854,7 @@ def _bias_bijector(config: Config, posterior, state0, theta_fit, bias_scale, off
                                          "bias_gradient_evaluations": int(pilot.n_gradient_evaluations),
                                          "n_divergent": int(np.sum(pilot.sample_stats["diverging"]))}}
     if config.bias_coordinates == "local_linear":
-        return _local_linear_bias_bijector(posterior, state0[0], scale_coordinate=config.bias_scale_coordinate), {}
+        return local_linear_bias_bijector(posterior, state0[0], scale_coordinate=config.bias_scale_coordinate), {}
     return tfb.Chain([tfb.Shift(backend.constant(theta_fit)), tfb.Scale(backend.constant(bias_scale))]), {}
 
 
@@ -939,7 +1012,7 @@ def bias_metric_from_draws(bijector, theta_draws):
     :func:`tfhalo.inference.preconditioner_from_draws`) from the draws mapped back to
     ``bijector``'s coordinates, shrunk towards the identity there, that is towards
     ``bijector``'s own metric, with weight ``5 / (n + 5)`` for ``n`` draws: the local-linear
-    coordinates' Laplace map at the chains' start (:func:`_local_linear_bias_bijector`),
+    coordinates' Laplace map at the chains' start (:func:`local_linear_bias_bijector`),
     in which the bias posterior given a typical field is nearly Gaussian.  The draws' own
     mean and covariance are whitened, so a chain whose bias spreads along combinations of
     parameters far wider than the start's curvature widths meets those directions at unit
@@ -958,7 +1031,7 @@ def bias_metric_from_draws(bijector, theta_draws):
         ValueError: draws that are not finite, fewer than 2, or not ``(..., P)`` for ``bijector``.
 
     Example:
-        >>> start = _local_linear_bias_bijector(posterior, state0[0])
+        >>> start = local_linear_bias_bijector(posterior, state0[0])
         >>> metric = bias_metric_from_draws(start, warmup_theta)        # (S, C, 17) draws
         >>> z = metric.inverse(warmup_theta.reshape(-1, 17))           # mean 0, covariance ~I
     """
@@ -993,7 +1066,7 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
     """Blocked chains whose bias metric is re-estimated from their own draws halfway through the warm-up.
 
     Stage 1 runs :func:`_gibbs_chains` in the local-linear coordinates built at the start
-    (:func:`_local_linear_bias_bijector`) for the first half of the warm-up; the bias draws
+    (:func:`local_linear_bias_bijector`) for the first half of the warm-up; the bias draws
     of its second quarter give the dense metric (:func:`bias_metric_from_draws`).  Stage 2
     starts from stage 1's last state and runs the rest of the warm-up and the kept sweeps in
     that metric (a fixed kernel, so the kept sweeps are exact).  Stage 1 checkpoints into
@@ -1012,7 +1085,7 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
 
     n_field = posterior.n_field
     warm1, draws1, warm2 = _warmup_stages(config.n_warmup)
-    start_bijector = _local_linear_bias_bijector(posterior, state0[0], scale_coordinate=config.bias_scale_coordinate)
+    start_bijector = local_linear_bias_bijector(posterior, state0[0], scale_coordinate=config.bias_scale_coordinate)
     stage_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / "bias_metric"
     first = _gibbs_chains(config, posterior, state0, field_scale, start_bijector, offset, stage_dir, progress,
                           n_warmup=warm1, n_samples=draws1, seed=config.chains_seed + offset + 2000)
@@ -1035,7 +1108,7 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
     return chains, {"bias_metric": info}
 
 
-def _local_linear_bias_bijector(posterior, state, return_rep: bool = False, scale_coordinate: str = "curvature"):
+def local_linear_bias_bijector(posterior, state, return_rep: bool = False, scale_coordinate: str = "curvature"):
     """The neural bias study's coordinates for the bias, built on the LPT density of ``state (P,)``.
 
     ``theta = rep(v_0 + chol(H_v^-1) z)``: ``rep`` is
@@ -1043,7 +1116,21 @@ def _local_linear_bias_bijector(posterior, state, return_rep: bool = False, scal
     the start's density (any fixed bijection keeps the chains exact; this one makes the
     bias posterior given a typical field nearly Gaussian), ``H_v`` the Hessian of its
     Jacobian-corrected conditional at the start, curvatures floored at 1 (the scale of ``v``).
-    With ``return_rep``, returns ``(bijector, rep)``.
+
+    Args:
+        posterior: a :class:`~tfhalo.field.posterior.FieldLevelPosterior`.
+        state: ``(P,)`` white noise and bias (``posterior.split`` order): the field whose LPT
+            density the map is built on, and the bias at its centre.
+        return_rep: also return the :class:`~tfhalo.bias.reparam.LocalLinearReparametrization`.
+        scale_coordinate: ``"curvature"`` or ``"log_scale"`` (:data:`BIAS_SCALE_COORDINATES`;
+            docs/sampling_coordinates.md, "Which scale coordinate").
+
+    Returns:
+        A float64 ``tfp.bijectors.Bijector`` ``z (..., n_bias) -> theta``, or ``(bijector, rep)``.
+
+    Example:
+        >>> bij = local_linear_bias_bijector(posterior, state0[0], scale_coordinate="log_scale")
+        >>> chains = inf.sample(posterior.bias_conditional(log_density), theta0, config, bijector=bij)
     """
     import tfhalo.inference as inf
     from tfhalo import backend
@@ -1071,7 +1158,7 @@ def _pilot_bias_bijector(config: Config, posterior, state0, seed: int, checkpoin
     """The bias's coordinates from a pilot run of the bias given each chain's starting field.
 
     ``theta = rep(mean + chol(Sigma) z)``: ``rep`` is the local-linear map of
-    :func:`_local_linear_bias_bijector` and ``Sigma`` the regularised covariance of the
+    :func:`local_linear_bias_bijector` and ``Sigma`` the regularised covariance of the
     pilot's draws in its coordinates (:func:`tfhalo.inference.preconditioner_from_draws`).
     The pilot is NUTS (trees up to depth :data:`BIAS_TREE_DEPTH`, dual averaging to
     :data:`BIAS_TARGET_ACCEPT`) on ``p(theta | field)`` with every chain's field held at its
@@ -1090,7 +1177,7 @@ def _pilot_bias_bijector(config: Config, posterior, state0, seed: int, checkpoin
     from tfhalo import backend
 
     n, n_field = config.n_grid, posterior.n_field
-    local, rep = _local_linear_bias_bijector(posterior, state0[0], return_rep=True,
+    local, rep = local_linear_bias_bijector(posterior, state0[0], return_rep=True,
                                              scale_coordinate=config.bias_scale_coordinate)
     log_density = posterior.log_density(backend.constant(np.asarray(state0[:, :n_field]).reshape(-1, n, n, n)))
     target = posterior.bias_conditional(log_density)  # the NPE's convolution done once
