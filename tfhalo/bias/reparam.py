@@ -110,6 +110,11 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
         anchor: ``(F,)`` finite environment, in slope units ``g_f``, at which the
             head's values are read (default: the mean over the catalogue's halos
             at ``theta_ref``; 0 is the mean voxel).
+        scale_coordinate: what the first radial slot holds: ``"curvature"`` (``xi_f``,
+            the default) or ``"log_scale"`` (``lambda_f = xi_f + softplus(m_f)``, the log
+            scale of the radial weights); :data:`SCALE_COORDINATES`.  The map and its
+            log-Jacobian are the same; ``"log_scale"`` suits a posterior that reaches
+            softplus's linear regime (docs/sampling_coordinates.md, "Which scale coordinate").
         validate_args: check inside a compiled TensorFlow function that
             :meth:`inverse`'s argument lies in the domain.  Concrete (eager)
             arguments are always checked, on either backend; a traced JAX
@@ -133,8 +138,8 @@ class LocalLinearReparametrization(backend.tfp.bijectors.Bijector):
     Raises:
         ValueError: ``likelihood`` is not a neural bias likelihood, its NPE is not
             a single-input ``l = 0`` layer with a bias, ``theta_ref`` is not ``P``
-            finite values or has zero radial weights, or ``anchor`` is not ``F``
-            finite values.
+            finite values or has zero radial weights, ``anchor`` is not ``F``
+            finite values, or ``scale_coordinate`` is not one of :data:`SCALE_COORDINATES`.
 
     Example:
         >>> rep = LocalLinearReparametrization(like, fit.theta)
