@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tree-depth", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="the chains' seed (the same for both coordinates)")
     parser.add_argument("--out", type=path_argument, default=Path("runs/scale_coordinate.json"))
+    parser.add_argument("--no-xla", action="store_true", help="run the chains without XLA")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     state = np.concatenate([study.omega_true.reshape(-1), study.theta_fit])
     sampler = inf.SamplerConfig(kernel="nuts", num_chains=chains, num_warmup=n_warmup, num_samples=n_samples,
                                 target_accept=field_level.BIAS_TARGET_ACCEPT, max_tree_depth=depth, seed=seed,
-                                jit_compile=True)
+                                jit_compile=not args.no_xla)
     rows = [measure(posterior, state, scale, sampler, not args.no_progress)
             for scale in field_level.BIAS_SCALE_COORDINATES]
     base = rows[0]["gradients_per_ess"]

@@ -529,7 +529,7 @@ def test_the_scale_coordinate_benchmark_samples_the_bias_in_both_coordinates(stu
     bench = load_script("benchmarks/bias_scale_coordinate.py", monkeypatch)
     target = tmp_path / "scale.json"
     assert bench.main([str(root / "out"), "--n-warmup", "20", "--n-samples", "10", "--max-tree-depth", "3",
-                       "--out", str(target), "--no-progress"]) == 0
+                       "--out", str(target), "--no-progress", "--no-xla"]) == 0
     r = json.loads(target.read_text())
     assert [row["scale_coordinate"] for row in r["rows"]] == list(field_level.BIAS_SCALE_COORDINATES)
     for row in r["rows"]:
