@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tfhalo.atomic import write_json_atomic  # noqa: E402
 from tfhalo.studies import common, field_level  # noqa: E402
-from tfhalo.validation import check_float, check_int, path_argument  # noqa: E402
+from tfhalo.validation import check_float, check_int, check_output_path, path_argument  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,10 +51,7 @@ def main(argv=None) -> int:
         first = check_int("first_seed", args.first_seed, minimum=0)
         prior = check_float("prior_scale", args.prior_scale, positive=True)
         out = args.study_out
-        protected = {(out / name).resolve() for name in
-                     ("results.json", "bias_fit.npz", f"mock/{field_level.SAMPLES_FILE}")}
-        if args.out.resolve() in protected:
-            raise ValueError(f"out must not be one of the study's files. Received: out={str(args.out)!r}")
+        check_output_path("out", args.out, inputs={"study_out": out})
         study = field_level.load_finished_study(out, "mock")
     except ValueError as err:
         parser.error(str(err))

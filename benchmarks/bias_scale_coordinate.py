@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from tfhalo.atomic import write_json_atomic  # noqa: E402
 from tfhalo.studies import common, field_level  # noqa: E402
-from tfhalo.validation import check_int, path_argument  # noqa: E402
+from tfhalo.validation import check_int, check_output_path, path_argument  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +89,7 @@ def main(argv=None) -> int:
         n_samples = check_int("n_samples", args.n_samples, minimum=10)
         depth = check_int("max_tree_depth", args.max_tree_depth, minimum=1, maximum=12)
         seed = check_int("seed", args.seed, minimum=0)
+        check_output_path("out", args.out, inputs={"study_out": args.study_out})
         study = field_level.load_finished_study(args.study_out, args.setting)
     except ValueError as err:
         parser.error(str(err))

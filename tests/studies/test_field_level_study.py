@@ -500,6 +500,14 @@ def test_the_bias_recovery_benchmark_fits_mocks_of_the_studys_truth(study, tmp_p
     assert "holds no valid field-level config (Unknown field-level Config fields ['temperature']" in \
         capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()
+    # The study's own files are inputs: never overwritten.
+    fit = out / "bias_fit.npz"
+    before = fit.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([str(out), "--out", str(fit)])
+    assert exit_info.value.code == 2
+    assert "out must not be an input: it is a file inside study_out=" in capsys.readouterr().err
+    assert fit.read_bytes() == before
 
 
 def test_a_finished_study_reads_back_as_the_run_built_it(study, tmp_path):
@@ -542,3 +550,11 @@ def test_the_scale_coordinate_benchmark_samples_the_bias_in_both_coordinates(stu
     assert exit_info.value.code == 2
     assert "chains must be at least 2. Received: chains=1" in capsys.readouterr().err
     assert not (tmp_path / "other.json").exists()
+    # The study's own files are inputs: never overwritten.
+    results = root / "out" / "results.json"
+    before = results.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([str(root / "out"), "--out", str(results)])
+    assert exit_info.value.code == 2
+    assert "out must not be an input: it is a file inside study_out=" in capsys.readouterr().err
+    assert results.read_bytes() == before
