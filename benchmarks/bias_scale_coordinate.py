@@ -50,17 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def measure(posterior, state, target, scale, sampler_config, progress):
-    """One coordinate's row of the table: NUTS on ``target``, the bias given the field of ``state``."""
+def measure(posterior, state, target, scale, n_chains, sampling, progress):
+    """One coordinate's row of the table: NUTS on ``target``, the bias given the field of ``state``.
+
+    ``sampling``: :func:`tfhalo.studies.field_level.sample_bias_given_fields`'s keyword arguments.
+    """
     import arviz as az
 
-    import tfhalo.inference as inf
     from tfhalo import backend
 
     bijector, rep = field_level.local_linear_bias_bijector(posterior, state, return_rep=True, scale_coordinate=scale)
-    start = np.tile(state[posterior.n_field:], (sampler_config.num_chains, 1))
+    start = np.tile(state[posterior.n_field:], (n_chains, 1))
     t0 = time.perf_counter()
-    chains = inf.sample(target, start, sampler_config, bijector=bijector, progress=progress)
+    chains = field_level.sample_bias_given_fields(target, start, bijector, progress=progress, **sampling)
     seconds = time.perf_counter() - t0
     theta = np.asarray(chains.samples, np.float64)                                      # (S, C, n_bias)
     idata = az.from_dict(posterior={"theta": theta.transpose(1, 0, 2)})
@@ -90,7 +92,6 @@ def main(argv=None) -> int:
         study = field_level.load_finished_study(args.study_out, args.setting)
     except ValueError as err:
         parser.error(str(err))
-    import tfhalo.inference as inf
     from tfhalo import backend
     from tfhalo.field.posterior import FieldLevelPosterior
 
@@ -98,14 +99,13 @@ def main(argv=None) -> int:
     posterior = FieldLevelPosterior(field_level.forward_model(config, study.simulation), field_level.bias_model(config),
                                     study.catalogue)
     state = np.concatenate([study.omega_true.reshape(-1), study.theta_fit])
-    sampler = inf.SamplerConfig(kernel="nuts", num_chains=chains, num_warmup=n_warmup, num_samples=n_samples,
-                                target_accept=field_level.BIAS_TARGET_ACCEPT, max_tree_depth=depth, seed=seed,
-                                jit_compile=not args.no_xla)
+    sampling = dict(num_warmup=n_warmup, num_samples=n_samples, seed=seed, max_tree_depth=depth,
+                    jit_compile=not args.no_xla)
     # The field is the same for both coordinates: its LPT density and the conditional are built once.
     n = config.n_grid
     omega = np.broadcast_to(study.omega_true.reshape(1, n, n, n), (chains, n, n, n))
     target = posterior.bias_conditional(posterior.log_density(backend.constant(np.ascontiguousarray(omega))))
-    rows = [measure(posterior, state, target, scale, sampler, not args.no_progress)
+    rows = [measure(posterior, state, target, scale, chains, sampling, not args.no_progress)
             for scale in field_level.BIAS_SCALE_COORDINATES]
     base = rows[0]["gradients_per_ess"]
     print(f"{study.catalogue.n_halos} halos ({args.setting}), {config.n_components}-Gaussian head; NUTS, {chains} "

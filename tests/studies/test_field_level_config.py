@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from tfhalo.studies import field_level
@@ -189,3 +190,9 @@ def test_every_override_flag_reaches_its_config_field():
     assert untouched == {}
     config = shell.make_config(shell.build_parser().parse_args(["--threshold-mass", "5e11", "--no-xla"]))
     assert (config.threshold_mass, config.jit_compile, config.n_grid) == (5e11, False, 16)
+
+
+def test_the_bias_given_fields_sampler_names_a_start_that_is_not_one_row_per_chain():
+    # checked before the sampler is imported or the target is called
+    with pytest.raises(ValueError, match=r"theta_start must be \(chains, parameters\). Received: theta_start.shape=\(17,\)"):
+        field_level.sample_bias_given_fields(None, np.zeros(17), None, num_warmup=10, num_samples=10, seed=0)

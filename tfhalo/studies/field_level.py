@@ -64,7 +64,7 @@ from tfhalo.evaluation.report import jsonable
 from tfhalo.validation import check_bool, check_choice, check_float, check_fraction, check_int
 
 __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread",
-           "bias_identification", "bias_metric_from_draws", "bias_model", "forward_model", "FinishedStudy",
+           "sample_bias_given_fields", "bias_identification", "bias_metric_from_draws", "bias_model", "forward_model", "FinishedStudy",
            "load_finished_study", "local_linear_bias_bijector", "report"]
 
 SETTINGS = ("mock", "nbody", "mock_fixed_bias")
@@ -1153,6 +1153,50 @@ def local_linear_bias_bijector(posterior, state, return_rep: bool = False, scale
     return (bijector, rep) if return_rep else bijector
 
 
+def sample_bias_given_fields(target, theta_start, bijector, *, num_warmup: int, num_samples: int, seed: int,
+                             max_tree_depth: int = BIAS_TREE_DEPTH, jit_compile: bool = True, progress: bool = False,
+                             checkpoint_dir: Optional[Path] = None):
+    """NUTS on the bias parameters alone, every chain's field held fixed.
+
+    The bias block's settings (trees up to ``max_tree_depth``, by default :data:`BIAS_TREE_DEPTH`;
+    dual averaging to :data:`BIAS_TARGET_ACCEPT`; windowed mass-matrix adaptation), so that the
+    study's pilot (``bias_coordinates="pilot"``) and the benchmarks that sample the bias given the
+    true field (``benchmarks/bias_scale_coordinate.py``) run the same sampler.  Only the bias model
+    is evaluated: the fields' LPT densities are in ``target``.
+
+    Args:
+        target: ``theta (C, P) -> (C,)``, the log density of the bias given each chain's field,
+            from :meth:`tfhalo.field.posterior.FieldLevelPosterior.bias_conditional`.
+        theta_start: ``(C, P)`` starting bias parameters, one row per chain.
+        bijector: the bias's sampling coordinates (e.g. :func:`local_linear_bias_bijector`).
+        num_warmup, num_samples: iterations per chain.
+        seed: the chains' seed.
+        max_tree_depth: NUTS's tree depth cap.
+        jit_compile: compile the chains with XLA.
+        progress: show a progress bar.
+        checkpoint_dir: resumable checkpoints there, or None.
+
+    Returns:
+        :class:`tfhalo.inference.Chains` of ``theta``, samples ``(num_samples, C, P)``.
+
+    Example:
+        >>> log_density = posterior.log_density(omega)          # (C, n, n, n), once
+        >>> chains = sample_bias_given_fields(posterior.bias_conditional(log_density), theta0,
+        ...                                   local_linear_bias_bijector(posterior, state),
+        ...                                   num_warmup=300, num_samples=300, seed=7)
+    """
+    theta_start = np.asarray(theta_start, np.float64)
+    if theta_start.ndim != 2:
+        raise ValueError(f"theta_start must be (chains, parameters). Received: theta_start.shape={theta_start.shape}")
+    import tfhalo.inference as inf
+
+    sampler = inf.SamplerConfig(kernel="nuts", num_chains=int(theta_start.shape[0]), num_warmup=num_warmup,
+                                num_samples=num_samples, target_accept=BIAS_TARGET_ACCEPT,
+                                max_tree_depth=max_tree_depth, seed=seed, jit_compile=jit_compile)
+    return inf.sample(target, theta_start, sampler, bijector=bijector, progress=progress,
+                      checkpoint_dir=checkpoint_dir)
+
+
 def _pilot_bias_bijector(config: Config, posterior, state0, seed: int, checkpoint_dir: Optional[Path],
                          progress: bool):
     """The bias's coordinates from a pilot run of the bias given each chain's starting field.
@@ -1182,11 +1226,10 @@ def _pilot_bias_bijector(config: Config, posterior, state0, seed: int, checkpoin
     log_density = posterior.log_density(backend.constant(np.asarray(state0[:, :n_field]).reshape(-1, n, n, n)))
     target = posterior.bias_conditional(log_density)  # the NPE's convolution done once
 
-    pilot_config = inf.SamplerConfig(kernel="nuts", num_chains=config.n_chains, num_warmup=config.n_bias_pilot,
-                                     num_samples=config.n_bias_pilot, target_accept=BIAS_TARGET_ACCEPT,
-                                     max_tree_depth=BIAS_TREE_DEPTH, seed=seed, jit_compile=config.jit_compile)
-    pilot = inf.sample(target, np.asarray(state0[:, n_field:], np.float64), pilot_config, bijector=local,
-                       progress=progress, checkpoint_dir=checkpoint_dir)
+    pilot = sample_bias_given_fields(target, state0[:, n_field:], local, num_warmup=config.n_bias_pilot,
+                                     num_samples=config.n_bias_pilot, seed=seed, max_tree_depth=BIAS_TREE_DEPTH,
+                                     jit_compile=config.jit_compile, progress=progress,
+                                     checkpoint_dir=checkpoint_dir)
     draws = pilot.samples.reshape(-1, posterior.n_bias)
     draws_v = np.asarray(backend.to_numpy(rep.inverse(backend.constant(draws))), np.float64)
     return backend.tfp.bijectors.Chain([rep, inf.preconditioner_from_draws(draws_v)]), pilot
