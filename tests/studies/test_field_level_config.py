@@ -194,5 +194,6 @@ def test_every_override_flag_reaches_its_config_field():
 
 def test_the_bias_given_fields_sampler_names_a_start_that_is_not_one_row_per_chain():
     # checked before the sampler is imported or the target is called
-    with pytest.raises(ValueError, match=r"theta_start must be \(chains, parameters\). Received: theta_start.shape=\(17,\)"):
+    match = r"theta_start must be \(chains, parameters\). Received: theta_start.shape=\(17,\)"
+    with pytest.raises(ValueError, match=match):
         field_level.sample_bias_given_fields(None, np.zeros(17), None, num_warmup=10, num_samples=10, seed=0)
