@@ -92,7 +92,6 @@ def main(argv=None) -> int:
         study = field_level.load_finished_study(args.study_out, args.setting)
     except ValueError as err:
         parser.error(str(err))
-    from tfhalo import backend
     from tfhalo.field.posterior import FieldLevelPosterior
 
     config = study.config
@@ -102,9 +101,7 @@ def main(argv=None) -> int:
     sampling = dict(num_warmup=n_warmup, num_samples=n_samples, seed=seed, max_tree_depth=depth,
                     jit_compile=not args.no_xla)
     # The field is the same for both coordinates: its LPT density and the conditional are built once.
-    n = config.n_grid
-    omega = np.broadcast_to(study.omega_true.reshape(1, n, n, n), (chains, n, n, n))
-    target = posterior.bias_conditional(posterior.log_density(backend.constant(np.ascontiguousarray(omega))))
+    target = field_level.bias_given_fields_target(posterior, study.omega_true, n_chains=chains)
     rows = [measure(posterior, state, target, scale, chains, sampling, not args.no_progress)
             for scale in field_level.BIAS_SCALE_COORDINATES]
     base = rows[0]["gradients_per_ess"]

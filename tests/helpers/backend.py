@@ -1,5 +1,7 @@
 """What the active Keras backend can compute, for tests that run on TF and JAX."""
 
+import functools
+
 import keras
 import numpy as np
 
@@ -49,6 +51,16 @@ def gradient(fn, x, jit: bool = False) -> np.ndarray:
     pytest.skip(f"no gradient helper for backend {BACKEND}")
 
 
+@functools.lru_cache(maxsize=None)
+def _jax_substrate_imports(python: str, env: tuple) -> bool:
+    """Whether TFP's JAX substrate imports in a fresh ``python``; asked once per session."""
+    import subprocess
+
+    probe = subprocess.run([python, "-c", "import tensorflow_probability.substrates.jax.mcmc"], env=dict(env),
+                           capture_output=True, timeout=300)
+    return probe.returncode == 0
+
+
 def run_under_jax_without_tensorflow(script: str, timeout: float = 600.0) -> dict:
     """Run ``script`` in a fresh Python under ``KERAS_BACKEND=jax``; return the JSON of its last line.
 
@@ -71,9 +83,7 @@ def run_under_jax_without_tensorflow(script: str, timeout: float = 600.0) -> dic
     if importlib.util.find_spec("jax") is None:
         pytest.skip("JAX is not installed")
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-    probe = subprocess.run([sys.executable, "-c", "import tensorflow_probability.substrates.jax.mcmc"],
-                           env=env, capture_output=True, timeout=300)
-    if probe.returncode != 0:
+    if not _jax_substrate_imports(sys.executable, tuple(sorted(env.items()))):
         pytest.skip("TFP's JAX substrate does not import here (it needs the pinned tfp-nightly)")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]

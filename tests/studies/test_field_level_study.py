@@ -28,6 +28,17 @@ def study(tmp_path_factory):
     return config, root, results
 
 
+def _out_with_the_fixtures_bias_fit(study, tmp_path):
+    """A fresh output directory holding the fixture's cached bias fit, which a run of the same
+    simulation, grid, threshold, head and fit settings reads back instead of fitting again."""
+    import shutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy2(study[1] / "out" / "bias_fit.npz", out / "bias_fit.npz")
+    return out
+
+
 def test_run_writes_results_report_figures_and_samples(study):
     config, root, results = study
     out = root / "out"
@@ -146,7 +157,7 @@ def test_chains_that_keep_every_thin_th_field_draw_report_the_same_and_extend(st
 
     config, root, results = study
     keep = dataclass_replace(config, keep_checkpoint=True, keep_field_draws=False, thin=2)
-    first = field_level.run(keep, root / "suite", tmp_path / "out", progress=False)
+    first = field_level.run(keep, root / "suite", _out_with_the_fixtures_bias_fit(study, tmp_path), progress=False)
     got, want = first["settings"]["mock"], results["settings"]["mock"]
     for name in ("posterior_mean", "posterior_16", "posterior_84", "z_vs_prior"):
         np.testing.assert_allclose(got["power"][name], want["power"][name], rtol=1e-9)
@@ -244,6 +255,23 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
                                                            backend.constant(states[:, n_field:])))
     field_prior = -0.5 * np.sum(states[:, :n_field] ** 2, axis=1) - 0.5 * n_field * np.log(2 * np.pi)
     np.testing.assert_allclose(conditional, joint - field_prior, rtol=1e-10)
+    # The samplers' helper: one field per chain, or one field given to every chain.
+    theta = backend.constant(states[:, n_field:])
+    per_chain = field_level.bias_given_fields_target(posterior, states[:, :n_field])
+    np.testing.assert_allclose(backend.to_numpy(per_chain(theta)), joint - field_prior, rtol=1e-10)
+    shared = field_level.bias_given_fields_target(posterior, states[0, :n_field].reshape(n, n, n), n_chains=2)
+    same_field = np.concatenate([np.tile(states[:1, :n_field], (2, 1)), states[:, n_field:]], axis=1)
+    field_prior_0 = -0.5 * np.sum(states[0, :n_field] ** 2) - 0.5 * n_field * np.log(2 * np.pi)
+    np.testing.assert_allclose(backend.to_numpy(shared(theta)),
+                               backend.to_numpy(posterior.log_prob(backend.constant(same_field))) - field_prior_0,
+                               rtol=1e-10)
+    bad = [(dict(omega=states[:, :n_field - 1]), r"omega must be \(C, 8, 8, 8\).*Received: omega.shape=\(2, 511\)"),
+           (dict(omega=states[0, :n_field]), "n_chains must be an integer. Received: n_chains=None"),
+           (dict(omega=states[:, :n_field], n_chains=2), "n_chains is for one field.*Received: n_chains=2"),
+           (dict(omega=np.full(n_field, np.nan), n_chains=2), "omega must be finite")]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            field_level.bias_given_fields_target(posterior, **kwargs)
 
 
 # Two slice transitions per sweep keep the study's multi-step bias block covered. HMC takes one, with the
@@ -263,7 +291,8 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
                                                          "n_components": n_components,
                                                          "bias_coordinates": coordinates, "bias_metric": metric,
                                                          "bias_scale_coordinate": scale})
-    results = field_level.run(gibbs, root / "suite", tmp_path / "out", progress=False)
+    out = _out_with_the_fixtures_bias_fit(study, tmp_path) if n_components == 2 else tmp_path / "out"
+    results = field_level.run(gibbs, root / "suite", out, progress=False)
     # 4 radial weights and a bias of the NPE, then an amplitude, a mean and a width per Gaussian, each a
     # slope and an intercept
     n_bias = 5 + 6 * n_components
@@ -373,7 +402,7 @@ def test_fixed_bias_mock_samples_the_white_noise_alone_on_the_mocks_catalogue(st
     config, root, _ = study
     # 60 warm-up iterations: 20 leave the tiny grid's adapted step far too long (nothing accepted)
     fixed = field_level.Config.preset("quick", seed=3, **{**TINY, "settings": ("mock_fixed_bias",), "n_warmup": 60})
-    results = field_level.run(fixed, root / "suite", tmp_path / "out", progress=False)
+    results = field_level.run(fixed, root / "suite", _out_with_the_fixtures_bias_fit(study, tmp_path), progress=False)
     s = results["settings"]["mock_fixed_bias"]
     with np.load(root / "out" / "bias_fit.npz") as f:
         theta_fit = f["theta"]

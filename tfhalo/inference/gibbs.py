@@ -70,6 +70,7 @@ References:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -90,6 +91,7 @@ from tfhalo.inference.sampler import (
     _check_checkpoint_dir,
     _check_initial_state,
     _Checkpoint,
+    _num_steps,
     checkpoint_identity,
 )
 from tfhalo.inference.reduction import check_reduction, join_blocks, reduce_block
@@ -447,6 +449,39 @@ def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, l
     return h.hexdigest()
 
 
+# Tracing a sweep of the blocks' kernels takes seconds (XLA: longer), so the compiled sweeps of the
+# last few kernels are kept for repeated calls: other seeds, extended and resumed runs. A kernel fixes
+# everything the traced program computes; the key holds it alive, hence the small size.
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_COMPILED_SIZE = 4
+
+
+def _compiled_sweeps(kernel: GibbsKernel, jit_compile: bool):
+    """``(start(z) -> results, run(z, results, seed, n) -> (draws, trace, last z, results))``, compiled."""
+    key = (id(kernel), bool(jit_compile))
+    hit = _COMPILED.get(key)
+    if hit is None or hit[0] is not kernel:
+
+        def start(z):
+            return kernel.bootstrap_results(z)
+
+        def run(z, results, seed, n):
+            res = tfp.mcmc.sample_chain(n, current_state=z, previous_kernel_results=results, kernel=kernel,
+                                        trace_fn=lambda _, r: kernel.trace(r), return_final_kernel_results=True,
+                                        seed=seed)
+            states = res.all_states
+            draws = ops.reshape(kernel.forward(ops.reshape(states, (-1, states.shape[-1]))), ops.shape(states))
+            return draws, res.trace, states[-1], res.final_kernel_results
+
+        hit = (kernel, backend.jit(start, jit_compile=jit_compile),
+               backend.jit(run, jit_compile=jit_compile, static_argnums=(3,)))
+        _COMPILED[key] = hit
+        while len(_COMPILED) > _COMPILED_SIZE:
+            _COMPILED.popitem(last=False)
+    _COMPILED.move_to_end(key)
+    return hit[1], hit[2]
+
+
 def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = GibbsConfig(),
                  progress: bool = True, checkpoint_dir=None, reduction=None) -> Chains:
     """Run ``config.num_warmup + config.num_samples`` sweeps of ``kernel``; keep the last ``num_samples``.
@@ -499,20 +534,7 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
     if not np.all(np.isfinite(lp0)):
         raise ValueError(f"the target log density must be finite at initial_state. Received: {lp0.tolist()}")
 
-    def start(z):
-        return kernel.bootstrap_results(z)
-
-    def run(z, results, seed, n):
-        res = tfp.mcmc.sample_chain(n, current_state=z, previous_kernel_results=results, kernel=kernel,
-                                    trace_fn=lambda _, r: kernel.trace(r), return_final_kernel_results=True,
-                                    seed=seed)
-        states = res.all_states
-        draws = ops.reshape(kernel.forward(ops.reshape(states, (-1, states.shape[-1]))), ops.shape(states))
-        return draws, res.trace, states[-1], res.final_kernel_results
-
-    jit = config.jit_compile
-    start_c = backend.jit(start, jit_compile=jit)
-    run_c = backend.jit(run, jit_compile=jit, static_argnums=(3,))
+    start_c, run_c = _compiled_sweeps(kernel, config.jit_compile)
     z = backend.convert(kernel.inverse(backend.constant(theta0)))
     results = start_c(z)
     # Checkpoints from before num_samples left the identity (this run's fingerprint with it: a reduced run's
@@ -535,7 +557,8 @@ def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = Gibbs
             saved = ckpt.load_block(number, n)
             if saved is None:
                 t1 = time.perf_counter()
-                draws, trace, z, results = run_c(z, results, _block_seed(config.seed, phase, index), n)
+                draws, trace, z, results = run_c(z, results, _block_seed(config.seed, phase, index),
+                                                 _num_steps(n, config))
                 saved = dict(z=backend.to_numpy(z), seconds=np.array(time.perf_counter() - t1))
                 if ckpt_dir is not None:  # the kernels' results are only needed to resume
                     saved.update({f"r{i:04d}": backend.leaf_to_numpy(leaf)

@@ -64,8 +64,8 @@ from tfhalo.evaluation.report import jsonable
 from tfhalo.validation import check_bool, check_choice, check_float, check_fraction, check_int
 
 __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread",
-           "sample_bias_given_fields", "bias_identification", "bias_metric_from_draws", "bias_model",
-           "forward_model", "FinishedStudy", "load_finished_study", "local_linear_bias_bijector", "report"]
+           "sample_bias_given_fields", "bias_given_fields_target", "bias_identification", "bias_metric_from_draws",
+           "bias_model", "forward_model", "FinishedStudy", "load_finished_study", "local_linear_bias_bijector", "report"]
 
 SETTINGS = ("mock", "nbody", "mock_fixed_bias")
 #: Settings whose bias parameters are held at the values the mock catalogue was drawn with.
@@ -1153,8 +1153,51 @@ def local_linear_bias_bijector(posterior, state, return_rep: bool = False, scale
     return (bijector, rep) if return_rep else bijector
 
 
+def bias_given_fields_target(posterior, omega, n_chains: Optional[int] = None):
+    """The log density of the bias given fixed white-noise fields, one per chain.
+
+    Runs the forward model once, on ``omega``, and the NPE's convolution once
+    (:meth:`tfhalo.field.posterior.FieldLevelPosterior.bias_conditional`); the returned
+    function then evaluates only the bias model.
+
+    Args:
+        posterior: a :class:`tfhalo.field.posterior.FieldLevelPosterior`.
+        omega: ``(C, n, n, n)`` or ``(C, n^3)`` white noise, one field per chain; or one field
+            ``(n, n, n)`` / ``(n^3,)`` given to each of ``n_chains`` chains.
+        n_chains: the chain count when ``omega`` is one field; None otherwise.
+
+    Returns:
+        ``theta (C, P) -> (C,)``, for :func:`sample_bias_given_fields`.
+
+    Raises:
+        ValueError: ``omega`` of another grid, non-finite, or ``n_chains`` that does not fit it.
+
+    Example:
+        >>> target = bias_given_fields_target(posterior, omega_true, n_chains=4)   # the true field, 4 chains
+    """
+    from tfhalo import backend
+
+    n = round(posterior.n_field ** (1 / 3))
+    omega = np.asarray(omega, np.float64)
+    single = omega.size == posterior.n_field
+    if omega.size % posterior.n_field or (single and omega.ndim not in (1, 3)) or (
+            not single and omega.ndim not in (2, 4)):
+        raise ValueError(f"omega must be (C, {n}, {n}, {n}), (C, {n ** 3}) or one field of {n ** 3} values. "
+                         f"Received: omega.shape={omega.shape}")
+    if not np.all(np.isfinite(omega)):
+        raise ValueError("omega must be finite. Received: omega with non-finite values")
+    if single:
+        n_chains = check_int("n_chains", n_chains, minimum=1)
+        omega = np.broadcast_to(omega.reshape(1, n, n, n), (n_chains, n, n, n))
+    elif n_chains is not None:
+        raise ValueError(f"n_chains is for one field; omega already has {omega.shape[0]} chains. "
+                         f"Received: n_chains={n_chains}")
+    omega = np.ascontiguousarray(omega.reshape(-1, n, n, n))
+    return posterior.bias_conditional(posterior.log_density(backend.constant(omega)))
+
+
 def sample_bias_given_fields(target, theta_start, bijector, *, num_warmup: int, num_samples: int, seed: int,
-                             max_tree_depth: int = BIAS_TREE_DEPTH, jit_compile: bool = True, progress: bool = False,
+                             max_tree_depth: Optional[int] = None, jit_compile: bool = True, progress: bool = False,
                              checkpoint_dir: Optional[Path] = None):
     """NUTS on the bias parameters alone, every chain's field held fixed.
 
@@ -1166,12 +1209,12 @@ def sample_bias_given_fields(target, theta_start, bijector, *, num_warmup: int, 
 
     Args:
         target: ``theta (C, P) -> (C,)``, the log density of the bias given each chain's field,
-            from :meth:`tfhalo.field.posterior.FieldLevelPosterior.bias_conditional`.
+            from :func:`bias_given_fields_target`.
         theta_start: ``(C, P)`` starting bias parameters, one row per chain.
         bijector: the bias's sampling coordinates (e.g. :func:`local_linear_bias_bijector`).
         num_warmup, num_samples: iterations per chain.
         seed: the chains' seed.
-        max_tree_depth: NUTS's tree depth cap.
+        max_tree_depth: NUTS's tree depth cap; None: :data:`BIAS_TREE_DEPTH`.
         jit_compile: compile the chains with XLA.
         progress: show a progress bar.
         checkpoint_dir: resumable checkpoints there, or None.
@@ -1180,8 +1223,7 @@ def sample_bias_given_fields(target, theta_start, bijector, *, num_warmup: int, 
         :class:`tfhalo.inference.Chains` of ``theta``, samples ``(num_samples, C, P)``.
 
     Example:
-        >>> log_density = posterior.log_density(omega)          # (C, n, n, n), once
-        >>> chains = sample_bias_given_fields(posterior.bias_conditional(log_density), theta0,
+        >>> chains = sample_bias_given_fields(bias_given_fields_target(posterior, omega), theta0,
         ...                                   local_linear_bias_bijector(posterior, state),
         ...                                   num_warmup=300, num_samples=300, seed=7)
     """
@@ -1189,6 +1231,9 @@ def sample_bias_given_fields(target, theta_start, bijector, *, num_warmup: int, 
     if theta_start.ndim != 2:
         raise ValueError(f"theta_start must be (chains, parameters). Received: theta_start.shape={theta_start.shape}")
     import tfhalo.inference as inf
+
+    if max_tree_depth is None:  # read here, not bound at definition, so that the constant is the one setting
+        max_tree_depth = BIAS_TREE_DEPTH
 
     sampler = inf.SamplerConfig(kernel="nuts", num_chains=int(theta_start.shape[0]), num_warmup=num_warmup,
                                 num_samples=num_samples, target_accept=BIAS_TARGET_ACCEPT,
@@ -1220,15 +1265,13 @@ def _pilot_bias_bijector(config: Config, posterior, state0, seed: int, checkpoin
     import tfhalo.inference as inf
     from tfhalo import backend
 
-    n, n_field = config.n_grid, posterior.n_field
+    n_field = posterior.n_field
     local, rep = local_linear_bias_bijector(posterior, state0[0], return_rep=True,
                                              scale_coordinate=config.bias_scale_coordinate)
-    log_density = posterior.log_density(backend.constant(np.asarray(state0[:, :n_field]).reshape(-1, n, n, n)))
-    target = posterior.bias_conditional(log_density)  # the NPE's convolution done once
-
+    target = bias_given_fields_target(posterior, np.asarray(state0)[:, :n_field])
     pilot = sample_bias_given_fields(target, state0[:, n_field:], local, num_warmup=config.n_bias_pilot,
-                                     num_samples=config.n_bias_pilot, seed=seed, max_tree_depth=BIAS_TREE_DEPTH,
-                                     jit_compile=config.jit_compile, progress=progress,
+                                     num_samples=config.n_bias_pilot, seed=seed, jit_compile=config.jit_compile,
+                                     progress=progress,
                                      checkpoint_dir=checkpoint_dir)
     draws = pilot.samples.reshape(-1, posterior.n_bias)
     draws_v = np.asarray(backend.to_numpy(rep.inverse(backend.constant(draws))), np.float64)
