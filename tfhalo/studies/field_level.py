@@ -49,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import math
@@ -780,18 +781,56 @@ def _map_field(posterior, state, steps: int, progress: bool) -> np.ndarray:
     return np.concatenate([backend.to_numpy(var.value).astype(np.float64), state[:, n_field:]], axis=1)
 
 
-def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoint_dir: Path, progress: bool):
-    """Chains of one setting's joint posterior, with the sampler's cost and the starting method."""
+def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoint_dir: Path, progress: bool,
+                    memo: Optional[dict] = None):
+    """Chains of one setting's joint posterior, with the sampler's cost and the starting method.
+
+    ``memo`` (:func:`_setup_memo`): the start, the scales and the joint chains' bijector of an earlier
+    run of the same chains in this process are taken from it, and this run's are put there.
+    """
     import tfhalo.inference as inf
-    from tfhalo import backend
-    from tfhalo.field.precondition import FourierPreconditioner, curvature_scales
+
+    offset = SETTINGS.index(setting)
+    memo = {} if memo is None else memo
+    t0 = time.perf_counter()
+    if "start" not in memo:
+        memo["start"] = _chains_start(config, setting, posterior, theta_fit, progress)
+    state0, bias_scale, scales = (np.array(a) for a in memo["start"])
+    # Without every draw of the white noise the chains keep what the analysis needs of it as they run.
+    reduction = None if config.keep_field_draws else field_reduction(config, posterior.forward)
+    if setting in FIXED_BIAS_SETTINGS:
+        chains = _fixed_bias_chains(config, posterior, state0, scales, offset, checkpoint_dir, progress, reduction)
+        info = {"bias_fixed": True}
+    elif config.sampler == "gibbs" and config.bias_metric == "warmup":
+        chains, info = _gibbs_chains_with_warmup_metric(config, posterior, state0, scales, offset, checkpoint_dir,
+                                                        progress, reduction)
+    elif config.sampler == "gibbs":
+        bias_bijector, info = _bias_bijector(config, posterior, state0, theta_fit, bias_scale, offset,
+                                             checkpoint_dir, progress)
+        chains = _gibbs_chains(config, posterior, state0, scales, bias_bijector, offset, checkpoint_dir, progress,
+                               reduction)
+    else:
+        if "joint_bijector" not in memo:
+            memo["joint_bijector"] = _joint_bijector(config, posterior, state0, theta_fit, bias_scale, scales,
+                                                     offset, checkpoint_dir, progress)
+        bijector, info = memo["joint_bijector"]
+        chains = inf.sample(posterior.log_prob, state0, config.sampler_config(seed_offset=offset),
+                            bijector=bijector, progress=progress, checkpoint_dir=checkpoint_dir, reduction=reduction)
+    info = dict(info, setup_s=time.perf_counter() - t0 - chains.seconds, field_scale_min=float(np.min(scales)),
+                field_scale_max=float(np.max(scales)), bias_scale=bias_scale.tolist())
+    return chains, info
+
+
+def _chains_start(config: Config, setting: str, posterior, theta_fit, progress: bool):
+    """``(state0 (C, P), bias_scale (n_bias,), field scales (n, n, n))``: where a setting's chains start and
+    the widths their coordinates are scaled by."""
+    from tfhalo.field.precondition import curvature_scales
 
     n, n_field, n_bias = config.n_grid, posterior.n_field, posterior.n_bias
     offset = SETTINGS.index(setting)
     rng = np.random.default_rng([config.chains_seed, offset, 17])
     omega0 = rng.standard_normal((config.n_chains, n_field))
     state0 = np.concatenate([omega0, np.tile(theta_fit, (config.n_chains, 1))], axis=1)
-    t0 = time.perf_counter()
     if config.start == "map":
         state0 = _map_field(posterior, state0, config.map_field_steps, progress)
     # The bias coordinates are scaled by their conditional widths at the start (the curvature of the
@@ -808,36 +847,24 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoi
                                   seed=config.chains_seed + offset)
     else:
         scales = np.ones((n, n, n))
-    # Without every draw of the white noise the chains keep what the analysis needs of it as they run.
-    reduction = None if config.keep_field_draws else field_reduction(config, posterior.forward)
-    if setting in FIXED_BIAS_SETTINGS:
-        chains = _fixed_bias_chains(config, posterior, state0, scales, offset, checkpoint_dir, progress, reduction)
-        info = {"bias_fixed": True}
-    elif config.sampler == "gibbs" and config.bias_metric == "warmup":
-        chains, info = _gibbs_chains_with_warmup_metric(config, posterior, state0, scales, offset, checkpoint_dir,
-                                                        progress, reduction)
-    elif config.sampler == "gibbs":
-        bias_bijector, info = _bias_bijector(config, posterior, state0, theta_fit, bias_scale, offset,
-                                             checkpoint_dir, progress)
-        chains = _gibbs_chains(config, posterior, state0, scales, bias_bijector, offset, checkpoint_dir, progress,
-                               reduction)
-    else:
-        info = {}
-        if config.preconditioner == "none":
-            bijector = None
-        elif config.bias_coordinates == "diagonal":
-            bijector = FourierPreconditioner(n, n_bias, field_scale=scales, bias_loc=theta_fit,
-                                             bias_scale=bias_scale)
-        else:
-            bias_bijector, info = _bias_bijector(config, posterior, state0, theta_fit, bias_scale, offset,
-                                                 checkpoint_dir, progress)
-            bijector = backend.tfp.bijectors.Blockwise(
-                [FourierPreconditioner(n, 0, field_scale=scales), bias_bijector], block_sizes=[n_field, n_bias])
-        chains = inf.sample(posterior.log_prob, state0, config.sampler_config(seed_offset=offset),
-                            bijector=bijector, progress=progress, checkpoint_dir=checkpoint_dir, reduction=reduction)
-    info.update({"setup_s": time.perf_counter() - t0 - chains.seconds, "field_scale_min": float(np.min(scales)),
-                 "field_scale_max": float(np.max(scales)), "bias_scale": bias_scale.tolist()})
-    return chains, info
+    return state0, bias_scale, scales
+
+
+def _joint_bijector(config: Config, posterior, state0, theta_fit, bias_scale, scales, offset: int,
+                    checkpoint_dir: Optional[Path], progress: bool):
+    """The joint chains' bijector (None: no preconditioner) and what building it cost."""
+    from tfhalo import backend
+    from tfhalo.field.precondition import FourierPreconditioner
+
+    n, n_field, n_bias = config.n_grid, posterior.n_field, posterior.n_bias
+    if config.preconditioner == "none":
+        return None, {}
+    if config.bias_coordinates == "diagonal":
+        return FourierPreconditioner(n, n_bias, field_scale=scales, bias_loc=theta_fit, bias_scale=bias_scale), {}
+    bias_bijector, info = _bias_bijector(config, posterior, state0, theta_fit, bias_scale, offset, checkpoint_dir,
+                                         progress)
+    return backend.tfp.bijectors.Blockwise([FourierPreconditioner(n, 0, field_scale=scales), bias_bijector],
+                                           block_sizes=[n_field, n_bias]), info
 
 
 def _bias_bijector(config: Config, posterior, state0, theta_fit, bias_scale, offset: int,
@@ -1622,6 +1649,31 @@ def _extends(cache) -> bool:
             and _chains_key(stored) == _chains_key(cache.key) and _checkpoint_dir(cache).is_dir())
 
 
+# The sampler set-up of the settings last run in this process: the posterior, the chains' start, the
+# preconditioner's scales and the joint chains' bijector. A later run of the same chains (another
+# n_samples, thin or keep_field_draws: an extension, a re-analysis) takes them from here, and with them
+# the compiled chains that tfhalo.inference keeps for that target and bijector, instead of building and
+# tracing them again. Small: an entry holds its forward model and catalogue alive.
+_SETUPS: collections.OrderedDict = collections.OrderedDict()
+_SETUPS_SIZE = 2
+
+
+def _setup_memo(cache, theta_fit) -> dict:
+    """The reusable set-up of the chains ``cache`` (a setting's cache) stands for, given the bias fit."""
+    from tfhalo.studies.common import fingerprint
+
+    key = _chains_key(cache.key)
+    # What the chains keep of each draw does not change the chains.
+    key = dict(key, config={k: v for k, v in key["config"].items() if k != "keep_field_draws"},
+               theta_fit=np.asarray(theta_fit, np.float64))
+    fp = fingerprint(key)
+    memo = _SETUPS.setdefault(fp, {})
+    _SETUPS.move_to_end(fp)
+    while len(_SETUPS) > _SETUPS_SIZE:
+        _SETUPS.popitem(last=False)
+    return memo
+
+
 def run(config: Config, suite, out, progress: bool = True, overwrite: bool = False) -> dict:
     """Run the study (resumable) and write ``out/results.json``, ``report.md``, figures and samples.
 
@@ -1678,13 +1730,17 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
         result = None if extended else cache.load("setting.json")
         if result is None or not (sdir / SAMPLES_FILE).is_file():
             sdir.mkdir(parents=True, exist_ok=True)
-            catalogue = _catalogue(config, setting, sim, forward, model, omega_true, theta_fit)
-            posterior = FieldLevelPosterior(forward, model, catalogue)
-            say(f"[{setting}] {catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
+            memo = _setup_memo(cache, theta_fit)
+            if "posterior" not in memo:
+                catalogue = _catalogue(config, setting, sim, forward, model, omega_true, theta_fit)
+                memo["posterior"] = FieldLevelPosterior(forward, model, catalogue)
+            posterior = memo["posterior"]
+            say(f"[{setting}] {posterior.catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
                 f"chains start from the {config.start}"
                 + ("; the cached run had other n_samples/thin/n_field_draws/n_bins: its kept checkpoint is "
                    "extended or re-read" if extended else ""))
-            chains, setup = _sample_setting(config, setting, posterior, theta_fit, _checkpoint_dir(cache), progress)
+            chains, setup = _sample_setting(config, setting, posterior, theta_fit, _checkpoint_dir(cache), progress,
+                                            memo)
             result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir,
                                        theta_true=theta_fit if setting in MOCK_SETTINGS else None)
             result["sampler"].update(setup)
