@@ -278,22 +278,32 @@ def test_pooled_warmup_then_groups_on_this_backend(tmp_path):
     np.testing.assert_array_equal(again.samples, ch.samples)
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_step_scale_samples_with_that_fraction_of_the_adapted_step(groups, nuts_chains):
+def test_step_scale_samples_with_that_fraction_of_the_adapted_step(nuts_chains):
     # The warm-up does not see the scale, so the same seed adapts the same step; the kept draws
     # take half of it (exact in floating point), stay an exact chain of the target, and NUTS
-    # lengthens its trees to reach the same U-turn.  One group is the module's NUTS run.
-    cfg = sampler_config(kernel="nuts", chain_groups=groups)
-    full = nuts_chains if groups == 1 else inf.sample(LOG_PROB, _starts(2), cfg, progress=False)
-    half = inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts", chain_groups=groups, step_scale=0.5),
-                      progress=False)
+    # lengthens its trees to reach the same U-turn.  The full-step run is the module's NUTS run.
+    full = nuts_chains
+    half = inf.sample(LOG_PROB, _starts(2), sampler_config(kernel="nuts", step_scale=0.5), progress=False)
     np.testing.assert_array_equal(np.asarray(half.step_size), 0.5 * np.asarray(full.step_size))
     np.testing.assert_array_equal(half.inverse_mass_matrix, full.inverse_mass_matrix)
-    steps = np.atleast_1d(half.step_size)
-    per_chain = np.repeat(steps, half.samples.shape[1] // steps.size)
-    np.testing.assert_array_equal(half.sample_stats["step_size"], np.broadcast_to(per_chain, half.samples.shape[:2]))
+    np.testing.assert_array_equal(half.sample_stats["step_size"],
+                                  np.broadcast_to(half.step_size, half.samples.shape[:2]))
     check_gaussian(half.samples, MEAN, COV)
     assert half.sample_stats["n_steps"].mean() > 1.5 * full.sample_stats["n_steps"].mean()
     assert half.sample_stats["acceptance_rate"].mean() > full.sample_stats["acceptance_rate"].mean()
     # A run at the adapted step keeps the identity (checkpoints, caches) it had before the scale existed.
     assert "step_scale" not in full.config.chain_fields() and half.config.chain_fields()["step_scale"] == 0.5
+
+
+def test_step_scale_scales_each_chain_groups_own_adapted_step():
+    # Chain groups warm up alone, each to its own step: every group samples at that fraction of its own.
+    # Short HMC chains: what is checked is the steps, not the draws (the test above checks those).
+    kwargs = dict(kernel="hmc", num_leapfrog_steps=3, chain_groups=2, num_warmup=40, num_samples=10, block_size=10)
+    full = inf.sample(LOG_PROB, _starts(2), sampler_config(**kwargs), progress=False)
+    half = inf.sample(LOG_PROB, _starts(2), sampler_config(step_scale=0.5, **kwargs), progress=False)
+    steps = np.asarray(full.step_size)
+    assert steps.shape == (2,)
+    np.testing.assert_array_equal(np.asarray(half.step_size), 0.5 * steps)
+    np.testing.assert_array_equal(half.inverse_mass_matrix, full.inverse_mass_matrix)
+    np.testing.assert_array_equal(half.sample_stats["step_size"], np.broadcast_to(np.repeat(0.5 * steps, 2), (10, 4)))
+    assert np.all(np.isfinite(half.samples)) and not np.array_equal(half.samples, full.samples)

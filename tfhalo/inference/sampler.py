@@ -875,12 +875,14 @@ class _Compiled:
 # seeds, resumed runs).  Keys hold the function and bijector alive; hence the small size.
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _COMPILED_SIZE = 4
-_UNTRACED_FIELDS = ("seed", "num_samples", "block_size", "num_chains", "devices", "chain_groups", "pool_warmup")
+_UNTRACED_FIELDS = ("seed", "num_samples", "block_size", "num_chains", "devices", "chain_groups", "pool_warmup",
+                    "step_scale")
 
 
 def _compiled(log_prob_fn, bijector, config) -> _Compiled:
-    # Seed, draws, block size, chain count, groups and devices do not enter the traced graphs (jax.jit
-    # compiles once per input sharding by itself); the other fields do.
+    # Seed, draws, block size, chain count, groups, devices and the step scale (it multiplies the step
+    # passed in) do not enter the traced graphs (jax.jit compiles once per input sharding by itself);
+    # the other fields do.
     static = tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in _UNTRACED_FIELDS))
     key = (log_prob_fn, id(bijector), static)
     try:
