@@ -145,6 +145,20 @@ def test_same_seed_same_chains_and_another_seed_other_chains():
     assert not np.allclose(a, c)
 
 
+def test_a_kernels_compiled_sweep_is_reused_and_another_kernels_is_not():
+    # Compiling is lazy: nothing here traces. A kernel fixes the traced program, so its compiled
+    # functions serve every later call; an equal but distinct kernel gets its own.
+    from tfhalo.inference import gibbs as gibbs_module
+
+    _, _, _, log_prob = _gaussian()
+    kernel = GibbsKernel(log_prob, [3, 2], [_hmc(10), _slice])
+    first = gibbs_module._compiled_sweeps(kernel, False)
+    assert all(a is b for a, b in zip(first, gibbs_module._compiled_sweeps(kernel, False)))
+    assert gibbs_module._compiled_sweeps(kernel, True)[1] is not first[1]
+    other = gibbs_module._compiled_sweeps(GibbsKernel(log_prob, [3, 2], [_hmc(10), _slice]), False)
+    assert other[1] is not first[1]
+
+
 def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path):
     # The HMC block adapts its step size during warm-up (150 sweeps here), so a resume in
     # warm-up must restore the adaptation state as well as the chains' state.

@@ -295,6 +295,17 @@ def test_step_scale_samples_with_that_fraction_of_the_adapted_step(nuts_chains):
     assert "step_scale" not in full.config.chain_fields() and half.config.chain_fields()["step_scale"] == 0.5
 
 
+def test_the_step_scale_shares_the_compiled_chains_and_the_kernel_does_not():
+    # The scale multiplies the step passed in, so it enters no traced program (compiling is lazy: nothing
+    # here traces); the kernel does.
+    from tfhalo.inference import sampler as sampler_module
+
+    cfg = sampler_config(kernel="nuts")
+    compiled = sampler_module._compiled(LOG_PROB, None, cfg)
+    assert sampler_module._compiled(LOG_PROB, None, sampler_config(kernel="nuts", step_scale=0.5)) is compiled
+    assert sampler_module._compiled(LOG_PROB, None, sampler_config(kernel="hmc")) is not compiled
+
+
 def test_step_scale_scales_each_chain_groups_own_adapted_step():
     # Chain groups warm up alone, each to its own step: every group samples at that fraction of its own.
     # Short HMC chains: what is checked is the steps, not the draws (the test above checks those).
