@@ -265,6 +265,8 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
     np.testing.assert_allclose(backend.to_numpy(shared(theta)),
                                backend.to_numpy(posterior.log_prob(backend.constant(same_field))) - field_prior_0,
                                rtol=1e-10)
+    one_chain = field_level.bias_given_fields_target(posterior, states[:1, :n_field].reshape(1, n, n, n))
+    np.testing.assert_allclose(backend.to_numpy(one_chain(theta[:1])), (joint - field_prior)[:1], rtol=1e-10)
     bad = [(dict(omega=states[:, :n_field - 1]), r"omega must be \(C, 8, 8, 8\).*Received: omega.shape=\(2, 511\)"),
            (dict(omega=states[0, :n_field]), "n_chains must be an integer. Received: n_chains=None"),
            (dict(omega=states[:, :n_field], n_chains=2), "n_chains is for one field.*Received: n_chains=2"),

@@ -1206,9 +1206,9 @@ def bias_given_fields_target(posterior, omega, n_chains: Optional[int] = None):
 
     n = round(posterior.n_field ** (1 / 3))
     omega = np.asarray(omega, np.float64)
-    single = omega.size == posterior.n_field
-    if omega.size % posterior.n_field or (single and omega.ndim not in (1, 3)) or (
-            not single and omega.ndim not in (2, 4)):
+    field_shapes = ((n ** 3,), (n, n, n))
+    single = omega.shape in field_shapes
+    if not single and not (omega.ndim in (2, 4) and omega.shape[0] >= 1 and omega.shape[1:] in field_shapes):
         raise ValueError(f"omega must be (C, {n}, {n}, {n}), (C, {n ** 3}) or one field of {n ** 3} values. "
                          f"Received: omega.shape={omega.shape}")
     if not np.all(np.isfinite(omega)):
