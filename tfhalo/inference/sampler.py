@@ -425,7 +425,10 @@ class _Checkpoint:
     def _load(self, name):
         if self.dir is None or not (self.dir / name).is_file():
             return None
-        with np.load(self.dir / name) as f:
+        # One reader at a time: chain groups resume in threads, and NumPy parses each array's header
+        # with ast.literal_eval, which CPython 3.11 can fail to run in two threads at once
+        # ("AST constructor recursion depth mismatch").
+        with _NPZ_READ_LOCK, np.load(self.dir / name) as f:
             data = {k: f[k] for k in f.files}
         self._check(self.dir / name, data)
         return data
@@ -873,6 +876,7 @@ class _Compiled:
 # Tracing TFP's NUTS takes seconds to tens of seconds (XLA: longer), so the compiled functions
 # of the last few (log_prob_fn, bijector, config) triples are kept for repeated calls (other
 # seeds, resumed runs).  Keys hold the function and bijector alive; hence the small size.
+_NPZ_READ_LOCK = threading.Lock()
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _COMPILED_SIZE = 4
 _UNTRACED_FIELDS = ("seed", "num_samples", "block_size", "num_chains", "devices", "chain_groups", "pool_warmup",
