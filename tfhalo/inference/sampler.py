@@ -388,6 +388,10 @@ def _fingerprint(config, init, z0, lp0, bijector, warmup=None, extendable: bool 
     return h.hexdigest()
 
 
+# Serialises the checkpoint reads of chain groups run in threads (see _Checkpoint._load).
+_NPZ_READ_LOCK = threading.Lock()
+
+
 class _Checkpoint:
     """``warmup.npz`` (adapted step size, inverse mass, state) and ``block_NNNNN.npz`` (sampling blocks)."""
 
@@ -876,7 +880,6 @@ class _Compiled:
 # Tracing TFP's NUTS takes seconds to tens of seconds (XLA: longer), so the compiled functions
 # of the last few (log_prob_fn, bijector, config) triples are kept for repeated calls (other
 # seeds, resumed runs).  Keys hold the function and bijector alive; hence the small size.
-_NPZ_READ_LOCK = threading.Lock()
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _COMPILED_SIZE = 4
 _UNTRACED_FIELDS = ("seed", "num_samples", "block_size", "num_chains", "devices", "chain_groups", "pool_warmup",

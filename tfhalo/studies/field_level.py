@@ -1203,6 +1203,7 @@ def bias_given_fields_target(posterior, omega, n_chains: Optional[int] = None):
         >>> target = bias_given_fields_target(posterior, omega_true, n_chains=4)   # the true field, 4 chains
     """
     from tfhalo import backend
+    from tfhalo.validation import check_finite_array
 
     n = round(posterior.n_field ** (1 / 3))
     omega = np.asarray(omega, np.float64)
@@ -1211,8 +1212,7 @@ def bias_given_fields_target(posterior, omega, n_chains: Optional[int] = None):
     if not single and not (omega.ndim in (2, 4) and omega.shape[0] >= 1 and omega.shape[1:] in field_shapes):
         raise ValueError(f"omega must be (C, {n}, {n}, {n}), (C, {n ** 3}) or one field of {n ** 3} values. "
                          f"Received: omega.shape={omega.shape}")
-    if not np.all(np.isfinite(omega)):
-        raise ValueError("omega must be finite. Received: omega with non-finite values")
+    check_finite_array("omega", omega)
     if single:
         n_chains = check_int("n_chains", n_chains, minimum=1)
         omega = np.broadcast_to(omega.reshape(1, n, n, n), (n_chains, n, n, n))
