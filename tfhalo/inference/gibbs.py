@@ -70,7 +70,6 @@ References:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import json
@@ -94,6 +93,7 @@ from tfhalo.inference.sampler import (
     _num_steps,
     checkpoint_identity,
 )
+from tfhalo.inference.compiled_cache import CompiledCache
 from tfhalo.inference.reduction import check_reduction, join_blocks, reduce_block
 from tfhalo.validation import check_bool, check_int
 
@@ -451,17 +451,14 @@ def _fingerprint(kernel: GibbsKernel, config: GibbsConfig, theta0: np.ndarray, l
 
 # Tracing a sweep of the blocks' kernels takes seconds (XLA: longer), so the compiled sweeps of the
 # last few kernels are kept for repeated calls: other seeds, extended and resumed runs. A kernel fixes
-# everything the traced program computes; the key holds it alive, hence the small size.
-_COMPILED: collections.OrderedDict = collections.OrderedDict()
-_COMPILED_SIZE = 4
+# everything the traced program computes.
+_COMPILED = CompiledCache(size=4)
 
 
 def _compiled_sweeps(kernel: GibbsKernel, jit_compile: bool):
     """``(start(z) -> results, run(z, results, seed, n) -> (draws, trace, last z, results))``, compiled."""
-    key = (id(kernel), bool(jit_compile))
-    hit = _COMPILED.get(key)
-    if hit is None or hit[0] is not kernel:
 
+    def build():
         def start(z):
             return kernel.bootstrap_results(z)
 
@@ -473,13 +470,10 @@ def _compiled_sweeps(kernel: GibbsKernel, jit_compile: bool):
             draws = ops.reshape(kernel.forward(ops.reshape(states, (-1, states.shape[-1]))), ops.shape(states))
             return draws, res.trace, states[-1], res.final_kernel_results
 
-        hit = (kernel, backend.jit(start, jit_compile=jit_compile),
-               backend.jit(run, jit_compile=jit_compile, static_argnums=(3,)))
-        _COMPILED[key] = hit
-        while len(_COMPILED) > _COMPILED_SIZE:
-            _COMPILED.popitem(last=False)
-    _COMPILED.move_to_end(key)
-    return hit[1], hit[2]
+        return (backend.jit(start, jit_compile=jit_compile),
+                backend.jit(run, jit_compile=jit_compile, static_argnums=(3,)))
+
+    return _COMPILED.get((id(kernel), bool(jit_compile)), kernel, build)
 
 
 def sample_gibbs(kernel: GibbsKernel, initial_state, config: GibbsConfig = GibbsConfig(),

@@ -103,7 +103,6 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import json
@@ -126,6 +125,7 @@ from tfhalo.inference.config import (  # noqa: F401  (KERNELS and the minima are
     MIN_SAMPLES,
     SamplerConfig,
 )
+from tfhalo.inference.compiled_cache import CompiledCache
 from tfhalo.inference.reduction import ThinnedDraws, check_reduction, join_blocks, reduce_block
 from tfhalo.validation import check_bool, check_int
 
@@ -879,9 +879,8 @@ class _Compiled:
 
 # Tracing TFP's NUTS takes seconds to tens of seconds (XLA: longer), so the compiled functions
 # of the last few (log_prob_fn, bijector, config) triples are kept for repeated calls (other
-# seeds, resumed runs).  Keys hold the function and bijector alive; hence the small size.
-_COMPILED: collections.OrderedDict = collections.OrderedDict()
-_COMPILED_SIZE = 4
+# seeds, resumed runs).
+_COMPILED = CompiledCache(size=4)
 _UNTRACED_FIELDS = ("seed", "num_samples", "block_size", "num_chains", "devices", "chain_groups", "pool_warmup",
                     "step_scale")
 
@@ -889,20 +888,10 @@ _UNTRACED_FIELDS = ("seed", "num_samples", "block_size", "num_chains", "devices"
 def _compiled(log_prob_fn, bijector, config) -> _Compiled:
     # Seed, draws, block size, chain count, groups, devices and the step scale (it multiplies the step
     # passed in) do not enter the traced graphs (jax.jit compiles once per input sharding by itself);
-    # the other fields do.
+    # the other fields do. The key holds log_prob_fn itself: equal wrappers of one function share.
     static = tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in _UNTRACED_FIELDS))
-    key = (log_prob_fn, id(bijector), static)
-    try:
-        hit = _COMPILED.get(key)
-    except TypeError:  # an unhashable callable: no reuse
-        return _Compiled(log_prob_fn, bijector, config)
-    if hit is None or hit[0] is not bijector:
-        hit = (bijector, _Compiled(log_prob_fn, bijector, config))
-        _COMPILED[key] = hit
-        while len(_COMPILED) > _COMPILED_SIZE:
-            _COMPILED.popitem(last=False)
-    _COMPILED.move_to_end(key)
-    return hit[1]
+    return _COMPILED.get((log_prob_fn, id(bijector), static), bijector,
+                         lambda: _Compiled(log_prob_fn, bijector, config))
 
 
 def _warmup(compiled, config, z0, bar):
