@@ -80,13 +80,74 @@ def test_coverage_is_nominal_for_draws_from_the_truths_distribution():
     draws = _noise((d, n, n, n), 5)
     truth = _noise((n, n, n), 6)
     cover = fa.coverage(draws, truth, bins, levels=(0.68, 0.95))
+    assert cover["n_draws"] == d and cover["n_chains"] == 1
     for level, v in cover["levels"].items():
         # quantiles of 400 draws add a little spread; 4 standard errors keep a seeded check robust
         assert np.all(np.abs(np.asarray(v["z"])) < 4.0), (level, v)
+        assert np.all(np.abs(np.asarray(v["z_expected"])) < 4.0), (level, v)
+        # independent draws: the order-statistics expectation, level (D - 1) / (D + 1), to ESS noise
+        np.testing.assert_allclose(v["expected"], float(level) * (d - 1) / (d + 1), atol=0.01)
     # the truth at the draws' median is always inside, far out never
     med = np.median(draws, axis=0)
     assert all(np.allclose(v["fraction"], 1.0) for v in fa.coverage(draws, med, bins)["levels"].values())
     assert all(np.allclose(v["fraction"], 0.0) for v in fa.coverage(draws, med + 100, bins)["levels"].values())
+
+
+def _ar1_chains(rng, chains, draws, modes, rho):
+    x = np.empty((chains, draws, modes))
+    x[:, 0] = rng.standard_normal((chains, modes))
+    for t in range(1, draws):
+        x[:, t] = rho * x[:, t - 1] + np.sqrt(1 - rho**2) * rng.standard_normal((chains, modes))
+    return x
+
+
+def test_expected_coverage_of_independent_draws_is_the_order_statistics_mean():
+    # D independent draws of the right posterior: E[coverage] = level (D - 1) / (D + 1) exactly.
+    x = np.random.default_rng(3).standard_normal((2, 60, 1500))
+    for level in (0.68, 0.95):
+        e = fa.expected_coverage(x, level)
+        assert e.shape == (1500,) and np.all((e >= 0) & (e <= level))
+        assert abs(e.mean() - level * 119 / 121) < 0.004, (level, e.mean())
+
+
+def test_expected_coverage_predicts_what_autocorrelated_exact_chains_give():
+    # Exact but autocorrelated chains (stationary AR(1), the truth a fresh draw of the same
+    # posterior): their intervals hold the truth less often than nominal, by far more than the
+    # binomial error of 2,000 modes, and as often as the expectation says.
+    rng = np.random.default_rng(0)
+    x = _ar1_chains(rng, 2, 50, 2000, 0.7)
+    truth = rng.standard_normal(2000)
+    for level in (0.68, 0.95):
+        lo, hi = np.quantile(x.reshape(-1, 2000), [(1 - level) / 2, (1 + level) / 2], axis=0)
+        frac = np.mean((truth >= lo) & (truth <= hi))
+        e = fa.expected_coverage(x, level)
+        z_expected = (frac - e.mean()) / np.sqrt(np.mean(e * (1 - e)) / 2000)
+        assert abs(z_expected) < 3.0, (level, frac, e.mean())
+        # below the independent draws' expectation too: the correlation matters, not only D
+        assert e.mean() < level * 99 / 101 - 0.005, (level, e.mean())
+    assert (frac - 0.95) / np.sqrt(0.95 * 0.05 / 2000) < -4.0
+
+
+def test_coverage_splits_draws_into_chains_and_refuses_a_bad_count():
+    n, box = 4, 10.0
+    bins = fa.k_bins(n, box)
+    rng = np.random.default_rng(1)
+    chains = rng.standard_normal((40, 2, n, n, n))                  # (S, C, ...): draw-major
+    truth = rng.standard_normal((n, n, n))
+    one = fa.coverage(chains.reshape(-1, n, n, n), truth, bins, n_chains=2)
+    assert one["n_chains"] == 2 and one["n_draws"] == 80
+    # the fractions do not depend on the chains; the expectation's ESS does (a per-chain split)
+    pooled = fa.coverage(chains.reshape(-1, n, n, n), truth, bins)
+    for level in one["levels"]:
+        assert one["levels"][level]["fraction"] == pooled["levels"][level]["fraction"]
+    with pytest.raises(ValueError, match="n_chains"):
+        fa.coverage(chains.reshape(-1, n, n, n), truth, bins, n_chains=3)
+    with pytest.raises(ValueError, match="n_chains"):
+        fa.coverage(chains.reshape(-1, n, n, n), truth, bins, n_chains=40)
+    with pytest.raises(ValueError, match="chain_draws"):
+        fa.expected_coverage(np.full((2, 10, 3), np.nan), 0.68)
+    with pytest.raises(ValueError, match="level"):
+        fa.expected_coverage(rng.standard_normal((2, 10, 3)), 1.0)
 
 
 def test_cosmic_variance_band():

@@ -26,7 +26,16 @@ def test_rows_take_the_largest_absolute_z_and_the_table_counts_calibrated_seeds(
     assert rows[1]["max_abs_z_95"] == 3.4 and rows[1]["calibrated"] is False
     text = bench.table(rows)
     assert "mock_fixed_bias: 1 of 2 seeds calibrated." in text
-    assert "| 1 | mock_fixed_bias | 12 | 0.30 | 3.40 | no | 0.950 | n/a |" in text
+    assert "| 1 | mock_fixed_bias | 12 | 0.30 | 3.40 | no | 3.40 | 0.950 | n/a |" in text
+
+
+def test_rows_judge_against_the_exact_samplers_expectation_where_results_hold_it(bench):
+    result = _result([0.5, -4.0], [1.0, 0.2], True)
+    result["coverage"]["levels"]["0.68"]["z_expected"] = [0.4, -1.5]
+    result["coverage"]["levels"]["0.95"]["z_expected"] = [2.1, 0.1]
+    row = bench.seed_row(0, "mock", result)
+    assert row["max_abs_z_68"] == 1.5 and row["max_abs_z_95"] == 2.1 and row["max_abs_z_nominal"] == 4.0
+    assert "| 0 | mock | 12 | 1.50 | 2.10 | yes | 4.00 | 0.950 |" in bench.table([row])
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -101,10 +101,18 @@ def test_coverage_and_power_recomputed_from_the_saved_samples_match_the_report(s
         box = float(f.attrs["box_size"])
     bins = fa.k_bins(config.n_grid, box, n_bins=config.n_bins)
     draws = omega.reshape(-1, *omega.shape[2:])
-    cover = fa.coverage(fa.hartley_coefficients(draws), fa.hartley_coefficients(truth)[0], bins)
+    cover = fa.coverage(fa.hartley_coefficients(draws), fa.hartley_coefficients(truth)[0], bins,
+                        n_chains=omega.shape[1])
     for level, v in cover["levels"].items():
         # float32 storage moves a coefficient across an interval edge at most rarely
-        np.testing.assert_allclose(v["fraction"], s["coverage"]["levels"][level]["fraction"], atol=0.02)
+        got = s["coverage"]["levels"][level]
+        np.testing.assert_allclose(v["fraction"], got["fraction"], atol=0.02)
+        np.testing.assert_allclose(v["expected"], got["expected"], atol=0.01)
+        assert all(e <= float(level) for e in got["expected"])
+    # calibrated: within 3 binomial errors of the exact sampler's expectation in every bin
+    z = [abs(x) for v in s["coverage"]["levels"].values() for x in v["z_expected"]]
+    assert s["calibrated"] is (max(z) <= field_level.COVERAGE_Z_MAX)
+    assert "what exact chains of these draws give" in (root / "out" / "report.md").read_text()
     np.testing.assert_allclose(fa.binned_power(delta_true, bins)[0], s["power"]["truth"], rtol=1e-10)
 
 
