@@ -116,6 +116,22 @@ def test_coverage_and_power_recomputed_from_the_saved_samples_match_the_report(s
     np.testing.assert_allclose(fa.binned_power(delta_true, bins)[0], s["power"]["truth"], rtol=1e-10)
 
 
+def test_results_written_before_the_coverage_expectation_still_report(study):
+    import copy
+
+    _, _, results = study
+    old = copy.deepcopy(results)
+    for s in old["settings"].values():
+        s.pop("calibrated_nominal")
+        for v in s["coverage"]["levels"].values():
+            for key in ("expected", "expected_stderr", "z_expected"):
+                v.pop(key)
+    text = field_level.report(old)
+    assert "nominal within 3 binomial standard errors" in text and "exact chains" not in text
+    level = old["settings"]["mock"]["coverage"]["levels"]["0.95"]
+    assert field_level.coverage_z(level) == level["z"]
+
+
 def test_truth_is_the_simulations_white_noise_truncated_to_the_grid(study):
     from tfhalo.field.forward import truncate_white_noise
     from tfhalo.sim import load
