@@ -150,6 +150,21 @@ def test_coverage_splits_draws_into_chains_and_refuses_a_bad_count():
         fa.expected_coverage(rng.standard_normal((2, 10, 3)), 1.0)
 
 
+def test_the_expectation_from_a_subset_of_each_bins_modes_is_the_bins_average(monkeypatch):
+    n, box = 8, 20.0
+    bins = fa.k_bins(n, box, n_bins=2)
+    rng = np.random.default_rng(4)
+    draws, truth = rng.standard_normal((60, n, n, n)), rng.standard_normal((n, n, n))
+    full = fa.coverage(draws, truth, bins, n_chains=2)
+    monkeypatch.setattr(fa, "MAX_MODES_FOR_EXPECTATION", 48)
+    part = fa.coverage(draws, truth, bins, n_chains=2)
+    assert min(bins.n_modes) > 48
+    for level in full["levels"]:
+        a, b = full["levels"][level], part["levels"][level]
+        assert a["fraction"] == b["fraction"] and a["expected"] != b["expected"]
+        np.testing.assert_allclose(b["expected"], a["expected"], atol=0.01)
+
+
 def test_cosmic_variance_band():
     lo, hi = fa.cosmic_variance_band([2.0, 4.0], [2, 8])
     np.testing.assert_allclose(lo, [0.0, 2.0])
