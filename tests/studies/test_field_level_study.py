@@ -103,6 +103,10 @@ def test_coverage_and_power_recomputed_from_the_saved_samples_match_the_report(s
     draws = omega.reshape(-1, *omega.shape[2:])
     cover = fa.coverage(fa.hartley_coefficients(draws), fa.hartley_coefficients(truth)[0], bins,
                         n_chains=omega.shape[1])
+    assert field_level.coverage_from_samples(root / "out" / "mock" / field_level.SAMPLES_FILE,
+                                             n_bins=config.n_bins) == cover
+    with pytest.raises(ValueError, match="path must be a samples file"):
+        field_level.coverage_from_samples(root / "out" / "none.h5")
     for level, v in cover["levels"].items():
         # float32 storage moves a coefficient across an interval edge at most rarely
         got = s["coverage"]["levels"][level]
