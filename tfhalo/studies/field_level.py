@@ -66,8 +66,8 @@ from tfhalo.validation import check_bool, check_choice, check_float, check_fract
 
 __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread",
            "sample_bias_given_fields", "bias_given_fields_target", "coverage_z", "coverage_from_samples",
-           "bias_identification",
-           "bias_metric_from_draws", "bias_model", "forward_model", "FinishedStudy", "load_finished_study", "local_linear_bias_bijector", "report"]
+           "bias_identification", "bias_metric_from_draws", "bias_model", "forward_model", "FinishedStudy",
+           "load_finished_study", "local_linear_bias_bijector", "report"]
 
 SETTINGS = ("mock", "nbody", "mock_fixed_bias")
 #: Settings whose bias parameters are held at the values the mock catalogue was drawn with.
