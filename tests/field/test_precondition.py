@@ -47,6 +47,7 @@ from tfhalo.field.precondition import (
     isotropic_scales,
     k_shells,
     mode_wavenumbers,
+    scales_from_draws,
     shell_average,
 )
 from tfhalo.sim.cosmology import WMAP5
@@ -284,6 +285,67 @@ def test_curvature_scales_refuses_bad_arguments(kwargs, match):
 def test_curvature_refuses_a_non_finite_target():
     with pytest.raises(ValueError, match="log_prob_fn must be finite and differentiable"):
         hutchinson_curvature(lambda x: ops.sum(ops.log(x), -1), -np.ones((1, 64)), 4)
+
+
+# ---------------------------------------------------------------- scales from draws
+
+
+def test_scales_from_draws_inverts_the_bijector_exactly():
+    # Draws made by the bijector from known coordinates u: the spread is their shell-averaged variance,
+    # regularised towards 1, whatever the scales (checked against the bijector's own forward map).
+    rng = np.random.default_rng(4)
+    n, s_draws, chains = 4, 6, 2
+    scale = isotropic_scales(n, lambda k: 1.0 + 30.0 * np.exp(-k), box_size=20.0)
+    u = rng.standard_normal((s_draws, chains, n**3)) * rng.uniform(0.3, 3.0, n**3)
+    omega = _np(FourierPreconditioner(n, field_scale=scale).forward(backend.constant(u.reshape(-1, n**3))))
+    new, spread = scales_from_draws(scale, omega.reshape(s_draws, chains, n**3))
+    m = s_draws * chains
+    expected = np.sqrt(m / (m + 5.0) * shell_average(u.reshape(m, n, n, n).var(axis=0, ddof=1)) + 5.0 / (m + 5.0))
+    np.testing.assert_allclose(spread, expected, rtol=1e-10)
+    np.testing.assert_allclose(new, scale * expected, rtol=1e-10)
+    # (S, P) draws are the same draws as one chain
+    np.testing.assert_allclose(scales_from_draws(scale, omega)[1], expected, rtol=1e-10)
+
+
+def test_scales_from_draws_recover_the_widths_of_a_fourier_diagonal_gaussian():
+    # Draws whose Hartley coefficients have widths w per shell, sampled in scales s0 that are wrong by a
+    # factor of 0.2 to 5: the new scales are w, within the Monte Carlo error of a variance from
+    # (modes in the shell) x (draws) values, sqrt(2 / count) relative, and the regularisation's pull.
+    rng = np.random.default_rng(5)
+    n, m = 8, 400
+    k = mode_wavenumbers(n, 2 * np.pi)
+    s0 = isotropic_scales(n, lambda kk: 1.0 + 10.0 * np.exp(-kk), box_size=2 * np.pi)
+    w = shell_average(s0 * np.exp(1.6 * np.cos(k)))                  # a factor exp(+-1.6) ~ 0.2-5 per shell
+    omega = _hartley_np(w * rng.standard_normal((m, n, n, n))).reshape(m // 2, 2, n**3)
+    new, spread = scales_from_draws(s0, omega)
+    _, _, counts = k_shells(n)
+    labels = k_shells(n)[0]
+    target = np.sqrt(m / (m + 5.0) * (w / s0) ** 2 + 5.0 / (m + 5.0))
+    rel_se = np.sqrt(2.0 / (counts[labels] * (m - 1)))              # of the variance; half of it for the sd
+    assert np.all(np.abs(spread / target - 1.0) < N_SIGMA * rel_se / 2 + 1e-12)
+    assert np.all(np.abs(new / np.sqrt(w**2 * m / (m + 5.0) + s0**2 * 5.0 / (m + 5.0)) - 1.0)
+                  < N_SIGMA * rel_se / 2 + 1e-12)
+    # In the new scales the same draws' variance is the old one times (s0 / new)^2, exactly: the
+    # re-estimate leaves the shells it has already widened alone, up to the regularisation's pull.
+    _, again = scales_from_draws(new, omega)
+    var0 = (spread**2 - 5.0 / (m + 5.0)) * (m + 5.0) / m
+    np.testing.assert_allclose(again, np.sqrt(m / (m + 5.0) * var0 * (s0 / new) ** 2 + 5.0 / (m + 5.0)), rtol=1e-10)
+    assert np.all(np.abs(again - 1.0) < 0.2)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(omega_draws=np.zeros((3, 2, 63))), r"omega_draws must be \(S, C, 64\) or \(S, 64\).*shape=\(3, 2, 63\)"),
+    (dict(omega_draws=np.zeros((1, 64))), r"at least 2 draws.*shape=\(1, 64\)"),
+    (dict(omega_draws=np.full((3, 64), np.nan)), "omega_draws must be finite"),
+    (dict(field_scale=-np.ones((4, 4, 4))), r"field_scale must be positive. Received: field_scale\[0, 0, 0\]=-1.0"),
+    (dict(field_scale=np.ones((4, 4))), r"field_scale must be a cubic \(n, n, n\).*shape=\(4, 4\)"),
+    (dict(field_scale=None), "field_scale must be a cubic .* Received: field_scale=None"),
+])
+def test_scales_from_draws_refuses_bad_arguments(kwargs, match):
+    args = dict(field_scale=np.ones((4, 4, 4)), omega_draws=np.zeros((3, 64)))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        scales_from_draws(**args)
 
 
 # ---------------------------------------------------------------- the Wiener filter

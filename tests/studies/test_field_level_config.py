@@ -49,6 +49,9 @@ from tests.helpers.scripts import load_script
                                            "Received: bias_scale_coordinate='log_scale', bias_coordinates='diagonal'"),
     ("bias_metric", "warmup", "bias_metric='warmup' needs sampler='gibbs' with bias_coordinates='local_linear' .* "
                               "Received: bias_metric='warmup', sampler='joint'"),
+    ("field_metric", "fisher", "field_metric must be one of .* Received: field_metric='fisher'"),
+    ("field_metric", "warmup", "field_metric='warmup' needs sampler='gibbs' with a preconditioner .* "
+                               "Received: field_metric='warmup', sampler='joint'"),
     ("bias_min_step_factor", 0.0, "bias_min_step_factor must be positive. Received: bias_min_step_factor=0.0"),
     ("bias_min_step_factor", 1.5, r"bias_min_step_factor must be in \(0, 1\]. Received: bias_min_step_factor=1.5"),
     ("bias_min_step_factor", float("nan"), "bias_min_step_factor must be a finite number"),
@@ -111,13 +114,22 @@ def test_presets_are_valid_frozen_and_round_trip():
         field_level.Config.preset("huge")
 
 
+def test_the_field_metric_needs_a_preconditioner_and_enough_warmup():
+    gibbs = dict(sampler="gibbs", field_metric="warmup")
+    with pytest.raises(ValueError, match="field_metric='warmup' needs .* preconditioner='none'"):
+        field_level.Config.preset("quick", preconditioner="none", **gibbs)
+    with pytest.raises(ValueError, match="n_warmup must be at least 16 with field_metric='warmup'.* n_warmup=0"):
+        field_level.Config.preset("quick", n_warmup=0, **gibbs)
+    assert field_level.Config.preset("quick", **gibbs).field_metric == "warmup"
+
+
 def test_a_config_read_back_from_json_is_the_same_config_and_is_checked_again():
     import json
 
     cfg = field_level.Config.preset("quick", seed=3, settings=("mock",), n_components=1)
     stored = json.loads(json.dumps(cfg.to_dict()))          # tuples come back as lists
     assert field_level.Config.from_dict(stored) == cfg
-    old = {k: v for k, v in stored.items() if k != "bias_metric"}  # written before the field existed
+    old = {k: v for k, v in stored.items() if k not in ("bias_metric", "field_metric")}  # written before them
     assert field_level.Config.from_dict(old) == cfg
     with pytest.raises(ValueError, match=r"Unknown field-level Config fields \['temperature'\]"):
         field_level.Config.from_dict(dict(stored, temperature=2))

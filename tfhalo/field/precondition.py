@@ -83,6 +83,7 @@ __all__ = [
     "isotropic_scales",
     "hutchinson_curvature",
     "curvature_scales",
+    "scales_from_draws",
     "PRIOR_CURVATURE",
 ]
 
@@ -490,3 +491,66 @@ def curvature_scales(log_prob_fn, state, n_grid, n_probes: int = 4, eps: float =
     floor = check_float("floor", floor, positive=True)
     h = hutchinson_curvature(log_prob_fn, state, n_grid, n_probes=n_probes, eps=eps, seed=seed)
     return isotropic_scales(n_grid, h, floor=floor)
+
+
+def scales_from_draws(field_scale, omega_draws):
+    """``field_scale`` re-estimated from white-noise draws: each shell's spread in the current coordinates.
+
+    A posterior's curvature at one point (:func:`curvature_scales` at the chains' start)
+    need not be its width over the typical set: at the start the data may constrain a
+    shell's modes more, or less, than they do where the chains go.  Here each draw is
+    mapped to the coordinates ``u = H(omega) / field_scale`` of
+    :class:`FourierPreconditioner`, the variance of ``u`` over the draws (all chains
+    pooled, about their common mean) is averaged over each exact ``|k|`` shell
+    (:func:`shell_average`) and regularised towards 1 (the current scale) as Stan
+    regularises its metric: ``v = n / (n + 5) * var + 5 / (n + 5)`` for ``n`` draws
+    (Carpenter et al. 2017, J. Stat. Softw. 76, 1).  The new widths are
+    ``field_scale * sqrt(v)``.  Built from warm-up draws and then held fixed, the
+    coordinates keep the chains that use them exact.  Autocorrelated draws understate a
+    slowly mixing shell's variance, so the estimate errs towards the current scale's
+    side only as far as the draws have not spread.
+
+    Args:
+        field_scale: ``(n, n, n)`` positive widths the draws were sampled with.
+        omega_draws: ``(S, C, n^3)`` or ``(S, n^3)`` finite white-noise draws (``S`` draws of
+            ``C`` chains, flattened fields in C order), at least 2 in all.
+
+    Returns:
+        ``(scale, spread)``: the new ``(n, n, n)`` widths, and ``(n, n, n)`` ``sqrt(v)``, the
+        draws' regularised spread per shell in units of the old widths (1 where the old
+        widths were right).
+
+    Raises:
+        ValueError: a bad ``field_scale``, draws that are not finite, fewer than 2 or not
+            ``n^3`` per field.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> omega = rng.standard_normal((400, 2, 4 ** 3)) * 2.0      # white noise twice as wide
+        >>> scale, spread = scales_from_draws(np.ones((4, 4, 4)), omega)
+        >>> bool(np.all(np.abs(spread - 2.0) < 0.3))
+        True
+    """
+    shape = np.shape(field_scale) if field_scale is not None else None
+    if shape is None or len(shape) != 3 or len(set(shape)) != 1 or shape[0] < 2:
+        raise ValueError(f"field_scale must be a cubic (n, n, n) array of widths. Received: field_scale={field_scale!r}"
+                         if shape is None else f"field_scale must be a cubic (n, n, n) array of widths. Received: "
+                         f"field_scale.shape={shape}")
+    n = shape[0]
+    arr = field_scale
+    scale = _field_scale(arr, n)
+    try:
+        draws = np.asarray(omega_draws, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"omega_draws must be an array of numbers. Received: omega_draws={omega_draws!r}") from None
+    if draws.ndim not in (2, 3) or draws.shape[-1] != n ** 3 or draws.size < 2 * n ** 3:
+        raise ValueError(f"omega_draws must be (S, C, {n ** 3}) or (S, {n ** 3}) with at least 2 draws, to match "
+                         f"field_scale's n={n}. Received: omega_draws.shape={draws.shape}")
+    check_finite_array("omega_draws", draws)
+    fields = draws.reshape((-1, n, n, n))
+    spectrum = np.fft.fftn(fields, axes=(1, 2, 3))
+    u = (spectrum.real - spectrum.imag) / np.sqrt(n ** 3) / scale          # hartley3(omega) / field_scale
+    count = u.shape[0]
+    var = shell_average(u.var(axis=0, ddof=1))
+    spread = np.sqrt((count / (count + 5.0)) * var + 5.0 / (count + 5.0))
+    return scale * spread, spread

@@ -94,6 +94,10 @@ BIAS_CARRIES = ("none", "npe_moments")
 #: start (``"start"``), or a dense metric re-estimated from the chains' own bias draws over the first half of the
 #: warm-up (``"warmup"``; :func:`bias_metric_from_draws`).
 BIAS_METRICS = ("start", "warmup")
+#: The field block's Fourier scales with ``sampler="gibbs"``: the curvature widths at the chains' start
+#: (``"start"``), or those widths rescaled per ``|k|`` shell by the spread of the chains' own white-noise draws over
+#: the first half of the warm-up (``"warmup"``; :func:`tfhalo.field.precondition.scales_from_draws`).
+FIELD_METRICS = ("start", "warmup")
 #: The local-linear bias coordinates' choices for the NPE's radial scale: those of
 #: :class:`tfhalo.bias.reparam.LocalLinearReparametrization` (its ``SCALE_COORDINATES``), named here so that
 #: a Config is checked without importing Keras.
@@ -194,6 +198,14 @@ class Config:
             fields the chains visit, the bias spreads along combinations of its parameters tens of
             times wider than the start's curvature widths, which the start's Laplace map cannot know.
             Needs ``n_warmup`` of at least :data:`MIN_WARMUP_FOR_BIAS_METRIC`.
+        field_metric: ``"start"`` (the field's Fourier scales from the target's curvature at the
+            chains' start) or ``"warmup"`` (``sampler="gibbs"`` with a preconditioner: the same first
+            half of the warm-up as ``bias_metric="warmup"``, whose white-noise draws' spread per ``|k|``
+            shell rescales those scales for the rest of the warm-up and the kept sweeps,
+            :func:`tfhalo.field.precondition.scales_from_draws`; fixed before the kept sweeps).  The
+            curvature at the start (a field MAP) need not be the width where the chains go, and the
+            largest scales, with few modes, are where a wrong width costs most.  Needs ``n_warmup`` of at
+            least :data:`MIN_WARMUP_FOR_BIAS_METRIC`.
         bias_scale_coordinate: what the local-linear bias coordinates (``bias_coordinates``
             ``"local_linear"`` or ``"pilot"``) hold for the NPE's radial scale:
             ``"curvature"`` (the default), the log curvature scale ``xi`` of ``psi``, or
@@ -255,6 +267,7 @@ class Config:
     bias_carry: str = "none"
     bias_min_step_factor: float = 1.0
     bias_metric: str = "start"
+    field_metric: str = "start"
     bias_scale_coordinate: str = "curvature"
     n_bias_pilot: int = 300
     n_probes: int = 8
@@ -321,6 +334,11 @@ class Config:
             raise ValueError("bias_metric='warmup' needs sampler='gibbs' with bias_coordinates='local_linear' (the "
                              f"metric is estimated in its coordinates). Received: bias_metric={self.bias_metric!r}, "
                              f"sampler={self.sampler!r}, bias_coordinates={self.bias_coordinates!r}")
+        check_choice("field_metric", self.field_metric, FIELD_METRICS)
+        if self.field_metric != "start" and (self.sampler != "gibbs" or self.preconditioner == "none"):
+            raise ValueError("field_metric='warmup' needs sampler='gibbs' with a preconditioner (the scales it "
+                             f"re-estimates). Received: field_metric={self.field_metric!r}, sampler={self.sampler!r}, "
+                             f"preconditioner={self.preconditioner!r}")
         check_choice("bias_scale_coordinate", self.bias_scale_coordinate, BIAS_SCALE_COORDINATES)
         if self.bias_scale_coordinate != "curvature" and self.bias_coordinates not in ("local_linear", "pilot"):
             raise ValueError("bias_scale_coordinate is a choice of the local-linear coordinates: it needs "
@@ -339,9 +357,10 @@ class Config:
         set_("keep_checkpoint", check_bool("keep_checkpoint", self.keep_checkpoint))
         set_("keep_field_draws", check_bool("keep_field_draws", self.keep_field_draws))
         check_sampler_settings(self)
-        if self.bias_metric == "warmup" and self.n_warmup < MIN_WARMUP_FOR_BIAS_METRIC:
-            raise ValueError(f"n_warmup must be at least {MIN_WARMUP_FOR_BIAS_METRIC} with bias_metric='warmup' (its "
-                             f"first half estimates the metric). Received: n_warmup={self.n_warmup}")
+        for name in ("bias_metric", "field_metric"):
+            if getattr(self, name) == "warmup" and self.n_warmup < MIN_WARMUP_FOR_BIAS_METRIC:
+                raise ValueError(f"n_warmup must be at least {MIN_WARMUP_FOR_BIAS_METRIC} with {name}='warmup' (its "
+                                 f"first half estimates the metric). Received: n_warmup={self.n_warmup}")
 
     @property
     def chains_seed(self) -> int:
@@ -453,6 +472,9 @@ CLI_OVERRIDES = (
     ("--bias-metric", "bias_metric", str,
      "start (the bias coordinates' Laplace map at the chains' start) or warmup (a dense metric from the bias draws "
      "of the first half of the warm-up; --sampler gibbs --bias-coordinates local_linear)"),
+    ("--field-metric", "field_metric", str,
+     "start (the field's Fourier scales from the curvature at the chains' start) or warmup (rescaled per |k| shell "
+     "by the spread of the white-noise draws of the first half of the warm-up; --sampler gibbs)"),
     ("--bias-scale-coordinate", "bias_scale_coordinate", str,
      "curvature or log_scale: the NPE radial scale's coordinate in the local-linear bias coordinates "
      "(--bias-coordinates local_linear or pilot)"),
@@ -706,8 +728,8 @@ def coverage_from_samples(path, n_bins: Optional[int] = None) -> dict:
     :func:`tfhalo.field.analysis.coverage` of their Hartley coefficients, with each bin judged
     against the nominal levels (``z``) and against what exact chains of these draws give
     (``z_expected``): a run written before the study judged coverage the second way can be
-    re-judged without its chains.  The draws are stored in float32, so a coefficient on an
-    interval's edge can move across it: fractions agree with the run's own to about 1/N per bin.
+    re-judged without its chains.  The run judges the same float32 draws it stores, so this
+    gives its coverage back.
 
     Args:
         path: a ``<out>/<setting>/samples.h5`` written by :func:`run`.
@@ -844,9 +866,12 @@ def _sample_setting(config: Config, setting: str, posterior, theta_fit, checkpoi
     if setting in FIXED_BIAS_SETTINGS:
         chains = _fixed_bias_chains(config, posterior, state0, scales, offset, checkpoint_dir, progress, reduction)
         info = {"bias_fixed": True}
-    elif config.sampler == "gibbs" and config.bias_metric == "warmup":
-        chains, info = _gibbs_chains_with_warmup_metric(config, posterior, state0, scales, offset, checkpoint_dir,
-                                                        progress, reduction)
+    elif config.sampler == "gibbs" and "warmup" in (config.bias_metric, config.field_metric):
+        bias_bijector, info = _bias_bijector(config, posterior, state0, theta_fit, bias_scale, offset,
+                                             checkpoint_dir, progress)
+        chains, stage_info = _gibbs_chains_with_warmup_metric(config, posterior, state0, scales, bias_bijector,
+                                                              offset, checkpoint_dir, progress, reduction)
+        info = dict(info, **stage_info)
     elif config.sampler == "gibbs":
         bias_bijector, info = _bias_bijector(config, posterior, state0, theta_fit, bias_scale, offset,
                                              checkpoint_dir, progress)
@@ -1131,41 +1156,57 @@ def _warmup_stages(n_warmup: int):
     return first - first // 2, first // 2, n_warmup - first
 
 
-def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_scale, offset: int,
+def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_scale, bias_bijector, offset: int,
                                      checkpoint_dir: Optional[Path], progress: bool, reduction=None):
-    """Blocked chains whose bias metric is re-estimated from their own draws halfway through the warm-up.
+    """Blocked chains whose bias metric, field scales or both are re-estimated from their own warm-up draws.
 
-    Stage 1 runs :func:`_gibbs_chains` in the local-linear coordinates built at the start
-    (:func:`local_linear_bias_bijector`) for the first half of the warm-up; the bias draws
-    of its second quarter give the dense metric (:func:`bias_metric_from_draws`).  Stage 2
+    Stage 1 runs :func:`_gibbs_chains` in the coordinates built at the start
+    (``bias_bijector``: with ``bias_metric="warmup"``, the local-linear coordinates of
+    :func:`local_linear_bias_bijector`; ``field_scale``) for the first half of the warm-up.
+    The draws of its second quarter give the bias's dense metric
+    (:func:`bias_metric_from_draws`, ``bias_metric="warmup"``) and the field's Fourier scales
+    (:func:`tfhalo.field.precondition.scales_from_draws`, ``field_metric="warmup"``).  Stage 2
     starts from stage 1's last state and runs the rest of the warm-up and the kept sweeps in
-    that metric (a fixed kernel, so the kept sweeps are exact).  Stage 1 checkpoints into
-    ``checkpoint_dir/bias_metric``, so an interrupted run resumes either stage.
+    the new coordinates (a fixed kernel, so the kept sweeps are exact).  Stage 1 checkpoints
+    into ``checkpoint_dir/warmup_metric``, so an interrupted run resumes either stage.
 
     Returns:
         ``(chains, info)``: stage 2's chains, with stage 1's seconds and gradients added, and
-        ``{"bias_metric": {...}}``: stage 1's sweeps and seconds, and the spread of its draws
-        along the principal directions of their covariance, in units of the start's
-        curvature widths (``spread_max`` and ``spread_min``; 1 where the start's Laplace map
-        was right).
+        per re-estimated block an entry: ``"bias_metric"``, with stage 1's sweeps and seconds and
+        the spread of its bias draws along the principal directions of their covariance, in
+        units of the start's curvature widths (``spread_max`` and ``spread_min``; 1 where the
+        start's Laplace map was right), and ``"field_metric"``, with the same sweeps and seconds
+        and the white-noise draws' regularised spread per ``|k|`` shell in units of the start's
+        scales (``spread_by_shell``, from the lowest ``|k|``; ``spread_min``, ``spread_max``).
     """
     import dataclasses
 
     from tfhalo import backend
+    from tfhalo.field.precondition import k_shells, scales_from_draws
 
     n_field = posterior.n_field
     warm1, draws1, warm2 = _warmup_stages(config.n_warmup)
-    start_bijector = local_linear_bias_bijector(posterior, state0[0], scale_coordinate=config.bias_scale_coordinate)
-    stage_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / "bias_metric"
-    first = _gibbs_chains(config, posterior, state0, field_scale, start_bijector, offset, stage_dir, progress,
+    stage_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / "warmup_metric"
+    first = _gibbs_chains(config, posterior, state0, field_scale, bias_bijector, offset, stage_dir, progress,
                           n_warmup=warm1, n_samples=draws1, seed=config.chains_seed + offset + 2000)
-    theta = np.asarray(first.samples, np.float64)[..., n_field:]                        # (draws1, C, n_bias)
-    bias_bijector = bias_metric_from_draws(start_bijector, theta)
-    # The draws' spread in the start's coordinates (unit curvature widths there): the square roots of the
-    # eigenvalues of their covariance.
-    z = np.asarray(backend.to_numpy(start_bijector.inverse(backend.constant(theta.reshape(-1, theta.shape[-1])))))
-    spread = np.sqrt(np.clip(np.linalg.eigvalsh(np.atleast_2d(np.cov(z, rowvar=False))), 0.0, None))
-    state = np.asarray(first.samples, np.float64)[-1]                                   # (C, P) target coordinates
+    samples = np.asarray(first.samples, np.float64)                                     # (draws1, C, P)
+    stage = {"sweeps": warm1 + draws1, "draws_per_chain": draws1, "seconds": float(first.seconds)}
+    info = {}
+    if config.bias_metric == "warmup":
+        theta = samples[..., n_field:]
+        start_bijector, bias_bijector = bias_bijector, bias_metric_from_draws(bias_bijector, theta)
+        # The draws' spread in the start's coordinates (unit curvature widths there): the square roots of the
+        # eigenvalues of their covariance.
+        z = np.asarray(backend.to_numpy(start_bijector.inverse(backend.constant(theta.reshape(-1, theta.shape[-1])))))
+        spread = np.sqrt(np.clip(np.linalg.eigvalsh(np.atleast_2d(np.cov(z, rowvar=False))), 0.0, None))
+        info["bias_metric"] = dict(stage, spread_max=float(spread.max()), spread_min=float(spread.min()))
+    if config.field_metric == "warmup":
+        field_scale, spread = scales_from_draws(field_scale, samples[..., :n_field])
+        labels, _, counts = k_shells(config.n_grid)
+        by_shell = np.bincount(labels.ravel(), weights=spread.ravel(), minlength=counts.size) / counts
+        info["field_metric"] = dict(stage, spread_by_shell=by_shell[1:].tolist(), spread_min=float(by_shell.min()),
+                                    spread_max=float(by_shell.max()))
+    state = samples[-1]                                                                 # (C, P) target coordinates
     chains = _gibbs_chains(config, posterior, state, field_scale, bias_bijector, offset, checkpoint_dir, progress,
                            reduction, n_warmup=warm2)
     # Stage 1 is warm-up of the run: its sweeps' divergences count as the warm-up's.
@@ -1173,9 +1214,7 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
                                  n_gradient_evaluations=chains.n_gradient_evaluations + first.n_gradient_evaluations,
                                  n_warmup_divergent=chains.n_warmup_divergent + first.n_warmup_divergent
                                  + int(np.sum(first.sample_stats["diverging"])))
-    info = {"sweeps": warm1 + draws1, "draws_per_chain": draws1, "seconds": float(first.seconds),
-            "spread_max": float(spread.max()), "spread_min": float(spread.min())}
-    return chains, {"bias_metric": info}
+    return chains, info
 
 
 def local_linear_bias_bijector(posterior, state, return_rep: bool = False, scale_coordinate: str = "curvature"):
@@ -1378,8 +1417,9 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
     power = thinned.summaries["power"].reshape(s * c, -1)
 
     bins = fa.k_bins(n, box, n_bins=config.n_bins)
-    # Intervals from the saved draws, so that samples.h5 gives the same coverage back.
-    u_draws = fa.hartley_coefficients(pooled)
+    # Intervals from the saved draws, as samples.h5 stores them (float32), so that it gives the same coverage
+    # back: with few effective draws one coefficient on an interval's edge moves the expectation's ESS.
+    u_draws = fa.hartley_coefficients(pooled.astype(np.float32).astype(np.float64))
     u_true = fa.hartley_coefficients(omega_true)[0]
     cover = fa.coverage(u_draws, u_true, bins, LEVELS, n_chains=c)
     del u_draws
@@ -1675,6 +1715,8 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
         unused.add("n_components")
     if config.bias_metric == "start":  # the same
         unused.add("bias_metric")
+    if config.field_metric == "start":  # the same
+        unused.add("field_metric")
     if config.bias_scale_coordinate == "curvature":  # the same
         unused.add("bias_scale_coordinate")
     if config.bias_coordinates != "pilot":
@@ -1911,8 +1953,10 @@ def _sampler_text(cfg: dict) -> str:
               if cfg.get("bias_metric", "start") == "warmup" else "")
     scale = (", the NPE's log radial scale as the bias's scale coordinate"
              if cfg.get("bias_scale_coordinate", "curvature") == "log_scale" else "")
+    field = (", the field's Fourier scales rescaled per |k| shell by its draws over the first half of the warm-up"
+             if cfg.get("field_metric", "start") == "warmup" else "")
     return (f"blocked chains (the white noise by HMC {moved}, then {cfg['bias_steps']} {cfg['bias_kernel']} "
-            f"move(s) of the bias given the field per sweep{jitter}{metric}{scale})")
+            f"move(s) of the bias given the field per sweep{jitter}{metric}{scale}{field})")
 
 
 def _coverage_text(s: dict, z_max: float) -> str:
@@ -2020,6 +2064,14 @@ def report(r: dict) -> str:
                 f"- The bias's metric came from the first {bm['sweeps']} warm-up sweeps ({bm['seconds']:.0f} s; "
                 f"the last {bm['draws_per_chain']} per chain): their draws spread {bm['spread_min']:.3g}-"
                 f"{bm['spread_max']:.3g} times the start's curvature widths along the principal directions.")
+        if smp.get("field_metric") is not None:
+            fm = smp["field_metric"]
+            low = ", ".join(f"{v:.3g}" for v in fm["spread_by_shell"][:3])
+            lines.append(
+                f"- The field's Fourier scales came from the first {fm['sweeps']} warm-up sweeps ({fm['seconds']:.0f} s; "
+                f"the last {fm['draws_per_chain']} per chain): per |k| shell their white noise spread "
+                f"{fm['spread_min']:.3g}-{fm['spread_max']:.3g} times the start's curvature scales ({low} in the "
+                "three lowest shells).")
         lines += [
             "",
             "Figures: " + ", ".join(f"`{setting}/{v}`" for v in s["figures"].values()) + ".",
