@@ -291,8 +291,8 @@ def k_shells(n_grid):
 
     Example:
         >>> labels, m2, counts = k_shells(4)
-        >>> m2[:4], counts[:4]
-        (array([0, 1, 2, 3]), array([1, 6, 12, 8]))
+        >>> m2[:4].tolist(), counts[:4].tolist()
+        ([0, 1, 2, 3], [1, 6, 12, 8])
     """
     n = _check_grid(n_grid)
     f = np.rint(np.fft.fftfreq(n, d=1.0 / n)).astype(np.int64)
@@ -507,8 +507,8 @@ def scales_from_draws(field_scale, omega_draws):
     (Carpenter et al. 2017, J. Stat. Softw. 76, 1).  The new widths are
     ``field_scale * sqrt(v)``.  Built from warm-up draws and then held fixed, the
     coordinates keep the chains that use them exact.  Autocorrelated draws understate a
-    slowly mixing shell's variance, so the estimate errs towards the current scale's
-    side only as far as the draws have not spread.
+    slowly mixing shell's variance, so a shell the draws have not yet crossed is widened
+    less than it should be.
 
     Args:
         field_scale: ``(n, n, n)`` positive widths the draws were sampled with.
@@ -531,14 +531,11 @@ def scales_from_draws(field_scale, omega_draws):
         >>> bool(np.all(np.abs(spread - 2.0) < 0.3))
         True
     """
-    shape = np.shape(field_scale) if field_scale is not None else None
-    if shape is None or len(shape) != 3 or len(set(shape)) != 1 or shape[0] < 2:
-        raise ValueError(f"field_scale must be a cubic (n, n, n) array of widths. Received: field_scale={field_scale!r}"
-                         if shape is None else f"field_scale must be a cubic (n, n, n) array of widths. Received: "
-                         f"field_scale.shape={shape}")
+    shape = np.shape(field_scale)
+    if len(shape) != 3 or len(set(shape)) != 1 or shape[0] < 2:
+        raise ValueError(f"field_scale must be a cubic (n, n, n) array of widths. Received: field_scale.shape={shape}")
     n = shape[0]
-    arr = field_scale
-    scale = _field_scale(arr, n)
+    scale = _field_scale(field_scale, n)
     try:
         draws = np.asarray(omega_draws, dtype=np.float64)
     except (TypeError, ValueError):
