@@ -68,6 +68,7 @@ import numpy as np
 from keras import ops
 
 from tfhalo import backend
+from tfhalo.field.analysis import hartley_coefficients
 from tfhalo.field.fft import hartley3
 from tfhalo.sim.grid import fft_wavenumber_magnitude
 from tfhalo.validation import check_finite_array, check_float, check_int, check_seed
@@ -544,9 +545,7 @@ def scales_from_draws(field_scale, omega_draws):
         raise ValueError(f"omega_draws must be (S, C, {n ** 3}) or (S, {n ** 3}) with at least 2 draws, to match "
                          f"field_scale's n={n}. Received: omega_draws.shape={draws.shape}")
     check_finite_array("omega_draws", draws)
-    fields = draws.reshape((-1, n, n, n))
-    spectrum = np.fft.fftn(fields, axes=(1, 2, 3))
-    u = (spectrum.real - spectrum.imag) / np.sqrt(n ** 3) / scale          # hartley3(omega) / field_scale
+    u = hartley_coefficients(draws.reshape((-1, n, n, n))) / scale          # hartley3(omega) / field_scale
     count = u.shape[0]
     var = shell_average(u.var(axis=0, ddof=1))
     spread = np.sqrt((count / (count + 5.0)) * var + 5.0 / (count + 5.0))
