@@ -144,7 +144,8 @@ def test_coverage_splits_draws_into_chains_and_refuses_a_bad_count():
         fa.coverage(chains.reshape(-1, n, n, n), truth, bins, n_chains=3)
     with pytest.raises(ValueError, match="n_chains"):
         fa.coverage(chains.reshape(-1, n, n, n), truth, bins, n_chains=40)
-    with pytest.raises(ValueError, match="chain_draws"):
+    with pytest.raises(ValueError, match=r"chain_draws must be finite.*60 non-finite of 60 values, "
+                                         r"first chain_draws\[0, 0, 0\]=nan"):
         fa.expected_coverage(np.full((2, 10, 3), np.nan), 0.68)
     with pytest.raises(ValueError, match="level"):
         fa.expected_coverage(rng.standard_normal((2, 10, 3)), 1.0)

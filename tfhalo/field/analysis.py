@@ -27,7 +27,7 @@ import numpy as np
 import scipy.fft
 
 from tfhalo.sim.grid import fft_wavenumber_magnitude
-from tfhalo.validation import check_float, check_int
+from tfhalo.validation import check_finite_array, check_float, check_int
 
 __all__ = [
     "KBins",
@@ -233,8 +233,7 @@ def expected_coverage(chain_draws, level: float) -> np.ndarray:
     x = np.asarray(chain_draws, np.float64)
     if x.ndim != 3 or x.shape[1] < 4:
         raise ValueError(f"chain_draws must be (chains, draws >= 4, coefficients). Received: shape={x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("chain_draws must be finite. Received: non-finite draws")
+    check_finite_array("chain_draws", x)
     n_draws = x.shape[0] * x.shape[1]
     data = az.convert_to_dataset(x)
 

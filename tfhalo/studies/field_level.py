@@ -102,9 +102,10 @@ FIELD_METRICS = ("start", "warmup")
 #: :class:`tfhalo.bias.reparam.LocalLinearReparametrization` (its ``SCALE_COORDINATES``), named here so that
 #: a Config is checked without importing Keras.
 BIAS_SCALE_COORDINATES = ("curvature", "log_scale")
-#: Fewest warm-up sweeps with ``bias_metric="warmup"``: each quarter (the first stage's step adaptation and its
-#: draws) needs at least 4.
-MIN_WARMUP_FOR_BIAS_METRIC = 16
+#: Fewest warm-up sweeps with ``bias_metric="warmup"`` or ``field_metric="warmup"``: each quarter (the first
+#: stage's step adaptation and its draws) needs at least 4.  The sampler's own minimum (20, or none without
+#: warm-up) is larger, so in practice this refuses ``n_warmup=0`` with a message naming the metric.
+MIN_WARMUP_FOR_WARMUP_METRIC = 16
 #: Fewest warm-up iterations (and draws) of the bias pilot (``bias_coordinates="pilot"``).
 MIN_BIAS_PILOT = 50
 #: NUTS settings of the bias block (``bias_kernel="nuts"``) and of the bias pilot.
@@ -197,7 +198,7 @@ class Config:
             before the kept sweeps, so they stay exact; :func:`bias_metric_from_draws`).  Given the
             fields the chains visit, the bias spreads along combinations of its parameters tens of
             times wider than the start's curvature widths, which the start's Laplace map cannot know.
-            Needs ``n_warmup`` of at least :data:`MIN_WARMUP_FOR_BIAS_METRIC`.
+            Needs ``n_warmup`` of at least :data:`MIN_WARMUP_FOR_WARMUP_METRIC`.
         field_metric: ``"start"`` (the field's Fourier scales from the target's curvature at the
             chains' start) or ``"warmup"`` (``sampler="gibbs"`` with a preconditioner: the same first
             half of the warm-up as ``bias_metric="warmup"``, whose white-noise draws' spread per ``|k|``
@@ -205,7 +206,7 @@ class Config:
             :func:`tfhalo.field.precondition.scales_from_draws`; fixed before the kept sweeps).  The
             curvature at the start (a field MAP) need not be the width where the chains go, and the
             largest scales, with few modes, are where a wrong width costs most.  Needs ``n_warmup`` of at
-            least :data:`MIN_WARMUP_FOR_BIAS_METRIC`.
+            least :data:`MIN_WARMUP_FOR_WARMUP_METRIC`.
         bias_scale_coordinate: what the local-linear bias coordinates (``bias_coordinates``
             ``"local_linear"`` or ``"pilot"``) hold for the NPE's radial scale:
             ``"curvature"`` (the default), the log curvature scale ``xi`` of ``psi``, or
@@ -358,8 +359,8 @@ class Config:
         set_("keep_field_draws", check_bool("keep_field_draws", self.keep_field_draws))
         check_sampler_settings(self)
         for name in ("bias_metric", "field_metric"):
-            if getattr(self, name) == "warmup" and self.n_warmup < MIN_WARMUP_FOR_BIAS_METRIC:
-                raise ValueError(f"n_warmup must be at least {MIN_WARMUP_FOR_BIAS_METRIC} with {name}='warmup' (its "
+            if getattr(self, name) == "warmup" and self.n_warmup < MIN_WARMUP_FOR_WARMUP_METRIC:
+                raise ValueError(f"n_warmup must be at least {MIN_WARMUP_FOR_WARMUP_METRIC} with {name}='warmup' (its "
                                  f"first half estimates the metric). Received: n_warmup={self.n_warmup}")
 
     @property
@@ -756,10 +757,22 @@ def coverage_from_samples(path, n_bins: Optional[int] = None) -> dict:
         omega = f["omega"][...].astype(np.float64)          # (S, C, n, n, n)
         truth = f["truth/omega"][...].astype(np.float64)
         box = float(f.attrs["box_size"])
-    n = truth.shape[0]
-    bins = fa.k_bins(n, box, n_bins=n_bins)
-    return fa.coverage(fa.hartley_coefficients(omega.reshape(-1, n, n, n)), fa.hartley_coefficients(truth)[0],
-                       bins, LEVELS, n_chains=omega.shape[1])
+    return _white_noise_coverage(omega, truth, fa.k_bins(truth.shape[0], box, n_bins=n_bins))
+
+
+def _white_noise_coverage(omega, truth, bins) -> dict:
+    """Coverage of the true white noise ``truth (n, n, n)`` by the draws ``omega (S, C, n, n, n)``.
+
+    The draws are judged as ``samples.h5`` stores them (float32), so that a run and a re-analysis
+    of its file agree exactly: with few effective draws, one coefficient on an interval's edge
+    moves the expectation's ESS.
+    """
+    from tfhalo.field import analysis as fa
+
+    s, c, n = omega.shape[:3]
+    stored = np.asarray(omega).astype(np.float32).astype(np.float64).reshape(s * c, n, n, n)
+    return fa.coverage(fa.hartley_coefficients(stored), fa.hartley_coefficients(truth)[0], bins, LEVELS,
+                       n_chains=c)
 
 
 def _bias_fit(config: Config, sim, out: Path, progress: bool, overwrite: bool):
@@ -1417,12 +1430,7 @@ def _setting_analysis(config: Config, setting: str, sim, posterior, chains, omeg
     power = thinned.summaries["power"].reshape(s * c, -1)
 
     bins = fa.k_bins(n, box, n_bins=config.n_bins)
-    # Intervals from the saved draws, as samples.h5 stores them (float32), so that it gives the same coverage
-    # back: with few effective draws one coefficient on an interval's edge moves the expectation's ESS.
-    u_draws = fa.hartley_coefficients(pooled.astype(np.float32).astype(np.float64))
-    u_true = fa.hartley_coefficients(omega_true)[0]
-    cover = fa.coverage(u_draws, u_true, bins, LEVELS, n_chains=c)
-    del u_draws
+    cover = _white_noise_coverage(omega, omega_true, bins)
 
     delta_true = linear_fields(omega_true, box, cosmology)
     power_true = fa.binned_power(delta_true, bins)[0]
