@@ -52,6 +52,9 @@ from tests.helpers.scripts import load_script
     ("field_metric", "fisher", "field_metric must be one of .* Received: field_metric='fisher'"),
     ("field_metric", "warmup", "field_metric='warmup' needs sampler='gibbs' with a preconditioner .* "
                                "Received: field_metric='warmup', sampler='joint'"),
+    ("metric_windows", 0, "metric_windows must be at least 1. Received: metric_windows=0"),
+    ("metric_windows", 2, "metric_windows above 1 needs bias_metric or field_metric 'warmup' .* Received: "
+                          "metric_windows=2, bias_metric='start', field_metric='start'"),
     ("bias_min_step_factor", 0.0, "bias_min_step_factor must be positive. Received: bias_min_step_factor=0.0"),
     ("bias_min_step_factor", 1.5, r"bias_min_step_factor must be in \(0, 1\]. Received: bias_min_step_factor=1.5"),
     ("bias_min_step_factor", float("nan"), "bias_min_step_factor must be a finite number"),
@@ -121,6 +124,11 @@ def test_the_field_metric_needs_a_preconditioner_and_enough_warmup():
     with pytest.raises(ValueError, match="n_warmup must be at least 16 with field_metric='warmup'.* n_warmup=0"):
         field_level.Config.preset("quick", n_warmup=0, **gibbs)
     assert field_level.Config.preset("quick", **gibbs).field_metric == "warmup"
+    # Windows that double: 8 + 16 sweeps in the first half of a warm-up of 48.
+    with pytest.raises(ValueError, match=r"n_warmup must be at least 48 with metric_windows=2 \(each window twice "
+                                         r"the one before, the first at least 8 sweeps\). Received: n_warmup=47"):
+        field_level.Config.preset("quick", n_warmup=47, metric_windows=2, **gibbs)
+    assert field_level.Config.preset("quick", n_warmup=48, metric_windows=2, **gibbs).metric_windows == 2
 
 
 def test_a_config_read_back_from_json_is_the_same_config_and_is_checked_again():

@@ -321,7 +321,10 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
                                                          "bias_min_step_factor": factor,
                                                          "n_components": n_components,
                                                          "bias_coordinates": coordinates, "bias_metric": metric,
-                                                         "field_metric": metric, "bias_scale_coordinate": scale})
+                                                         "field_metric": metric, "bias_scale_coordinate": scale,
+                                                         # two metric windows (4+4, then 8+8 sweeps)
+                                                         **({"metric_windows": 2, "n_warmup": 48}
+                                                            if metric == "warmup" else {})})
     out = _out_with_the_fixtures_bias_fit(study, tmp_path) if n_components == 2 else tmp_path / "out"
     results = field_level.run(gibbs, root / "suite", out, progress=False)
     # 4 radial weights and a bias of the NPE, then an amplitude, a mean and a width per Gaussian, each a
@@ -349,13 +352,16 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
     assert ("carrying the bias" in report) == (bias_carry == "npe_moments")
     assert ("steps drawn log-uniformly from 0.5 to 1" in report) == (factor == 0.5)
     assert ("a mixture head of 1 Gaussian; the paper's has 2" in report) == (n_components == 1)
-    # The metric's stage is half the warm-up (its draws the second quarter), inside the sweeps counted above.
-    assert ("metric re-estimated from its draws over the first half of the warm-up" in report) == (metric == "warmup")
+    # The metric's windows are half the warm-up, inside the sweeps counted above.
+    assert ("metric re-estimated from its draws over the first half of the warm-up (2 windows, each twice the "
+            "last)" in report) == (metric == "warmup")
     assert ("the NPE's log radial scale as the bias's scale coordinate" in report) == (scale == "log_scale")
     assert results["config"]["bias_scale_coordinate"] == scale
     if metric == "warmup":
         bm = s["bias_metric"]
-        assert (bm["sweeps"], bm["draws_per_chain"]) == (gibbs.n_warmup // 2, gibbs.n_warmup // 4)
+        assert (bm["sweeps"], bm["draws_per_chain"]) == (gibbs.n_warmup // 2, 8)
+        assert [(w["sweeps"], w["draws_per_chain"]) for w in bm["windows"]] == [(8, 4), (16, 8)]
+        assert sum(w["seconds"] for w in bm["windows"]) == pytest.approx(bm["seconds"])
         assert 0.0 <= bm["spread_min"] <= bm["spread_max"] and 0.0 < bm["seconds"] < s["seconds"]
         fm = s["field_metric"]
         assert {k: fm[k] for k in bm if k not in ("spread_min", "spread_max")} == {
@@ -366,7 +372,8 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
         assert len(fm["spread_by_shell"]) == n_shells - 1
         assert 0.0 < fm["spread_min"] <= min(fm["spread_by_shell"]) <= max(fm["spread_by_shell"]) <= fm["spread_max"]
         assert "the field's Fourier scales rescaled per |k| shell" in report
-        assert "The field's Fourier scales came from the first" in report
+        assert ("The field's Fourier scales came from the first 24 warm-up sweeps" in report
+                and "2 windows of 8+16 sweeps, re-estimated after each from its last 4/8 draws per chain" in report)
     else:
         assert "bias_metric" not in s and "field_metric" not in s
         assert "the field's Fourier scales rescaled" not in report
@@ -490,10 +497,17 @@ def test_the_bias_metric_keys_warmup_runs_only():
     assert field["config"]["field_metric"] == "warmup" and "bias_metric" not in field["config"]
 
 
-@pytest.mark.parametrize("n_warmup", [16, 17, 300, 301])
-def test_the_warmup_metric_stages_add_up_to_the_warmup(n_warmup):
-    warm1, draws1, warm2 = field_level._warmup_stages(n_warmup)
-    assert warm1 + draws1 + warm2 == n_warmup and min(warm1, draws1) >= 4 and warm2 >= n_warmup // 2
+@pytest.mark.parametrize("windows", [1, 2, 3])
+@pytest.mark.parametrize("extra", [0, 1, 300, 301])
+def test_the_warmup_metric_stages_add_up_to_the_warmup(windows, extra):
+    n_warmup = field_level.MIN_WARMUP_FOR_WARMUP_METRIC * (2 ** windows - 1) + extra
+    stages, final = field_level._warmup_stages(n_warmup, windows)
+    assert len(stages) == windows and sum(map(sum, stages)) + final == n_warmup and final >= n_warmup // 2
+    assert min(min(stage) for stage in stages) >= field_level.MIN_WARMUP_FOR_WARMUP_METRIC // 4
+    lengths = [sum(stage) for stage in stages]
+    # each window twice the one before, to within the rounding of the cuts
+    assert all(abs(b - 2 * a) <= 2 for a, b in zip(lengths, lengths[1:]))
+    assert all(adapt - draws in (0, 1) for adapt, draws in stages)
 
 
 def test_bias_metric_from_draws_whitens_them_and_keeps_the_starts_widths_where_they_did_not_go(study):

@@ -207,6 +207,13 @@ class Config:
             curvature at the start (a field MAP) need not be the width where the chains go, and the
             largest scales, with few modes, are where a wrong width costs most.  Needs ``n_warmup`` of at
             least :data:`MIN_WARMUP_FOR_WARMUP_METRIC`.
+        metric_windows: in how many windows the first half of the warm-up re-estimates the warm-up
+            metrics (``bias_metric`` or ``field_metric`` ``"warmup"``), each twice as long as the one
+            before and each starting from the last one's metrics and state, as Stan's windowed
+            adaptation does (:func:`_warmup_stages`).  Draws in poor coordinates understate the spread of
+            the directions they cross slowly (the field's lowest ``|k|`` shells); a later window, in
+            better ones, sees more of it.  Needs ``n_warmup`` of at least
+            ``MIN_WARMUP_FOR_WARMUP_METRIC * (2 ** metric_windows - 1)``.
         bias_scale_coordinate: what the local-linear bias coordinates (``bias_coordinates``
             ``"local_linear"`` or ``"pilot"``) hold for the NPE's radial scale:
             ``"curvature"`` (the default), the log curvature scale ``xi`` of ``psi``, or
@@ -269,6 +276,7 @@ class Config:
     bias_min_step_factor: float = 1.0
     bias_metric: str = "start"
     field_metric: str = "start"
+    metric_windows: int = 1
     bias_scale_coordinate: str = "curvature"
     n_bias_pilot: int = 300
     n_probes: int = 8
@@ -357,11 +365,22 @@ class Config:
         set_("n_field_draws", check_int("n_field_draws", self.n_field_draws, minimum=2))
         set_("keep_checkpoint", check_bool("keep_checkpoint", self.keep_checkpoint))
         set_("keep_field_draws", check_bool("keep_field_draws", self.keep_field_draws))
+        set_("metric_windows", check_int("metric_windows", self.metric_windows, minimum=1))
         check_sampler_settings(self)
         for name in ("bias_metric", "field_metric"):
             if getattr(self, name) == "warmup" and self.n_warmup < MIN_WARMUP_FOR_WARMUP_METRIC:
                 raise ValueError(f"n_warmup must be at least {MIN_WARMUP_FOR_WARMUP_METRIC} with {name}='warmup' (its "
                                  f"first half estimates the metric). Received: n_warmup={self.n_warmup}")
+        if self.metric_windows > 1:
+            if "warmup" not in (self.bias_metric, self.field_metric):
+                raise ValueError("metric_windows above 1 needs bias_metric or field_metric 'warmup' (the metrics "
+                                 f"the windows re-estimate). Received: metric_windows={self.metric_windows}, "
+                                 f"bias_metric={self.bias_metric!r}, field_metric={self.field_metric!r}")
+            least = MIN_WARMUP_FOR_WARMUP_METRIC * (2 ** self.metric_windows - 1)
+            if self.n_warmup < least:
+                raise ValueError(f"n_warmup must be at least {least} with metric_windows={self.metric_windows} (each "
+                                 f"window twice the one before, the first at least {MIN_WARMUP_FOR_WARMUP_METRIC // 2} "
+                                 f"sweeps). Received: n_warmup={self.n_warmup}")
 
     @property
     def chains_seed(self) -> int:
@@ -476,6 +495,9 @@ CLI_OVERRIDES = (
     ("--field-metric", "field_metric", str,
      "start (the field's Fourier scales from the curvature at the chains' start) or warmup (rescaled per |k| shell "
      "by the spread of the white-noise draws of the first half of the warm-up; --sampler gibbs)"),
+    ("--metric-windows", "metric_windows", int,
+     "in how many windows, each twice the one before, the first half of the warm-up re-estimates the warm-up "
+     "metrics (--bias-metric or --field-metric warmup)"),
     ("--bias-scale-coordinate", "bias_scale_coordinate", str,
      "curvature or log_scale: the NPE radial scale's coordinate in the local-linear bias coordinates "
      "(--bias-coordinates local_linear or pilot)"),
@@ -1158,39 +1180,47 @@ def bias_metric_from_draws(bijector, theta_draws):
     return backend.tfp.bijectors.Chain([bijector, inf.preconditioner_from_draws(z, shrinkage=1.0)])
 
 
-def _warmup_stages(n_warmup: int):
-    """``(first_warmup, first_draws, second_warmup)``: the sweeps of ``bias_metric="warmup"``'s stages.
+def _warmup_stages(n_warmup: int, windows: int = 1):
+    """``(stages, final)``: the sweeps of the warm-up metrics' windows and of the warm-up after them.
 
-    The first half of the warm-up adapts the steps over its first quarter and keeps the
-    bias draws of its second quarter for the metric; the second half re-adapts the steps
-    in the new metric.  The stages add up to ``n_warmup`` sweeps.
+    The first half of the warm-up is cut into ``windows`` windows, each twice as long as
+    the one before (Stan's doubling windows); each adapts the steps over its first half
+    and keeps its second half's draws for the metrics.  ``stages`` lists
+    ``(adapt, draws)`` per window; the ``final`` sweeps re-adapt the steps in the last
+    metrics.  All add up to ``n_warmup``.
     """
     first = n_warmup // 2
-    return first - first // 2, first // 2, n_warmup - first
+    weight = 2 ** windows - 1
+    ends = [first * (2 ** (i + 1) - 1) // weight for i in range(windows)]
+    lengths = np.diff([0] + ends).tolist()
+    return [(m - m // 2, m // 2) for m in lengths], n_warmup - first
 
 
 def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_scale, bias_bijector, offset: int,
                                      checkpoint_dir: Optional[Path], progress: bool, reduction=None):
     """Blocked chains whose bias metric, field scales or both are re-estimated from their own warm-up draws.
 
-    Stage 1 runs :func:`_gibbs_chains` in the coordinates built at the start
+    The first half of the warm-up runs :func:`_gibbs_chains` in ``config.metric_windows``
+    windows (:func:`_warmup_stages`), the first in the coordinates built at the start
     (``bias_bijector``: with ``bias_metric="warmup"``, the local-linear coordinates of
-    :func:`local_linear_bias_bijector`; ``field_scale``) for the first half of the warm-up.
-    The draws of its second quarter give the bias's dense metric
-    (:func:`bias_metric_from_draws`, ``bias_metric="warmup"``) and the field's Fourier scales
-    (:func:`tfhalo.field.precondition.scales_from_draws`, ``field_metric="warmup"``).  Stage 2
-    starts from stage 1's last state and runs the rest of the warm-up and the kept sweeps in
-    the new coordinates (a fixed kernel, so the kept sweeps are exact).  Stage 1 checkpoints
-    into ``checkpoint_dir/warmup_metric``, so an interrupted run resumes either stage.
+    :func:`local_linear_bias_bijector`; ``field_scale``).  The draws of each window's second
+    half give the bias's dense metric (:func:`bias_metric_from_draws`, ``bias_metric="warmup"``)
+    and the field's Fourier scales (:func:`tfhalo.field.precondition.scales_from_draws`,
+    ``field_metric="warmup"``) for the next window, which starts from its last state.  The
+    last stage runs the rest of the warm-up and the kept sweeps in the last window's
+    coordinates (a fixed kernel, so the kept sweeps are exact).  Window ``i`` checkpoints into
+    ``checkpoint_dir/warmup_metric`` (``_i`` appended from the second), so an interrupted run
+    resumes any stage.
 
     Returns:
-        ``(chains, info)``: stage 2's chains, with stage 1's seconds and gradients added, and
-        per re-estimated block an entry: ``"bias_metric"``, with stage 1's sweeps and seconds and
-        the spread of its bias draws along the principal directions of their covariance, in
-        units of the start's curvature widths (``spread_max`` and ``spread_min``; 1 where the
-        start's Laplace map was right), and ``"field_metric"``, with the same sweeps and seconds
-        and the white-noise draws' regularised spread per ``|k|`` shell in units of the start's
-        scales (``spread_by_shell``, from the lowest ``|k|``; ``spread_min``, ``spread_max``).
+        ``(chains, info)``: the last stage's chains, with the windows' seconds and gradients
+        added, and per re-estimated block an entry: ``"bias_metric"``, with the windows' sweeps
+        and seconds, the last window's draws per chain, the per-window ``windows`` list, and the
+        spread of the last window's bias draws along the principal directions of their
+        covariance, in units of the start's curvature widths (``spread_max`` and ``spread_min``;
+        1 where the start's Laplace map was right), and ``"field_metric"``, with the same sweeps,
+        seconds and windows and the final scales per ``|k|`` shell in units of the start's
+        (``spread_by_shell``, from the lowest ``|k|``; ``spread_min``, ``spread_max``).
     """
     import dataclasses
 
@@ -1198,35 +1228,50 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
     from tfhalo.field.precondition import k_shells, scales_from_draws
 
     n_field = posterior.n_field
-    warm1, draws1, warm2 = _warmup_stages(config.n_warmup)
-    stage_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / "warmup_metric"
-    first = _gibbs_chains(config, posterior, state0, field_scale, bias_bijector, offset, stage_dir, progress,
-                          n_warmup=warm1, n_samples=draws1, seed=config.chains_seed + offset + 2000)
-    samples = np.asarray(first.samples, np.float64)                                     # (draws1, C, P)
-    stage = {"sweeps": warm1 + draws1, "draws_per_chain": draws1, "seconds": float(first.seconds)}
+    windows, final = _warmup_stages(config.n_warmup, config.metric_windows)
+    start_bijector, start_scale = bias_bijector, np.asarray(field_scale, np.float64)
+    state = np.asarray(state0)
+    seconds = gradients = divergent = 0
+    per_window = []
+    for i, (adapt, draws) in enumerate(windows):
+        stage_dir = (None if checkpoint_dir is None
+                     else Path(checkpoint_dir) / ("warmup_metric" if i == 0 else f"warmup_metric_{i + 1}"))
+        window = _gibbs_chains(config, posterior, state, field_scale, bias_bijector, offset, stage_dir, progress,
+                               n_warmup=adapt, n_samples=draws, seed=config.chains_seed + offset + 2000 + 100 * i)
+        samples = np.asarray(window.samples, np.float64)                                # (draws, C, P)
+        if config.bias_metric == "warmup":
+            theta = samples[..., n_field:]
+            # Each window's metric from its own draws, in the start's coordinates: any fixed map keeps the
+            # window after it exact, and the start's is the one the spread is reported in.
+            bias_bijector = bias_metric_from_draws(start_bijector, theta)
+        if config.field_metric == "warmup":
+            field_scale, _ = scales_from_draws(field_scale, samples[..., :n_field])
+        per_window.append({"sweeps": adapt + draws, "draws_per_chain": draws, "seconds": float(window.seconds)})
+        seconds += window.seconds
+        gradients += window.n_gradient_evaluations
+        # The windows are warm-up of the run: their sweeps' divergences count as the warm-up's.
+        divergent += window.n_warmup_divergent + int(np.sum(window.sample_stats["diverging"]))
+        state = samples[-1]                                                             # (C, P) target coordinates
+    stage = {"sweeps": sum(w["sweeps"] for w in per_window), "draws_per_chain": per_window[-1]["draws_per_chain"],
+             "seconds": float(seconds), "windows": per_window}
     info = {}
     if config.bias_metric == "warmup":
-        theta = samples[..., n_field:]
-        start_bijector, bias_bijector = bias_bijector, bias_metric_from_draws(bias_bijector, theta)
-        # The draws' spread in the start's coordinates (unit curvature widths there): the square roots of the
-        # eigenvalues of their covariance.
+        # The last window's draws' spread in the start's coordinates (unit curvature widths there): the square
+        # roots of the eigenvalues of their covariance.
         z = np.asarray(backend.to_numpy(start_bijector.inverse(backend.constant(theta.reshape(-1, theta.shape[-1])))))
         spread = np.sqrt(np.clip(np.linalg.eigvalsh(np.atleast_2d(np.cov(z, rowvar=False))), 0.0, None))
         info["bias_metric"] = dict(stage, spread_max=float(spread.max()), spread_min=float(spread.min()))
     if config.field_metric == "warmup":
-        field_scale, spread = scales_from_draws(field_scale, samples[..., :n_field])
         labels, _, counts = k_shells(config.n_grid)
-        by_shell = np.bincount(labels.ravel(), weights=spread.ravel(), minlength=counts.size) / counts
+        ratio = np.asarray(field_scale) / start_scale
+        by_shell = np.bincount(labels.ravel(), weights=ratio.ravel(), minlength=counts.size) / counts
         info["field_metric"] = dict(stage, spread_by_shell=by_shell[1:].tolist(), spread_min=float(by_shell.min()),
                                     spread_max=float(by_shell.max()))
-    state = samples[-1]                                                                 # (C, P) target coordinates
     chains = _gibbs_chains(config, posterior, state, field_scale, bias_bijector, offset, checkpoint_dir, progress,
-                           reduction, n_warmup=warm2)
-    # Stage 1 is warm-up of the run: its sweeps' divergences count as the warm-up's.
-    chains = dataclasses.replace(chains, seconds=chains.seconds + first.seconds,
-                                 n_gradient_evaluations=chains.n_gradient_evaluations + first.n_gradient_evaluations,
-                                 n_warmup_divergent=chains.n_warmup_divergent + first.n_warmup_divergent
-                                 + int(np.sum(first.sample_stats["diverging"])))
+                           reduction, n_warmup=final)
+    chains = dataclasses.replace(chains, seconds=chains.seconds + seconds,
+                                 n_gradient_evaluations=chains.n_gradient_evaluations + gradients,
+                                 n_warmup_divergent=chains.n_warmup_divergent + divergent)
     return chains, info
 
 
@@ -1725,6 +1770,8 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
         unused.add("bias_metric")
     if config.field_metric == "start":  # the same
         unused.add("field_metric")
+    if config.metric_windows == 1:  # the same
+        unused.add("metric_windows")
     if config.bias_scale_coordinate == "curvature":  # the same
         unused.add("bias_scale_coordinate")
     if config.bias_coordinates != "pilot":
@@ -1957,14 +2004,26 @@ def _sampler_text(cfg: dict) -> str:
     moved = "carrying the bias (NPE pre-activation moments held)" if carry == "npe_moments" else "given the bias"
     factor = cfg.get("bias_min_step_factor", 1.0)
     jitter = f", steps drawn log-uniformly from {factor:g} to 1 times the adapted one" if factor != 1.0 else ""
-    metric = (", the bias's dense metric re-estimated from its draws over the first half of the warm-up"
+    windows = cfg.get("metric_windows", 1)
+    half = "the first half of the warm-up" + (f" ({windows} windows, each twice the last)" if windows > 1 else "")
+    metric = (f", the bias's dense metric re-estimated from its draws over {half}"
               if cfg.get("bias_metric", "start") == "warmup" else "")
     scale = (", the NPE's log radial scale as the bias's scale coordinate"
              if cfg.get("bias_scale_coordinate", "curvature") == "log_scale" else "")
-    field = (", the field's Fourier scales rescaled per |k| shell by its draws over the first half of the warm-up"
+    field = (f", the field's Fourier scales rescaled per |k| shell by its draws over {half}"
              if cfg.get("field_metric", "start") == "warmup" else "")
     return (f"blocked chains (the white noise by HMC {moved}, then {cfg['bias_steps']} {cfg['bias_kernel']} "
             f"move(s) of the bias given the field per sweep{jitter}{metric}{scale}{field})")
+
+
+def _windows_text(metric: dict) -> str:
+    """How a warm-up metric's draws were taken: one window's last draws, or each window's, re-estimated after each."""
+    windows = metric.get("windows") or [metric]
+    if len(windows) == 1:
+        return f"the last {metric['draws_per_chain']} per chain"
+    sweeps = "+".join(str(w["sweeps"]) for w in windows)
+    return (f"{len(windows)} windows of {sweeps} sweeps, re-estimated after each from its last "
+            f"{'/'.join(str(w['draws_per_chain']) for w in windows)} draws per chain")
 
 
 def _coverage_text(s: dict, z_max: float) -> str:
@@ -2070,16 +2129,15 @@ def report(r: dict) -> str:
             bm = smp["bias_metric"]
             lines.append(
                 f"- The bias's metric came from the first {bm['sweeps']} warm-up sweeps ({bm['seconds']:.0f} s; "
-                f"the last {bm['draws_per_chain']} per chain): their draws spread {bm['spread_min']:.3g}-"
+                f"{_windows_text(bm)}): their draws spread {bm['spread_min']:.3g}-"
                 f"{bm['spread_max']:.3g} times the start's curvature widths along the principal directions.")
         if smp.get("field_metric") is not None:
             fm = smp["field_metric"]
             low = ", ".join(f"{v:.3g}" for v in fm["spread_by_shell"][:3])
             lines.append(
                 f"- The field's Fourier scales came from the first {fm['sweeps']} warm-up sweeps ({fm['seconds']:.0f} s; "
-                f"the last {fm['draws_per_chain']} per chain): per |k| shell their white noise spread "
-                f"{fm['spread_min']:.3g}-{fm['spread_max']:.3g} times the start's curvature scales ({low} in the "
-                "three lowest shells).")
+                f"{_windows_text(fm)}): per |k| shell they are {fm['spread_min']:.3g}-{fm['spread_max']:.3g} "
+                f"times the start's curvature scales ({low} in the three lowest shells).")
         lines += [
             "",
             "Figures: " + ", ".join(f"`{setting}/{v}`" for v in s["figures"].values()) + ".",
