@@ -48,7 +48,7 @@ from tfhalo.validation import check_choice, check_int, path_argument  # noqa: E4
 #: The study's chain settings each row records (the robustness sections of docs/results.md name them).
 CHAIN_FIELDS = ("n_chains", "n_warmup", "n_samples", "leapfrog_steps", "target_accept", "sampler", "bias_coordinates",
                 "bias_kernel", "bias_steps", "threshold_mass", "n_components", "bias_carry", "bias_metric",
-                "field_metric", "bias_scale_coordinate")
+                "field_metric", "metric_windows", "bias_scale_coordinate")
 
 
 def seed_row(seed: int, setting: str, result: dict, config: dict = None) -> dict:
