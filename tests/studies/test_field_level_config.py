@@ -53,6 +53,7 @@ from tests.helpers.scripts import load_script
     ("field_metric", "warmup", "field_metric='warmup' needs sampler='gibbs' with a preconditioner .* "
                                "Received: field_metric='warmup', sampler='joint'"),
     ("metric_windows", 0, "metric_windows must be at least 1. Received: metric_windows=0"),
+    ("metric_windows", 20000, "metric_windows must be at most 8. Received: metric_windows=20000"),
     ("metric_windows", 2, "metric_windows above 1 needs bias_metric or field_metric 'warmup' .* Received: "
                           "metric_windows=2, bias_metric='start', field_metric='start'"),
     ("bias_min_step_factor", 0.0, "bias_min_step_factor must be positive. Received: bias_min_step_factor=0.0"),

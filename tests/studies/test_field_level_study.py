@@ -306,8 +306,8 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
 
 # Two slice transitions per sweep keep the study's multi-step bias block covered. HMC takes one, with the
 # field's move carrying the bias, a random step per bias transition, the one-Gaussian head, the bias metric
-# and the field's Fourier scales re-estimated halfway through the warm-up and the NPE's log radial scale as the
-# bias's scale coordinate. NUTS shares HMC's step-size adaptation here and is checked in the
+# and the field's Fourier scales re-estimated in two windows over the first half of the warm-up and the NPE's
+# log radial scale as the bias's scale coordinate. NUTS shares HMC's step-size adaptation here and is checked in the
 # blocked sampler's own tests (tests/inference), as the carry's exactness is.
 @pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry,factor,n_components,metric",
                          [("slice", 2, "none", 1.0, 2, "start"), ("hmc", 1, "npe_moments", 0.5, 1, "warmup")])
@@ -495,6 +495,10 @@ def test_the_bias_metric_keys_warmup_runs_only():
     assert "field_metric" not in warm["config"]
     field = field_level._setting_key(dataclass_replace(gibbs, field_metric="warmup"), "mock", "x")
     assert field["config"]["field_metric"] == "warmup" and "bias_metric" not in field["config"]
+    assert "metric_windows" not in field["config"]
+    windows = field_level._setting_key(dataclass_replace(gibbs, field_metric="warmup", n_warmup=48, metric_windows=2),
+                                       "mock", "x")
+    assert windows["config"]["metric_windows"] == 2
 
 
 @pytest.mark.parametrize("windows", [1, 2, 3])

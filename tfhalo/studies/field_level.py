@@ -106,6 +106,8 @@ BIAS_SCALE_COORDINATES = ("curvature", "log_scale")
 #: stage's step adaptation and its draws) needs at least 4.  The sampler's own minimum (20, or none without
 #: warm-up) is larger, so in practice this refuses ``n_warmup=0`` with a message naming the metric.
 MIN_WARMUP_FOR_WARMUP_METRIC = 16
+#: Most warm-up metric windows (``metric_windows``): the first needs a 2^-W share of the warm-up's first half.
+MAX_METRIC_WINDOWS = 8
 #: Fewest warm-up iterations (and draws) of the bias pilot (``bias_coordinates="pilot"``).
 MIN_BIAS_PILOT = 50
 #: NUTS settings of the bias block (``bias_kernel="nuts"``) and of the bias pilot.
@@ -365,7 +367,8 @@ class Config:
         set_("n_field_draws", check_int("n_field_draws", self.n_field_draws, minimum=2))
         set_("keep_checkpoint", check_bool("keep_checkpoint", self.keep_checkpoint))
         set_("keep_field_draws", check_bool("keep_field_draws", self.keep_field_draws))
-        set_("metric_windows", check_int("metric_windows", self.metric_windows, minimum=1))
+        set_("metric_windows", check_int("metric_windows", self.metric_windows, minimum=1,
+                                         maximum=MAX_METRIC_WINDOWS))
         check_sampler_settings(self)
         for name in ("bias_metric", "field_metric"):
             if getattr(self, name) == "warmup" and self.n_warmup < MIN_WARMUP_FOR_WARMUP_METRIC:
@@ -776,7 +779,7 @@ def coverage_from_samples(path, n_bins: Optional[int] = None) -> dict:
     if not path.is_file():
         raise ValueError(f"path must be a samples file of a field-level run. Received: path={str(path)!r}")
     with h5py.File(path) as f:
-        omega = f["omega"][...].astype(np.float64)          # (S, C, n, n, n)
+        omega = f["omega"][...]                              # (S, C, n, n, n), float32 as stored
         truth = f["truth/omega"][...].astype(np.float64)
         box = float(f.attrs["box_size"])
     return _white_noise_coverage(omega, truth, fa.k_bins(truth.shape[0], box, n_bins=n_bins))
@@ -1252,20 +1255,24 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
         # The windows are warm-up of the run: their sweeps' divergences count as the warm-up's.
         divergent += window.n_warmup_divergent + int(np.sum(window.sample_stats["diverging"]))
         state = samples[-1]                                                             # (C, P) target coordinates
-    stage = {"sweeps": sum(w["sweeps"] for w in per_window), "draws_per_chain": per_window[-1]["draws_per_chain"],
-             "seconds": float(seconds), "windows": per_window}
+
+    def stage():  # each block's entry with its own copy of the windows
+        return {"sweeps": sum(w["sweeps"] for w in per_window), "draws_per_chain": per_window[-1]["draws_per_chain"],
+                "seconds": float(seconds), "windows": [dict(w) for w in per_window]}
+
     info = {}
     if config.bias_metric == "warmup":
         # The last window's draws' spread in the start's coordinates (unit curvature widths there): the square
         # roots of the eigenvalues of their covariance.
         z = np.asarray(backend.to_numpy(start_bijector.inverse(backend.constant(theta.reshape(-1, theta.shape[-1])))))
         spread = np.sqrt(np.clip(np.linalg.eigvalsh(np.atleast_2d(np.cov(z, rowvar=False))), 0.0, None))
-        info["bias_metric"] = dict(stage, spread_max=float(spread.max()), spread_min=float(spread.min()))
+        info["bias_metric"] = dict(stage(), spread_max=float(spread.max()), spread_min=float(spread.min()))
     if config.field_metric == "warmup":
         labels, _, counts = k_shells(config.n_grid)
         ratio = np.asarray(field_scale) / start_scale
         by_shell = np.bincount(labels.ravel(), weights=ratio.ravel(), minlength=counts.size) / counts
-        info["field_metric"] = dict(stage, spread_by_shell=by_shell[1:].tolist(), spread_min=float(by_shell.min()),
+        info["field_metric"] = dict(stage(), spread_by_shell=by_shell[1:].tolist(),
+                                    spread_min=float(by_shell.min()),
                                     spread_max=float(by_shell.max()))
     chains = _gibbs_chains(config, posterior, state, field_scale, bias_bijector, offset, checkpoint_dir, progress,
                            reduction, n_warmup=final)
@@ -2127,9 +2134,10 @@ def report(r: dict) -> str:
             lines.append(text)
         if smp.get("bias_metric") is not None:
             bm = smp["bias_metric"]
+            whose = "the last window's" if len(bm.get("windows", ())) > 1 else "their"
             lines.append(
                 f"- The bias's metric came from the first {bm['sweeps']} warm-up sweeps ({bm['seconds']:.0f} s; "
-                f"{_windows_text(bm)}): their draws spread {bm['spread_min']:.3g}-"
+                f"{_windows_text(bm)}): {whose} draws spread {bm['spread_min']:.3g}-"
                 f"{bm['spread_max']:.3g} times the start's curvature widths along the principal directions.")
         if smp.get("field_metric") is not None:
             fm = smp["field_metric"]
