@@ -215,7 +215,9 @@ class Config:
             adaptation does (:func:`_warmup_stages`).  Draws in poor coordinates understate the spread of
             the directions they cross slowly (the field's lowest ``|k|`` shells); a later window, in
             better ones, sees more of it.  Needs ``n_warmup`` of at least
-            ``MIN_WARMUP_FOR_WARMUP_METRIC * (2 ** metric_windows - 1)``.
+            ``MIN_WARMUP_FOR_WARMUP_METRIC * (2 ** metric_windows - 1)``.  One by default: at a
+            300-sweep warm-up two windows gave closer scales but slower chains on three simulations,
+            their last window keeping a third fewer draws (docs/field_level.md, "Known limitations").
         bias_scale_coordinate: what the local-linear bias coordinates (``bias_coordinates``
             ``"local_linear"`` or ``"pilot"``) hold for the NPE's radial scale:
             ``"curvature"`` (the default), the log curvature scale ``xi`` of ``psi``, or
