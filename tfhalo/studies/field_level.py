@@ -797,7 +797,8 @@ def _white_noise_coverage(omega, truth, bins) -> dict:
     from tfhalo.field import analysis as fa
 
     s, c, n = omega.shape[:3]
-    stored = np.asarray(omega).astype(np.float32).astype(np.float64).reshape(s * c, n, n, n)
+    # copy=False: draws read back from samples.h5 are float32 already, so only the float64 copy is made
+    stored = np.asarray(omega).astype(np.float32, copy=False).astype(np.float64).reshape(s * c, n, n, n)
     return fa.coverage(fa.hartley_coefficients(stored), fa.hartley_coefficients(truth)[0], bins, LEVELS,
                        n_chains=c)
 
@@ -1274,8 +1275,7 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
         ratio = np.asarray(field_scale) / start_scale
         by_shell = np.bincount(labels.ravel(), weights=ratio.ravel(), minlength=counts.size) / counts
         info["field_metric"] = dict(stage(), spread_by_shell=by_shell[1:].tolist(),
-                                    spread_min=float(by_shell.min()),
-                                    spread_max=float(by_shell.max()))
+                                    spread_min=float(by_shell.min()), spread_max=float(by_shell.max()))
     chains = _gibbs_chains(config, posterior, state, field_scale, bias_bijector, offset, checkpoint_dir, progress,
                            reduction, n_warmup=final)
     chains = dataclasses.replace(chains, seconds=chains.seconds + seconds,
