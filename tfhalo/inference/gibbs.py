@@ -262,6 +262,8 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
         self._parameters = dict(target_log_prob_fn=target_log_prob_fn, block_sizes=sizes, kernel_fns=kernel_fns,
                                 conditional_fns=conditional_fns, bijectors=bijectors, steps_per_sweep=steps,
                                 carries=carries, name=name)
+        # One trace of the joint (and of its gradient) for every block, the bootstrap and the sweeps.
+        self._joint = backend.traced_once(target_log_prob_fn)
 
     @property
     def parameters(self):
@@ -303,12 +305,12 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
             a = keras.tree.map_structure(ops.stop_gradient, carry.ancillary(theta))
 
             def conditional(x_i):
-                return carry.log_prob(p["target_log_prob_fn"], x_i, a)
+                return carry.log_prob(self._joint, x_i, a)
         elif make is not None:
             conditional = make(theta)
         else:
             def conditional(x_i):
-                return p["target_log_prob_fn"](ops.concatenate(theta[:i] + [x_i] + theta[i + 1:], axis=-1))
+                return self._joint(ops.concatenate(theta[:i] + [x_i] + theta[i + 1:], axis=-1))
 
         def target(z_i):
             return conditional(bij.forward(z_i)) + bij.forward_log_det_jacobian(z_i, event_ndims=1)

@@ -244,8 +244,12 @@ def _momentum(z, inverse_mass):
     return _precondition.make_momentum_distribution([z], [chains], [inverse_mass])
 
 
-def _stats(results, config):
-    """Per-chain statistics ``(C,)`` of one transition, from the bare NUTS / HMC results."""
+def _stats(results, config, energy: bool = True):
+    """Per-chain statistics ``(C,)`` of one transition, from the bare NUTS / HMC results.
+
+    ``energy=False`` leaves out the Hamiltonian (``energy``, ``lp``): the warm-up does not keep it,
+    and under HMC it evaluates the momentum distribution twice, seconds of tracing in TensorFlow.
+    """
     if config.kernel == "nuts":
         lar = results.log_accept_ratio
         out = dict(diverging=results.has_divergence,
@@ -261,15 +265,15 @@ def _stats(results, config):
         # ChEES sets the (jittered) number of steps of each transition in the results.
         steps = (prop.num_leapfrog_steps if config.kernel == "chees"
                  else ops.full((), config.num_leapfrog_steps, dtype="int32"))
-        # The Hamiltonian of the state kept: the trajectory's end if accepted, its start if not
-        # (accepted_results then still hold the current state).
-        energy = -acc.target_log_prob + ops.where(results.is_accepted, kinetic(prop.final_momentum),
-                                                  kinetic(prop.initial_momentum))
         out = dict(diverging=ops.logical_not(lar >= -MAX_ENERGY_ERROR),
-                   energy=energy,
                    n_steps=ops.broadcast_to(ops.cast(steps, "int32"), ops.shape(lar)),
-                   lp=acc.target_log_prob,
                    step_size=prop.step_size)
+        if energy:
+            # The Hamiltonian of the state kept: the trajectory's end if accepted, its start if not
+            # (accepted_results then still hold the current state).
+            out["energy"] = -acc.target_log_prob + ops.where(results.is_accepted, kinetic(prop.final_momentum),
+                                                             kinetic(prop.initial_momentum))
+            out["lp"] = acc.target_log_prob
     step = backend.flatten(out["step_size"])[0]
     out["step_size"] = ops.broadcast_to(ops.cast(step, lar.dtype), ops.shape(lar))
     out["acceptance_rate"] = ops.where(ops.isnan(lar), ops.zeros_like(lar), ops.exp(ops.minimum(lar, 0.0)))
@@ -296,7 +300,7 @@ def _check_target(log_prob_fn, bijector, init):
     """``(z0, lp0)``: the start in sampling coordinates and the target there; refuses a bad start."""
     c = init.shape[0]
     theta0 = backend.constant(init)
-    lp = backend.convert(log_prob_fn(theta0))
+    lp = backend.convert(backend.as_one_program(log_prob_fn)(theta0))
     if lp.dtype.name != "float64":
         raise ValueError(f"log_prob_fn must return float64 values. Received: dtype {lp.dtype.name} "
                          "at initial_state")
@@ -326,7 +330,8 @@ def _check_target(log_prob_fn, bijector, init):
 
     # A new tensor: the bijector caches inverse(theta0) -> z0 and would answer forward(z0) with theta0,
     # cut off from the gradient.
-    target, grad = backend.value_and_gradient(sampled_target, backend.constant(z0_np))
+    target, grad = backend.as_one_program(lambda z: backend.value_and_gradient(sampled_target, z))(
+        backend.constant(z0_np))
     target = backend.to_numpy(target)
     if not np.all(np.isfinite(target)):
         raise ValueError("log_prob_fn plus the bijector's log-Jacobian must be finite at initial_state. Received: "
@@ -841,10 +846,12 @@ class _Compiled:
 
     def __init__(self, log_prob_fn, bijector, config):
         jit = config.jit_compile
+        log_prob_fn = backend.traced_once(log_prob_fn)
 
         def warm_stats(_, pkr):
             # TTK -> WindowedAdaptation -> DiagonalMassMatrixAdaptation -> DualAveraging -> NUTS / HMC
-            s = _stats(_core(pkr.inner_results.inner_results.inner_results.inner_results, config), config)
+            s = _stats(_core(pkr.inner_results.inner_results.inner_results.inner_results, config), config,
+                       energy=False)
             return s["diverging"], s["n_steps"], s["step_size"]
 
         def warmup_start(z):
