@@ -304,6 +304,24 @@ def test_bias_conditional_is_the_joint_less_the_white_noise_prior(study):
             field_level.bias_given_fields_target(posterior, **kwargs)
 
 
+def test_conditional_bias_widths_are_the_joints_curvature_in_the_bias(study):
+    # The chains' starting bias scales come from the bias's conditional; its curvature in theta is the joint's.
+    from keras import ops
+
+    from tfhalo import backend
+    from tfhalo.bias.fit import hessian_of
+
+    posterior, state, _ = _nbody_posterior(study)
+    n_field = posterior.n_field
+    field = backend.constant(state[None, :n_field])
+    joint = hessian_of(lambda t: posterior.log_prob(ops.concatenate([field, t[None, :]], axis=1))[0],
+                       state[n_field:])
+    want = np.clip(1.0 / np.sqrt(np.maximum(np.diag(joint), 1.0 / posterior.prior_scale**2)), 1e-4, None)
+    got = field_level._conditional_bias_scale(posterior, state)
+    np.testing.assert_allclose(got, want, rtol=1e-8)
+    assert np.all(want < posterior.prior_scale) and np.ptp(np.log(want)) > 1.0  # informative and unequal widths
+
+
 # Two slice transitions per sweep keep the study's multi-step bias block covered. HMC takes one, with the
 # field's move carrying the bias, a random step per bias transition, the one-Gaussian head, the bias metric
 # and the field's Fourier scales re-estimated in two windows over the first half of the warm-up and the NPE's

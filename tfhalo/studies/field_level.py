@@ -834,16 +834,17 @@ def _conditional_bias_scale(posterior, state) -> np.ndarray:
 
     Floored at the prior's precision (width at most the prior's 10) and at 1e-4.
     """
-    from keras import ops
-
     from tfhalo import backend
     from tfhalo.bias.fit import hessian_of
 
-    n_field = posterior.n_field
-    field = backend.constant(np.asarray(state[None, :n_field], np.float64))
+    n_field, n = posterior.n_field, posterior.forward.n_grid
+    field = backend.constant(np.asarray(state[:n_field], np.float64).reshape(1, n, n, n))
+    # The bias's conditional on this field: the joint's Hessian in theta, without differentiating
+    # the NPE's convolution at every row (its basis responses are computed once).
+    conditional = posterior.bias_conditional(posterior.log_density(field))
 
     def log_prob_theta(theta):
-        return posterior.log_prob(ops.concatenate([field, theta[None, :]], axis=1))[0]
+        return conditional(theta[None, :])[0]
 
     curvature = np.diag(hessian_of(log_prob_theta, np.asarray(state[n_field:], np.float64)))
     floor = 1.0 / posterior.prior_scale**2
