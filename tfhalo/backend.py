@@ -3,19 +3,19 @@
 The Keras backend (``KERAS_BACKEND``, or ``keras.json``) picks one of two
 implementations, and code written against this module runs on either:
 
-================  ==========================================  ==============================================
-                  ``tensorflow``                              ``jax``
-================  ==========================================  ==============================================
-:data:`tfp`       ``tensorflow_probability``                  ``tensorflow_probability.substrates.jax``
-:func:`jit`       ``tf.function(jit_compile=...)``            ``jax.jit`` (always XLA: JAX has no graph mode)
-:func:`traced_once`  ``tf.function`` (one trace, many callers)  ``fn`` itself (JAX caches its traces)
-:func:`as_one_program`  ``fn`` itself (eager ops run uncompiled)  ``jax.jit`` (one compilation, not one per op)
-gradient          ``tf.GradientTape``                         ``jax.vjp``
-:func:`hessian`   nested ``tf.GradientTape``                  ``jax.hessian``
-:func:`constant`  ``tf.constant``                             ``jnp.asarray``
-seeds             ``(2,)`` int32 tensor (TF stateless ops)    ``(2,)`` uint32 array (a raw ``PRNGKey``)
-:func:`map_chains`  one graph copy per chain, stacked         ``jax.vmap``
-================  ==========================================  ==============================================
+======================  =========================================  ===============================================
+                        ``tensorflow``                             ``jax``
+======================  =========================================  ===============================================
+:data:`tfp`             ``tensorflow_probability``                 ``tensorflow_probability.substrates.jax``
+:func:`jit`             ``tf.function(jit_compile=...)``           ``jax.jit`` (always XLA: JAX has no graph mode)
+:func:`traced_once`     ``tf.function`` (one trace, many callers)  ``fn`` itself (JAX caches its traces)
+:func:`as_one_program`  ``fn`` itself (eager ops run uncompiled)   ``jax.jit`` (one compilation, not one per op)
+gradient                ``tf.GradientTape``                        ``jax.vjp``
+:func:`hessian`         nested ``tf.GradientTape``                 ``jax.hessian``
+:func:`constant`        ``tf.constant``                            ``jnp.asarray``
+seeds                   ``(2,)`` int32 tensor (TF stateless ops)   ``(2,)`` uint32 array (a raw ``PRNGKey``)
+:func:`map_chains`      one graph copy per chain, stacked          ``jax.vmap``
+======================  =========================================  ===============================================
 
 Under JAX, float64 is switched on (``jax_enable_x64``) when this module is
 imported: the sampler's states, step sizes and mass-matrix estimates are
@@ -154,15 +154,17 @@ def traced_once(fn):
     TensorFlow every call site would trace ``fn`` and its gradient again: for the
     field-level posterior each trace takes seconds.  As a ``tf.function`` it is traced
     once (and its gradient built once); the graphs that call it hold a call, which
-    grappler and XLA inline.  JAX caches its traces by itself, so ``fn`` comes back as is.
+    grappler and XLA inline.  JAX caches its traces by itself, so ``fn`` comes back as is,
+    as does a function traced once already (callers that build several samplers on one
+    target can wrap it once and share its trace among them).
 
     Example:
         >>> f = traced_once(lambda x: 2.0 * x)
         >>> float(to_numpy(f(constant(1.5))))
         3.0
     """
-    if NAME == "jax":
-        return fn
+    if NAME == "jax" or isinstance(fn, tf.types.experimental.PolymorphicFunction):
+        return fn  # one trace already: a second wrapper would only add a call
     traced = tf.function(fn, autograph=False)
     if hasattr(traced, "_omit_frequent_tracing_warning"):
         traced._omit_frequent_tracing_warning = True

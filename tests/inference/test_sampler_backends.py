@@ -96,6 +96,7 @@ def test_a_function_traced_once_serves_every_compiled_caller_with_its_gradient()
     np.testing.assert_allclose(backend.to_numpy(twice), 2.0 * (np.exp(x) * x).sum(axis=1), rtol=1e-13)
     # TensorFlow: one trace for both graphs; JAX traces each jitted caller (and caches each)
     assert len(calls) == (1 if backend.NAME == "tensorflow" else 2)
+    assert backend.traced_once(shared) is shared  # wrapped once, shared by whoever wraps it again
     # As one program it gives what the function gives, in float64
     whole = backend.as_one_program(lambda t: backend.value_and_gradient(fn, t))
     v1, g1 = whole(backend.constant(x))

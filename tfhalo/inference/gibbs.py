@@ -71,6 +71,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -262,8 +263,12 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
         self._parameters = dict(target_log_prob_fn=target_log_prob_fn, block_sizes=sizes, kernel_fns=kernel_fns,
                                 conditional_fns=conditional_fns, bijectors=bijectors, steps_per_sweep=steps,
                                 carries=carries, name=name)
-        # One trace of the joint (and of its gradient) for every block, the bootstrap and the sweeps.
+        # One trace of the joint (and of its gradient) for every block, the bootstrap and the sweeps; and one
+        # of each carried block's target, a function of the moving block and the carry's ancillary tensors.
         self._joint = backend.traced_once(target_log_prob_fn)
+        self._carried = [None if c is None
+                         else backend.traced_once(functools.partial(_carried_log_prob, c, self._joint))
+                         for c in carries]
 
     @property
     def parameters(self):
@@ -305,7 +310,7 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
             a = keras.tree.map_structure(ops.stop_gradient, carry.ancillary(theta))
 
             def conditional(x_i):
-                return carry.log_prob(self._joint, x_i, a)
+                return self._carried[i](x_i, a)
         elif make is not None:
             conditional = make(theta)
         else:
@@ -368,6 +373,10 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
         out["diverging"] = diverging if diverging is not None else ops.zeros_like(lp, dtype="bool")
         out["lp"] = lp
         return out
+
+
+def _carried_log_prob(carry, joint, x_i, a):
+    return carry.log_prob(joint, x_i, a)
 
 
 # Kernel parameters that do not change the chains (or are the target itself, which lp0 stands for).

@@ -247,8 +247,9 @@ def _momentum(z, inverse_mass):
 def _stats(results, config, energy: bool = True):
     """Per-chain statistics ``(C,)`` of one transition, from the bare NUTS / HMC results.
 
-    ``energy=False`` leaves out the Hamiltonian (``energy``, ``lp``): the warm-up does not keep it,
-    and under HMC it evaluates the momentum distribution twice, seconds of tracing in TensorFlow.
+    ``energy=False`` leaves out HMC's Hamiltonian (``energy``, ``lp``): the warm-up does not keep it,
+    and it evaluates the momentum distribution twice, seconds of tracing in TensorFlow.  (NUTS
+    results carry both, so they stay.)
     """
     if config.kernel == "nuts":
         lar = results.log_accept_ratio
@@ -296,11 +297,30 @@ def _check_initial_state(initial_state, num_chains):
     return init
 
 
+# Under JAX the start's checks run as compiled programs (op by op, a field-level target would compile each of
+# its hundreds of operations on its own), kept per target and bijector as the sampling programs are.
+_CHECKS = CompiledCache(size=4)
+
+
+def _check_programs(log_prob_fn, bijector):
+    """``(theta -> log_prob_fn(theta), z -> (target, gradient))`` in sampling coordinates, for :func:`_check_target`."""
+
+    def build():
+        def sampled_target(z):
+            return log_prob_fn(bijector.forward(z)) + bijector.forward_log_det_jacobian(z, event_ndims=1)
+
+        return (backend.as_one_program(log_prob_fn),
+                backend.as_one_program(lambda z: backend.value_and_gradient(sampled_target, z)))
+
+    return _CHECKS.get((log_prob_fn, id(bijector)), bijector, build)
+
+
 def _check_target(log_prob_fn, bijector, init):
     """``(z0, lp0)``: the start in sampling coordinates and the target there; refuses a bad start."""
     c = init.shape[0]
     theta0 = backend.constant(init)
-    lp = backend.convert(backend.as_one_program(log_prob_fn)(theta0))
+    value_fn, target_and_gradient = _check_programs(log_prob_fn, bijector)
+    lp = backend.convert(value_fn(theta0))
     if lp.dtype.name != "float64":
         raise ValueError(f"log_prob_fn must return float64 values. Received: dtype {lp.dtype.name} "
                          "at initial_state")
@@ -325,13 +345,9 @@ def _check_target(log_prob_fn, bijector, init):
         bad = np.flatnonzero(~np.all(np.isfinite(z0_np), axis=1)).tolist()
         raise ValueError(f"initial_state must lie in the bijector's image: bijector.inverse(initial_state) "
                          f"is not finite in chains {bad}")
-    def sampled_target(z):
-        return log_prob_fn(bijector.forward(z)) + bijector.forward_log_det_jacobian(z, event_ndims=1)
-
     # A new tensor: the bijector caches inverse(theta0) -> z0 and would answer forward(z0) with theta0,
     # cut off from the gradient.
-    target, grad = backend.as_one_program(lambda z: backend.value_and_gradient(sampled_target, z))(
-        backend.constant(z0_np))
+    target, grad = target_and_gradient(backend.constant(z0_np))
     target = backend.to_numpy(target)
     if not np.all(np.isfinite(target)):
         raise ValueError("log_prob_fn plus the bijector's log-Jacobian must be finite at initial_state. Received: "

@@ -841,7 +841,7 @@ def _conditional_bias_scale(posterior, state) -> np.ndarray:
     field = backend.constant(np.asarray(state[:n_field], np.float64).reshape(1, n, n, n))
     # The bias's conditional on this field: the joint's Hessian in theta, without differentiating
     # the NPE's convolution at every row (its basis responses are computed once).
-    conditional = posterior.bias_conditional(posterior.log_density(field))
+    conditional = posterior.bias_conditional(backend.as_one_program(posterior.log_density)(field))
 
     def log_prob_theta(theta):
         return conditional(theta[None, :])[0]
@@ -1074,7 +1074,7 @@ def bias_spread(theta_draws, conditional_scale) -> dict:
 
 def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector, offset: int,
                   checkpoint_dir: Optional[Path], progress: bool, reduction=None, n_warmup: Optional[int] = None,
-                  n_samples: Optional[int] = None, seed: Optional[int] = None):
+                  n_samples: Optional[int] = None, seed: Optional[int] = None, joint=None):
     """Blocked chains: HMC on the white noise given the bias, then ``bias_kernel`` on the bias given the field.
 
     The white noise moves in the Fourier-preconditioned coordinates (``field_scale``)
@@ -1084,7 +1084,9 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
     LPT density.  With ``bias_carry="npe_moments"`` the field's move carries the bias
     (:class:`~tfhalo.field.carry.NPEMomentCarry`).  Every move leaves the joint
     posterior invariant.  ``n_warmup``, ``n_samples`` and ``seed`` replace the config's
-    (a stage of the warm-up runs fewer sweeps with its own seed).
+    (a stage of the warm-up runs fewer sweeps with its own seed); ``joint`` is
+    ``posterior.log_prob`` as :func:`tfhalo.backend.traced_once` made it, for stages that
+    share its trace.
     """
     import dataclasses
 
@@ -1131,7 +1133,8 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
         from tfhalo.field.carry import NPEMomentCarry
 
         carry = NPEMomentCarry(posterior, np.asarray(state0[0, :n_field], np.float64))
-    kernel = inf.GibbsKernel(posterior.log_prob, [n_field, posterior.n_bias], [field_kernel, bias_kernel],
+    kernel = inf.GibbsKernel(posterior.log_prob if joint is None else joint, [n_field, posterior.n_bias],
+                             [field_kernel, bias_kernel],
                              conditional_fns=[None, bias_conditional], bijectors=[field_bijector, bias_bijector],
                              steps_per_sweep=[1, config.bias_steps], carries=[carry, None])
     gibbs = inf.GibbsConfig(num_chains=config.n_chains, num_warmup=n_warmup, num_samples=n_samples, seed=seed,
@@ -1235,6 +1238,7 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
     from tfhalo.field.precondition import k_shells, scales_from_draws
 
     n_field = posterior.n_field
+    joint = backend.traced_once(posterior.log_prob)  # one trace of the joint for every stage's kernel
     windows, final = _warmup_stages(config.n_warmup, config.metric_windows)
     start_bijector, start_scale = bias_bijector, np.asarray(field_scale, np.float64)
     state = np.asarray(state0)
@@ -1244,7 +1248,8 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
         stage_dir = (None if checkpoint_dir is None
                      else Path(checkpoint_dir) / ("warmup_metric" if i == 0 else f"warmup_metric_{i + 1}"))
         window = _gibbs_chains(config, posterior, state, field_scale, bias_bijector, offset, stage_dir, progress,
-                               n_warmup=adapt, n_samples=draws, seed=config.chains_seed + offset + 2000 + 100 * i)
+                               n_warmup=adapt, n_samples=draws, seed=config.chains_seed + offset + 2000 + 100 * i,
+                               joint=joint)
         samples = np.asarray(window.samples, np.float64)                                # (draws, C, P)
         if config.bias_metric == "warmup":
             theta = samples[..., n_field:]
@@ -1278,7 +1283,7 @@ def _gibbs_chains_with_warmup_metric(config: Config, posterior, state0, field_sc
         info["field_metric"] = dict(stage(), spread_by_shell=by_shell[1:].tolist(),
                                     spread_min=float(by_shell.min()), spread_max=float(by_shell.max()))
     chains = _gibbs_chains(config, posterior, state, field_scale, bias_bijector, offset, checkpoint_dir, progress,
-                           reduction, n_warmup=final)
+                           reduction, n_warmup=final, joint=joint)
     chains = dataclasses.replace(chains, seconds=chains.seconds + seconds,
                                  n_gradient_evaluations=chains.n_gradient_evaluations + gradients,
                                  n_warmup_divergent=chains.n_warmup_divergent + divergent)
