@@ -557,7 +557,11 @@ def sample(log_prob_fn, initial_state, config: SamplerConfig, bijector=None, pro
             traceable on the Keras backend (``keras.ops``, or TensorFlow / ``jax.numpy`` to match
             it; XLA-compatible when ``config.jit_compile`` or under JAX); see :func:`batched`.
             Under JAX some ``keras.ops`` (``sin``, ``cos``, ``tanh``) return float32 for float64
-            input (Keras follows JAX's 32-bit default): cast back, or use ``jax.numpy``.
+            input (Keras follows JAX's 32-bit default): cast back, or use ``jax.numpy``.  It is
+            traced, never run eagerly, under JAX (the checks of the start are compiled too), so
+            checks it makes on concrete values (``tfhalo.backend.static_value``) do not run
+            there: check the data a log-density closes over when it is built.  In TensorFlow
+            it is traced once for all the compiled functions (:func:`tfhalo.backend.traced_once`).
         initial_state: ``(C, P)`` finite starting points in ``theta``.
         config: a :class:`SamplerConfig`.
         bijector: optional ``tfp.bijectors.Bijector`` (of the backend's TFP substrate) mapping
