@@ -324,8 +324,9 @@ def test_conditional_bias_widths_are_the_joints_curvature_in_the_bias(study):
 
 # Two slice transitions per sweep keep the study's multi-step bias block covered. HMC takes one, with the
 # field's move carrying the bias, a random step per bias transition, the one-Gaussian head, the bias metric
-# and the field's Fourier scales re-estimated in two windows over the first half of the warm-up and the NPE's
-# log radial scale as the bias's scale coordinate. NUTS shares HMC's step-size adaptation here and is checked in the
+# and the field's Fourier scales re-estimated over the first half of the warm-up and the NPE's
+# log radial scale as the bias's scale coordinate (one window, the default; the windows' hand-over is checked
+# with the chains stood in for). NUTS shares HMC's step-size adaptation here and is checked in the
 # blocked sampler's own tests (tests/inference), as the carry's exactness is.
 @pytest.mark.parametrize("bias_kernel,bias_steps,bias_carry,factor,n_components,metric",
                          [("slice", 2, "none", 1.0, 2, "start"), ("hmc", 1, "npe_moments", 0.5, 1, "warmup")])
@@ -340,9 +341,8 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
                                                          "n_components": n_components,
                                                          "bias_coordinates": coordinates, "bias_metric": metric,
                                                          "field_metric": metric, "bias_scale_coordinate": scale,
-                                                         # two metric windows (4+4, then 8+8 sweeps)
-                                                         **({"metric_windows": 2, "n_warmup": 48}
-                                                            if metric == "warmup" else {})})
+                                                         # one metric window of 8+8 sweeps, then 16
+                                                         **({"n_warmup": 32} if metric == "warmup" else {})})
     out = _out_with_the_fixtures_bias_fit(study, tmp_path) if n_components == 2 else tmp_path / "out"
     results = field_level.run(gibbs, root / "suite", out, progress=False)
     # 4 radial weights and a bias of the NPE, then an amplitude, a mean and a width per Gaussian, each a
@@ -371,14 +371,13 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
     assert ("steps drawn log-uniformly from 0.5 to 1" in report) == (factor == 0.5)
     assert ("a mixture head of 1 Gaussian; the paper's has 2" in report) == (n_components == 1)
     # The metric's windows are half the warm-up, inside the sweeps counted above.
-    assert ("metric re-estimated from its draws over the first half of the warm-up (2 windows, each twice the "
-            "last)" in report) == (metric == "warmup")
+    assert ("metric re-estimated from its draws over the first half of the warm-up" in report) == (metric == "warmup")
     assert ("the NPE's log radial scale as the bias's scale coordinate" in report) == (scale == "log_scale")
     assert results["config"]["bias_scale_coordinate"] == scale
     if metric == "warmup":
         bm = s["bias_metric"]
         assert (bm["sweeps"], bm["draws_per_chain"]) == (gibbs.n_warmup // 2, 8)
-        assert [(w["sweeps"], w["draws_per_chain"]) for w in bm["windows"]] == [(8, 4), (16, 8)]
+        assert [(w["sweeps"], w["draws_per_chain"]) for w in bm["windows"]] == [(16, 8)]
         assert sum(w["seconds"] for w in bm["windows"]) == pytest.approx(bm["seconds"])
         assert 0.0 <= bm["spread_min"] <= bm["spread_max"] and 0.0 < bm["seconds"] < s["seconds"]
         fm = s["field_metric"]
@@ -390,8 +389,8 @@ def test_gibbs_sampler_runs_the_study_and_moves_both_blocks(study, tmp_path, bia
         assert len(fm["spread_by_shell"]) == n_shells - 1
         assert 0.0 < fm["spread_min"] <= min(fm["spread_by_shell"]) <= max(fm["spread_by_shell"]) <= fm["spread_max"]
         assert "the field's Fourier scales rescaled per |k| shell" in report
-        assert ("The field's Fourier scales came from the first 24 warm-up sweeps" in report
-                and "2 windows of 8+16 sweeps, re-estimated after each from its last 4/8 draws per chain" in report)
+        assert ("The field's Fourier scales came from the first 16 warm-up sweeps" in report
+                and "the last 8 per chain" in report)
     else:
         assert "bias_metric" not in s and "field_metric" not in s
         assert "the field's Fourier scales rescaled" not in report
@@ -530,6 +529,88 @@ def test_the_warmup_metric_stages_add_up_to_the_warmup(windows, extra):
     # each window twice the one before, to within the rounding of the cuts
     assert all(abs(b - 2 * a) <= 2 for a, b in zip(lengths, lengths[1:]))
     assert all(adapt - draws in (0, 1) for adapt, draws in stages)
+
+
+def test_each_metric_window_hands_its_metrics_and_last_state_to_the_next(tmp_path, monkeypatch):
+    """The windows' bookkeeping with the chains stood in for: each stage runs where the one before ended, in the
+    metrics that stage's draws gave (the bias's from the start's coordinates), with its own seed and checkpoint,
+    and one traced joint serves every stage."""
+    from keras import ops
+
+    from tfhalo import backend
+    from tfhalo.field.precondition import k_shells, scales_from_draws
+    from tfhalo.inference import Chains
+
+    config = field_level.Config.preset("quick", seed=3, **{**TINY, "sampler": "gibbs", "bias_kernel": "hmc",
+                                                          "bias_coordinates": "local_linear", "bias_metric": "warmup",
+                                                          "field_metric": "warmup", "metric_windows": 2,
+                                                          "n_warmup": 48})
+    n_field, n_bias, offset = config.n_grid ** 3, 3, 7
+    posterior = type("Posterior", (), {"n_field": n_field, "log_prob": staticmethod(lambda x: -ops.sum(x * x, -1))})
+    rng = np.random.default_rng(5)
+    calls = []
+
+    def stand_in(config_, posterior_, state, field_scale, bias_bijector, offset_, checkpoint_dir, progress,
+                 reduction=None, n_warmup=None, n_samples=None, seed=None, joint=None):
+        s = config_.n_samples if n_samples is None else n_samples
+        # each stage's draws wider than the last's, so that every stage's metrics differ
+        draws = state + (1.0 + len(calls)) * rng.standard_normal((s,) + state.shape)
+        diverging = np.zeros(draws.shape[:2], bool)
+        diverging[0, 0] = True
+        calls.append(dict(state=np.array(state), scale=np.array(field_scale), bijector=bias_bijector,
+                          checkpoint_dir=checkpoint_dir, sweeps=(n_warmup, s), seed=seed, joint=joint, draws=draws))
+        return Chains(samples=draws, sample_stats={"diverging": diverging}, seconds=1.5, n_gradient_evaluations=10,
+                      config=None, step_size=0.1, inverse_mass_matrix=None, n_warmup_divergent=2)
+
+    monkeypatch.setattr(field_level, "_gibbs_chains", stand_in)
+    start_bijector = backend.tfp.bijectors.Shift(backend.constant(np.arange(n_bias, dtype=np.float64)))
+    state0 = rng.standard_normal((config.n_chains, n_field + n_bias))
+    scale0 = np.exp(rng.uniform(-1.0, 1.0, (config.n_grid,) * 3))
+    chains, info = field_level._gibbs_chains_with_warmup_metric(config, posterior, state0, scale0, start_bijector,
+                                                                offset, tmp_path, False)
+
+    assert [c["sweeps"] for c in calls] == [(4, 4), (8, 8), (24, config.n_samples)]
+    assert [c["seed"] for c in calls] == [config.chains_seed + offset + 2000, config.chains_seed + offset + 2100, None]
+    assert [c["checkpoint_dir"] for c in calls] == [tmp_path / "warmup_metric", tmp_path / "warmup_metric_2",
+                                                    tmp_path]
+    assert calls[0]["joint"] is not None and all(c["joint"] is calls[0]["joint"] for c in calls)
+    np.testing.assert_array_equal(calls[0]["state"], state0)
+    probe = backend.constant(rng.standard_normal((4, n_bias)))
+    assert calls[0]["bijector"] is start_bijector
+    np.testing.assert_array_equal(calls[0]["scale"], scale0)
+    for before, after in zip(calls, calls[1:]):
+        np.testing.assert_array_equal(after["state"], before["draws"][-1])
+        np.testing.assert_array_equal(after["scale"], scales_from_draws(before["scale"],
+                                                                       before["draws"][..., :n_field])[0])
+        want = field_level.bias_metric_from_draws(start_bijector, before["draws"][..., n_field:])
+        np.testing.assert_allclose(backend.to_numpy(after["bijector"].forward(probe)),
+                                   backend.to_numpy(want.forward(probe)), rtol=1e-12)
+    # the windows' seconds, gradients and divergences (each window's kept sweeps are warm-up) join the run's
+    assert (chains.seconds, chains.n_gradient_evaluations, chains.n_warmup_divergent) == (4.5, 30, 2 + 2 * (2 + 1))
+    for block in ("bias_metric", "field_metric"):
+        assert [(w["sweeps"], w["draws_per_chain"]) for w in info[block]["windows"]] == [(8, 4), (16, 8)]
+        assert (info[block]["sweeps"], info[block]["draws_per_chain"], info[block]["seconds"]) == (24, 8, 3.0)
+    labels, _, counts = k_shells(config.n_grid)
+    by_shell = np.bincount(labels.ravel(), weights=(calls[-1]["scale"] / scale0).ravel()) / counts
+    np.testing.assert_allclose(info["field_metric"]["spread_by_shell"], by_shell[1:], rtol=1e-12)
+    z = backend.to_numpy(start_bijector.inverse(backend.constant(calls[1]["draws"][..., n_field:].reshape(-1, n_bias))))
+    spread = np.sqrt(np.linalg.eigvalsh(np.cov(z, rowvar=False)))
+    np.testing.assert_allclose([info["bias_metric"]["spread_min"], info["bias_metric"]["spread_max"]],
+                               [spread.min(), spread.max()], rtol=1e-10)
+
+
+def test_the_report_names_each_metric_window():
+    cfg = dict(sampler="gibbs", bias_carry="none", bias_steps=1, bias_kernel="hmc", bias_metric="warmup",
+               field_metric="warmup")
+    one = field_level._sampler_text(cfg)
+    assert "over the first half of the warm-up)" in one and "windows" not in one
+    two = field_level._sampler_text(dict(cfg, metric_windows=2))
+    assert two.count("over the first half of the warm-up (2 windows, each twice the last)") == 2
+    metric = dict(sweeps=24, draws_per_chain=8, windows=[dict(sweeps=8, draws_per_chain=4),
+                                                         dict(sweeps=16, draws_per_chain=8)])
+    assert field_level._windows_text(metric) == ("2 windows of 8+16 sweeps, re-estimated after each from its last "
+                                                 "4/8 draws per chain")
+    assert field_level._windows_text(dict(metric, windows=metric["windows"][1:])) == "the last 8 per chain"
 
 
 def test_bias_metric_from_draws_whitens_them_and_keeps_the_starts_widths_where_they_did_not_go(study):
