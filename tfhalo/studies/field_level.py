@@ -72,6 +72,11 @@ __all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_
 SETTINGS = ("mock", "nbody", "mock_fixed_bias")
 #: Settings whose bias parameters are held at the values the mock catalogue was drawn with.
 FIXED_BIAS_SETTINGS = ("mock_fixed_bias",)
+# The settings a fixed-bias setting's chains do not read (they run the joint sampler's HMC on the white noise
+# alone, whatever ``sampler`` says), kept out of its cache key.
+FIXED_BIAS_UNUSED = frozenset({"sampler", "bias_kernel", "bias_steps", "bias_carry", "bias_min_step_factor",
+                               "bias_coordinates", "bias_metric", "field_metric", "metric_windows",
+                               "bias_scale_coordinate", "n_bias_pilot"})
 #: Settings whose catalogue is drawn from the model with the bias fitted to the N-body field, the mock's truth.
 MOCK_SETTINGS = ("mock", "mock_fixed_bias")
 #: A bias parameter whose posterior keeps more than this share of its prior variance (contraction below
@@ -1791,6 +1796,8 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
         unused.add("bias_scale_coordinate")
     if config.bias_coordinates != "pilot":
         unused.add("n_bias_pilot")
+    if setting in FIXED_BIAS_SETTINGS:  # HMC on the white noise alone: no bias move, no warm-up metric
+        unused |= FIXED_BIAS_UNUSED
     keep = {k: v for k, v in config.to_dict().items() if k not in unused}
     return dict(step="setting", setting=setting, simulation=sim_fp, config=keep)
 
