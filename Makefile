@@ -25,8 +25,9 @@ install: $(STAMP)
 # They run at once, the TensorFlow suite as two processes (the studies, and the rest): no one process
 # keeps two cores busy (much of a test is tracing and compiling, on one thread), and the TensorFlow
 # suite alone is the longest. Each one's output is printed whole when it ends; any failing fails the target.
-# Each process computes on one thread (BLAS, TensorFlow's and XLA's own pools): three processes whose pools
-# each want every core would fight over the two cores (measured: 15% longer in all).
+# Each process computes its operations on one thread (BLAS, TensorFlow's intra-op pool, XLA's Eigen pool;
+# TensorFlow keeps two inter-op threads to schedule them): three processes whose pools each want every core
+# would fight over the two cores (measured: 15% longer in all).
 test: $(STAMP)
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=2 \
 	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false $(XLA_FLAGS)" \

@@ -158,6 +158,14 @@ def traced_once(fn):
     as does a function traced once already (callers that build several samplers on one
     target can wrap it once and share its trace among them).
 
+    Args:
+        fn: a function of tensors (a log-density ``(C, P) -> (C,)``, say), written in
+            ``keras.ops``.
+
+    Returns:
+        A function with ``fn``'s arguments and values: a ``tf.function`` without autograph
+        (TensorFlow), or ``fn`` itself (JAX, or ``fn`` a ``tf.function`` already).
+
     Example:
         >>> f = traced_once(lambda x: 2.0 * x)
         >>> float(to_numpy(f(constant(1.5))))
@@ -176,15 +184,30 @@ def as_one_program(fn):
 
     Called eagerly, JAX compiles every distinct operation of ``fn`` on its own the first
     time it meets it: for the field-level posterior, hundreds of small compilations that
-    take far longer than compiling the whole.  ``jax.jit(fn)`` compiles it once.  TensorFlow
-    runs operations eagerly without compiling them, so ``fn`` comes back as is.
+    take far longer than compiling the whole.  Under ``jax.jit`` it compiles once per input
+    shape.  TensorFlow runs operations eagerly without compiling them, so ``fn`` comes back
+    as is.
+
+    Args:
+        fn: a function of tensors (positional arguments), written in ``keras.ops``; it need
+            not be hashable (a callable object with ``__eq__`` but no ``__hash__`` is fine).
+
+    Returns:
+        A function with ``fn``'s positional arguments and values: ``jax.jit`` of a closure
+        that calls ``fn`` (JAX), or ``fn`` itself (TensorFlow).
 
     Example:
         >>> f = as_one_program(lambda x: keras.ops.sum(x**2))
         >>> float(to_numpy(f(constant([1.0, 2.0]))))
         5.0
     """
-    return jax.jit(fn) if NAME == "jax" else fn
+    if NAME != "jax":
+        return fn
+
+    def program(*args):  # jax.jit hashes the function it compiles; fn itself may not be hashable
+        return fn(*args)
+
+    return jax.jit(program)
 
 
 def value_and_gradient(fn, x):

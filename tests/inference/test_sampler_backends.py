@@ -105,6 +105,40 @@ def test_a_function_traced_once_serves_every_compiled_caller_with_its_gradient()
     assert backend.to_numpy(g1).dtype == np.float64
 
 
+def test_the_starts_checks_are_the_target_and_its_gradient_kept_per_target_and_bijector_under_jax():
+    import dataclasses
+
+    from tfhalo.inference import sampler
+
+    @dataclasses.dataclass
+    class Target:  # a dataclass with __eq__ has no __hash__: jax.jit cannot key a compilation on it
+        w: float
+
+        def __call__(self, theta):
+            return -0.5 * self.w * ops.sum(theta**2, axis=-1)
+
+    tfb = backend.tfp.bijectors
+    scale = np.array([0.5, 2.0, 3.0])
+    bijector = tfb.Chain([tfb.Shift(backend.constant(np.ones(P))), tfb.Scale(backend.constant(scale))])
+    z = np.array([[0.1, -0.2, 0.3], [1.0, 0.5, -2.0]])
+    theta = 1.0 + scale * z
+    for target in (Target(2.0), lambda t: -0.5 * 2.0 * ops.sum(t**2, axis=-1)):
+        first = sampler._check_programs(target, bijector)
+        value, target_and_gradient = first
+        np.testing.assert_allclose(backend.to_numpy(value(backend.constant(theta))), -(theta**2).sum(-1),
+                                   rtol=1e-13)
+        lp, grad = target_and_gradient(backend.constant(z))
+        # in the sampling coordinates: the Jacobian's log-determinant added, the chain rule through the scale
+        np.testing.assert_allclose(backend.to_numpy(lp), -(theta**2).sum(-1) + np.log(scale).sum(), rtol=1e-13)
+        np.testing.assert_allclose(backend.to_numpy(grad), -2.0 * theta * scale, rtol=1e-13)
+        again = sampler._check_programs(target, bijector)
+        other = sampler._check_programs(target, tfb.Scale(backend.constant(scale)))
+        # Compiled programs are kept for a hashable target under JAX; TensorFlow checks eagerly and keeps none.
+        kept = backend.NAME == "jax" and not isinstance(target, Target)
+        assert (again is first) == kept
+        assert other is not first  # another bijector: other programs
+
+
 def test_compiled_functions_of_one_closure_do_not_warn_of_retracing():
     # The sampler compiles one function per (target, bijector, config) from the same closure; each
     # traces once, which TensorFlow's per-code-object counter would report as frequent retracing.

@@ -376,6 +376,8 @@ class GibbsKernel(tfp.mcmc.TransitionKernel):
 
 
 def _carried_log_prob(carry, joint, x_i, a):
+    """A carried block's target ``carry.log_prob(joint, x_i (C, P_i), a) -> (C,)``: a module-level function of
+    ``carry`` and ``joint`` so that :func:`tfhalo.backend.traced_once` traces it once per kernel."""
     return carry.log_prob(joint, x_i, a)
 
 

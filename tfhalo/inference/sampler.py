@@ -247,9 +247,17 @@ def _momentum(z, inverse_mass):
 def _stats(results, config, energy: bool = True):
     """Per-chain statistics ``(C,)`` of one transition, from the bare NUTS / HMC results.
 
-    ``energy=False`` leaves out HMC's Hamiltonian (``energy``, ``lp``): the warm-up does not keep it,
-    and it evaluates the momentum distribution twice, seconds of tracing in TensorFlow.  (NUTS
-    results carry both, so they stay.)
+    Args:
+        results: the innermost kernel's results (NUTS, or the Metropolis-Hastings results
+            around an uncalibrated HMC step).
+        config: the :class:`SamplerConfig` (its ``kernel`` and ``num_leapfrog_steps``).
+        energy: False leaves out HMC's Hamiltonian (``energy``, ``lp``): the warm-up does
+            not keep it, and it evaluates the momentum distribution twice, seconds of
+            tracing in TensorFlow.  (NUTS results carry both, so they stay.)
+
+    Returns:
+        A dict of ``(C,)`` tensors: ``diverging``, ``n_steps``, ``step_size``,
+        ``acceptance_rate``, and ``energy`` and ``lp`` where kept.
     """
     if config.kernel == "nuts":
         lar = results.log_accept_ratio
@@ -299,11 +307,23 @@ def _check_initial_state(initial_state, num_chains):
 
 # Under JAX the start's checks run as compiled programs (op by op, a field-level target would compile each of
 # its hundreds of operations on its own), kept per target and bijector as the sampling programs are.
+# TensorFlow runs them eagerly, so there is nothing to keep.
 _CHECKS = CompiledCache(size=4)
 
 
 def _check_programs(log_prob_fn, bijector):
-    """``(theta -> log_prob_fn(theta), z -> (target, gradient))`` in sampling coordinates, for :func:`_check_target`."""
+    """The start's two checks, each one program under JAX (:func:`tfhalo.backend.as_one_program`).
+
+    Args:
+        log_prob_fn: the target, ``theta (C, P) -> (C,)``.
+        bijector: the sampling coordinates' bijector, ``z (C, Q) -> theta (C, P)``.
+
+    Returns:
+        ``(value, target_and_gradient)``: ``value(theta (C, P)) -> (C,)``, the target itself, and
+        ``target_and_gradient(z (C, Q)) -> ((C,), (C, Q))``, the target in the sampling
+        coordinates (the bijector's log-Jacobian included) and its gradient.  Under JAX the
+        pair is kept for the last few targets and bijectors.
+    """
 
     def build():
         def sampled_target(z):
@@ -312,6 +332,8 @@ def _check_programs(log_prob_fn, bijector):
         return (backend.as_one_program(log_prob_fn),
                 backend.as_one_program(lambda z: backend.value_and_gradient(sampled_target, z)))
 
+    if backend.NAME != "jax":
+        return build()
     return _CHECKS.get((log_prob_fn, id(bijector)), bijector, build)
 
 

@@ -73,7 +73,8 @@ SETTINGS = ("mock", "nbody", "mock_fixed_bias")
 #: Settings whose bias parameters are held at the values the mock catalogue was drawn with.
 FIXED_BIAS_SETTINGS = ("mock_fixed_bias",)
 # The settings a fixed-bias setting's chains do not read (they run the joint sampler's HMC on the white noise
-# alone, whatever ``sampler`` says), kept out of its cache key.
+# alone, whatever ``sampler`` says): its cache key holds their defaults whatever they are, so that changing
+# them keeps its results and a key written before this held the same.
 FIXED_BIAS_UNUSED = frozenset({"sampler", "bias_kernel", "bias_steps", "bias_carry", "bias_min_step_factor",
                                "bias_coordinates", "bias_metric", "field_metric", "metric_windows",
                                "bias_scale_coordinate", "n_bias_pilot"})
@@ -1091,7 +1092,7 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
     posterior invariant.  ``n_warmup``, ``n_samples`` and ``seed`` replace the config's
     (a stage of the warm-up runs fewer sweeps with its own seed); ``joint`` is
     ``posterior.log_prob`` as :func:`tfhalo.backend.traced_once` made it, for stages that
-    share its trace.
+    share its trace (None: ``posterior.log_prob``, which the kernel traces itself).
     """
     import dataclasses
 
@@ -1775,6 +1776,9 @@ def _extendable_fields(config: dict) -> tuple:
 
 def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
     # Settings a run does not use stay out of its key, so that changing them reuses it.
+    if setting in FIXED_BIAS_SETTINGS:
+        config = dataclasses.replace(config, **{f.name: f.default for f in dataclasses.fields(Config)
+                                                if f.name in FIXED_BIAS_UNUSED})
     unused = {"name", "settings", "devices", "keep_checkpoint"}
     if config.keep_field_draws:  # the default, which keys written before it existed stand for
         unused.add("keep_field_draws")
@@ -1796,8 +1800,6 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
         unused.add("bias_scale_coordinate")
     if config.bias_coordinates != "pilot":
         unused.add("n_bias_pilot")
-    if setting in FIXED_BIAS_SETTINGS:  # HMC on the white noise alone: no bias move, no warm-up metric
-        unused |= FIXED_BIAS_UNUSED
     keep = {k: v for k, v in config.to_dict().items() if k not in unused}
     return dict(step="setting", setting=setting, simulation=sim_fp, config=keep)
 
