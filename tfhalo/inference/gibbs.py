@@ -483,7 +483,9 @@ def _compiled_sweeps(kernel: GibbsKernel, jit_compile: bool):
             draws = ops.reshape(kernel.forward(ops.reshape(states, (-1, states.shape[-1]))), ops.shape(states))
             return draws, res.trace, states[-1], res.final_kernel_results
 
-        return (backend.jit(start, jit_compile=jit_compile),
+        # The bootstrap runs once per call: TensorFlow runs it eagerly (tracing it costs seconds more than
+        # running it), JAX as one program (eagerly it would compile each operation on its own).
+        return (backend.as_one_program(start),
                 backend.jit(run, jit_compile=jit_compile, static_argnums=(3,)))
 
     return _COMPILED.get((id(kernel), bool(jit_compile)), kernel, build)

@@ -921,7 +921,9 @@ class _Compiled:
                                         return_final_kernel_results=True, seed=seed)
             return res.all_states[0], res.trace, res.final_kernel_results.transformed_state[0]
 
-        self.warmup_start = backend.jit(warmup_start, jit_compile=jit)
+        # Run once per call: eagerly under TensorFlow (tracing it costs seconds more than running it), as one
+        # program under JAX (eagerly it would compile each operation on its own).
+        self.warmup_start = backend.as_one_program(warmup_start)
         self.warmup_block = backend.jit(warmup_block, jit_compile=jit, static_argnums=(2,))
         self.sampling_block = backend.jit(sampling_block, jit_compile=jit, static_argnums=(5,))
 
