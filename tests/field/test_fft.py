@@ -72,3 +72,26 @@ def test_float32_round_trip():
 def test_rank_below_three_is_refused():
     with pytest.raises(ValueError, match="x must have at least 3 axes"):
         rfft3(_t(np.zeros((4, 4))))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="only JAX has a backend transform besides Keras's")
+def test_the_jax_transforms_equal_the_keras_composition_in_value_and_gradient():
+    import jax
+
+    from tfhalo.field.fft import _keras_irfft3, _keras_rfft3
+
+    x = _x((2, 6, 4, 8), 4)
+    w = _x((2, 6, 4, 5), 5)  # a cotangent on the half spectrum
+
+    def loss(forward, inverse):
+        def f(v):
+            re, im = forward(v)
+            back = inverse(re * w, im * w, 8)
+            return keras.ops.sum(back * v) + keras.ops.sum(re * w - im)
+        return jax.value_and_grad(f)
+
+    value, grad = loss(rfft3, irfft3)(_t(x))
+    want_value, want_grad = loss(_keras_rfft3, _keras_irfft3)(_t(x))
+    assert abs(float(value) - float(want_value)) <= 1e-12 * abs(float(want_value))
+    np.testing.assert_allclose(to_numpy(grad), to_numpy(want_grad), rtol=0,
+                               atol=1e-12 * np.abs(to_numpy(want_grad)).max())

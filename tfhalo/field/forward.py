@@ -334,24 +334,36 @@ class LPTForwardModel:
             ``(psi1, psi2)``, each ``(B, m, m, m, 3)`` Mpc/h on the ``m = particle_factor n``
             lattice, such that ``x = q + D1 psi1 + D2 psi2``; ``psi2`` is zero when ``order == 1``.
         """
+        re, im, s_re, s_im = self._displacement_spectra(delta_lin)
+        psi1 = self._vector_field(re, im, 1.0)
+        if s_re is None:
+            return psi1, ops.zeros_like(psi1)
+        # lap phi2 = source, psi2 = +grad phi2 = irfftn(-i k / k^2 source_k)
+        return psi1, self._vector_field(s_re, s_im, -1.0)
+
+    def _displacement_spectra(self, delta_lin):
+        """Half spectra on the particle lattice of ``delta_L`` and of the 2LPT source.
+
+        Returns ``(re, im, s_re, s_im)``, each ``(B, m, m, m // 2 + 1)``, with
+        ``psi1 = irfftn(i k / k^2 delta_k)`` and ``psi2 = irfftn(-i k / k^2 source_k)``;
+        ``s_re`` and ``s_im`` are ``None`` when ``order == 1``.
+        """
         delta = self._cast(delta_lin)
         self._check_field("delta_lin", delta)
         n = self.n_particles_side
         re, im = rfft3(delta)
         if self.particle_factor > 1:
             re, im = self._pad_spectrum(re), self._pad_spectrum(im)
-        psi1 = self._vector_field(re, im, 1.0)
         if self.order == 1:
-            return psi1, ops.zeros_like(psi1)
+            return re, im, None, None
         h = self._hessian[None]
         d = irfft3(h * re[:, None], h * im[:, None], n)  # (B, 6, n, n, n): xx yy zz xy xz yz
         source = (
             d[:, 0] * d[:, 1] + d[:, 0] * d[:, 2] + d[:, 1] * d[:, 2]
             - d[:, 3] ** 2 - d[:, 4] ** 2 - d[:, 5] ** 2
         )
-        # lap phi2 = source, psi2 = +grad phi2 = irfftn(-i k / k^2 source_k)
         s_re, s_im = rfft3(source)
-        return psi1, self._vector_field(s_re, s_im, -1.0)
+        return re, im, s_re, s_im
 
     def _pad_spectrum(self, x):
         """``(B, n, n, n//2+1)`` half spectrum -> ``(B, m, m, m//2+1)``: the modes ``|k_i| < n/2`` of the
@@ -375,11 +387,14 @@ class LPTForwardModel:
         return ops.concatenate([x, zeros], axis=3)
 
     def _positions_from_delta(self, delta):
-        n3 = self.n_particles_side**3
-        psi1, psi2 = self.displacements(delta)
-        x = self._lattice[None] + self.growth_1 * ops.reshape(psi1, (-1, n3, 3))
-        if self.order == 2:
-            x = x + self.growth_2 * ops.reshape(psi2, (-1, n3, 3))
+        # D1 psi1 + D2 psi2 is linear in the two spectra, so it takes one inverse transform of
+        # D1 delta_k - D2 source_k (psi2 carries the opposite sign) instead of one per order.
+        re, im, s_re, s_im = self._displacement_spectra(delta)
+        re, im = self.growth_1 * re, self.growth_1 * im
+        if s_re is not None:
+            re, im = re - self.growth_2 * s_re, im - self.growth_2 * s_im
+        psi = self._vector_field(re, im, 1.0)
+        x = self._lattice[None] + ops.reshape(psi, (-1, self.n_particles_side**3, 3))
         return _wrap(x, self.box_size)
 
     def _density_from_positions(self, positions):
