@@ -323,3 +323,17 @@ def test_bias_conditional_from_basis_responses_equals_the_joint_target(target):
     np.testing.assert_allclose(plain, want, rtol=1e-11)
     with pytest.raises(ValueError, match=r"theta must have one row per chain .* Received: theta.shape=\(1, 17\)"):
         conditional(ops.convert_to_tensor(thetas[:1]))
+
+
+def test_a_float32_forward_model_gives_the_float64_target_to_float32_rounding(target):
+    """The chains' states, bias model and likelihood stay float64; only the forward model's arithmetic changes."""
+    post64, model, cat = target.post, target.model, target.cat
+    post32 = FieldLevelPosterior(LPTForwardModel(N, BOX, dtype="float32"), model, cat)
+    state = _np(post64.join(np.stack([white_noise(N, 31), white_noise(N, 32)]), np.stack([_theta(3), _theta(6)])))
+    value64, grad64 = target.value_and_grad(state)
+    value32, grad32 = _value_and_grad(post32.log_prob)(state)
+    lp32 = _compiled(post32.log_prob)(ops.convert_to_tensor(state))
+    assert "float64" in str(lp32.dtype) and "float64" in str(post32.log_density(post64.split(state)[0]).dtype)
+    assert value32 == pytest.approx(value64, rel=1e-6)
+    assert value32 != value64  # the forward model really ran in float32
+    np.testing.assert_allclose(grad32, grad64, rtol=0, atol=1e-5 * np.abs(grad64).max())

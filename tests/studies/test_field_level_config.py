@@ -42,6 +42,7 @@ from tests.helpers.scripts import load_script
     ("bias_carry", "npe_moments", "bias_carry needs sampler='gibbs' .* Received: bias_carry='npe_moments', "
                                   "sampler='joint'"),
     ("n_components", 0, "n_components must be at least 1. Received: n_components=0"),
+    ("forward_dtype", "float16", "forward_dtype must be one of .* Received: forward_dtype='float16'"),
     ("n_components", 1.5, "n_components must be an integer. Received: n_components=1.5"),
     ("bias_metric", "fisher", "bias_metric must be one of .* Received: bias_metric='fisher'"),
     ("bias_scale_coordinate", "xi", "bias_scale_coordinate must be one of .* Received: bias_scale_coordinate='xi'"),
@@ -195,7 +196,8 @@ def test_every_override_flag_reaches_its_config_field():
     shell = _shell()
     values = {int: "3", float: "2.5e11", str: None}
     choices = {"start": "prior", "preconditioner": "none", "bias_coordinates": "diagonal", "sampler": "gibbs",
-               "bias_kernel": "nuts", "bias_carry": "npe_moments", "bias_scale_coordinate": "log_scale"}
+               "bias_kernel": "nuts", "bias_carry": "npe_moments", "bias_scale_coordinate": "log_scale",
+               "forward_dtype": "float32"}
     argv, want = [], {}
     for flag, field, kind, _ in field_level.CLI_OVERRIDES:
         text = choices.get(field) if kind is str else values[kind]

@@ -466,8 +466,10 @@ def test_the_pilot_length_keys_pilot_runs_only():
 
 def test_fixed_bias_mock_samples_the_white_noise_alone_on_the_mocks_catalogue(study, tmp_path):
     config, root, _ = study
-    # 60 warm-up iterations: 20 leave the tiny grid's adapted step far too long (nothing accepted)
-    fixed = field_level.Config.preset("quick", seed=3, **{**TINY, "settings": ("mock_fixed_bias",), "n_warmup": 60})
+    # 60 warm-up iterations: 20 leave the tiny grid's adapted step far too long (nothing accepted). The forward
+    # model computes in float32 inside these chains; the catalogue is still drawn in float64 (compared below).
+    fixed = field_level.Config.preset("quick", seed=3, **{**TINY, "settings": ("mock_fixed_bias",), "n_warmup": 60,
+                                                         "forward_dtype": "float32"})
     results = field_level.run(fixed, root / "suite", _out_with_the_fixtures_bias_fit(study, tmp_path), progress=False)
     s = results["settings"]["mock_fixed_bias"]
     with np.load(root / "out" / "bias_fit.npz") as f:
@@ -485,7 +487,9 @@ def test_fixed_bias_mock_samples_the_white_noise_alone_on_the_mocks_catalogue(st
     assert set(s["convergence"]["parameters"]) == {f"power_low_k[{i}]" for i in range(3)}
     assert s["sampler"]["gradients_per_ess_bias"] is None and s["sampler"]["bias_spread"] is None
     assert s["sampler"]["bias_fixed"] is True and s["sampler"]["acceptance_rate"] > 0.3
-    assert "bias parameters known" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "bias parameters known" in report and "float32 inside the chains" in report
+    assert results["config"]["forward_dtype"] == "float32"
 
 
 def test_the_bias_carry_keys_carried_runs_only():
@@ -494,6 +498,13 @@ def test_the_bias_carry_keys_carried_runs_only():
     assert "bias_carry" not in field_level._setting_key(gibbs, "mock", "x")["config"]
     carried = field_level._setting_key(dataclass_replace(gibbs, bias_carry="npe_moments"), "mock", "x")
     assert carried["config"]["bias_carry"] == "npe_moments"
+
+
+def test_the_forward_models_arithmetic_keys_float32_runs_only():
+    joint = field_level.Config.preset("quick", seed=3, **TINY)
+    assert "forward_dtype" not in field_level._setting_key(joint, "mock", "x")["config"]
+    single = field_level._setting_key(dataclass_replace(joint, forward_dtype="float32"), "mock", "x")
+    assert single["config"]["forward_dtype"] == "float32"
 
 
 def test_the_head_keys_runs_other_than_the_papers_only():

@@ -410,8 +410,12 @@ class FieldLevelPosterior:
         return ops.concatenate([ops.reshape(omega, (-1, self.n_field)), theta], axis=-1)
 
     def log_density(self, omega):
-        """``(C, n, n, n)``: ``ln max(1 + delta, floor)`` of the LPT density of ``omega``."""
-        return log_density_of(self.forward.density(omega), self.density_floor)
+        """``(C, n, n, n)``: ``ln max(1 + delta, floor)`` of the LPT density of ``omega``.
+
+        In the bias model's dtype whatever the forward model computes in, so that a float32
+        forward model (faster) feeds the same float64 bias model and likelihood.
+        """
+        return ops.cast(log_density_of(self.forward.density(omega), self.density_floor), self.layout.dtype)
 
     def _chain_terms(self, log_density, theta, responses=None):
         """Per chain ``(halo_term, expected_count)``, each ``(C,)``.
