@@ -14,11 +14,17 @@ and that is mostly 3-D FFTs on the particle lattice.  Two choices cut them:
   linear in their spectra) instead of one per order: 3 of the 13 transforms of
   a 2LPT evaluation.
 
+A third, optional, choice is the arithmetic: ``LPTForwardModel(dtype="float32")``
+(the ``field_level`` study's ``forward_dtype``), whose FFTs and cloud-in-cell
+sums cost less than float64's while the chains' states stay float64.
+
 This script times, in one process and on the same inputs, the value and
 gradient of ``sum(ln rho(omega))`` (the log-density grid the bias model reads)
-for 2 chains in float64, compiled (``jax.jit``, or ``tf.function`` with XLA),
-under four variants: ``baseline`` (neither), each choice alone, and ``both``
-(what tfhalo runs).  The variants' calls are interleaved over ``--repeats``
+for 2 chains, compiled (``jax.jit``, or ``tf.function`` with XLA), under five
+variants: ``baseline`` (neither choice), each choice alone, ``both`` (what
+tfhalo runs by default), all in float64, and ``both_float32``, both choices
+with a float32 forward model (its gradient differs from the baseline's by
+float32 rounding).  The variants' calls are interleaved over ``--repeats``
 rounds, so a drift in the machine's load falls on all of them; each round is
 the median of ``--calls`` calls.  Printed per grid: the mean and standard error
 over the rounds, the ratio to the baseline measured in the same run (its
@@ -42,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("baseline", "backend_fft", "one_displacement", "both")
+VARIANTS = ("baseline", "backend_fft", "one_displacement", "both", "both_float32")
 BASELINE = "baseline"
 CHAINS = 2
 
@@ -98,7 +104,7 @@ def variant(name: str):
     from tfhalo.field import fft, forward
 
     saved = fft._jax_fft, forward.LPTForwardModel._positions_from_delta
-    if name in ("baseline", "one_displacement"):
+    if name in ("baseline", "one_displacement"):  # "both" and "both_float32" keep both choices
         fft._jax_fft = lambda: None
     if name in ("baseline", "backend_fft"):
         forward.LPTForwardModel._positions_from_delta = _separate_positions
@@ -116,7 +122,7 @@ def compiled_value_and_gradient(model):
     from tfhalo.field.posterior import log_density_of
 
     def f(omega):
-        return ops.sum(log_density_of(model.density(omega), 1e-4), axis=(1, 2, 3))
+        return ops.cast(ops.sum(log_density_of(model.density(omega), 1e-4), axis=(1, 2, 3)), "float64")
 
     if backend.NAME == "jax":
         import jax
@@ -138,12 +144,13 @@ def time_grid(n: int, args) -> dict:
     from tfhalo import backend
     from tfhalo.field.forward import LPTForwardModel
 
-    model = LPTForwardModel(n, args.voxel * n, particle_factor=args.particle_factor)
+    models = {dtype: LPTForwardModel(n, args.voxel * n, particle_factor=args.particle_factor, dtype=dtype)
+              for dtype in ("float64", "float32")}
     omega = backend.constant(np.random.default_rng(n).normal(size=(CHAINS, n, n, n)))
     fns, grads = {}, {}
     for name in VARIANTS:
         with variant(name):
-            fns[name] = compiled_value_and_gradient(model)
+            fns[name] = compiled_value_and_gradient(models["float32" if name.endswith("float32") else "float64"])
             _, g = fns[name](omega)  # traced and compiled here, under the patch
         grads[name] = backend.to_numpy(g)
     times = {name: [] for name in VARIANTS}
@@ -164,7 +171,7 @@ def time_grid(n: int, args) -> dict:
         mean, err = float(t.mean()), float(t.std(ddof=1) / np.sqrt(t.size))
         b_mean, b_err = float(base.mean()), float(base.std(ddof=1) / np.sqrt(base.size))
         ratio = b_mean / mean
-        rows.append(dict(grid=n, particles=model.n_particles_side, variant=name, ms=mean, ms_stderr=err,
+        rows.append(dict(grid=n, particles=models["float64"].n_particles_side, variant=name, ms=mean, ms_stderr=err,
                          speed_up=ratio,
                          speed_up_stderr=0.0 if name == BASELINE else float(ratio * np.hypot(err / mean, b_err / b_mean)),
                          max_gradient_difference=float(np.abs(grads[name] - grads[BASELINE]).max() / scale)))
@@ -177,7 +184,7 @@ def main(argv=None) -> int:
     from tfhalo.studies.common import machine_info
 
     print(f"machine: {machine_info()}")
-    print(f"sum ln rho(omega) and its gradient, {CHAINS} chains, float64, compiled, {backend.NAME} backend, "
+    print(f"sum ln rho(omega) and its gradient, {CHAINS} chains, float64 states, compiled, {backend.NAME} backend, "
           f"particle factor {args.particle_factor}, {args.repeats} interleaved rounds of {args.calls} calls "
           "(mean +- standard error of the rounds' medians)")
     print("| grid | particles | variant | ms per call | speed-up over the baseline | max gradient difference |")

@@ -37,8 +37,10 @@ def test_every_variant_computes_the_baselines_gradient_and_the_patches_are_undon
     summary = json.loads(out.read_text())
     rows = summary["results"][0]["rows"]
     assert [r["variant"] for r in rows] == list(bench.VARIANTS)
+    assert rows[-1]["max_gradient_difference"] > 1e-12  # the float32 variant really computes in float32
     for r in rows:
-        assert r["max_gradient_difference"] < 1e-12 and r["ms"] > 0
+        # float64 variants: the same function to rounding; float32 arithmetic: to float32 rounding
+        assert r["max_gradient_difference"] < (1e-5 if r["variant"].endswith("float32") else 1e-12) and r["ms"] > 0
         times = np.array(summary["results"][0]["times_ms"][r["variant"]])
         base = np.array(summary["results"][0]["times_ms"]["baseline"])
         assert r["speed_up"] == pytest.approx(base.mean() / times.mean())
