@@ -44,9 +44,10 @@ import contextlib
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from tfhalo.validation import output_path_argument
 
 VARIANTS = ("baseline", "backend_fft", "one_displacement", "both", "both_float32")
 BASELINE = "baseline"
@@ -60,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--voxel", type=float, default=4.0, help="voxel side in Mpc/h: box = n * voxel")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (>= 2: a standard error)")
     p.add_argument("--calls", type=int, default=10, help="timed calls per round, after a warm call (>= 1)")
-    p.add_argument("--json", type=Path, default=None, help="write the summary to this JSON file")
+    p.add_argument("--json", type=output_path_argument, default=None, help="write the summary to this JSON file")
     args = p.parse_args(argv)
     try:
         args.grids = [int(g) for g in args.grids.split(",") if g.strip()]
@@ -74,13 +75,6 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be at least {low}. Received: {getattr(args, name)}")
     if not args.voxel > 0:
         p.error(f"--voxel must be positive. Received: {args.voxel}")
-    if args.json is not None:
-        from tfhalo.validation import check_output_path
-
-        try:
-            args.json = check_output_path("--json", args.json)
-        except ValueError as err:
-            p.error(str(err))
     return args
 
 

@@ -34,9 +34,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from tfhalo.validation import output_path_argument
 
 MODES = ("per_call_site", "shared")
 BASELINE = "per_call_site"
@@ -90,7 +91,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=20, help="warm-up steps per call (>= 20: windowed adaptation)")
     p.add_argument("--samples", type=int, default=10, help="kept draws per call (>= 4)")
     p.add_argument("--repeats", type=int, default=3, help="fresh processes per mode (>= 2: a standard error)")
-    p.add_argument("--json", type=Path, default=None, help="write the summary to this JSON file")
+    p.add_argument("--json", type=output_path_argument, default=None, help="write the summary to this JSON file")
     p.add_argument("--mode", choices=MODES, default=None, help=argparse.SUPPRESS)  # one mode, in this process
     args = p.parse_args(argv)
     for name, low in dict(n_grid=4, warmup=20, samples=4, repeats=2).items():
@@ -98,13 +99,6 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be at least {low}. Received: {getattr(args, name)}")
     if args.n_grid % 2:
         p.error(f"--n-grid must be even (2LPT's particle grid). Received: {args.n_grid}")
-    if args.json is not None:
-        from tfhalo.validation import check_output_path
-
-        try:
-            args.json = check_output_path("--json", args.json)
-        except ValueError as err:
-            p.error(str(err))
     return args
 
 

@@ -249,3 +249,24 @@ def path_argument(text: str):
     if not isinstance(text, str) or not text.strip():
         raise argparse.ArgumentTypeError(f"expected a non-empty path, received {text!r}")
     return Path(text)
+
+
+def output_path_argument(text: str):
+    """An ``argparse`` ``type`` for a new output file: :func:`check_output_path` as a usage error.
+
+    Returns:
+        The path as a :class:`pathlib.Path`.
+
+    Raises:
+        argparse.ArgumentTypeError: the path is empty, an existing directory, or below a file.
+
+    Example:
+        >>> output_path_argument("runs/summary.json")
+        PosixPath('runs/summary.json')
+    """
+    import argparse
+
+    try:
+        return check_output_path("path", text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

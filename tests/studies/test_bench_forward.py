@@ -44,3 +44,11 @@ def test_every_variant_computes_the_baselines_gradient_and_the_patches_are_undon
         times = np.array(summary["results"][0]["times_ms"][r["variant"]])
         base = np.array(summary["results"][0]["times_ms"]["baseline"])
         assert r["speed_up"] == pytest.approx(base.mean() / times.mean())
+
+
+def test_an_output_path_that_is_a_directory_is_a_usage_error(bench, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--json", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"argument --json: path must not be an existing directory. Received: path='{tmp_path}'" in (
+        capsys.readouterr().err)
