@@ -156,8 +156,8 @@ class Config:
             2 puts 8 particles in a voxel, which keeps ``log(1 + delta)`` of nearly empty
             voxels, and so the posterior, from becoming stiff.
         forward_dtype: arithmetic of the forward model inside the chains: ``"float64"``, or
-            ``"float32"`` (about 1.6-1.8 times faster gradients on a CPU: its FFTs and
-            cloud-in-cell sums; ``benchmarks/bench_forward.py``).  The chains' states, the
+            ``"float32"`` (its gradient about 1.5 times faster than float64's on a 2-core CPU:
+            its FFTs and cloud-in-cell sums; ``benchmarks/bench_forward.py``).  The chains' states, the
             bias model and the likelihood stay float64; the mock catalogues are drawn with
             the float64 model either way, so both choices see the same data.
         n_components: Gaussians of the neural bias model's mixture-density head.  2, the
