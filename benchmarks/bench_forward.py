@@ -153,17 +153,18 @@ def time_grid(n: int, args) -> dict:
             calls = []
             for _ in range(args.calls):
                 start = time.perf_counter()
-                value, g = fns[name](omega)
-                backend.to_numpy(g)
+                backend.to_numpy(fns[name](omega)[1])
                 calls.append(time.perf_counter() - start)
             times[name].append(float(np.median(calls)) * 1e3)
+    def mean_and_stderr(name):
+        t = np.array(times[name])
+        return float(t.mean()), float(t.std(ddof=1) / np.sqrt(t.size))
+
     rows = []
-    base = np.array(times[BASELINE])
+    b_mean, b_err = mean_and_stderr(BASELINE)
     scale = np.abs(grads[BASELINE]).max()
     for name in VARIANTS:
-        t = np.array(times[name])
-        mean, err = float(t.mean()), float(t.std(ddof=1) / np.sqrt(t.size))
-        b_mean, b_err = float(base.mean()), float(base.std(ddof=1) / np.sqrt(base.size))
+        mean, err = mean_and_stderr(name)
         ratio = b_mean / mean
         rows.append(dict(grid=n, particles=models["float64"].n_particles_side, variant=name, ms=mean, ms_stderr=err,
                          speed_up=ratio,
