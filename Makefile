@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_field.py
 	$(BIN)/python benchmarks/bench_chain_memory.py
 	$(BIN)/python benchmarks/bench_startup.py
+	KERAS_BACKEND=tensorflow $(BIN)/python benchmarks/bench_forward.py
 	KERAS_BACKEND=jax $(BIN)/python benchmarks/bench_forward.py
 
 clean:

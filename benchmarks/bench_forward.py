@@ -4,11 +4,10 @@ The gradient of the field-level posterior (:class:`tfhalo.field.posterior.FieldL
 is mostly the 2LPT forward model's (:class:`tfhalo.field.forward.LPTForwardModel`),
 and that is mostly 3-D FFTs on the particle lattice.  Two choices cut them:
 
-* ``backend_fft``: on JAX, :func:`tfhalo.field.fft.rfft3` and ``irfft3`` call
-  ``jax.numpy.fft`` over three axes, instead of Keras's 1-D real and 2-D
-  complex transforms with axis transposes between them (TensorFlow's own
-  ``rfft3d`` has no gradient, so there both variants are the Keras
-  composition);
+* ``backend_fft``: :func:`tfhalo.field.fft.rfft3` and ``irfft3`` call the
+  backend's own 3-D transform (``jax.numpy.fft``; TensorFlow's ``rfft3d`` and
+  ``irfft3d`` with tfhalo's custom gradients) instead of Keras's 1-D real and
+  2-D complex transforms with axis transposes between them;
 * ``one_displacement``: the positions ``q + D1 psi1 + D2 psi2`` take one
   inverse transform of ``D1 delta_k - D2 source_k`` (the displacements are
   linear in their spectra) instead of one per order: 3 of the 13 transforms of
@@ -35,6 +34,7 @@ so it must be rounding).
 Usage:
     KERAS_BACKEND=jax python benchmarks/bench_forward.py [--grids 16,32] [--particle-factor 2]
                                                           [--repeats 5] [--calls 10] [--json out.json]
+    KERAS_BACKEND=tensorflow python benchmarks/bench_forward.py ...
 """
 
 from __future__ import annotations
@@ -97,15 +97,15 @@ def variant(name: str):
     """Patch the forward model to ``name`` while functions are traced inside the block."""
     from tfhalo.field import fft, forward
 
-    saved = fft._jax_fft, forward.LPTForwardModel._positions_from_delta
+    saved = fft._backend_transforms, forward.LPTForwardModel._positions_from_delta
     if name in ("baseline", "one_displacement"):  # "both" and "both_float32" keep both choices
-        fft._jax_fft = lambda: None
+        fft._backend_transforms = lambda: None
     if name in ("baseline", "backend_fft"):
         forward.LPTForwardModel._positions_from_delta = _separate_positions
     try:
         yield
     finally:
-        fft._jax_fft, forward.LPTForwardModel._positions_from_delta = saved
+        fft._backend_transforms, forward.LPTForwardModel._positions_from_delta = saved
 
 
 def compiled_value_and_gradient(model):

@@ -74,24 +74,82 @@ def test_rank_below_three_is_refused():
         rfft3(_t(np.zeros((4, 4))))
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="only JAX has a backend transform besides Keras's")
-def test_the_jax_transforms_equal_the_keras_composition_in_value_and_gradient():
-    import jax
+def _value_and_grad(f, x):
+    """``f(x)`` and its gradient on the running backend (TensorFlow or JAX)."""
+    if keras.backend.backend() == "jax":
+        import jax
 
+        return jax.value_and_grad(f)(x)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = f(x)
+    return value, tape.gradient(value, x)
+
+
+def _composition_loss(forward, inverse, w):
+    def f(v):
+        re, im = forward(v)
+        back = inverse(re * w, im * w, 8)
+        return keras.ops.sum(back * v) + keras.ops.sum(re * w - im)
+    return f
+
+
+@pytest.mark.skipif(keras.backend.backend() not in ("jax", "tensorflow"),
+                    reason="only JAX and TensorFlow have a backend transform besides Keras's")
+def test_the_backend_transforms_equal_the_keras_composition_in_value_and_gradient():
     from tfhalo.field.fft import _keras_irfft3, _keras_rfft3
 
-    x = _x((2, 6, 4, 8), 4)
-    w = _x((2, 6, 4, 5), 5)  # a cotangent on the half spectrum
-
-    def loss(forward, inverse):
-        def f(v):
-            re, im = forward(v)
-            back = inverse(re * w, im * w, 8)
-            return keras.ops.sum(back * v) + keras.ops.sum(re * w - im)
-        return jax.value_and_grad(f)
-
-    value, grad = loss(rfft3, irfft3)(_t(x))
-    want_value, want_grad = loss(_keras_rfft3, _keras_irfft3)(_t(x))
+    x = _t(_x((2, 6, 4, 8), 4))
+    w = _t(_x((2, 6, 4, 5), 5))  # a cotangent on the half spectrum
+    value, grad = _value_and_grad(_composition_loss(rfft3, irfft3, w), x)
+    want_value, want_grad = _value_and_grad(_composition_loss(_keras_rfft3, _keras_irfft3, w), x)
     assert abs(float(value) - float(want_value)) <= 1e-12 * abs(float(want_value))
     np.testing.assert_allclose(to_numpy(grad), to_numpy(want_grad), rtol=0,
                                atol=1e-12 * np.abs(to_numpy(want_grad)).max())
+    # the Hartley transform's gradient is its own transform (H symmetric): d sum(c H(x)) / dx = H(c)
+    c = _t(_x((2, 6, 4, 8), 6))
+    _, g = _value_and_grad(lambda v: keras.ops.sum(c * hartley3(v)), x)
+    np.testing.assert_allclose(to_numpy(g), to_numpy(hartley3(c)), rtol=0, atol=1e-13 * 8)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's transforms carry custom gradients")
+def test_tensorflows_wrapped_transforms_have_exact_second_derivatives():
+    """The Hessian-vector product of a quartic through both transforms against NumPy float64."""
+    import tensorflow as tf
+
+    shape, n = (2, 4, 6, 5), 5
+    x0, v, m = _x(shape, 7), _x(shape, 8), np.abs(_x((2, 4, 6, 3), 9))
+
+    def f(x):  # sum over the half spectrum of m |F(x)|^2 ... then back, squared: quartic in x
+        re, im = rfft3(x)
+        y = irfft3(re * m, im * m, n)
+        return tf.reduce_sum(y**2 * x**2)
+
+    x = tf.constant(x0)
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            value = f(x)
+        g = inner.gradient(value, x)
+        gv = tf.reduce_sum(g * v)
+    hv = outer.gradient(gv, x)
+
+    def f_np(a):
+        y = np.fft.irfftn(np.fft.rfftn(a, axes=(-3, -2, -1)) * m, s=shape[-3:], axes=(-3, -2, -1))
+        return np.sum(y**2 * a**2)
+
+    # f(x0 + t v) is a quartic in t, so the five-point second difference at unit step is its exact
+    # second derivative v^T H v (up to rounding); so is u^T H v from f(x0 + t v + s u)'s mixed one.
+    def second(d):
+        vals = [f_np(x0 + t * d) for t in (-2, -1, 0, 1, 2)]
+        return (-vals[0] + 16 * vals[1] - 30 * vals[2] + 16 * vals[3] - vals[4]) / 12
+
+    u = _x(shape, 10)
+    vhv, uhu, wsum = second(v), second(u), second(u + v)
+    uhv = (wsum - vhv - uhu) / 2
+    hv = to_numpy(hv)
+    assert abs(np.sum(hv * v) - vhv) <= 1e-10 * abs(vhv)
+    assert abs(np.sum(hv * u) - uhv) <= 1e-10 * (abs(vhv) + abs(uhu))

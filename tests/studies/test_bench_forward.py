@@ -30,10 +30,10 @@ def test_bad_arguments_are_usage_errors(bench, capsys, argv, message):
 def test_every_variant_computes_the_baselines_gradient_and_the_patches_are_undone(bench, tmp_path):
     from tfhalo.field import fft, forward
 
-    before = fft._jax_fft, forward.LPTForwardModel._positions_from_delta
+    before = fft._backend_transforms, forward.LPTForwardModel._positions_from_delta
     out = tmp_path / "forward.json"
     assert bench.main(["--grids", "4", "--repeats", "2", "--calls", "1", "--json", str(out)]) == 0
-    assert (fft._jax_fft, forward.LPTForwardModel._positions_from_delta) == before
+    assert (fft._backend_transforms, forward.LPTForwardModel._positions_from_delta) == before
     summary = json.loads(out.read_text())
     rows = summary["results"][0]["rows"]
     assert [r["variant"] for r in rows] == list(bench.VARIANTS)
