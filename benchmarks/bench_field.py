@@ -300,7 +300,7 @@ def gibbs_config(args, n, box_size, seed):
         "quick", seed=args.data_seed, sampler_seed=seed, n_side=2 * n, box_size=box_size, n_grid=n,
         sampler="gibbs", bias_kernel=args.bias_kernel, bias_steps=args.bias_steps, n_chains=N_CHAINS,
         n_warmup=args.warmup, n_samples=args.samples, leapfrog_steps=args.leapfrog_steps,
-        target_accept=args.target_accept, jit_compile=bool(args.sampler_xla))
+        target_accept=args.target_accept, jit_compile=bool(args.sampler_xla), thin=1)
 
 
 def gibbs_chains(args, target, state0, bias_scale, seed):

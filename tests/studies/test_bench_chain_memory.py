@@ -24,9 +24,9 @@ def test_bad_arguments_are_usage_errors(bench, capsys, argv, message):
 
 
 def test_the_thinned_mode_keeps_a_thin_th_of_the_field(bench):
-    args = argparse.Namespace(n_grid=4, chains=2, warmup=0, draws=20, thin=5, block_size=10)
+    args = argparse.Namespace(n_grid=4, chains=2, warmup=0, draws=50, thin=5, block_size=10)
     full, thinned = bench.run_mode("full", args), bench.run_mode("thinned", args)
-    p, draws, chains = 4**3 + bench.N_BIAS, 20, 2
+    p, draws, chains = 4**3 + bench.N_BIAS, 50, 2
     assert full["chains_bytes"] == draws * chains * p * 8
     # the bias at every draw, the field at every 5th, its mean over the draws, and its power in each bin per draw
     from tfhalo.field.analysis import k_bins

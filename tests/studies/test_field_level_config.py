@@ -68,6 +68,17 @@ def test_every_field_is_checked_on_construction(field, value, match):
         field_level.Config.preset("quick", **{field: value})
 
 
+def test_settings_that_save_too_few_draws_for_the_coverage_are_refused_before_any_work():
+    # 2 chains: draws 0, 5, ..., 35 of 40 are 8 per chain, 16 in all, under the coverage's 20
+    with pytest.raises(ValueError, match="save 8 per chain, 16 in all. Received: n_samples=40, thin=5, n_chains=2"):
+        field_level.Config.preset("quick", n_samples=40, thin=5)
+    # 8 chains of 3 saved draws: enough in all, too few per chain
+    with pytest.raises(ValueError, match="save 3 per chain, 24 in all. Received: n_samples=50, thin=20, n_chains=8"):
+        field_level.Config.preset("quick", n_samples=50, thin=20, n_chains=8)
+    cfg = field_level.Config.preset("quick", n_samples=46, thin=5)  # draws 0, 5, ..., 45: 10 per chain, 20 in all
+    assert -(-cfg.n_samples // cfg.thin) * cfg.n_chains == 20
+
+
 def test_the_log_scale_coordinate_is_one_of_the_local_linear_maps_choices():
     from tfhalo.bias.reparam import SCALE_COORDINATES
 

@@ -224,7 +224,7 @@ def test_chains_that_keep_every_thin_th_field_draw_report_the_same_and_extend(st
     assert again["config"]["n_samples"] == 30 and first["config"]["n_samples"] == 20
     # The chains kept the field thinned by 2: another thin is other chains, refused, not re-read.
     with pytest.raises(StaleCacheError):
-        field_level.run(dataclass_replace(keep, n_samples=30, thin=4), root / "suite", tmp_path / "out",
+        field_level.run(dataclass_replace(keep, n_samples=30, thin=3), root / "suite", tmp_path / "out",
                         progress=False)
     # Without keep_checkpoint the checkpoint goes once the setting is done (the default), and another
     # n_samples is then refused as stale, as any other change.

@@ -44,6 +44,9 @@ __all__ = [
 #: Most modes per k bin whose quantile ESS :func:`coverage` computes for the expected fraction (a
 #: seeded subset beyond it: the expectation is a bin average, and ArviZ's ESS costs ~0.4 ms a mode).
 MAX_MODES_FOR_EXPECTATION = 256
+# The fewest draws (all chains) and draws per chain :func:`coverage` estimates intervals from.
+MIN_INTERVAL_DRAWS = 20
+MIN_DRAWS_PER_CHAIN = 4
 
 
 def _fields(x, name: str) -> np.ndarray:
@@ -288,11 +291,12 @@ def coverage(draws, truth, bins: KBins, levels: Sequence[float] = (0.68, 0.95), 
     if d.shape[1:] != t.shape or t.shape[0] != bins.n:
         raise ValueError(f"draws and truth must be on the bins' {bins.n}^3 grid. Received: "
                          f"draws.shape={d.shape}, truth.shape={t.shape}")
-    if d.shape[0] < 20:
-        raise ValueError(f"draws must hold at least 20 draws for interval estimates. Received: {d.shape[0]} draws")
+    if d.shape[0] < MIN_INTERVAL_DRAWS:
+        raise ValueError(f"draws must hold at least {MIN_INTERVAL_DRAWS} draws for interval estimates. "
+                         f"Received: {d.shape[0]} draws")
     n_chains = check_int("n_chains", n_chains, minimum=1)
-    if d.shape[0] % n_chains or d.shape[0] // n_chains < 4:
-        raise ValueError(f"n_chains must divide the {d.shape[0]} draws into chains of at least 4. "
+    if d.shape[0] % n_chains or d.shape[0] // n_chains < MIN_DRAWS_PER_CHAIN:
+        raise ValueError(f"n_chains must divide the {d.shape[0]} draws into chains of at least {MIN_DRAWS_PER_CHAIN}. "
                          f"Received: n_chains={n_chains}")
     levels = [float(level) for level in levels]
     for level in levels:

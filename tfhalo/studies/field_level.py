@@ -387,6 +387,14 @@ class Config:
         set_("metric_windows", check_int("metric_windows", self.metric_windows, minimum=1,
                                          maximum=MAX_METRIC_WINDOWS))
         check_sampler_settings(self)
+        from tfhalo.field.analysis import MIN_DRAWS_PER_CHAIN, MIN_INTERVAL_DRAWS
+
+        saved = -(-self.n_samples // self.thin)  # draws 0, thin, 2 thin, ... of each chain
+        if saved < MIN_DRAWS_PER_CHAIN or saved * self.n_chains < MIN_INTERVAL_DRAWS:
+            raise ValueError(f"the chains must save at least {MIN_DRAWS_PER_CHAIN} draws each and "
+                             f"{MIN_INTERVAL_DRAWS} in all (every thin-th of n_samples per chain) for the coverage's "
+                             f"intervals; these settings save {saved} per chain, {saved * self.n_chains} in all. "
+                             f"Received: n_samples={self.n_samples}, thin={self.thin}, n_chains={self.n_chains}")
         for name in ("bias_metric", "field_metric"):
             if getattr(self, name) == "warmup" and self.n_warmup < MIN_WARMUP_FOR_WARMUP_METRIC:
                 raise ValueError(f"n_warmup must be at least {MIN_WARMUP_FOR_WARMUP_METRIC} with {name}='warmup' (its "
