@@ -296,11 +296,12 @@ def bijector_for(variant, target, state0, bias_scale, seed, n_probes):
 
 def gibbs_config(args, n, box_size, seed):
     """The ``field_level`` study's settings of the gibbs variant (its checks name the bad argument)."""
-    return field_level.Config.preset(
-        "quick", seed=args.data_seed, sampler_seed=seed, n_side=2 * n, box_size=box_size, n_grid=n,
-        sampler="gibbs", bias_kernel=args.bias_kernel, bias_steps=args.bias_steps, n_chains=N_CHAINS,
-        n_warmup=args.warmup, n_samples=args.samples, leapfrog_steps=args.leapfrog_steps,
-        target_accept=args.target_accept, jit_compile=bool(args.sampler_xla), thin=1)
+    # The quick preset's data with the Config's joint-sampler defaults, then this variant's blocked sampler.
+    settings = dict(field_level.JOINT_SAMPLER, sampler_seed=seed, n_side=2 * n, box_size=box_size, n_grid=n,
+                    sampler="gibbs", bias_kernel=args.bias_kernel, bias_steps=args.bias_steps, n_chains=N_CHAINS,
+                    n_warmup=args.warmup, n_samples=args.samples, leapfrog_steps=args.leapfrog_steps,
+                    target_accept=args.target_accept, jit_compile=bool(args.sampler_xla), thin=1)
+    return field_level.Config.preset("quick", seed=args.data_seed, **settings)
 
 
 def gibbs_chains(args, target, state0, bias_scale, seed):

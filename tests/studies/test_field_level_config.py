@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tfhalo.studies import field_level
+from tests.helpers.field_level import joint_quick
 from tests.helpers.scripts import load_script
 
 
@@ -65,17 +66,17 @@ from tests.helpers.scripts import load_script
 ])
 def test_every_field_is_checked_on_construction(field, value, match):
     with pytest.raises(ValueError, match=match):
-        field_level.Config.preset("quick", **{field: value})
+        joint_quick(**{field: value})
 
 
 def test_settings_that_save_too_few_draws_for_the_coverage_are_refused_before_any_work():
     # 2 chains: draws 0, 5, ..., 35 of 40 are 8 per chain, 16 in all, under the coverage's 20
     with pytest.raises(ValueError, match="save 8 per chain, 16 in all. Received: n_samples=40, thin=5, n_chains=2"):
-        field_level.Config.preset("quick", n_samples=40, thin=5)
+        joint_quick(n_samples=40, thin=5)
     # 8 chains of 3 saved draws: enough in all, too few per chain
     with pytest.raises(ValueError, match="save 3 per chain, 24 in all. Received: n_samples=50, thin=20, n_chains=8"):
-        field_level.Config.preset("quick", n_samples=50, thin=20, n_chains=8)
-    cfg = field_level.Config.preset("quick", n_samples=46, thin=5)  # draws 0, 5, ..., 45: 10 per chain, 20 in all
+        joint_quick(n_samples=50, thin=20, n_chains=8)
+    cfg = joint_quick(n_samples=46, thin=5)  # draws 0, 5, ..., 45: 10 per chain, 20 in all
     assert -(-cfg.n_samples // cfg.thin) * cfg.n_chains == 20
 
 
@@ -84,15 +85,15 @@ def test_the_log_scale_coordinate_is_one_of_the_local_linear_maps_choices():
 
     assert field_level.BIAS_SCALE_COORDINATES == SCALE_COORDINATES
     for coordinates in ("local_linear", "pilot"):
-        cfg = field_level.Config.preset("quick", bias_coordinates=coordinates, bias_scale_coordinate="log_scale")
+        cfg = joint_quick(bias_coordinates=coordinates, bias_scale_coordinate="log_scale")
         assert cfg.bias_scale_coordinate == "log_scale"
 
 
 def test_a_random_bias_step_needs_a_bias_kernel_with_a_step():
     with pytest.raises(ValueError, match="bias_min_step_factor needs .* bias_kernel='slice'"):
-        field_level.Config.preset("quick", sampler="gibbs", bias_kernel="slice", bias_min_step_factor=0.5)
+        joint_quick(sampler="gibbs", bias_kernel="slice", bias_min_step_factor=0.5)
     for kernel in ("hmc", "nuts"):
-        cfg = field_level.Config.preset("quick", sampler="gibbs", bias_kernel=kernel, bias_min_step_factor=0.5)
+        cfg = joint_quick(sampler="gibbs", bias_kernel=kernel, bias_min_step_factor=0.5)
         assert cfg.bias_min_step_factor == 0.5
 
 
@@ -100,18 +101,18 @@ def test_the_warmup_bias_metric_needs_the_local_linear_coordinates_and_a_warmup_
     gibbs = dict(sampler="gibbs", bias_kernel="hmc", bias_metric="warmup")
     with pytest.raises(ValueError, match="needs sampler='gibbs' with bias_coordinates='local_linear' .* "
                                          "bias_coordinates='diagonal'"):
-        field_level.Config.preset("quick", **gibbs)
+        joint_quick(**gibbs)
     with pytest.raises(ValueError, match="n_warmup must be at least 16 with bias_metric='warmup' .* "
                                          "Received: n_warmup=0"):
-        field_level.Config.preset("quick", bias_coordinates="local_linear", n_warmup=0, **gibbs)
-    cfg = field_level.Config.preset("quick", bias_coordinates="local_linear", n_warmup=20, **gibbs)
+        joint_quick(bias_coordinates="local_linear", n_warmup=0, **gibbs)
+    cfg = joint_quick(bias_coordinates="local_linear", n_warmup=20, **gibbs)
     assert cfg.bias_metric == "warmup"
 
 
 @pytest.mark.parametrize("bias_kernel", field_level.BIAS_KERNELS)
 def test_every_blocked_bias_kernel_runs_compiled_or_not(bias_kernel):
     for jit in (True, False):
-        cfg = field_level.Config.preset("quick", sampler="gibbs", bias_kernel=bias_kernel, jit_compile=jit)
+        cfg = joint_quick(sampler="gibbs", bias_kernel=bias_kernel, jit_compile=jit)
         assert (cfg.bias_kernel, cfg.jit_compile) == (bias_kernel, jit)
 
 
@@ -122,6 +123,12 @@ def test_presets_are_valid_frozen_and_round_trip():
         assert field_level.Config(**cfg.to_dict()) == cfg
     cfg = field_level.Config.preset("quick")
     assert cfg.n_grid == 16 and cfg.sim_params().n_side == 128 and cfg.sim_params().box_size == 64.0
+    # quick and demo: the blocked route, a valid config whose warm-up is long enough for its metrics
+    for name in ("quick", "demo"):
+        preset = field_level.Config.preset(name)
+        assert {k: getattr(preset, k) for k in field_level.QUICK_SAMPLER} == {
+            k: tuple(v) if isinstance(v, list) else v for k, v in field_level.QUICK_SAMPLER.items()}
+        assert preset.sampler == "gibbs" and preset.n_warmup >= 2 * field_level.MIN_WARMUP_FOR_WARMUP_METRIC
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_samples = 10
     with pytest.raises(ValueError, match=r"unknown Config fields \['temperature'\]"):
@@ -133,21 +140,21 @@ def test_presets_are_valid_frozen_and_round_trip():
 def test_the_field_metric_needs_a_preconditioner_and_enough_warmup():
     gibbs = dict(sampler="gibbs", field_metric="warmup")
     with pytest.raises(ValueError, match="field_metric='warmup' needs .* preconditioner='none'"):
-        field_level.Config.preset("quick", preconditioner="none", **gibbs)
+        joint_quick(preconditioner="none", **gibbs)
     with pytest.raises(ValueError, match="n_warmup must be at least 16 with field_metric='warmup'.* n_warmup=0"):
-        field_level.Config.preset("quick", n_warmup=0, **gibbs)
-    assert field_level.Config.preset("quick", **gibbs).field_metric == "warmup"
+        joint_quick(n_warmup=0, **gibbs)
+    assert joint_quick(**gibbs).field_metric == "warmup"
     # Windows that double: 8 + 16 sweeps in the first half of a warm-up of 48.
     with pytest.raises(ValueError, match=r"n_warmup must be at least 48 with metric_windows=2 \(each window twice "
                                          r"the one before, the first at least 8 sweeps\). Received: n_warmup=47"):
-        field_level.Config.preset("quick", n_warmup=47, metric_windows=2, **gibbs)
-    assert field_level.Config.preset("quick", n_warmup=48, metric_windows=2, **gibbs).metric_windows == 2
+        joint_quick(n_warmup=47, metric_windows=2, **gibbs)
+    assert joint_quick(n_warmup=48, metric_windows=2, **gibbs).metric_windows == 2
 
 
 def test_a_config_read_back_from_json_is_the_same_config_and_is_checked_again():
     import json
 
-    cfg = field_level.Config.preset("quick", seed=3, settings=("mock",), n_components=1)
+    cfg = joint_quick(seed=3, settings=("mock",), n_components=1)
     stored = json.loads(json.dumps(cfg.to_dict()))          # tuples come back as lists
     assert field_level.Config.from_dict(stored) == cfg
     old = {k: v for k, v in stored.items() if k not in ("bias_metric", "field_metric")}  # written before them
@@ -180,8 +187,8 @@ def test_the_shell_exits_2_before_writing_anything(tmp_path, capsys, argv, match
 
 def test_particle_factor_needs_an_even_grid():
     with pytest.raises(ValueError, match="n_grid must be even when particle_factor > 1. Received: n_grid=5"):
-        field_level.Config.preset("quick", n_side=40, n_grid=5, particle_factor=2)
-    assert field_level.Config.preset("quick", n_side=40, n_grid=5, particle_factor=1).n_grid == 5
+        joint_quick(n_side=40, n_grid=5, particle_factor=2)
+    assert joint_quick(n_side=40, n_grid=5, particle_factor=1).n_grid == 5
 
 
 def test_bias_spread_against_numpy_and_its_argument_checks():

@@ -9,9 +9,11 @@ import pytest
 
 from tfhalo.studies import field_level
 
+# The tests run the joint sampler of the Config's defaults at a tiny size; a test that wants the quick
+# preset's blocked route (field_level.QUICK_SAMPLER) names its settings.
 TINY = dict(n_side=32, box_size=48.0, n_grid=8, threshold_mass=5e12, map_steps=50, map_starts=1, settings=("mock",),
             map_field_steps=20, n_probes=1, n_warmup=20, n_samples=20, leapfrog_steps=3, n_field_draws=2, thin=1,
-            n_bins=3, jit_compile=False)
+            n_bins=3, jit_compile=False, **field_level.JOINT_SAMPLER)
 
 
 def load_cosmology(root):

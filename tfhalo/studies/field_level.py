@@ -64,7 +64,7 @@ from tfhalo.atomic import atomic_path, write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
 from tfhalo.validation import check_bool, check_choice, check_float, check_fraction, check_int
 
-__all__ = ["Config", "PRESETS", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread",
+__all__ = ["Config", "PRESETS", "QUICK_SAMPLER", "JOINT_SAMPLER", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread",
            "sample_bias_given_fields", "bias_given_fields_target", "coverage_z", "coverage_from_samples",
            "bias_identification", "bias_metric_from_draws", "bias_model", "forward_model", "FinishedStudy",
            "load_finished_study", "local_linear_bias_bijector", "report"]
@@ -437,12 +437,15 @@ class Config:
         Presets:
             quick: one N-body run of 128^3 particles in (64 Mpc/h)^3, a 16^3 inference
                 grid of 4 Mpc/h voxels (the paper's 3.9 Mpc/h) with 2 LPT particles per voxel
-                per side, halos above 2e12 Msun/h (the paper's threshold), 2LPT; 2 HMC chains
-                of 150 warm-up and 300 kept iterations of 20 leapfrog steps, for each of the
-                three settings (the mock and N-body catalogues sampled jointly, the mock's
-                white noise with the bias known).
-            demo: ``quick`` with 100 warm-up and 200 kept iterations (a shorter look;
-                ``make demo`` runs ``quick``).
+                per side, halos above 5e11 Msun/h (about 1,800 halos; the paper's 2e12 leaves
+                about 550, too few for the bias to converge in minutes), 2LPT, the mock and
+                N-body catalogues; the blocked sampler of :data:`QUICK_SAMPLER` (the route
+                that converges within the budget: one Gaussian in the mixture head, HMC moves
+                of the bias given the field in its local-linear coordinates, the field's move
+                carrying the bias, both metrics from the warm-up, a float32 forward model) with
+                2 chains of 300 warm-up and 600 kept sweeps.  About 17 minutes on 2 cores
+                (``make demo-field``).
+            demo: ``quick`` with 300 kept sweeps, what ``make demo`` runs (about 12 minutes).
             paper: a 64^3 grid over 250 Mpc/h on a ``"charnock2020"`` simulation
                 (320^3 particles), for a GPU; the chains keep every 20th draw of the white
                 noise (``keep_field_draws=False``).
@@ -479,10 +482,26 @@ class Config:
         return cls(**d)
 
 
+#: The quick preset's sampler and data: the blocked route nearest to converging on 2 cores
+#: (docs/field_level.md, "The quick preset"): halos above 5e11 Msun/h, a one-Gaussian head, HMC
+#: moves of the bias given the field with jittered steps in the local-linear coordinates (log
+#: radial scale), the field's move carrying the bias, the bias metric and the field's Fourier
+#: scales from the first half of the warm-up, a float32 forward model; the mock and N-body settings.
+QUICK_SAMPLER = dict(threshold_mass=5e11, n_components=1, sampler="gibbs", bias_kernel="hmc", bias_steps=5,
+                     bias_min_step_factor=0.25, bias_coordinates="local_linear", bias_carry="npe_moments",
+                     bias_scale_coordinate="log_scale", bias_metric="warmup", field_metric="warmup",
+                     forward_dtype="float32", settings=("mock", "nbody"))
+
+#: The Config's own defaults for the sampler fields of :data:`QUICK_SAMPLER`: one joint HMC kernel on the
+#: paper's two-Gaussian head with a float64 forward model (what a preset without QUICK_SAMPLER runs).
+JOINT_SAMPLER = {f.name: f.default for f in dataclasses.fields(Config)
+                 if f.name in QUICK_SAMPLER and f.name not in ("threshold_mass", "settings")}
+
 PRESETS = {
-    "quick": dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, threshold_mass=2e12, particle_factor=2),
-    "demo": dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, threshold_mass=2e12, particle_factor=2,
-                 n_warmup=100, n_samples=200),
+    "quick": dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, particle_factor=2, n_warmup=300,
+                  n_samples=600, **QUICK_SAMPLER),
+    "demo": dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, particle_factor=2, n_warmup=300,
+                 n_samples=300, **QUICK_SAMPLER),
     "paper": dict(sim_preset="charnock2020", n_side=320, box_size=250.0, n_grid=64, threshold_mass=2e12,
                   particle_factor=2, map_steps=3000, map_starts=4, n_chains=4, n_warmup=1000, n_samples=4000,
                   leapfrog_steps=30, thin=20, n_field_draws=100, keep_field_draws=False),
