@@ -55,7 +55,7 @@ demo: $(STAMP)
 	$(BIN)/python experiments/field_level.py --preset demo --suite $(DEMO)/field_suite --out $(DEMO)/field_level
 	@echo "Reports: $(DEMO)/deep_halos/report.md, $(DEMO)/neural_bias/report.md and $(DEMO)/field_level/report.md"
 
-# The field-level study alone, its quick preset (about 17 minutes on 2 cores).
+# The field-level study alone, its quick preset (about 20 minutes on 2 cores).
 demo-field: $(STAMP)
 	$(BIN)/python experiments/field_level.py --preset quick --suite $(DEMO)/field_suite --out $(DEMO)/field_level
 	@echo "Report: $(DEMO)/field_level/report.md"
