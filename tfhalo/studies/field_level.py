@@ -445,7 +445,7 @@ class Config:
                 carrying the bias, both metrics from the warm-up, a float32 forward model) with
                 2 chains of 300 warm-up and 600 kept sweeps.  About 20 minutes on 2 cores
                 (``make demo-field``; a third of it compiling under TensorFlow).
-            demo: ``quick`` with 300 kept sweeps, what ``make demo`` runs (about 12 minutes).
+            demo: ``quick`` with 300 kept sweeps, what ``make demo`` runs (about 15 minutes).
             paper: a 64^3 grid over 250 Mpc/h on a ``"charnock2020"`` simulation
                 (320^3 particles), for a GPU; the chains keep every 20th draw of the white
                 noise (``keep_field_draws=False``).
