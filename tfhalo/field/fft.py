@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -80,6 +81,7 @@ def _backend_transforms() -> Optional[_Transforms]:
     return None
 
 
+@functools.lru_cache(maxsize=None)  # built once per process: closures, imports
 def _jax_transforms() -> _Transforms:
     """``jax.numpy.fft`` over the last three axes."""
     import jax.lax
@@ -115,6 +117,7 @@ def _half_axis_weights(n: int, n_half: int) -> np.ndarray:
     return w
 
 
+@functools.lru_cache(maxsize=None)  # built once per process: closures, imports
 def _tf_transforms() -> _Transforms:
     """TensorFlow's ``rfft3d`` / ``irfft3d`` wrapped in custom gradients, and its ``fft3d``.
 

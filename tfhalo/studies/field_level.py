@@ -64,7 +64,8 @@ from tfhalo.atomic import atomic_path, write_json_atomic, write_text_atomic
 from tfhalo.evaluation.report import jsonable
 from tfhalo.validation import check_bool, check_choice, check_float, check_fraction, check_int
 
-__all__ = ["Config", "PRESETS", "QUICK_SAMPLER", "JOINT_SAMPLER", "SETTINGS", "run", "truth_white_noise", "linear_fields", "bias_spread",
+__all__ = ["Config", "PRESETS", "QUICK_SAMPLER", "JOINT_SAMPLER", "SETTINGS", "run", "truth_white_noise",
+           "linear_fields", "bias_spread",
            "sample_bias_given_fields", "bias_given_fields_target", "coverage_z", "coverage_from_samples",
            "bias_identification", "bias_metric_from_draws", "bias_model", "forward_model", "FinishedStudy",
            "load_finished_study", "local_linear_bias_bijector", "report"]
@@ -440,7 +441,7 @@ class Config:
                 per side, halos above 5e11 Msun/h (about 1,800 halos; the paper's 2e12 leaves
                 about 550, too few for the bias to converge in minutes), 2LPT, the mock and
                 N-body catalogues; the blocked sampler of :data:`QUICK_SAMPLER` (the route
-                that converges within the budget: one Gaussian in the mixture head, HMC moves
+                nearest to converging within the budget: one Gaussian in the mixture head, HMC moves
                 of the bias given the field in its local-linear coordinates, the field's move
                 carrying the bias, both metrics from the warm-up, a float32 forward model) with
                 2 chains of 300 warm-up and 600 kept sweeps.  About 20 minutes on 2 cores
@@ -497,11 +498,12 @@ QUICK_SAMPLER = dict(threshold_mass=5e11, n_components=1, sampler="gibbs", bias_
 JOINT_SAMPLER = {f.name: f.default for f in dataclasses.fields(Config)
                  if f.name in QUICK_SAMPLER and f.name not in ("threshold_mass", "settings")}
 
+_QUICK = dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, particle_factor=2, n_warmup=300,
+              n_samples=600, **QUICK_SAMPLER)
+
 PRESETS = {
-    "quick": dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, particle_factor=2, n_warmup=300,
-                  n_samples=600, **QUICK_SAMPLER),
-    "demo": dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, particle_factor=2, n_warmup=300,
-                 n_samples=300, **QUICK_SAMPLER),
+    "quick": _QUICK,
+    "demo": dict(_QUICK, n_samples=300),
     "paper": dict(sim_preset="charnock2020", n_side=320, box_size=250.0, n_grid=64, threshold_mass=2e12,
                   particle_factor=2, map_steps=3000, map_starts=4, n_chains=4, n_warmup=1000, n_samples=4000,
                   leapfrog_steps=30, thin=20, n_field_draws=100, keep_field_draws=False),
