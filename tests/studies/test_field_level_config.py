@@ -34,6 +34,8 @@ from tests.helpers.scripts import load_script
     ("jit_compile", "yes", "jit_compile must be True or False. Received: jit_compile='yes'"),
     ("keep_field_draws", 1, "keep_field_draws must be True or False. Received: keep_field_draws=1"),
     ("devices", 0, "devices must be at least 1. Received: devices=0"),
+    ("workers", 0, "workers must be at least 1. Received: workers=0"),
+    ("workers", 1.5, "workers must be an integer. Received: workers=1.5"),
     ("devices", 3, r"n_chains must be a multiple of devices=3"),
     ("sampler", "nuts", "sampler must be one of .* Received: sampler='nuts'"),
     ("bias_kernel", "mala", "bias_kernel must be one of .* Received: bias_kernel='mala'"),
@@ -67,6 +69,13 @@ from tests.helpers.scripts import load_script
 def test_every_field_is_checked_on_construction(field, value, match):
     with pytest.raises(ValueError, match=match):
         joint_quick(**{field: value})
+
+
+def test_settings_in_processes_cannot_share_split_chains_devices():
+    with pytest.raises(ValueError, match="workers must be 1 when the chains are split over devices.* Received: "
+                                         "workers=2, devices=2"):
+        joint_quick(devices=2, workers=2)
+    assert field_level.Config.preset("quick").workers == 2 and joint_quick(workers=1).workers == 1
 
 
 def test_settings_that_save_too_few_draws_for_the_coverage_are_refused_before_any_work():

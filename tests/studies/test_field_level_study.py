@@ -13,7 +13,7 @@ from tfhalo.studies import field_level
 # preset's blocked route (field_level.QUICK_SAMPLER) names its settings.
 TINY = dict(n_side=32, box_size=48.0, n_grid=8, threshold_mass=5e12, map_steps=50, map_starts=1, settings=("mock",),
             map_field_steps=20, n_probes=1, n_warmup=20, n_samples=20, leapfrog_steps=3, n_field_draws=2, thin=1,
-            n_bins=3, jit_compile=False, **field_level.JOINT_SAMPLER)
+            n_bins=3, jit_compile=False, workers=1, **field_level.JOINT_SAMPLER)
 
 
 def load_cosmology(root):
@@ -233,6 +233,26 @@ def test_chains_that_keep_every_thin_th_field_draw_report_the_same_and_extend(st
     assert not (root / "out" / "mock" / "checkpoint").exists()
     with pytest.raises(StaleCacheError, match="config"):
         field_level.run(dataclass_replace(config, n_samples=30), root / "suite", root / "out", progress=False)
+
+
+def test_settings_run_in_processes_give_the_chains_a_run_here_gives(study, tmp_path):
+    config, root, results = study
+    both = dataclass_replace(config, settings=("mock", "nbody"), workers=2)
+    out = _out_with_the_fixtures_bias_fit(study, tmp_path)
+    r = field_level.run(both, root / "suite", out, progress=False)
+    assert list(r["settings"]) == ["mock", "nbody"] and r["config"]["workers"] == 2
+    # The mock's chains are the fixture's, run in this process, up to the rounding of another thread count.
+    with h5py.File(out / "mock" / field_level.SAMPLES_FILE) as f, \
+            h5py.File(root / "out" / "mock" / field_level.SAMPLES_FILE) as g:
+        np.testing.assert_allclose(f["theta"][...], g["theta"][...], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(f["omega"][...], g["omega"][...], rtol=1e-6, atol=1e-9)
+    with h5py.File(out / "nbody" / field_level.SAMPLES_FILE) as f:
+        assert np.all(np.isfinite(f["omega"][...])) and f["omega"].shape[:2] == (both.n_samples, both.n_chains)
+    assert r["timings"]["mock_s"] > 0 and r["timings"]["nbody_s"] > 0 and r["timings"]["settings_at_once"] == 2
+    assert "the settings 2 at a time in processes of their own" in (out / "report.md").read_text()
+    # A rerun finds both settings cached and starts no process.
+    again = field_level.run(both, root / "suite", out, progress=False)
+    assert again["settings"] == r["settings"] and again["timings"]["nbody_s"] == 0.0
 
 
 def test_bad_arguments_are_refused(tmp_path):

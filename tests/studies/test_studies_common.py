@@ -172,3 +172,41 @@ def test_summary_row_and_machine_info():
     info = common.machine_info()
     assert f"({os.cpu_count()} cores)" in info and "OPENBLAS_CORETYPE=" in info
     assert common.machine_details()["OPENBLAS_CORETYPE"] == os.environ.get("OPENBLAS_CORETYPE")
+
+
+def test_map_in_processes_returns_in_call_order_from_fresh_processes_with_shared_cores():
+    from tests.helpers.processes import environment
+
+    names = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS")
+    before = {k: os.environ.get(k) for k in names}
+    values = common.map_in_processes(environment, [names, names[:1]], workers=2)
+    assert [sorted(env) for _, env in values] == [sorted(names), sorted(names[:1])]
+    pids = {pid for pid, _ in values}
+    assert os.getpid() not in pids
+    threads = max(1, common.available_cores() // 2)
+    assert all(env["TF_NUM_INTRAOP_THREADS"] == str(threads) for _, env in values)
+    assert values[0][1]["OMP_NUM_THREADS"] == str(threads)
+    assert ("--xla_cpu_multi_thread_eigen=false" in (values[0][1]["XLA_FLAGS"] or "")) == (threads == 1)
+    assert {k: os.environ.get(k) for k in names} == before  # this process's environment is restored
+
+
+def test_map_in_processes_raises_the_first_failure_without_waiting_for_the_others():
+    import time
+
+    from tests.helpers.processes import fail_after
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="second"):
+        common.map_in_processes(fail_after, [(60, "first"), (0, "second")], workers=2)
+    assert time.perf_counter() - t0 < 50  # the 60 s call was terminated, not awaited
+    assert common.map_in_processes(fail_after, [(None, "a"), (None, "b"), (None, "c")], workers=2) == ["a", "b", "c"]
+    assert common.map_in_processes(fail_after, [], workers=2) == []
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(workers=0), "workers=0"), (dict(calls=[[1]]), "calls=")])
+def test_map_in_processes_refuses_bad_arguments(kwargs, match):
+    from tests.helpers.processes import fail_after
+
+    args = {**dict(fn=fail_after, calls=[(None, "a")], workers=1), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        common.map_in_processes(**args)

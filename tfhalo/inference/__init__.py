@@ -76,6 +76,7 @@ _HOMES = {
     "checkpoint_identity": "sampler",
     "sample": "sampler",
     "SamplerConfig": "config",
+    "block_size_for": "config",
 }
 
 
@@ -109,6 +110,7 @@ __all__ = [
     "checkpoint_identity",
     "affine_preconditioner",
     "batched",
+    "block_size_for",
     "preconditioner_from_draws",
     "convergence_summary",
     "load_inference_data",

@@ -7,6 +7,7 @@ module imports NumPy only, so doing so loads no TFP substrate.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -192,3 +193,44 @@ class SamplerConfig:
 def _group_seed(seed: int, group: int) -> int:
     # Spawn key (2, g): phases 0 and 1 are the warm-up and sampling blocks of _block_seed.
     return int(np.random.SeedSequence(seed, spawn_key=(2, group)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def block_size_for(*lengths: int, largest: int = 100, smallest: int = 10, default: int = 50) -> int:
+    """A ``block_size`` that cuts every phase of a run into blocks of one length.
+
+    Under XLA (and so always under JAX) each distinct block length is a program of its
+    own: a warm-up of 75 sweeps run in blocks of 50 compiles a second program for the
+    last 25, which on CPU costs as long as dozens of sweeps.  This gives the largest
+    length of at most ``largest`` that divides every positive length, so that every
+    block of :func:`~tfhalo.inference.sample` or :func:`~tfhalo.inference.sample_gibbs`
+    shares one program; ``default`` when that length is below ``smallest`` (progress
+    and checkpoints that fine would cost more calls than the programs they save).
+
+    Args:
+        *lengths: the phases' lengths (``num_warmup``, ``num_samples``); zeros are ignored.
+        largest: the longest block (progress and checkpoint granularity), at least 1.
+        smallest: the shortest block worth sharing, between 1 and ``largest``.
+        default: the block length when none of at least ``smallest`` divides them all.
+
+    Returns:
+        The block length.
+
+    Raises:
+        ValueError: a negative length, no positive length, or bounds out of order.
+
+    Example:
+        >>> block_size_for(150, 600)        # blocks of 75: one program for both phases
+        75
+        >>> block_size_for(75, 101)         # no common length of 10 or more
+        50
+    """
+    largest = check_int("largest", largest, minimum=1)
+    smallest = check_int("smallest", smallest, minimum=1, maximum=largest)
+    default = check_int("default", default, minimum=1)
+    values = [check_int("lengths", n, minimum=0) for n in lengths]
+    positive = [n for n in values if n > 0]
+    if not positive:
+        raise ValueError(f"lengths needs a positive length. Received: lengths={values}")
+    common = math.gcd(*positive)
+    best = max(d for d in range(1, min(common, largest) + 1) if common % d == 0)
+    return best if best >= smallest else default

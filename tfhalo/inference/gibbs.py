@@ -113,7 +113,9 @@ class GibbsConfig:
             e.g. ``DualAveragingStepSizeAdaptation``, should stop within them).
         num_samples: kept sweeps per chain, at least 4.
         seed: non-negative integer; every random draw derives from it.
-        block_size: sweeps per compiled call (progress granularity).
+        block_size: sweeps per compiled call (progress and checkpoint granularity).  Under
+            XLA each distinct block length compiles a program of its own;
+            :func:`~tfhalo.inference.block_size_for` picks one that divides both phases.
         jit_compile: compile each call with XLA (TensorFlow); JAX always compiles.
 
     Raises:

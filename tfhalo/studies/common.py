@@ -7,6 +7,8 @@
 * :func:`ensure_suite`: the one "use, generate or extend a simulation suite" rule.
 * :func:`run_cli`: argparse shell of a study script (exit 2 on bad arguments,
   before anything is written; exit 130 and one line on Ctrl-C).
+* :func:`map_in_processes`: independent steps (a study's settings) at once, in fresh processes
+  that share the machine's cores.
 * :func:`machine_info` / :func:`machine_details`: where a result was computed, for ``results.json``.
 * :func:`summary_row`: one row of a ``results.json`` ``"summary"``.
 
@@ -26,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -540,6 +543,108 @@ def run_cli(parser, make_config: Callable, run: Callable, argv=None) -> int:
         sys.stderr.flush()
         return 130
     return 0
+
+
+# --------------------------------------------------------------------------------- processes
+
+#: The variables that size a process's thread pools: OpenMP and the BLAS libraries (NumPy, SciPy) and
+#: TensorFlow's intra- and inter-op pools, read when each starts.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                     "TF_NUM_INTEROP_THREADS")
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _thread_variables(threads: int) -> dict:
+    """The environment that sizes every thread pool ``threads`` (XLA's CPU pool: one thread, or its default)."""
+    env = {k: str(threads) for k in _THREAD_VARIABLES}
+    if threads == 1:  # XLA has no thread-count flag, only this switch to one thread
+        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    return env
+
+
+@contextlib.contextmanager
+def _thread_environment(threads: int):
+    """``os.environ`` with :func:`_thread_variables`, restored on exit; processes spawned inside inherit it."""
+    env = _thread_variables(threads)
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        os.environ.update(env)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def map_in_processes(fn: Callable, calls: List[tuple], workers: int) -> list:
+    """``[fn(*args) for args in calls]``, up to ``workers`` at once in fresh processes.
+
+    Each process is spawned (a fork of a process whose TensorFlow or JAX runtime has
+    started is unsafe) with its thread pools sized ``cores // workers`` (at least 1), so the
+    calls share the machine's cores instead of competing for them.  Small programs such
+    as a sampler on a 16^3 grid gain little from a second thread, so on 2 cores two
+    calls at once take about as long as one.  Their output goes to this process's stdout
+    and stderr.
+
+    Args:
+        fn: a module-level function (it is pickled by name), returning something picklable.
+        calls: the argument tuples, each picklable.
+        workers: processes at once, at least 1.
+
+    Returns:
+        The values in the order of ``calls``.
+
+    Raises:
+        ValueError: ``workers`` below 1 or ``calls`` not a list of tuples.
+        Exception: the first call's exception (in the order of ``calls``); the
+            other processes are terminated.
+
+    Example:
+        >>> map_in_processes(pow, [(2, 3), (3, 2)], workers=2)     # doctest: +SKIP
+        [8, 9]
+    """
+    import multiprocessing
+    import threading
+
+    from tfhalo.validation import check_int
+
+    workers = check_int("workers", workers, minimum=1)
+    if not isinstance(calls, list) or not all(isinstance(c, tuple) for c in calls):
+        raise ValueError(f"calls must be a list of argument tuples. Received: calls={calls!r:.200}")
+    if not calls:
+        return []
+    workers = min(workers, len(calls))
+    threads = max(1, available_cores() // workers)
+    context = multiprocessing.get_context("spawn")
+    # The pool spawns its processes here, and they start with this environment: no runtime in them has
+    # sized its threads before it is set.
+    with _thread_environment(threads):
+        pool = context.Pool(processes=workers)
+    try:
+        failed = threading.Event()  # a failure ends the wait at once, not when the calls before it finish
+        pending = [pool.apply_async(fn, args, error_callback=lambda _: failed.set()) for args in calls]
+        while not failed.wait(0.2) and not all(p.ready() for p in pending):
+            pass
+        for p in pending:
+            if p.ready() and not p.successful():
+                p.get()  # raises its exception
+        values = [p.get() for p in pending]
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.close()
+        pool.join()
+    return values
 
 
 # --------------------------------------------------------------------------------- machine

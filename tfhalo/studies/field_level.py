@@ -260,6 +260,12 @@ class Config:
             ``n_field_draws`` or ``n_bins``) extends the chains and redoes the analysis instead
             of being refused as stale (the blocks hold every draw: 8 bytes x chains x
             parameters per sweep).  Not part of the cache keys.
+        workers: how many settings run at once, each in a process of its own with the
+            machine's cores shared among them (:func:`tfhalo.studies.common.map_in_processes`);
+            1 runs them one after another in this process.  A 16^3 grid's sweep gains little
+            from a second thread, so on 2 cores two settings at once take about as long as
+            one.  Not part of the cache keys: a setting's chains are the same either way, up
+            to the rounding of its thread count.
         keep_field_draws: keep every draw of the white noise in memory and in the
             checkpoint (``True``), or only every ``thin``-th, with its mean over all draws
             and each draw's binned linear power (``False``: a
@@ -311,6 +317,7 @@ class Config:
     devices: int = 1
     keep_checkpoint: bool = False
     keep_field_draws: bool = True
+    workers: int = 1
 
     def __post_init__(self):
         from tfhalo.studies.common import check_config_header, check_sampler_settings
@@ -384,10 +391,14 @@ class Config:
         set_("thin", check_int("thin", self.thin, minimum=1))
         set_("n_field_draws", check_int("n_field_draws", self.n_field_draws, minimum=2))
         set_("keep_checkpoint", check_bool("keep_checkpoint", self.keep_checkpoint))
+        set_("workers", check_int("workers", self.workers, minimum=1))
         set_("keep_field_draws", check_bool("keep_field_draws", self.keep_field_draws))
         set_("metric_windows", check_int("metric_windows", self.metric_windows, minimum=1,
                                          maximum=MAX_METRIC_WINDOWS))
         check_sampler_settings(self)
+        if self.workers > 1 and self.devices != 1:
+            raise ValueError(f"workers must be 1 when the chains are split over devices (each process would claim "
+                             f"them all). Received: workers={self.workers}, devices={self.devices}")
         from tfhalo.field.analysis import MIN_DRAWS_PER_CHAIN, MIN_INTERVAL_DRAWS
 
         saved = -(-self.n_samples // self.thin)  # draws 0, thin, 2 thin, ... of each chain
@@ -444,9 +455,10 @@ class Config:
                 nearest to converging within the budget: one Gaussian in the mixture head, HMC moves
                 of the bias given the field in its local-linear coordinates, the field's move
                 carrying the bias, both metrics from the warm-up, a float32 forward model) with
-                2 chains of 300 warm-up and 600 kept sweeps.  About 20 minutes on 2 cores
-                (``make demo-field``; a third of it compiling under TensorFlow).
-            demo: ``quick`` with 300 kept sweeps, what ``make demo`` runs (about 15 minutes).
+                2 chains of 300 warm-up and 600 kept sweeps; the two settings run at once, one
+                process each (``workers=2``).  About 11 minutes on 2 cores (``make demo`` and
+                ``make demo-field``; a quarter of it compiling under TensorFlow).
+            demo: ``quick`` with 300 kept sweeps (about 8 minutes).
             paper: a 64^3 grid over 250 Mpc/h on a ``"charnock2020"`` simulation
                 (320^3 particles), for a GPU; the chains keep every 20th draw of the white
                 noise (``keep_field_draws=False``).
@@ -498,8 +510,9 @@ QUICK_SAMPLER = dict(threshold_mass=5e11, n_components=1, sampler="gibbs", bias_
 JOINT_SAMPLER = {f.name: f.default for f in dataclasses.fields(Config)
                  if f.name in QUICK_SAMPLER and f.name not in ("threshold_mass", "settings")}
 
+# Its two settings run at once, one process each (workers=2): on 2 cores about the time of one.
 _QUICK = dict(sim_preset="quick", n_side=128, box_size=64.0, n_grid=16, particle_factor=2, n_warmup=300,
-              n_samples=600, **QUICK_SAMPLER)
+              n_samples=600, workers=2, **QUICK_SAMPLER)
 
 PRESETS = {
     "quick": _QUICK,
@@ -559,6 +572,7 @@ CLI_OVERRIDES = (
     ("--n-components", "n_components", int,
      "Gaussians of the bias model's mixture head: 2 (the paper's, 17 parameters) or 1 (11 parameters)"),
     ("--devices", "devices", int, "JAX devices to split the chains over (KERAS_BACKEND=jax)"),
+    ("--workers", "workers", int, "settings run at once, each in its own process (the cores shared among them)"),
 )
 
 
@@ -1190,8 +1204,9 @@ def _gibbs_chains(config: Config, posterior, state0, field_scale, bias_bijector,
                              [field_kernel, bias_kernel],
                              conditional_fns=[None, bias_conditional], bijectors=[field_bijector, bias_bijector],
                              steps_per_sweep=[1, config.bias_steps], carries=[carry, None])
+    # One block length for both phases: each other length would be another compiled program.
     gibbs = inf.GibbsConfig(num_chains=config.n_chains, num_warmup=n_warmup, num_samples=n_samples, seed=seed,
-                            jit_compile=config.jit_compile)
+                            block_size=inf.block_size_for(n_warmup, n_samples), jit_compile=config.jit_compile)
     chains = inf.sample_gibbs(kernel, state0, gibbs, progress=progress, checkpoint_dir=checkpoint_dir,
                               reduction=reduction)
     # Per chain and sweep: the gradient at the refreshed start and one per leapfrog step.
@@ -1826,7 +1841,7 @@ def _setting_key(config: Config, setting: str, sim_fp: str) -> dict:
     if setting in FIXED_BIAS_SETTINGS:
         config = dataclasses.replace(config, **{f.name: f.default for f in dataclasses.fields(Config)
                                                 if f.name in FIXED_BIAS_UNUSED})
-    unused = {"name", "settings", "devices", "keep_checkpoint"}
+    unused = {"name", "settings", "devices", "keep_checkpoint", "workers"}
     if config.keep_field_draws:  # the default, which keys written before it existed stand for
         unused.add("keep_field_draws")
     if config.sampler != "gibbs":
@@ -1901,6 +1916,66 @@ def _setup_memo(cache, theta_fit) -> dict:
     return memo
 
 
+def _cached_setting(cache, extended: bool) -> Optional[dict]:
+    """A setting's finished result from its cache, or None when its chains are still to run (or extended)."""
+    if extended or not (cache.directory / SAMPLES_FILE).is_file():
+        return None
+    return cache.load("setting.json")
+
+
+def _sample_and_analyse(config: Config, setting: str, out: Path, extended: bool, overwrite: bool, progress: bool, *,
+                        sim, sim_fp, omega_true, model, theta_fit, forward, data_forward) -> dict:
+    """One setting's chains sampled (resumably), analysed and cached: its result dict."""
+    from tfhalo.field.posterior import FieldLevelPosterior
+    from tfhalo.studies import common
+
+    say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    sdir = out / setting
+    cache = common.Cache(sdir, _setting_key(config, setting, sim_fp), overwrite=overwrite)
+    sdir.mkdir(parents=True, exist_ok=True)
+    memo = _setup_memo(cache, theta_fit)
+    if "posterior" not in memo:
+        catalogue = _catalogue(config, setting, sim, data_forward, model, omega_true, theta_fit)
+        memo["posterior"] = FieldLevelPosterior(forward, model, catalogue)
+    posterior = memo["posterior"]
+    say(f"[{setting}] {posterior.catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
+        f"chains start from the {config.start}"
+        + ("; the cached run had other n_samples/thin/n_field_draws/n_bins: its kept checkpoint is "
+           "extended or re-read" if extended else ""))
+    chains, setup = _sample_setting(config, setting, posterior, theta_fit, _checkpoint_dir(cache), progress, memo)
+    result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir,
+                               theta_true=theta_fit if setting in MOCK_SETTINGS else None)
+    result["sampler"].update(setup)
+    result["sampler"]["bias_spread"] = None if setting in FIXED_BIAS_SETTINGS else bias_spread(
+        np.asarray(chains.samples)[..., -posterior.n_bias:], setup["bias_scale"])
+    result["start"] = config.start
+    result["preconditioner"] = config.preconditioner
+    result = jsonable(result)
+    cache.save("setting.json", result)
+    if not config.keep_checkpoint:
+        shutil.rmtree(sdir / "checkpoint", ignore_errors=True)
+    return result
+
+
+def _setting_in_process(config: Config, suite: Path, out: Path, setting: str, extended: bool, overwrite: bool,
+                        progress: bool):
+    """:func:`_sample_and_analyse` in a process of its own (:func:`~tfhalo.studies.common.map_in_processes`):
+    ``(result, seconds)``.  The simulation and the bias fit are read from the caches the parent wrote."""
+    t0 = time.perf_counter()
+    sim, _ = _load_simulation(config, suite, progress=False)
+    model, _, fit = _bias_fit(config, sim, out, progress=False, overwrite=overwrite)
+    forward = forward_model(config, sim)
+    data_forward = forward if config.forward_dtype == "float64" else forward_model(config, sim, dtype="float64")
+    from tfhalo.studies import common
+
+    result = _sample_and_analyse(config, setting, out, extended, overwrite, progress, sim=sim,
+                                 sim_fp=common.fingerprint(sim.initial_density),
+                                 omega_true=truth_white_noise(sim, config.n_grid), model=model,
+                                 theta_fit=np.asarray(fit["theta"], np.float64), forward=forward,
+                                 data_forward=data_forward)
+    return result, time.perf_counter() - t0
+
+
 def run(config: Config, suite, out, progress: bool = True, overwrite: bool = False) -> dict:
     """Run the study (resumable) and write ``out/results.json``, ``report.md``, figures and samples.
 
@@ -1915,7 +1990,6 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     Returns:
         The results dict (also ``out/results.json``).
     """
-    from tfhalo.field.posterior import FieldLevelPosterior
     from tfhalo.studies import common
 
     if not isinstance(config, Config):
@@ -1951,39 +2025,29 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     # arithmetics see the same catalogue.
     data_forward = forward if config.forward_dtype == "float64" else forward_model(config, sim, dtype="float64")
 
-    settings = {}
+    inputs = dict(sim=sim, sim_fp=sim_fp, omega_true=omega_true, model=model, theta_fit=theta_fit, forward=forward,
+                  data_forward=data_forward)
+    settings, todo = {}, []
     for setting in config.settings:
-        t0 = time.perf_counter()
-        sdir = out / setting
-        cache = common.Cache(sdir, _setting_key(config, setting, sim_fp), overwrite=overwrite)
-        extended = extends[setting]
-        result = None if extended else cache.load("setting.json")
-        if result is None or not (sdir / SAMPLES_FILE).is_file():
-            sdir.mkdir(parents=True, exist_ok=True)
-            memo = _setup_memo(cache, theta_fit)
-            if "posterior" not in memo:
-                catalogue = _catalogue(config, setting, sim, data_forward, model, omega_true, theta_fit)
-                memo["posterior"] = FieldLevelPosterior(forward, model, catalogue)
-            posterior = memo["posterior"]
-            say(f"[{setting}] {posterior.catalogue.positions.shape[0]} halos; {posterior.size} parameters; "
-                f"chains start from the {config.start}"
-                + ("; the cached run had other n_samples/thin/n_field_draws/n_bins: its kept checkpoint is "
-                   "extended or re-read" if extended else ""))
-            chains, setup = _sample_setting(config, setting, posterior, theta_fit, _checkpoint_dir(cache), progress,
-                                            memo)
-            result = _setting_analysis(config, setting, sim, posterior, chains, omega_true, sdir,
-                                       theta_true=theta_fit if setting in MOCK_SETTINGS else None)
-            result["sampler"].update(setup)
-            result["sampler"]["bias_spread"] = None if setting in FIXED_BIAS_SETTINGS else bias_spread(
-                np.asarray(chains.samples)[..., -posterior.n_bias:], setup["bias_scale"])
-            result["start"] = config.start
-            result["preconditioner"] = config.preconditioner
-            result = jsonable(result)
-            cache.save("setting.json", result)
-            if not config.keep_checkpoint:
-                shutil.rmtree(sdir / "checkpoint", ignore_errors=True)
-        timings[f"{setting}_s"] = time.perf_counter() - t0
-        settings[setting] = result
+        cache = common.Cache(out / setting, _setting_key(config, setting, sim_fp), overwrite=overwrite)
+        settings[setting] = _cached_setting(cache, extends[setting])
+        timings[f"{setting}_s"] = 0.0
+        if settings[setting] is None:
+            todo.append(setting)
+    timings["settings_at_once"] = min(config.workers, len(todo)) if todo else 1
+    if config.workers > 1 and len(todo) > 1:
+        say(f"settings {', '.join(todo)} in {min(config.workers, len(todo))} processes at once")
+        calls = [(config, suite, out, setting, extends[setting], overwrite, progress) for setting in todo]
+        for setting, (result, seconds) in zip(todo, common.map_in_processes(_setting_in_process, calls,
+                                                                            config.workers)):
+            settings[setting], timings[f"{setting}_s"] = result, seconds
+    else:
+        for setting in todo:
+            t0 = time.perf_counter()
+            settings[setting] = _sample_and_analyse(config, setting, out, extends[setting], overwrite, progress,
+                                                    **inputs)
+            timings[f"{setting}_s"] = time.perf_counter() - t0
+    for setting, result in settings.items():
         conv = result["convergence"]
         say(f"[{setting}] r(k_min) = {_fmt(result['cross_correlation']['r_largest_scale'])}, coverage "
             f"{'calibrated' if result['calibrated'] else 'NOT calibrated'}, P(k) "
@@ -2139,7 +2203,9 @@ def report(r: dict) -> str:
         f"the N-body field; preconditioner: {cfg['preconditioner']}; bias coordinates: "
         f"{cfg.get('bias_coordinates', 'diagonal')}.",
         "",
-        f"Machine: {r['machine']}. Total {r['timings']['total_s']:.0f} s.",
+        f"Machine: {r['machine']}. Total {r['timings']['total_s']:.0f} s"
+        + (f", the settings {r['timings']['settings_at_once']} at a time in processes of their own."
+           if r["timings"].get("settings_at_once", 1) > 1 else "."),
         "",
     ]
     for setting, s in r["settings"].items():
