@@ -456,9 +456,9 @@ class Config:
                 of the bias given the field in its local-linear coordinates, the field's move
                 carrying the bias, both metrics from the warm-up, a float32 forward model) with
                 2 chains of 300 warm-up and 600 kept sweeps; the two settings run at once, one
-                process each (``workers=2``).  About 11 minutes on 2 cores (``make demo`` and
-                ``make demo-field``; a quarter of it compiling under TensorFlow).
-            demo: ``quick`` with 300 kept sweeps (about 8 minutes).
+                process each (``workers=2``).  About 10 minutes on 2 cores (``make demo-field``;
+                a quarter of it compiling under TensorFlow).
+            demo: ``quick`` with 300 kept sweeps, what ``make demo`` runs (about 8 minutes).
             paper: a 64^3 grid over 250 Mpc/h on a ``"charnock2020"`` simulation
                 (320^3 particles), for a GPU; the chains keep every 20th draw of the white
                 noise (``keep_field_draws=False``).
