@@ -235,24 +235,45 @@ def test_chains_that_keep_every_thin_th_field_draw_report_the_same_and_extend(st
         field_level.run(dataclass_replace(config, n_samples=30), root / "suite", root / "out", progress=False)
 
 
-def test_settings_run_in_processes_give_the_chains_a_run_here_gives(study, tmp_path):
+def test_settings_at_once_go_to_the_worker_function_and_come_back_in_order(study, tmp_path, monkeypatch):
+    """The study's side of ``workers``: what it hands each process and what it makes of the answers.  The
+    processes themselves (spawned, threads shared) are tested with ``map_in_processes``; here the calls run in
+    this process after a pickle round trip, as a spawned process receives them, and the setting's chains are
+    replaced by the fixture's finished result, so that no chain runs twice."""
+    import pickle
+
+    from tfhalo.studies import common
+
     config, root, results = study
     both = dataclass_replace(config, settings=("mock", "nbody"), workers=2)
     out = _out_with_the_fixtures_bias_fit(study, tmp_path)
+    handed, ran = [], []
+
+    def in_this_process(fn, calls, workers):
+        handed.append((fn, [c[3] for c in calls], workers))
+        return [fn(*pickle.loads(pickle.dumps(c))) for c in calls]
+
+    def finished(config, setting, out, extended, overwrite, progress, **inputs):
+        ran.append((setting, inputs))
+        return dict(results["settings"]["mock"], tag=setting)
+
+    monkeypatch.setattr(common, "map_in_processes", in_this_process)
+    monkeypatch.setattr(field_level, "_sample_and_analyse", finished)
     r = field_level.run(both, root / "suite", out, progress=False)
-    assert list(r["settings"]) == ["mock", "nbody"] and r["config"]["workers"] == 2
-    # The mock's chains are the fixture's, run in this process, up to the rounding of another thread count.
-    with h5py.File(out / "mock" / field_level.SAMPLES_FILE) as f, \
-            h5py.File(root / "out" / "mock" / field_level.SAMPLES_FILE) as g:
-        np.testing.assert_allclose(f["theta"][...], g["theta"][...], rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(f["omega"][...], g["omega"][...], rtol=1e-6, atol=1e-9)
-    with h5py.File(out / "nbody" / field_level.SAMPLES_FILE) as f:
-        assert np.all(np.isfinite(f["omega"][...])) and f["omega"].shape[:2] == (both.n_samples, both.n_chains)
-    assert r["timings"]["mock_s"] > 0 and r["timings"]["nbody_s"] > 0 and r["timings"]["settings_at_once"] == 2
+    assert handed == [(field_level._setting_in_process, ["mock", "nbody"], 2)]
+    assert [s for s, _ in ran] == ["mock", "nbody"]
+    assert [s["tag"] for s in r["settings"].values()] == ["mock", "nbody"]
+    # Each process rebuilds the inputs from the caches the study wrote: the same bias fit and true field.
+    with np.load(root / "out" / "bias_fit.npz") as f:
+        theta_fit = f["theta"]
+    with h5py.File(root / "out" / "mock" / field_level.SAMPLES_FILE) as g:
+        truth = g["truth/omega"][...]
+    for _, inputs in ran:
+        np.testing.assert_array_equal(inputs["theta_fit"], theta_fit)
+        np.testing.assert_allclose(inputs["omega_true"].ravel(), truth.ravel(), rtol=1e-6, atol=1e-7)
+        assert inputs["forward"].dtype == both.forward_dtype
+    assert r["timings"]["settings_at_once"] == 2 and r["timings"]["nbody_s"] > 0
     assert "the settings 2 at a time in processes of their own" in (out / "report.md").read_text()
-    # A rerun finds both settings cached and starts no process.
-    again = field_level.run(both, root / "suite", out, progress=False)
-    assert again["settings"] == r["settings"] and again["timings"]["nbody_s"] == 0.0
 
 
 def test_bad_arguments_are_refused(tmp_path):
