@@ -1957,6 +1957,16 @@ def _sample_and_analyse(config: Config, setting: str, out: Path, extended: bool,
     return result
 
 
+def _forward_models(config: Config, sim):
+    """``(forward, data_forward)``: the chains' forward model and the one the mocks are drawn with.
+
+    The mocks are drawn with the float64 model whatever the chains compute in, so that both
+    arithmetics see the same catalogue.
+    """
+    forward = forward_model(config, sim)
+    return forward, (forward if config.forward_dtype == "float64" else forward_model(config, sim, dtype="float64"))
+
+
 def _setting_in_process(config: Config, suite: Path, out: Path, setting: str, extended: bool, overwrite: bool,
                         progress: bool):
     """:func:`_sample_and_analyse` in a process of its own (:func:`~tfhalo.studies.common.map_in_processes`):
@@ -1964,8 +1974,7 @@ def _setting_in_process(config: Config, suite: Path, out: Path, setting: str, ex
     t0 = time.perf_counter()
     sim, _ = _load_simulation(config, suite, progress=False)
     model, _, fit = _bias_fit(config, sim, out, progress=False, overwrite=overwrite)
-    forward = forward_model(config, sim)
-    data_forward = forward if config.forward_dtype == "float64" else forward_model(config, sim, dtype="float64")
+    forward, data_forward = _forward_models(config, sim)
     from tfhalo.studies import common
 
     result = _sample_and_analyse(config, setting, out, extended, overwrite, progress, sim=sim,
@@ -2020,10 +2029,7 @@ def run(config: Config, suite, out, progress: bool = True, overwrite: bool = Fal
     theta_fit = np.asarray(fit["theta"], np.float64)
     say(f"{data.n_halos} halos above {config.threshold_mass:.3g} Msun/h on a {config.n_grid}^3 grid; bias fit to "
         f"the N-body field: ln posterior {float(fit['log_posterior']):.2f}")
-    forward = forward_model(config, sim)
-    # The mocks are drawn with the float64 model whatever the chains compute in, so that both
-    # arithmetics see the same catalogue.
-    data_forward = forward if config.forward_dtype == "float64" else forward_model(config, sim, dtype="float64")
+    forward, data_forward = _forward_models(config, sim)
 
     inputs = dict(sim=sim, sim_fp=sim_fp, omega_true=omega_true, model=model, theta_fit=theta_fit, forward=forward,
                   data_forward=data_forward)
